@@ -1,0 +1,79 @@
+"""Who may do what. Deny by default.
+
+`VEEAM_SA_ADMINS` holds Slack user ids and user-group ids. Group membership comes from
+`usergroups.users.list` and is cached for `ttl` seconds; a lookup that fails denies (and
+is logged) rather than guessing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+
+from bot.errors import NotAuthorised
+
+log = logging.getLogger(__name__)
+
+RULE_ADMINS = "only the bot's admins (VEEAM_SA_ADMINS) may do this"
+RULE_REQUESTER = "only the person who started this, or an admin, may do this"
+
+
+class Authorizer:
+    def __init__(
+        self,
+        admins: Iterable[str],
+        client: WebClient,
+        *,
+        ttl: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        admins = tuple(admins)
+        self._users = frozenset(a for a in admins if not a.startswith("S"))
+        self._groups = tuple(a for a in admins if a.startswith("S"))
+        self._client = client
+        self._ttl = ttl
+        self._clock = clock
+        self._cache: dict[str, tuple[float, frozenset[str]]] = {}
+        self._lock = threading.Lock()
+
+    def _members(self, group: str) -> frozenset[str]:
+        now = self._clock()
+        with self._lock:
+            cached = self._cache.get(group)
+            if cached is not None and now - cached[0] < self._ttl:
+                return cached[1]
+        try:
+            response = self._client.usergroups_users_list(usergroup=group)
+            members = frozenset(response.get("users") or [])
+        except SlackApiError as exc:
+            log.warning(
+                "cannot read members of user group %s (%s); treating as empty",
+                group,
+                exc.response.get("error"),
+            )
+            return frozenset()
+        with self._lock:
+            self._cache[group] = (now, members)
+        return members
+
+    def is_admin(self, user_id: str) -> bool:
+        if not user_id:
+            return False
+        if user_id in self._users:
+            return True
+        return any(user_id in self._members(group) for group in self._groups)
+
+    def require_admin(self, user_id: str) -> None:
+        if not self.is_admin(user_id):
+            raise NotAuthorised(RULE_ADMINS)
+
+    def require_requester_or_admin(self, user_id: str, requester: str) -> None:
+        if user_id and user_id == requester:
+            return
+        if not self.is_admin(user_id):
+            raise NotAuthorised(RULE_REQUESTER)

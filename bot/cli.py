@@ -1,0 +1,97 @@
+"""Entry point: `veeam-sa-bot [run]` (also `python -m bot`).
+
+Start-up problems — a missing variable, an unreadable database, a token Slack rejects —
+end with one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from slack_sdk.errors import SlackApiError
+
+from bot.errors import ConfigError, StorageError, VeeamSAError
+
+log = logging.getLogger("veeam_sa")
+
+EXIT_CONFIG = 2
+EXIT_RUNTIME = 1
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"veeam-sa-bot: {message}", file=sys.stderr)
+    return code
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def run(stop: threading.Event | None = None) -> int:
+    """Run the bot until SIGTERM/SIGINT (or until `stop` is set)."""
+    from bot.config import load_config
+    from bot.runtime import Runtime
+
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_CONFIG)
+    _setup_logging(config.log_level)
+
+    stop = stop or threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("received %s, shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    try:
+        runtime = Runtime.start(config)
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_CONFIG)
+    except StorageError as exc:
+        return _fail(str(exc), EXIT_RUNTIME)
+    except SlackApiError as exc:
+        return _fail(
+            f"Slack rejected SLACK_BOT_TOKEN ({exc.response.get('error')}): "
+            "check the token on your Slack app's OAuth & Permissions page",
+            EXIT_RUNTIME,
+        )
+    except VeeamSAError as exc:
+        return _fail(str(exc), EXIT_RUNTIME)
+    try:
+        stop.wait()
+    finally:
+        runtime.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="veeam-sa-bot",
+        description="Slack bot that creates and renews Veeam Backup for Microsoft Azure "
+        "service accounts. Configuration comes from the environment and ./.env.",
+    )
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("run", help="run the bot (the default)")
+    args = parser.parse_args(argv)
+    if args.command in (None, "run"):
+        return run()
+    parser.error(f"unknown command {args.command}")
+    return EXIT_CONFIG
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""The domain's errors, in one tree.
+
+    VeeamSAError                      base: every error the bot reports on purpose
+    ├── ConfigError                   a missing or malformed setting (stops start-up)
+    ├── StorageError                  the database cannot be opened, migrated or written
+    ├── CommandError                  a slash command the bot cannot act on (bad grammar, bad name)
+    ├── NotAuthorised                 the Slack user may not do this
+    ├── SignInError                   the Microsoft device-code sign-in failed
+    │                                 (carries the AADSTS code and correlation id)
+    └── MicrosoftError                Graph / ARM answered with an error or was unreachable
+        ├── Throttled                 429 (carries Retry-After)
+        └── Unreachable               timeouts, connection errors, 5xx after retries
+
+`bot.messages` is the one place that turns these into Slack text. Messages never carry a
+secret, token or device code: the constructors take only what is safe to show.
+"""
+
+from __future__ import annotations
+
+
+class VeeamSAError(Exception):
+    """Base of every error the bot raises on purpose."""
+
+
+class ConfigError(VeeamSAError):
+    """A setting is missing or malformed; the message names it and says how to fix it."""
+
+    def __init__(self, variable: str, problem: str, fix: str = "") -> None:
+        self.variable = variable
+        self.problem = problem
+        self.fix = fix
+        text = f"{variable} {problem}"
+        if fix:
+            text += f": {fix}"
+        super().__init__(text)
+
+
+class StorageError(VeeamSAError):
+    """The database cannot be opened, migrated or written."""
+
+
+class CommandError(VeeamSAError):
+    """A slash command the bot cannot act on; the message is shown to the user as is."""
+
+
+class NotAuthorised(VeeamSAError):
+    """The Slack user may not do this; `rule` names the rule that refused."""
+
+    def __init__(self, rule: str) -> None:
+        self.rule = rule
+        super().__init__(rule)
+
+
+class SignInError(VeeamSAError):
+    """A device-code sign-in failed (Microsoft error, expiry, cancel, network)."""
+
+    def __init__(
+        self,
+        kind: str,
+        message: str,
+        *,
+        aadsts: str | None = None,
+        correlation_id: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        self.kind = kind
+        self.aadsts = aadsts
+        self.correlation_id = correlation_id
+        self.error = error
+        super().__init__(message)
+
+
+class MicrosoftError(VeeamSAError):
+    """Graph or ARM answered with an error."""
+
+    def __init__(
+        self,
+        service: str,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        request_id: str | None = None,
+    ) -> None:
+        self.service = service
+        self.status = status
+        self.code = code
+        self.request_id = request_id
+        super().__init__(f"{service} {status} {code}: {message}")
+
+
+class Throttled(MicrosoftError):
+    """Microsoft answered 429; `retry_after` is in seconds."""
+
+    def __init__(self, service: str, retry_after: float, message: str = "Too many requests") -> None:
+        self.retry_after = retry_after
+        super().__init__(service, 429, "TooManyRequests", message)
+
+
+class Unreachable(MicrosoftError):
+    """A timeout, connection error or repeated 5xx."""
+
+    def __init__(self, service: str, message: str, status: int = 0) -> None:
+        super().__init__(service, status, "Unreachable", message)

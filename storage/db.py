@@ -1,0 +1,84 @@
+"""Opening the database: one SQLite file, WAL mode, one connection per thread.
+
+sqlite-utils' `Database` wraps a single `sqlite3.Connection`, and a connection's
+transaction is shared by whoever uses it. Each thread therefore gets its own connection
+(`Store.db`); SQLite's WAL mode lets readers run beside the one writer, and the busy
+timeout makes concurrent writers queue instead of failing.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+from sqlite_utils import Database
+
+from bot.errors import StorageError
+from storage.migrations import LATEST, migrations
+
+BUSY_TIMEOUT_S = 30.0
+
+
+def _connect(path: Path) -> Database:
+    conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+    db = Database(conn)
+    db.execute("PRAGMA foreign_keys = ON")
+    return db
+
+
+class Store:
+    """The database file and this thread's connection to it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._all: list[Database] = []
+
+    @property
+    def db(self) -> Database:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = _connect(self.path)
+            self._local.db = db
+            with self._lock:
+                self._all.append(db)
+        return db
+
+    def ping(self) -> bool:
+        """True when the database answers a trivial query (for /healthz)."""
+        try:
+            self.db.execute("SELECT 1").fetchone()
+        except sqlite3.Error:
+            return False
+        return True
+
+    def schema_current(self) -> bool:
+        return not migrations.pending(self.db) and any(
+            m.name == LATEST for m in migrations.applied(self.db)
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            for db in self._all:
+                try:
+                    db.close()
+                except sqlite3.Error:
+                    pass
+            self._all.clear()
+        self._local = threading.local()
+
+
+def open_store(path: Path) -> Store:
+    """Open (creating if needed) and migrate the database; raise `StorageError` when it can't."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        store = Store(path)
+        db = store.db
+        db.enable_wal()
+        migrations.apply(db)
+    except (sqlite3.Error, OSError) as exc:
+        raise StorageError(f"cannot open the database {path}: {exc}") from exc
+    return store

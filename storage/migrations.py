@@ -1,0 +1,124 @@
+"""Schema migrations, applied in order on every open (idempotent)."""
+
+from __future__ import annotations
+
+from sqlite_utils import Database, Migrations
+
+migrations = Migrations("veeam-sa")
+
+#: Name of the newest migration: `doctor` reports a database short of it as out of date.
+LATEST = "m003_audit_append_only"
+
+
+@migrations()
+def m001_initial(db: Database) -> None:
+    db["accounts"].create(
+        {
+            "id": int,
+            "name": str,
+            "description": str,
+            "tenant_id": str,
+            "tenant_name": str,
+            "app_object_id": str,
+            "app_id": str,
+            "sp_id": str,
+            "subscriptions": str,  # JSON list of subscription ids
+            "roles": str,  # JSON: {subscription id: [role names]}
+            "unique_name": str,  # Graph uniqueName that keys the creation
+            "created_by": str,
+            "created_at": str,
+            "channel_id": str,
+            "alert_channel_id": str,
+            "state": str,  # active | deleted
+            "updated_at": str,
+        },
+        pk="id",
+        not_null={"name", "state", "created_at"},
+        defaults={"state": "active"},
+    )
+    db["accounts"].create_index(["name"], unique=True)
+    db["secrets"].create(
+        {
+            "id": int,
+            "account_id": int,
+            "key_id": str,
+            "hint": str,
+            "end_at": str,  # ISO 8601 UTC, as Graph returned it
+            "created_at": str,
+            "ciphertext": str,  # Fernet token of the secret text (None when not held)
+            "state": str,  # active | retired
+        },
+        pk="id",
+        foreign_keys=[("account_id", "accounts", "id")],
+        not_null={"account_id", "key_id", "end_at", "state"},
+        defaults={"state": "active"},
+    )
+    db["secrets"].create_index(["key_id"], unique=True)
+    db["flows"].create(
+        {
+            "id": str,
+            "kind": str,  # create | renew
+            "state": str,  # see bot.flows for the state machine
+            "name": str,
+            "account_id": int,
+            "requester": str,
+            "channel_id": str,
+            "parent_ts": str,
+            "data": str,  # JSON, never secret
+            "device_flow": str,  # Fernet token of MSAL's flow dict (holds the device code)
+            "expires_at": str,
+            "created_at": str,
+            "updated_at": str,
+            "error": str,
+        },
+        pk="id",
+        not_null={"kind", "state", "requester", "created_at"},
+    )
+    db["notices"].create(
+        {
+            "id": int,
+            "secret_id": int,
+            "threshold": int,  # days; 0 means "expired"
+            "posted_at": str,
+            "channel_id": str,
+            "ts": str,
+        },
+        pk="id",
+        foreign_keys=[("secret_id", "secrets", "id")],
+        not_null={"secret_id", "threshold", "posted_at"},
+    )
+    db["notices"].create_index(["secret_id", "threshold"], unique=True)
+    db["audit"].create(
+        {
+            "id": int,
+            "at": str,
+            "actor": str,  # Slack user id, or "system"
+            "action": str,
+            "target": str,
+            "outcome": str,
+            "detail": str,  # JSON
+            "correlation_id": str,
+        },
+        pk="id",
+        not_null={"at", "actor", "action", "outcome"},
+    )
+
+
+@migrations()
+def m002_lookup_indexes(db: Database) -> None:
+    db["secrets"].create_index(["state", "end_at"])
+    db["flows"].create_index(["state"])
+    db["flows"].create_index(["name"])
+    db["audit"].create_index(["target", "at"])
+
+
+@migrations()
+def m003_audit_append_only(db: Database) -> None:
+    db.execute(
+        "CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit "
+        "BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END"
+    )
+    db.execute(
+        "CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit "
+        "BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END"
+    )

@@ -1,0 +1,165 @@
+"""The queries: small functions over a sqlite-utils `Database`.
+
+Rows come back as plain dicts. JSON columns are decoded by the caller that needs them;
+secrets stay as ciphertext here (the service layer holds the `Cipher`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlite_utils import Database
+
+TERMINAL_FLOW_STATES = frozenset({"done", "failed", "cancelled", "expired", "rolled_back"})
+
+
+def utcnow_iso(now: datetime | None = None) -> str:
+    return (now or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="seconds")
+
+
+# -- audit -------------------------------------------------------------------------------
+
+
+def add_audit(
+    db: Database,
+    *,
+    actor: str,
+    action: str,
+    outcome: str,
+    target: str | None = None,
+    detail: dict[str, Any] | None = None,
+    correlation_id: str | None = None,
+    now: datetime | None = None,
+) -> int:
+    table = db.table("audit")
+    table.insert(
+        {
+            "at": utcnow_iso(now),
+            "actor": actor,
+            "action": action,
+            "target": target,
+            "outcome": outcome,
+            "detail": json.dumps(detail or {}, sort_keys=True),
+            "correlation_id": correlation_id,
+        }
+    )
+    return int(table.last_pk)
+
+
+def audit_rows(
+    db: Database, *, target: str | None = None, since: str | None = None, limit: int | None = None
+) -> list[dict[str, Any]]:
+    where: list[str] = []
+    params: list[Any] = []
+    if target is not None:
+        where.append("target = ?")
+        params.append(target)
+    if since is not None:
+        where.append("at >= ?")
+        params.append(since)
+    return list(
+        db.table("audit").rows_where(
+            " AND ".join(where) or None, params, order_by="id", limit=limit
+        )
+    )
+
+
+# -- flows -------------------------------------------------------------------------------
+
+
+def insert_flow(db: Database, row: dict[str, Any]) -> None:
+    db.table("flows").insert(row)
+
+
+def get_flow(db: Database, flow_id: str) -> dict[str, Any] | None:
+    rows = list(db.table("flows").rows_where("id = ?", [flow_id], limit=1))
+    return rows[0] if rows else None
+
+
+def update_flow(db: Database, flow_id: str, **changes: Any) -> None:
+    changes.setdefault("updated_at", utcnow_iso())
+    db.table("flows").update(flow_id, changes)
+
+
+def open_flows(db: Database) -> list[dict[str, Any]]:
+    placeholders = ",".join("?" for _ in TERMINAL_FLOW_STATES)
+    return list(
+        db.table("flows").rows_where(
+            f"state NOT IN ({placeholders})", sorted(TERMINAL_FLOW_STATES), order_by="created_at"
+        )
+    )
+
+
+def open_flow_for_name(db: Database, name: str) -> dict[str, Any] | None:
+    placeholders = ",".join("?" for _ in TERMINAL_FLOW_STATES)
+    rows = list(
+        db.table("flows").rows_where(
+            f"name = ? COLLATE NOCASE AND state NOT IN ({placeholders})",
+            [name, *sorted(TERMINAL_FLOW_STATES)],
+            limit=1,
+        )
+    )
+    return rows[0] if rows else None
+
+
+def open_flows_of(db: Database, requester: str) -> list[dict[str, Any]]:
+    placeholders = ",".join("?" for _ in TERMINAL_FLOW_STATES)
+    return list(
+        db.table("flows").rows_where(
+            f"requester = ? AND state NOT IN ({placeholders})",
+            [requester, *sorted(TERMINAL_FLOW_STATES)],
+            order_by="created_at",
+        )
+    )
+
+
+# -- accounts and secrets ----------------------------------------------------------------
+
+
+def get_account(db: Database, name: str) -> dict[str, Any] | None:
+    rows = list(
+        db.table("accounts").rows_where("name = ? COLLATE NOCASE AND state = 'active'", [name], limit=1)
+    )
+    return rows[0] if rows else None
+
+
+def get_account_by_id(db: Database, account_id: int) -> dict[str, Any] | None:
+    rows = list(db.table("accounts").rows_where("id = ?", [account_id], limit=1))
+    return rows[0] if rows else None
+
+
+def insert_account(db: Database, row: dict[str, Any]) -> int:
+    table = db.table("accounts")
+    table.insert(row)
+    return int(table.last_pk)
+
+
+def update_account(db: Database, account_id: int, **changes: Any) -> None:
+    changes.setdefault("updated_at", utcnow_iso())
+    db.table("accounts").update(account_id, changes)
+
+
+def list_accounts(db: Database) -> list[dict[str, Any]]:
+    return list(db.table("accounts").rows_where("state = 'active'", order_by="name"))
+
+
+def insert_secret(db: Database, row: dict[str, Any]) -> int:
+    table = db.table("secrets")
+    table.insert(row)
+    return int(table.last_pk)
+
+
+def active_secrets(db: Database, account_id: int) -> list[dict[str, Any]]:
+    return list(
+        db.table("secrets").rows_where(
+            "account_id = ? AND state = 'active'", [account_id], order_by="end_at"
+        )
+    )
+
+
+def set_secret_state(db: Database, secret_ids: Iterable[int], state: str) -> None:
+    for secret_id in secret_ids:
+        db.table("secrets").update(secret_id, {"state": state})
