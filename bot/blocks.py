@@ -32,7 +32,7 @@ def help_message() -> Payload:
     examples = (
         "*Examples*\n"
         "• `/veeam-sa create prod-backup --subscription 11111111-2222-3333-4444-555555555555`\n"
-        "• `/veeam-sa create dr-site --description \"DR copy jobs\"` — pick subscriptions after sign-in\n"
+        '• `/veeam-sa create dr-site --description "DR copy jobs"` — pick subscriptions after sign-in\n'
         "• `/veeam-sa renew prod-backup`\n"
         "• `/veeam-sa list`"
     )
@@ -43,7 +43,8 @@ def help_message() -> Payload:
         "secret and the role assignments. The secret is never shown in Slack."
     )
     return {
-        "text": "veeam-sa: " + " | ".join(USAGE[v] for v in ("create", "list", "renew", "cancel", "help")),
+        "text": "veeam-sa: "
+        + " | ".join(USAGE[v] for v in ("create", "list", "renew", "cancel", "help")),
         "blocks": [
             _section(about),
             _section("*Commands*\n" + grammar),

@@ -48,7 +48,9 @@ BUILTIN_ROLES: dict[str, str] = {
 }
 DEFAULT_ROLES = ("Contributor", "Key Vault Crypto User", "Storage Queue Data Contributor")
 
-GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+GUID_RE = re.compile(
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
 _SLACK_USER_RE = re.compile(r"^[UW][A-Z0-9]{2,}$")
 _SLACK_GROUP_RE = re.compile(r"^S[A-Z0-9]{2,}$")
 _SLACK_CHANNEL_RE = re.compile(r"^[CGD][A-Z0-9]{2,}$")
@@ -154,7 +156,9 @@ def _int(name: str, value: str, low: int, high: int) -> int:
     try:
         number = int(value.strip())
     except ValueError:
-        raise ConfigError(name, f"must be a whole number from {low} to {high} (got {value!r})") from None
+        raise ConfigError(
+            name, f"must be a whole number from {low} to {high} (got {value!r})"
+        ) from None
     if not low <= number <= high:
         raise ConfigError(name, f"must be a whole number from {low} to {high} (got {number})")
     return number
@@ -186,7 +190,9 @@ def _roles(value: str) -> tuple[Role, ...]:
             raise ConfigError(
                 "VEEAM_SA_ROLES",
                 f"names an unknown role {item!r}",
-                "use built-in role names (" + ", ".join(BUILTIN_ROLES) + ") or role-definition GUIDs",
+                "use built-in role names ("
+                + ", ".join(BUILTIN_ROLES)
+                + ") or role-definition GUIDs",
             )
     if not roles:
         raise ConfigError("VEEAM_SA_ROLES", "is empty", "name at least one role, or unset it")
@@ -298,10 +304,14 @@ def load_config(
 
     client_id = get("VEEAM_SA_CLIENT_ID") or AZURE_CLI_CLIENT_ID
     if not GUID_RE.match(client_id):
-        raise ConfigError("VEEAM_SA_CLIENT_ID", f"must be an application (client) id GUID (got {client_id!r})")
+        raise ConfigError(
+            "VEEAM_SA_CLIENT_ID", f"must be an application (client) id GUID (got {client_id!r})"
+        )
 
     tenant = get("VEEAM_SA_TENANT") or "organizations"
-    if not (tenant in ("organizations", "common") or GUID_RE.match(tenant) or _DOMAIN_RE.match(tenant)):
+    if not (
+        tenant in ("organizations", "common") or GUID_RE.match(tenant) or _DOMAIN_RE.match(tenant)
+    ):
         raise ConfigError(
             "VEEAM_SA_TENANT",
             f"must be 'organizations', 'common', a tenant id or a tenant domain (got {tenant!r})",
@@ -316,7 +326,9 @@ def load_config(
         if part.strip():
             warn.append(_int("VEEAM_SA_WARN_DAYS", part, 1, 365))
     if not warn:
-        raise ConfigError("VEEAM_SA_WARN_DAYS", "is empty", "give thresholds in days such as 30,14,7,1")
+        raise ConfigError(
+            "VEEAM_SA_WARN_DAYS", "is empty", "give thresholds in days such as 30,14,7,1"
+        )
     warn_days = tuple(sorted(set(warn), reverse=True))
 
     veeam = {n: get(n) for n in ("VEEAM_URL", "VEEAM_USERNAME", "VEEAM_PASSWORD")}
@@ -336,7 +348,9 @@ def load_config(
     workers = _int("VEEAM_SA_WORKERS", get("VEEAM_SA_WORKERS") or "8", 1, 64)
     log_level = (get("VEEAM_SA_LOG_LEVEL") or "INFO").upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ConfigError("VEEAM_SA_LOG_LEVEL", f"must be DEBUG, INFO, WARNING or ERROR (got {log_level!r})")
+        raise ConfigError(
+            "VEEAM_SA_LOG_LEVEL", f"must be DEBUG, INFO, WARNING or ERROR (got {log_level!r})"
+        )
 
     return Config(
         slack_bot_token=bot_token,

@@ -68,7 +68,9 @@ def load_or_create_key(db_path: Path, configured: str | None) -> tuple[Cipher, P
             )
         key = path.read_text().strip()
         if not validate_key(key):
-            raise ConfigError("VEEAM_SA_ENCRYPTION_KEY", f"is unset and the key file {path} is corrupt")
+            raise ConfigError(
+                "VEEAM_SA_ENCRYPTION_KEY", f"is unset and the key file {path} is corrupt"
+            )
         return Cipher(key), None
     path.parent.mkdir(parents=True, exist_ok=True)
     key = Fernet.generate_key().decode()

@@ -92,7 +92,9 @@ class MicrosoftError(VeeamSAError):
 class Throttled(MicrosoftError):
     """Microsoft answered 429; `retry_after` is in seconds."""
 
-    def __init__(self, service: str, retry_after: float, message: str = "Too many requests") -> None:
+    def __init__(
+        self, service: str, retry_after: float, message: str = "Too many requests"
+    ) -> None:
         self.retry_after = retry_after
         super().__init__(service, 429, "TooManyRequests", message)
 

@@ -1,11 +1,11 @@
 """The slash-command grammar: text in, a `Command` out, or a `CommandError` that says why.
 
-    /veeam-sa create NAME [--subscription ID]... [--description TEXT]
-    /veeam-sa list
-    /veeam-sa show NAME
-    /veeam-sa renew NAME
-    /veeam-sa cancel
-    /veeam-sa help
+/veeam-sa create NAME [--subscription ID]... [--description TEXT]
+/veeam-sa list
+/veeam-sa show NAME
+/veeam-sa renew NAME
+/veeam-sa cancel
+/veeam-sa help
 """
 
 from __future__ import annotations
@@ -85,7 +85,9 @@ def parse(text: str) -> Command:
         )
     if verb in ("list", "cancel", "help"):
         if rest:
-            raise _usage_error(verb, f"`{verb}` takes no arguments (got `{_clip(' '.join(rest))}`).")
+            raise _usage_error(
+                verb, f"`{verb}` takes no arguments (got `{_clip(' '.join(rest))}`)."
+            )
         return Command(verb)
     if verb in ("show", "renew"):
         if len(rest) != 1:

@@ -42,9 +42,7 @@ class Runtime:
                 f"cannot reach Slack at {config.slack_api_url} ({exc}); check SLACK_API_URL "
                 "and the network"
             ) from None
-        log.info(
-            "signed in to Slack as %s in team %s", identity.get("user"), identity.get("team")
-        )
+        log.info("signed in to Slack as %s in team %s", identity.get("user"), identity.get("team"))
         workers = Workers(config.workers)
         services = Services(
             config=config,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -81,7 +81,7 @@ def _handler_class(app: App | None, health: Health) -> type[BaseHTTPRequestHandl
                 self._send(413 if length > MAX_BODY else 400, b'{"error": "bad_length"}')
                 return
             body = self.rfile.read(length).decode("utf-8", errors="replace")
-            headers: dict[str, str | list[str]] = {}
+            headers: dict[str, str | Sequence[str]] = {}
             for key in self.headers.keys():
                 headers[key.lower()] = self.headers.get_all(key) or []
             request = BoltRequest(body=body, query=self.path.partition("?")[2], headers=headers)

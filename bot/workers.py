@@ -90,9 +90,7 @@ class Workers:
     def _run_timer(self) -> None:
         while True:
             with self._cond:
-                while not self._stopping and (
-                    not self._heap or self._heap[0][0] > self._clock()
-                ):
+                while not self._stopping and (not self._heap or self._heap[0][0] > self._clock()):
                     timeout = self._heap[0][0] - self._clock() if self._heap else None
                     self._cond.wait(timeout)
                 if self._stopping:

@@ -12,7 +12,7 @@ LATEST = "m003_audit_append_only"
 
 @migrations()
 def m001_initial(db: Database) -> None:
-    db["accounts"].create(
+    db.table("accounts").create(
         {
             "id": int,
             "name": str,
@@ -36,8 +36,8 @@ def m001_initial(db: Database) -> None:
         not_null={"name", "state", "created_at"},
         defaults={"state": "active"},
     )
-    db["accounts"].create_index(["name"], unique=True)
-    db["secrets"].create(
+    db.table("accounts").create_index(["name"], unique=True)
+    db.table("secrets").create(
         {
             "id": int,
             "account_id": int,
@@ -53,8 +53,8 @@ def m001_initial(db: Database) -> None:
         not_null={"account_id", "key_id", "end_at", "state"},
         defaults={"state": "active"},
     )
-    db["secrets"].create_index(["key_id"], unique=True)
-    db["flows"].create(
+    db.table("secrets").create_index(["key_id"], unique=True)
+    db.table("flows").create(
         {
             "id": str,
             "kind": str,  # create | renew
@@ -74,7 +74,7 @@ def m001_initial(db: Database) -> None:
         pk="id",
         not_null={"kind", "state", "requester", "created_at"},
     )
-    db["notices"].create(
+    db.table("notices").create(
         {
             "id": int,
             "secret_id": int,
@@ -87,8 +87,8 @@ def m001_initial(db: Database) -> None:
         foreign_keys=[("secret_id", "secrets", "id")],
         not_null={"secret_id", "threshold", "posted_at"},
     )
-    db["notices"].create_index(["secret_id", "threshold"], unique=True)
-    db["audit"].create(
+    db.table("notices").create_index(["secret_id", "threshold"], unique=True)
+    db.table("audit").create(
         {
             "id": int,
             "at": str,
@@ -106,10 +106,10 @@ def m001_initial(db: Database) -> None:
 
 @migrations()
 def m002_lookup_indexes(db: Database) -> None:
-    db["secrets"].create_index(["state", "end_at"])
-    db["flows"].create_index(["state"])
-    db["flows"].create_index(["name"])
-    db["audit"].create_index(["target", "at"])
+    db.table("secrets").create_index(["state", "end_at"])
+    db.table("flows").create_index(["state"])
+    db.table("flows").create_index(["name"])
+    db.table("audit").create_index(["target", "at"])
 
 
 @migrations()

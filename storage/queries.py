@@ -16,6 +16,11 @@ from sqlite_utils import Database
 TERMINAL_FLOW_STATES = frozenset({"done", "failed", "cancelled", "expired", "rolled_back"})
 
 
+def _pk(value: Any) -> int:
+    assert value is not None, "insert returned no primary key"
+    return int(value)
+
+
 def utcnow_iso(now: datetime | None = None) -> str:
     return (now or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="seconds")
 
@@ -46,7 +51,7 @@ def add_audit(
             "correlation_id": correlation_id,
         }
     )
-    return int(table.last_pk)
+    return _pk(table.last_pk)
 
 
 def audit_rows(
@@ -121,7 +126,9 @@ def open_flows_of(db: Database, requester: str) -> list[dict[str, Any]]:
 
 def get_account(db: Database, name: str) -> dict[str, Any] | None:
     rows = list(
-        db.table("accounts").rows_where("name = ? COLLATE NOCASE AND state = 'active'", [name], limit=1)
+        db.table("accounts").rows_where(
+            "name = ? COLLATE NOCASE AND state = 'active'", [name], limit=1
+        )
     )
     return rows[0] if rows else None
 
@@ -134,7 +141,7 @@ def get_account_by_id(db: Database, account_id: int) -> dict[str, Any] | None:
 def insert_account(db: Database, row: dict[str, Any]) -> int:
     table = db.table("accounts")
     table.insert(row)
-    return int(table.last_pk)
+    return _pk(table.last_pk)
 
 
 def update_account(db: Database, account_id: int, **changes: Any) -> None:
@@ -149,7 +156,7 @@ def list_accounts(db: Database) -> list[dict[str, Any]]:
 def insert_secret(db: Database, row: dict[str, Any]) -> int:
     table = db.table("secrets")
     table.insert(row)
-    return int(table.last_pk)
+    return _pk(table.last_pk)
 
 
 def active_secrets(db: Database, account_id: int) -> list[dict[str, Any]]:
