@@ -8,8 +8,10 @@ timeout makes concurrent writers queue instead of failing.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from sqlite_utils import Database
@@ -20,9 +22,37 @@ from storage.migrations import LATEST, migrations
 BUSY_TIMEOUT_S = 30.0
 
 
+class _Database(Database):
+    """sqlite-utils' Database whose outermost transactions start with BEGIN IMMEDIATE.
+
+    A deferred transaction that reads before it writes cannot wait for another writer:
+    SQLite fails it at once with "database is locked". Taking the write lock up front
+    lets the busy timeout queue concurrent writers instead.
+    """
+
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[Database]:
+        if self.conn.in_transaction:
+            with super().atomic() as db:
+                yield db
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self
+        except BaseException:
+            self.rollback()
+            raise
+        else:
+            try:
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self.rollback()
+                raise
+
+
 def _connect(path: Path) -> Database:
     conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, check_same_thread=False)
-    db = Database(conn)
+    db = _Database(conn)
     db.execute("PRAGMA foreign_keys = ON")
     return db
 

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import pytest
+
+from bot.errors import CommandError
+from bot.grammar import Command, parse
+
+SUB = "11111111-2222-3333-4444-555555555555"
+SUB2 = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", Command("help")),
+        ("  help ", Command("help")),
+        ("LIST", Command("list")),
+        ("cancel", Command("cancel")),
+        ("renew prod-backup", Command("renew", name="prod-backup")),
+        ("show prod_1", Command("show", name="prod_1")),
+        ("create prod-backup", Command("create", name="prod-backup")),
+        (
+            f"create prod --subscription {SUB} --subscription={SUB2.upper()}",
+            Command("create", name="prod", subscriptions=(SUB, SUB2)),
+        ),
+        (f"create prod --subscription {SUB},{SUB}", Command("create", name="prod", subscriptions=(SUB,))),
+        (
+            "create prod --description \u201cnightly DR copies\u201d",
+            Command("create", name="prod", description="nightly DR copies"),
+        ),
+        ("create --description 'x y' prod", Command("create", name="prod", description="x y")),
+    ],
+)
+def test_valid_commands(text: str, expected: Command) -> None:
+    assert parse(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("frobnicate", "not a sub-command"),
+        ("create", "needs a NAME"),
+        ("create prod!", "not a valid name"),
+        ("create " + "a" * 256, "at most 255"),
+        ("create prod --subscription nope", "not a subscription id"),
+        ("create prod --subscription", "needs a value"),
+        ("create prod --region westeurope", "not an option"),
+        ("create prod -s " + SUB, "not an option"),
+        ("create prod extra", "takes one NAME"),
+        ("create prod --description 'unterminated", "quoting"),
+        ("create prod --description a --description b", "given twice"),
+        ("renew", "exactly one NAME"),
+        ("renew a b", "exactly one NAME"),
+        ("list all", "takes no arguments"),
+        ("x" * 4001, "limit is 4000"),
+        ("create pr\u00f6d", "not a valid name"),
+    ],
+)
+def test_bad_commands_say_why(text: str, fragment: str) -> None:
+    with pytest.raises(CommandError) as info:
+        parse(text)
+    assert fragment in str(info.value)

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import threading
+
+from bot.workers import Workers
+
+
+def test_call_later_runs_in_due_order_on_the_pool() -> None:
+    workers = Workers(size=2)
+    order: list[int] = []
+    done = threading.Event()
+
+    def record(n: int) -> None:
+        order.append(n)
+        if len(order) == 3:
+            done.set()
+
+    workers.call_later(0.06, record, 3)
+    workers.call_later(0.0, record, 1)
+    workers.call_later(0.03, record, 2)
+    assert done.wait(5)
+    assert order == [1, 2, 3]
+    workers.shutdown()
+
+
+def test_cancelled_jobs_do_not_run_and_threads_stay_bounded() -> None:
+    workers = Workers(size=3)
+    ran = threading.Event()
+    item = workers.call_later(0.01, ran.set)
+    item.cancel()
+    hits: list[int] = []
+    lock = threading.Lock()
+    finished = threading.Event()
+
+    def job(n: int) -> None:
+        with lock:
+            hits.append(n)
+            if len(hits) == 500:
+                finished.set()
+
+    before = threading.active_count()
+    for n in range(500):
+        workers.call_later(0.001 * (n % 20), job, n)
+    assert finished.wait(10)
+    assert threading.active_count() - before <= 3
+    assert not ran.is_set()
+    workers.shutdown()
+
+
+def test_a_failing_job_is_logged_not_fatal(caplog) -> None:  # type: ignore[no-untyped-def]
+    workers = Workers(size=1)
+
+    def boom() -> None:
+        raise RuntimeError("kaput")
+
+    workers.submit(boom).result(timeout=5)
+    assert "kaput" in caplog.text
+    assert workers.submit(lambda: 42).result(timeout=5) == 42
+    workers.shutdown()
