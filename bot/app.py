@@ -6,6 +6,7 @@ import logging
 
 from slack_bolt import App
 
+import handlers.actions
 import handlers.commands
 from bot.services import Services
 
@@ -20,4 +21,5 @@ def build_app(services: Services) -> App:
         logger=logging.getLogger("slack_bolt"),
     )
     handlers.commands.register(app, services)
+    handlers.actions.register(app, services)
     return app

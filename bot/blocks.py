@@ -67,3 +67,110 @@ def error_message(text: str, *, with_help_hint: bool = True) -> Payload:
 
 def refusal_message(rule: str) -> Payload:
     return error_message(f"Sorry, you can't do that: {rule}", with_help_hint=False)
+
+
+# -- create flow -------------------------------------------------------------------------
+
+STEP_LABELS: dict[str, str] = {
+    "sign_in": "Sign in to Microsoft",
+    "checks": "Check permissions",
+    "application": "Create the application",
+    "principal": "Create the service principal",
+    "secret": "Add the client secret",
+    "roles": "Assign roles",
+}
+STEP_ICONS = {
+    "todo": ":white_circle:",
+    "running": ":hourglass_flowing_sand:",
+    "done": ":white_check_mark:",
+    "failed": ":x:",
+    "skipped": ":heavy_minus_sign:",
+    "rolled_back": ":leftwards_arrow_with_hook:",
+}
+
+
+def slack_date(ts: float, fallback: str) -> str:
+    """A date Slack renders in the reader's own time zone."""
+    return f"<!date^{int(ts)}^{{date_short_pretty}} {{time}}|{fallback}>"
+
+
+def checklist(steps: dict[str, str]) -> str:
+    lines = []
+    for key, label in STEP_LABELS.items():
+        status = steps.get(key, "todo")
+        lines.append(f"{STEP_ICONS.get(status, STEP_ICONS['todo'])} {label}")
+    return "\n".join(lines)
+
+
+def create_parent(
+    *,
+    name: str,
+    requester: str,
+    subscriptions: list[str],
+    description: str | None,
+    steps: dict[str, str],
+    outcome: str | None = None,
+    summary: list[str] | None = None,
+) -> Payload:
+    """The channel message of one creation: who asked, for what, and a live checklist."""
+    subs = ", ".join(f"`{s}`" for s in subscriptions) if subscriptions else "_chosen after sign-in_"
+    head = f"*Service account `{name}`* — requested by <@{requester}>"
+    if outcome:
+        head += f"\n{outcome}"
+    details = f"Subscriptions: {subs}"
+    if description:
+        details += f"\nDescription: {description}"
+    blocks: list[dict[str, Any]] = [_section(head), _context(details), _section(checklist(steps))]
+    if summary:
+        blocks.append({"type": "divider"})
+        blocks.append(_section("\n".join(summary)))
+    text = f"Service account {name} requested by <@{requester}>"
+    if outcome:
+        text += f": {outcome}"
+    return {"text": text, "blocks": blocks}
+
+
+def device_code_message(
+    *, user_code: str, verification_uri: str, expires_at: float, flow_id: str, name: str
+) -> Payload:
+    """The sign-in code: for the requester's eyes only (ephemeral or DM)."""
+    from bot import ids
+
+    expiry = slack_date(expires_at, "in 15 minutes")
+    return {
+        "text": f"Sign in to Microsoft with code {user_code} at {verification_uri} (expires {expiry}).",
+        "blocks": [
+            _section(
+                f"*Sign in to Microsoft to create `{name}`*\n"
+                f"Open the link and enter this code (it expires {expiry}):"
+            ),
+            _section(f"```{user_code}```"),
+            {
+                "type": "actions",
+                "elements": [
+                    {
+                        "type": "button",
+                        "action_id": ids.ACTION_OPEN_DEVICE_LOGIN,
+                        "text": {"type": "plain_text", "text": "Open microsoft.com/devicelogin"},
+                        "url": verification_uri,
+                        "style": "primary",
+                    },
+                    {
+                        "type": "button",
+                        "action_id": ids.ACTION_CANCEL_FLOW,
+                        "text": {"type": "plain_text", "text": "Cancel"},
+                        "value": flow_id,
+                        "style": "danger",
+                    },
+                ],
+            },
+            _context(
+                "Only you can see this code. Sign in with the work account that will own the "
+                "service account; the thread will say who signed in."
+            ),
+        ],
+    }
+
+
+def note(text: str) -> Payload:
+    return {"text": text, "blocks": [_section(text)]}

@@ -11,14 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.app import build_app
-from bot.authz import Authorizer
 from bot.config import Config
 from bot.crypto import load_or_create_key
 from bot.errors import VeeamSAError
 from bot.server import Health, HttpServer
-from bot.services import Services
+from bot.services import Services, build_services
 from bot.slack import make_web_client
-from bot.workers import Workers
 from storage.db import open_store
 
 log = logging.getLogger("veeam_sa")
@@ -33,7 +31,7 @@ class Runtime:
     @classmethod
     def start(cls, config: Config) -> Runtime:
         store = open_store(config.db_path)
-        cipher, generated = load_or_create_key(config.db_path, config.encryption_key)
+        cipher, _key_file = load_or_create_key(config.db_path, config.encryption_key)
         slack = make_web_client(config)
         try:
             identity = slack.auth_test()
@@ -43,15 +41,7 @@ class Runtime:
                 "and the network"
             ) from None
         log.info("signed in to Slack as %s in team %s", identity.get("user"), identity.get("team"))
-        workers = Workers(config.workers)
-        services = Services(
-            config=config,
-            store=store,
-            cipher=cipher,
-            slack=slack,
-            workers=workers,
-            authz=Authorizer(config.admins, slack),
-        )
+        services = build_services(config, store=store, cipher=cipher, slack=slack)
         app = build_app(services)
 
         socket_handler = None
@@ -73,8 +63,8 @@ class Runtime:
         if socket_handler is not None:
             socket_handler.connect()
             log.info("connected to Slack in Socket Mode")
-        runtime = cls(services=services, server=server, socket_handler=socket_handler)
-        return runtime
+        services.create.resume_all()
+        return cls(services=services, server=server, socket_handler=socket_handler)
 
     def stop(self) -> None:
         log.info("stopping")
@@ -85,4 +75,5 @@ class Runtime:
                 log.warning("closing the Socket Mode connection failed", exc_info=True)
         self.server.stop()
         self.services.workers.shutdown(wait=True)
+        self.services.http.close()
         self.services.store.close()

@@ -1,7 +1,7 @@
 """What the handlers delegate to: one object holding the configured collaborators.
 
-Built once by the entry point (or by a test, pointed at doubles) and passed to every
-handler module's `register(app, services)`.
+`build_services` wires them from configuration; a test passes doubles-pointed clients
+instead. Every handler module's `register(app, services)` takes the result.
 """
 
 from __future__ import annotations
@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
+import httpx
 from slack_sdk import WebClient
 
 from bot.authz import Authorizer
@@ -17,6 +19,9 @@ from bot.config import Config
 from bot.crypto import Cipher
 from bot.workers import Workers
 from storage.db import Store
+
+if TYPE_CHECKING:
+    from bot.create import CreateFlows
 
 
 def utcnow() -> datetime:
@@ -31,4 +36,45 @@ class Services:
     slack: WebClient
     workers: Workers
     authz: Authorizer
+    http: httpx.Client
     clock: Callable[[], datetime] = field(default=utcnow)
+    create: CreateFlows = field(init=False)
+
+
+def make_http_client(config: Config) -> httpx.Client:
+    """The one HTTPS client for Microsoft (sign-in, Graph, ARM): verified TLS, timeouts."""
+    return httpx.Client(
+        verify=config.ssl_context(),
+        timeout=httpx.Timeout(20.0, connect=10.0),
+        limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+        trust_env=False,
+    )
+
+
+def build_services(
+    config: Config,
+    *,
+    store: Store,
+    cipher: Cipher,
+    slack: WebClient,
+    http: httpx.Client | None = None,
+    workers: Workers | None = None,
+    clock: Callable[[], datetime] = utcnow,
+) -> Services:
+    from bot.create import CreateFlows
+    from bot.notify import Notifier
+    from bot.signin import DeviceSignIn
+
+    http = http or make_http_client(config)
+    services = Services(
+        config=config,
+        store=store,
+        cipher=cipher,
+        slack=slack,
+        workers=workers or Workers(config.workers),
+        authz=Authorizer(config.admins, slack),
+        http=http,
+        clock=clock,
+    )
+    services.create = CreateFlows(services, DeviceSignIn(config, http), Notifier(slack))
+    return services

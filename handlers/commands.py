@@ -8,7 +8,7 @@ from typing import Any
 from slack_bolt import Ack, App
 
 from bot import blocks, ids
-from bot.errors import CommandError
+from bot.errors import CommandError, NotAuthorised
 from bot.grammar import parse
 from bot.services import Services
 
@@ -18,16 +18,39 @@ log = logging.getLogger(__name__)
 def register(app: App, services: Services) -> None:
     @app.command(ids.COMMAND)
     def on_command(ack: Ack, command: dict[str, Any]) -> None:
-        text = command.get("text") or ""
+        user = command.get("user_id", "")
         try:
-            parsed = parse(text)
+            parsed = parse(command.get("text") or "")
         except CommandError as exc:
             ack(**blocks.error_message(str(exc)))
             return
         if parsed.verb == "help":
             ack(**blocks.help_message())
             return
-        if not services.authz.is_admin(command.get("user_id", "")):
-            ack(**blocks.refusal_message("only the bot's admins (VEEAM_SA_ADMINS) may do this"))
-            return
-        ack(**blocks.error_message(f"`{parsed.verb}` is not available in this version yet."))
+        try:
+            services.authz.require_admin(user)
+            if parsed.verb == "create":
+                flow_id = services.create.begin(
+                    requester=user, channel_id=command.get("channel_id", ""), command=parsed
+                )
+                ack(
+                    **blocks.note(
+                        f"Starting `{parsed.name}`: I'll post the progress in this channel and "
+                        "send the sign-in code only to you."
+                    )
+                )
+                services.workers.submit(services.create.start, flow_id)
+            elif parsed.verb == "cancel":
+                names = services.create.cancel_mine(user)
+                if names:
+                    ack(**blocks.note("Cancelled: " + ", ".join(f"`{n}`" for n in names) + "."))
+                else:
+                    ack(**blocks.note("You have nothing in progress to cancel."))
+            else:
+                ack(
+                    **blocks.error_message(f"`{parsed.verb}` is not available in this version yet.")
+                )
+        except NotAuthorised as exc:
+            ack(**blocks.refusal_message(exc.rule))
+        except CommandError as exc:
+            ack(**blocks.error_message(str(exc), with_help_hint=False))

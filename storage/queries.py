@@ -89,6 +89,25 @@ def update_flow(db: Database, flow_id: str, **changes: Any) -> None:
     db.table("flows").update(flow_id, changes)
 
 
+def transition_flow(db: Database, flow_id: str, from_states: Iterable[str], to_state: str, **changes: Any) -> bool:
+    """Move a flow to `to_state` only if it is in one of `from_states` (compare-and-set).
+
+    Returns False when another thread or process moved it first: the caller lost the race
+    and must not act on the flow.
+    """
+    states = list(from_states)
+    changes["state"] = to_state
+    changes.setdefault("updated_at", utcnow_iso())
+    columns = ", ".join(f"[{k}] = ?" for k in changes)
+    placeholders = ",".join("?" for _ in states)
+    with db.atomic():
+        cursor = db.execute(
+            f"UPDATE flows SET {columns} WHERE id = ? AND state IN ({placeholders})",
+            [*changes.values(), flow_id, *states],
+        )
+        return cursor.rowcount == 1
+
+
 def open_flows(db: Database) -> list[dict[str, Any]]:
     placeholders = ",".join("?" for _ in TERMINAL_FLOW_STATES)
     return list(

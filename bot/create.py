@@ -1,0 +1,533 @@
+"""The create journey: sign-in in a Slack thread, then provisioning.
+
+States of a create flow (the `flows.state` column):
+
+    starting ──▶ awaiting_sign_in ──▶ signed_in ──▶ … provisioning (bot.provision) … ──▶ done
+        │               │                 │
+        └───────────────┴─────────────────┴──▶ failed | cancelled | expired
+
+Handlers call `begin()` (a fast database write, safe on the ack path) and then
+`workers.submit(flows.start, id)`. Everything slow — Slack posts, Microsoft calls, polls —
+runs on the worker pool; polls are re-scheduled with `workers.call_later`, never slept.
+Transitions are compare-and-set on the database row, so a cancel racing a poll, or two
+processes racing each other, leave exactly one winner.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from slack_sdk.errors import SlackApiError
+
+from bot import blocks
+from bot.errors import CommandError, NotAuthorised, SignInError
+from bot.grammar import Command
+from bot.messages import sign_in_failure
+from bot.notify import Notifier
+from bot.services import Services
+from bot.signin import DeviceSignIn, Identity, Session, TransientError, dump_flow
+from storage import queries
+
+log = logging.getLogger(__name__)
+
+SIGN_IN_STATES = ("starting", "awaiting_sign_in")
+TRANSIENT_BACKOFF_CAP = 30.0
+
+
+class CreateFlows:
+    def __init__(
+        self,
+        services: Services,
+        signin: DeviceSignIn,
+        notifier: Notifier,
+        on_signed_in: Callable[[str, Identity, Session], None] | None = None,
+    ) -> None:
+        self.services = services
+        self.signin = signin
+        self.notifier = notifier
+        self.on_signed_in = on_signed_in
+        self._sessions: dict[str, Session] = {}
+        self._transient: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    @property
+    def _db(self) -> Any:
+        return self.services.store.db
+
+    def _now(self) -> float:
+        return self.services.clock().timestamp()
+
+    def session(self, flow_id: str) -> Session | None:
+        with self._lock:
+            return self._sessions.get(flow_id)
+
+    def drop_session(self, flow_id: str) -> None:
+        with self._lock:
+            self._sessions.pop(flow_id, None)
+            self._transient.pop(flow_id, None)
+
+    @staticmethod
+    def data(flow: dict[str, Any]) -> dict[str, Any]:
+        return json.loads(flow.get("data") or "{}")
+
+    def save_data(self, flow_id: str, data: dict[str, Any]) -> None:
+        queries.update_flow(self._db, flow_id, data=json.dumps(data, sort_keys=True))
+
+    def render_parent(
+        self, flow: dict[str, Any], outcome: str | None = None, summary: list[str] | None = None
+    ) -> None:
+        if not flow.get("parent_ts"):
+            return
+        data = self.data(flow)
+        payload = blocks.create_parent(
+            name=flow["name"],
+            requester=flow["requester"],
+            subscriptions=data.get("subscriptions", []),
+            description=data.get("description"),
+            steps=data.get("steps", {}),
+            outcome=outcome,
+            summary=summary,
+        )
+        self.notifier.update(flow["channel_id"], flow["parent_ts"], payload)
+
+    def set_step(
+        self, flow_id: str, step: str, status: str, outcome: str | None = None
+    ) -> dict[str, Any]:
+        flow = queries.get_flow(self._db, flow_id)
+        assert flow is not None
+        data = self.data(flow)
+        data.setdefault("steps", {})[step] = status
+        self.save_data(flow_id, data)
+        flow["data"] = json.dumps(data)
+        self.render_parent(flow, outcome)
+        return flow
+
+    def audit(self, flow: dict[str, Any], action: str, outcome: str, **detail: Any) -> None:
+        queries.add_audit(
+            self._db,
+            actor=flow["requester"],
+            action=action,
+            target=flow.get("name"),
+            outcome=outcome,
+            detail={"flow": flow["id"], **detail},
+            correlation_id=detail.get("correlation_id"),
+        )
+
+    # -- begin (ack path: database only) ---------------------------------------------------
+
+    def begin(self, *, requester: str, channel_id: str, command: Command) -> str:
+        """Record a new create flow; refuse a name that is managed or already in flight."""
+        assert command.name is not None
+        db = self._db
+        flow_id = uuid.uuid4().hex
+        with db.atomic():
+            if queries.get_account(db, command.name) is not None:
+                raise CommandError(
+                    f"`{command.name}` is already a managed service account. "
+                    f"To get it a new secret, use `/veeam-sa renew {command.name}`."
+                )
+            running = queries.open_flow_for_name(db, command.name)
+            if running is not None:
+                raise CommandError(
+                    f"A flow for `{command.name}` is already in progress (started by "
+                    f"<@{running['requester']}>). Wait for it, or cancel it with `/veeam-sa cancel`; "
+                    f"to renew an existing account use `/veeam-sa renew {command.name}`."
+                )
+            now = queries.utcnow_iso(self.services.clock())
+            queries.insert_flow(
+                db,
+                {
+                    "id": flow_id,
+                    "kind": "create",
+                    "state": "starting",
+                    "name": command.name,
+                    "requester": requester,
+                    "channel_id": channel_id,
+                    "data": json.dumps(
+                        {
+                            "subscriptions": list(command.subscriptions),
+                            "description": command.description,
+                            "steps": {"sign_in": "running"},
+                        },
+                        sort_keys=True,
+                    ),
+                    "created_at": now,
+                    "updated_at": now,
+                },
+            )
+            queries.add_audit(
+                db,
+                actor=requester,
+                action="create.requested",
+                target=command.name,
+                outcome="accepted",
+                detail={"flow": flow_id, "subscriptions": list(command.subscriptions)},
+            )
+        return flow_id
+
+    # -- start: parent message, device code, first poll ------------------------------------
+
+    def start(self, flow_id: str) -> None:
+        flow = queries.get_flow(self._db, flow_id)
+        if flow is None or flow["state"] != "starting":
+            return
+        data = self.data(flow)
+        try:
+            parent_ts = self.notifier.post(
+                flow["channel_id"],
+                blocks.create_parent(
+                    name=flow["name"],
+                    requester=flow["requester"],
+                    subscriptions=data.get("subscriptions", []),
+                    description=data.get("description"),
+                    steps=data.get("steps", {}),
+                ),
+            )
+        except SlackApiError as exc:
+            error = exc.response.get("error")
+            queries.transition_flow(
+                self._db, flow_id, ["starting"], "failed", error=f"slack:{error}"
+            )
+            self.audit(flow, "create.failed", "slack_error", error=error)
+            hint = (
+                "Invite me to this channel (`/invite @veeam-sa`) and try again."
+                if error in ("not_in_channel", "channel_not_found", "is_archived")
+                else "Try again in a moment."
+            )
+            self._tell_requester_directly(
+                flow, f"I could not post in this channel (`{error}`). {hint}"
+            )
+            return
+        queries.update_flow(self._db, flow_id, parent_ts=parent_ts)
+        flow["parent_ts"] = parent_ts
+
+        session = self.signin.new_session()
+        try:
+            device = self.signin.initiate(session)
+        except SignInError as exc:
+            self.fail(flow_id, exc)
+            return
+        with self._lock:
+            self._sessions[flow_id] = session
+        encrypted = self.services.cipher.encrypt(dump_flow(device))
+        moved = queries.transition_flow(
+            self._db,
+            flow_id,
+            ["starting"],
+            "awaiting_sign_in",
+            device_flow=encrypted,
+            expires_at=str(device.get("expires_at")),
+        )
+        if not moved:  # cancelled meanwhile
+            self.drop_session(flow_id)
+            return
+        where = self._send_code(flow, device)
+        self.audit(flow, "sign_in.started", "pending", delivered=where)
+        self.services.workers.call_later(int(device.get("interval", 5)), self.poll, flow_id)
+
+    def _send_code(self, flow: dict[str, Any], device: dict[str, Any]) -> str:
+        payload = blocks.device_code_message(
+            user_code=str(device["user_code"]),
+            verification_uri=str(
+                device.get("verification_uri") or "https://microsoft.com/devicelogin"
+            ),
+            expires_at=float(device["expires_at"]),
+            flow_id=flow["id"],
+            name=flow["name"],
+        )
+        try:
+            where = self.notifier.to_user(
+                flow["channel_id"], flow["requester"], payload, flow.get("parent_ts")
+            )
+        except SlackApiError as exc:
+            log.warning(
+                "could not deliver the sign-in code for flow %s: %s",
+                flow["id"],
+                exc.response.get("error"),
+            )
+            where = "undelivered"
+        if where == "dm":
+            self.notifier.thread(
+                flow["channel_id"],
+                flow.get("parent_ts"),
+                blocks.note(
+                    f"<@{flow['requester']}>, I sent you the sign-in code in a direct message."
+                ),
+            )
+        elif where == "undelivered":
+            self.notifier.thread(
+                flow["channel_id"],
+                flow.get("parent_ts"),
+                blocks.note(
+                    f"<@{flow['requester']}>, I could not deliver your sign-in code privately. "
+                    "Cancel with `/veeam-sa cancel` and try again."
+                ),
+            )
+        return where
+
+    def _tell_requester_directly(self, flow: dict[str, Any], text: str) -> None:
+        try:
+            self.notifier.to_user(
+                flow["channel_id"], flow["requester"], blocks.error_message(text), None
+            )
+        except SlackApiError:
+            log.warning("could not tell %s that flow %s failed", flow["requester"], flow["id"])
+
+    # -- polling ---------------------------------------------------------------------------
+
+    def poll(self, flow_id: str) -> None:
+        flow = queries.get_flow(self._db, flow_id)
+        if flow is None or flow["state"] != "awaiting_sign_in":
+            self.drop_session(flow_id)
+            return
+        device = json.loads(self.services.cipher.decrypt(flow["device_flow"]))
+        if self._now() > float(device.get("expires_at", 0)):
+            self.expire(flow_id)
+            return
+        session = self.session(flow_id)
+        if session is None:
+            session = self.signin.new_session()
+            with self._lock:
+                self._sessions[flow_id] = session
+        before = int(device.get("interval", 5))
+        try:
+            result = self.signin.poll(session, device)
+        except TransientError as exc:
+            with self._lock:
+                failures = self._transient.get(flow_id, 0) + 1
+                self._transient[flow_id] = failures
+            if failures >= self.signin.MAX_TRANSIENT_FAILURES:
+                self.fail(flow_id, SignInError("unreachable", f"sign-in kept failing ({exc})"))
+                return
+            delay = min(before * (2 ** (failures - 1)), TRANSIENT_BACKOFF_CAP)
+            log.info(
+                "flow %s: transient sign-in failure %d (%s); retrying in %ss",
+                flow_id,
+                failures,
+                exc,
+                delay,
+            )
+            self.services.workers.call_later(delay, self.poll, flow_id)
+            return
+        except SignInError as exc:
+            self.fail(flow_id, exc)
+            return
+        with self._lock:
+            self._transient.pop(flow_id, None)
+        if result.pending:
+            if result.interval != before:
+                # slow_down: MSAL raised the interval in the flow dict; keep it for a restart.
+                queries.update_flow(
+                    self._db, flow_id, device_flow=self.services.cipher.encrypt(dump_flow(device))
+                )
+            self.services.workers.call_later(result.interval, self.poll, flow_id)
+            return
+        assert result.identity is not None
+        self._signed_in(flow, result.identity, session)
+
+    def _signed_in(self, flow: dict[str, Any], identity: Identity, session: Session) -> None:
+        flow_id = flow["id"]
+        if identity.personal and not self.services.config.allow_personal_accounts:
+            self.fail(
+                flow_id,
+                SignInError("personal", "personal Microsoft account"),
+                who=f"{identity.name} ({identity.upn})",
+            )
+            return
+        tenant_name = self._tenant_name(session)
+        identity.tenant_name = tenant_name
+        data = self.data(flow)
+        data["identity"] = {
+            "upn": identity.upn,
+            "name": identity.name,
+            "tenant_id": identity.tenant_id,
+            "tenant_name": tenant_name,
+            "object_id": identity.object_id,
+        }
+        data.setdefault("steps", {})["sign_in"] = "done"
+        moved = queries.transition_flow(
+            self._db,
+            flow_id,
+            ["awaiting_sign_in"],
+            "signed_in",
+            device_flow=None,
+            data=json.dumps(data, sort_keys=True),
+        )
+        if not moved:
+            self.drop_session(flow_id)
+            return
+        flow = queries.get_flow(self._db, flow_id) or flow
+        self.audit(
+            flow,
+            "sign_in.completed",
+            "ok",
+            entra_upn=identity.upn,
+            tenant_id=identity.tenant_id,
+        )
+        tenant = (
+            f"{tenant_name} (`{identity.tenant_id}`)" if tenant_name else f"`{identity.tenant_id}`"
+        )
+        who = f"{identity.name} ({identity.upn})" if identity.name else identity.upn
+        self.notifier.thread(
+            flow["channel_id"],
+            flow.get("parent_ts"),
+            blocks.note(f":key: Signed in as *{who}* in tenant {tenant}."),
+        )
+        self.render_parent(flow)
+        if self.on_signed_in is not None:
+            self.on_signed_in(flow_id, identity, session)
+
+    def _tenant_name(self, session: Session) -> str | None:
+        """The tenant's display name from Graph; None when it can't be read (not fatal)."""
+        from bot.graph import GraphClient
+
+        try:
+            graph = GraphClient(
+                self.services.config.graph_url,
+                self.signin.http,
+                lambda: self.signin.token(session, self.services.config.graph_scope),
+                attempts=2,
+            )
+            return graph.organization_name()
+        except Exception:  # noqa: BLE001 - the name is decoration; sign-in already succeeded
+            log.info("could not read the tenant's display name", exc_info=True)
+            return None
+
+    # -- endings ---------------------------------------------------------------------------
+
+    def fail(self, flow_id: str, error: SignInError, who: str | None = None) -> None:
+        flow = queries.get_flow(self._db, flow_id)
+        if flow is None:
+            return
+        moved = queries.transition_flow(
+            self._db,
+            flow_id,
+            [*SIGN_IN_STATES, "signed_in"],
+            "failed",
+            device_flow=None,
+            error=f"{error.kind}:{error.aadsts or error.error or ''}",
+        )
+        self.drop_session(flow_id)
+        if not moved:
+            return
+        self.audit(
+            flow,
+            "sign_in.failed",
+            error.kind,
+            aadsts=error.aadsts,
+            correlation_id=error.correlation_id,
+            who=who,
+        )
+        text = sign_in_failure(error)
+        if who:
+            text = f"{who}: {text}"
+        self.notifier.thread(flow["channel_id"], flow.get("parent_ts"), blocks.note(f":x: {text}"))
+        self.set_step(
+            flow_id, "sign_in", "failed", outcome=":x: Sign-in failed; nothing was created."
+        )
+
+    def expire(self, flow_id: str, while_down: bool = False) -> None:
+        flow = queries.get_flow(self._db, flow_id)
+        if flow is None:
+            return
+        if not queries.transition_flow(
+            self._db, flow_id, list(SIGN_IN_STATES), "expired", device_flow=None
+        ):
+            return
+        self.drop_session(flow_id)
+        self.audit(flow, "sign_in.expired", "expired", while_down=while_down)
+        text = (
+            "The sign-in code expired while the bot was offline."
+            if while_down
+            else "The sign-in code expired before anyone used it (codes last about 15 minutes)."
+        )
+        self.notifier.thread(
+            flow["channel_id"],
+            flow.get("parent_ts"),
+            blocks.note(
+                f":hourglass: {text} Run `/veeam-sa create {flow['name']}` again for a fresh code."
+            ),
+        )
+        self.set_step(
+            flow_id,
+            "sign_in",
+            "failed",
+            outcome=":hourglass: Sign-in code expired; nothing was created.",
+        )
+
+    def cancel(self, flow_id: str, by: str) -> dict[str, Any]:
+        """Cancel an open flow. Raises `NotAuthorised` or `CommandError`."""
+        flow = queries.get_flow(self._db, flow_id)
+        if flow is None:
+            raise CommandError("That flow does not exist (any more).")
+        self.services.authz.require_requester_or_admin(by, flow["requester"])
+        if not queries.transition_flow(
+            self._db, flow_id, [*SIGN_IN_STATES, "signed_in"], "cancelled", device_flow=None
+        ):
+            raise CommandError(f"The flow for `{flow['name']}` is already {flow['state']}.")
+        self.drop_session(flow_id)
+        queries.add_audit(
+            self._db,
+            actor=by,
+            action="create.cancelled",
+            target=flow["name"],
+            outcome="cancelled",
+            detail={"flow": flow_id},
+        )
+        self.notifier.thread(
+            flow["channel_id"],
+            flow.get("parent_ts"),
+            blocks.note(f":no_entry_sign: Cancelled by <@{by}>. Nothing was created."),
+        )
+        self.set_step(
+            flow_id, "sign_in", "skipped", outcome=f":no_entry_sign: Cancelled by <@{by}>."
+        )
+        return flow
+
+    def cancel_mine(self, user: str) -> list[str]:
+        """`/veeam-sa cancel`: cancel every open flow the user started. Returns their names."""
+        names = []
+        for flow in queries.open_flows_of(self._db, user):
+            try:
+                self.cancel(flow["id"], user)
+                names.append(flow["name"])
+            except (CommandError, NotAuthorised):
+                continue
+        return names
+
+    # -- restart ---------------------------------------------------------------------------
+
+    def resume_all(self) -> None:
+        """After a restart: poll again every unexpired sign-in; close the expired ones."""
+        for flow in queries.open_flows(self._db):
+            if flow["kind"] != "create":
+                continue
+            if flow["state"] == "starting":
+                self.services.workers.submit(self.start, flow["id"])
+            elif flow["state"] == "awaiting_sign_in":
+                expires_at = float(flow.get("expires_at") or 0)
+                if self._now() > expires_at:
+                    self.expire(flow["id"], while_down=True)
+                    continue
+                self.notifier.thread(
+                    flow["channel_id"],
+                    flow.get("parent_ts"),
+                    blocks.note(
+                        ":arrows_counterclockwise: The bot restarted; still waiting for the sign-in."
+                    ),
+                )
+                self.services.workers.submit(self.poll, flow["id"])
+            elif flow["state"] == "signed_in":
+                self.fail(
+                    flow["id"],
+                    SignInError(
+                        "no_session", "the bot restarted after sign-in, before anything was created"
+                    ),
+                )
