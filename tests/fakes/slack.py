@@ -1,0 +1,1099 @@
+"""A local Slack: Web API, response_url and Socket Mode, over real sockets.
+
+``SlackDouble`` answers the Slack Web API for a ``slack_sdk.WebClient(base_url=dbl.api_url)``
+(and therefore for a Bolt ``App(client=...)``), accepts ``response_url`` posts, and runs a
+Socket Mode websocket endpoint that the real ``SocketModeHandler`` connects to.
+
+    with SlackDouble() as dbl:
+        client = WebClient(token=dbl.bot_token, base_url=dbl.api_url)
+        client.chat_postMessage(channel="C0OPS", text="hi")
+        call = dbl.wait_for("chat.postMessage", channel="C0OPS")
+
+Wire facts it mirrors (from slack_sdk 3.x and Slack's docs):
+
+- slack_sdk's sync client always POSTs. ``chat.postMessage``, ``chat.postEphemeral``,
+  ``chat.update`` and ``views.open`` go as JSON; ``auth.test``, ``chat.delete``,
+  ``conversations.*``, ``users.info``, ``usergroups.users.list`` and
+  ``apps.connections.open`` go form-encoded; file uploads go multipart. The token is
+  always in ``Authorization: Bearer``. The double also takes GET query strings and a
+  ``token`` parameter.
+- Errors are HTTP 200 with ``{"ok": false, "error": ...}``; rate limits are HTTP 429 with
+  ``Retry-After`` and ``{"ok": false, "error": "ratelimited"}``.
+- ``xapp-`` tokens only work for ``apps.connections.open`` and bot tokens do not work
+  there (``not_allowed_token_type``).
+- Socket Mode: the client calls ``apps.connections.open`` with the app token, opens the
+  returned ``ws://`` URL, gets ``{"type": "hello", ...}``, and answers each envelope with
+  ``{"envelope_id": ...}`` (plus ``"payload"`` when the listener acked with content).
+"""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import json
+import os
+import re
+import selectors
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.server import Server, ServerConnection, serve
+
+BOT_TOKEN = "xoxb-test-token"
+APP_TOKEN = "xapp-test-token"
+TEAM_ID = "T0TEST"
+TEAM_NAME = "Contoso"
+TEAM_DOMAIN = "contoso"
+APP_ID = "A0TEST"
+BOT_USER_ID = "U0BOT"
+BOT_ID = "B0BOT"
+BOT_NAME = "veeam-sa"
+DEFAULT_SCOPES = (
+    "commands,chat:write,im:write,users:read,users:read.email,"
+    "usergroups:read,channels:read,groups:read"
+)
+
+# Fields whose form-encoded value is JSON (slack_sdk serialises them with json.dumps).
+_JSON_FIELDS = ("blocks", "attachments", "view", "metadata", "options")
+
+_USER_ID = re.compile(r"^[UW][A-Z0-9]+$")
+
+Match = str | Callable[["Call"], bool] | None
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request the double received.
+
+    ``args`` are the request parameters without the token (JSON body, form fields or
+    query string; ``blocks``/``attachments``/``view`` decoded to lists/dicts). For
+    ``response_url`` posts, ``method == "response_url"`` and ``args["response_url_id"]``
+    names the URL. ``status`` and ``response`` are what the double answered.
+    """
+
+    method: str
+    args: dict[str, Any]
+    token: str | None
+    at: float
+    status: int = 200
+    response: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.response.get("ok"))
+
+
+class _SlackError(Exception):
+    def __init__(self, error: str, **extra: Any) -> None:
+        super().__init__(error)
+        self.error = error
+        self.extra = extra
+
+
+@dataclass
+class _Fault:
+    method: str
+    kind: str  # "fail" | "rate_limit"
+    remaining: int | None
+    error: str = "ratelimited"
+    retry_after: int = 1
+    status: int = 200
+
+
+def _default_users() -> dict[str, dict[str, Any]]:
+    return {
+        "U0ADMIN": {"name": "ada", "real_name": "Ada Admin", "email": "ada@contoso.example"},
+        "U0OTHER": {"name": "otto", "real_name": "Otto Other", "email": "otto@contoso.example"},
+        BOT_USER_ID: {"name": BOT_NAME, "real_name": "Veeam SA", "is_bot": True},
+    }
+
+
+class SlackDouble:
+    """Slack Web API + response_url + Socket Mode endpoint on 127.0.0.1 (see module doc).
+
+    Configuration (plain attributes, change them any time): ``tokens`` (valid tokens),
+    ``scopes`` (``x-oauth-scopes`` header), ``users`` (``{user_id: {"name", "real_name",
+    "email", ...}}``), ``usergroups`` (``{group_id: [user_ids]}``), ``channels``
+    (``{channel_id: {extra conversation fields}}``), ``latency`` (seconds added to every
+    HTTP response), ``validate_blocks`` (reject bad Block Kit with ``invalid_blocks``).
+    """
+
+    def __init__(
+        self,
+        *,
+        tokens: Iterable[str] | None = None,
+        scopes: str = DEFAULT_SCOPES,
+        latency: float = 0.0,
+        validate_blocks: bool = True,
+    ) -> None:
+        self.bot_token = BOT_TOKEN
+        self.app_token = APP_TOKEN
+        self.tokens: set[str] = set(tokens) if tokens is not None else {BOT_TOKEN, APP_TOKEN}
+        self.scopes = scopes
+        self.latency = latency
+        self.validate_blocks = validate_blocks
+        self.team_id = TEAM_ID
+        self.app_id = APP_ID
+        self.bot_user_id = BOT_USER_ID
+        self.bot_id = BOT_ID
+        self.users: dict[str, dict[str, Any]] = _default_users()
+        self.usergroups: dict[str, list[str]] = {}
+        self.channels: dict[str, dict[str, Any]] = {}
+
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        self._calls: list[Call] = []
+        self._faults: list[_Fault] = []
+        self._handlers: dict[str, Callable[[dict[str, Any], str | None], dict[str, Any]]] = {}
+        self._ts_seq = 0
+        self._messages: dict[tuple[str, str], dict[str, Any]] = {}
+        self._ephemerals: list[dict[str, Any]] = []
+        self._views: list[dict[str, Any]] = []
+        self._dms: dict[str, str] = {}
+        self._response_urls: dict[str, dict[str, Any]] = {}
+
+        self._http: ThreadingHTTPServer | None = None
+        self._http_thread: threading.Thread | None = None
+        self.api_url = ""
+        self.base_url = ""
+
+        self._ws: Server | None = None
+        self._ws_thread: threading.Thread | None = None
+        self._ws_wakeup: tuple[int, int] | None = None
+        self._ws_port = 0
+        self._tickets: set[str] = set()
+        self._ws_conns: list[ServerConnection] = []
+        self._ws_retiring: list[ServerConnection] = []
+        self._ws_total = 0
+        self._acks: dict[str, dict[str, Any]] = {}
+        self.socket_received: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> SlackDouble:
+        if self._http is not None:
+            return self
+        double = self
+
+        class Handler(_Handler):
+            dbl = double
+
+        self._http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._http.daemon_threads = True
+        port = self._http.server_address[1]
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.api_url = f"{self.base_url}/api/"
+        self._http_thread = threading.Thread(
+            target=self._http.serve_forever, kwargs={"poll_interval": 0.05},
+            name="slack-double-http", daemon=True,
+        )
+        self._http_thread.start()
+
+        self._ws = serve(
+            self._ws_handler,
+            "127.0.0.1",
+            0,
+            process_request=self._ws_process_request,
+            compression=None,
+            ping_interval=None,
+            close_timeout=1,
+        )
+        self._ws_port = self._ws.socket.getsockname()[1]
+        self._ws_wakeup = os.pipe()
+        self._ws_thread = threading.Thread(
+            target=self._ws_accept_loop, name="slack-double-ws", daemon=True
+        )
+        self._ws_thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._http is None:
+            return
+        self.socket_disconnect_all(mode="abort")
+        if self._ws is not None:
+            self._ws.socket.close()
+            if self._ws_wakeup is not None:
+                os.write(self._ws_wakeup[1], b"x")
+        if self._ws_thread is not None:
+            self._ws_thread.join(timeout=5)
+        if self._ws_wakeup is not None:
+            for fd in self._ws_wakeup:
+                os.close(fd)
+            self._ws_wakeup = None
+        self._ws = None
+        self._http.shutdown()
+        self._http.server_close()
+        self._http = None
+        with self._cond:
+            self._cond.notify_all()
+
+    def __enter__(self) -> SlackDouble:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ recorded calls
+
+    @property
+    def calls(self) -> list[Call]:
+        with self._lock:
+            return list(self._calls)
+
+    def calls_to(self, method: str, **arg_filters: Any) -> list[Call]:
+        """Calls of ``method`` whose args equal every ``arg_filters`` item."""
+        with self._lock:
+            return [c for c in self._calls if _matches(c, method, arg_filters)]
+
+    def mark(self) -> int:
+        """Number of calls so far; pass as ``after=`` to ``wait_for`` to see only newer ones."""
+        with self._lock:
+            return len(self._calls)
+
+    def clear(self) -> None:
+        """Forget recorded calls (and Socket Mode acks). Messages and faults stay."""
+        with self._lock:
+            self._calls.clear()
+            self._acks.clear()
+            self.socket_received.clear()
+
+    def wait_for(
+        self, match: Match = None, timeout: float = 5.0, *, after: int = 0, **arg_filters: Any
+    ) -> Call:
+        """Block until a call matching ``match`` (a method name or a predicate on ``Call``)
+        and ``arg_filters`` has been recorded (already-recorded calls count; use
+        ``after=dbl.mark()`` to skip them). Returns the first such call. Raises
+        ``AssertionError`` listing the recorded calls on timeout."""
+        return self.wait_for_count(match, 1, timeout, after=after, **arg_filters)[0]
+
+    def wait_for_count(
+        self,
+        match: Match,
+        count: int,
+        timeout: float = 5.0,
+        *,
+        after: int = 0,
+        **arg_filters: Any,
+    ) -> list[Call]:
+        """Like :meth:`wait_for` but waits for ``count`` matching calls and returns them."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                found = [c for c in self._calls[after:] if _matches(c, match, arg_filters)]
+                if len(found) >= count:
+                    return found[:count]
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(
+                        f"timed out after {timeout}s waiting for {count} call(s) matching "
+                        f"{_describe(match, arg_filters)}; got {len(found)}. Recorded calls:\n"
+                        + "\n".join(f"  {c.method} {c.args!r} -> {c.response!r}"
+                                    for c in self._calls)
+                    )
+                self._cond.wait(remaining)
+
+    # ------------------------------------------------------------------ state
+
+    def messages(self, channel: str | None = None, *, include_deleted: bool = False
+                 ) -> list[dict[str, Any]]:
+        """Current state (after updates) of every posted message, oldest first.
+
+        Each is ``{"channel", "ts", "text", "blocks", "thread_ts"?, "user", "bot_id",
+        "edited"?, "reply_count", "deleted"}``; replies are included.
+        """
+        with self._lock:
+            out = [
+                _copy(m) for m in self._messages.values()
+                if (channel is None or m["channel"] == channel)
+                and (include_deleted or not m["deleted"])
+            ]
+        return sorted(out, key=lambda m: float(m["ts"]))
+
+    def message(self, channel: str, ts: str) -> dict[str, Any]:
+        """One message by (channel, ts); KeyError if unknown."""
+        with self._lock:
+            return _copy(self._messages[(channel, ts)])
+
+    def thread(self, channel: str, thread_ts: str) -> list[dict[str, Any]]:
+        """Replies in the thread under ``thread_ts`` (parent excluded), oldest first."""
+        return [
+            m for m in self.messages(channel)
+            if m.get("thread_ts") == thread_ts and m["ts"] != thread_ts
+        ]
+
+    def ephemerals(self, channel: str | None = None, user: str | None = None
+                   ) -> list[dict[str, Any]]:
+        """Ephemeral messages (``chat.postEphemeral`` and ephemeral response_url posts)."""
+        with self._lock:
+            return [
+                _copy(e) for e in self._ephemerals
+                if (channel is None or e["channel"] == channel)
+                and (user is None or e["user"] == user)
+            ]
+
+    @property
+    def views(self) -> list[dict[str, Any]]:
+        """Views opened with ``views.open`` (as returned to the caller)."""
+        with self._lock:
+            return [_copy(v) for v in self._views]
+
+    def dm_channel(self, user_id: str) -> str:
+        """The DM channel id ``conversations.open`` returns for ``user_id``."""
+        return "D" + user_id[1:] if len(user_id) > 1 else "D" + user_id
+
+    def add_user(self, user_id: str, name: str | None = None, email: str | None = None,
+                 real_name: str | None = None, **extra: Any) -> None:
+        spec: dict[str, Any] = {"name": name or user_id.lower()}
+        if email is not None:
+            spec["email"] = email
+        if real_name is not None:
+            spec["real_name"] = real_name
+        spec.update(extra)
+        with self._lock:
+            self.users[user_id] = spec
+
+    # ------------------------------------------------------------------ faults & hooks
+
+    def fail(self, method: str, error: str = "channel_not_found", times: int | None = 1,
+             *, status: int = 200) -> None:
+        """The next ``times`` calls of ``method`` (None: all, until ``clear_faults``) answer
+        ``{"ok": false, "error": error}`` with HTTP ``status``."""
+        with self._lock:
+            self._faults.append(_Fault(method, "fail", times, error=error, status=status))
+
+    def rate_limit(self, method: str, retry_after: int = 1, times: int | None = 1) -> None:
+        """The next ``times`` calls of ``method`` answer HTTP 429, ``Retry-After``."""
+        with self._lock:
+            self._faults.append(_Fault(method, "rate_limit", times, retry_after=retry_after,
+                                       status=429))
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def on(self, method: str,
+           handler: Callable[[dict[str, Any], str | None], dict[str, Any]]) -> None:
+        """Answer ``method`` with ``handler(args, token)`` (after the token check).
+        Overrides a built-in method; raise nothing, return the full response dict."""
+        with self._lock:
+            self._handlers[method] = handler
+
+    # ------------------------------------------------------------------ response_url
+
+    def response_url(self, name: str | None = None, *, channel: str | None = None,
+                     message_ts: str | None = None, user: str | None = None,
+                     thread_ts: str | None = None) -> str:
+        """A URL to hand out as a payload's ``response_url``.
+
+        Posts to it are recorded as ``Call("response_url", args={**body,
+        "response_url_id": id})`` and answered ``{"ok": true}``. When ``channel`` is given
+        the post takes effect like Slack's: ``delete_original`` deletes and
+        ``replace_original`` updates the message ``message_ts``; ``response_type:
+        "in_channel"`` posts to the channel; otherwise an ephemeral message for ``user``.
+        """
+        rid = name or uuid.uuid4().hex[:12]
+        with self._lock:
+            self._response_urls[rid] = {
+                "channel": channel, "message_ts": message_ts, "user": user,
+                "thread_ts": thread_ts,
+            }
+        return f"{self.base_url}/respond/{rid}"
+
+    # ------------------------------------------------------------------ Socket Mode
+
+    @property
+    def socket_url(self) -> str:
+        return f"ws://127.0.0.1:{self._ws_port}/link/"
+
+    @property
+    def socket_connection_count(self) -> int:
+        """Connections that received ``hello`` since start (reconnects count)."""
+        with self._lock:
+            return self._ws_total
+
+    def socket_connected(self, timeout: float = 5.0, count: int = 1) -> bool:
+        """Wait until a client is connected (and at least ``count`` connections have been
+        made in total). True if so, False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not (self._ws_conns and self._ws_total >= count):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return True
+
+    def socket_send(self, payload_type: str, payload: dict[str, Any], timeout: float = 5.0,
+                    *, accepts_response_payload: bool | None = None,
+                    retry_attempt: int | None = None, retry_reason: str | None = None
+                    ) -> dict[str, Any]:
+        """Send an envelope to the newest connection and wait for the ack with the same
+        ``envelope_id``; return the ack (``{"envelope_id"[, "payload"]}``).
+
+        Note: Bolt sends no ack when no listener matched (404) — this then times out.
+        """
+        if accepts_response_payload is None:
+            accepts_response_payload = payload_type != "events_api"
+        eid = str(uuid.uuid4())
+        envelope: dict[str, Any] = {
+            "envelope_id": eid,
+            "type": payload_type,
+            "payload": payload,
+            "accepts_response_payload": accepts_response_payload,
+        }
+        if payload_type == "events_api" or retry_attempt is not None:
+            envelope["retry_attempt"] = retry_attempt or 0
+            envelope["retry_reason"] = retry_reason or ""
+        if not self.socket_connected(timeout):
+            raise AssertionError(f"no Socket Mode client connected within {timeout}s")
+        with self._lock:
+            conn = self._ws_conns[-1]
+        conn.send(json.dumps(envelope))
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while eid not in self._acks:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(
+                        f"no ack for {payload_type} envelope {eid} within {timeout}s; "
+                        f"received: {self.socket_received!r}"
+                    )
+                self._cond.wait(remaining)
+            return dict(self._acks[eid])
+
+    def socket_disconnect_all(self, mode: str = "close") -> None:
+        """Drop every Socket Mode connection.
+
+        ``mode``:
+
+        - ``"disconnect"``: Slack's refresh warning ``{"type": "disconnect", "reason":
+          "refresh_requested"}``; the builtin client opens a new connection at once, and
+          the double then cuts the old one (as Slack does).
+        - ``"close"``: a close frame (1001). The builtin client does *not* reconnect at
+          once: its monitor notices on its next ``ping_interval`` tick (Bolt: 10 s).
+        - ``"abort"``: TCP cut without a close frame (the client only notices after
+          several failed pings; it spins on ``recv`` meanwhile).
+        """
+        if mode not in ("disconnect", "close", "abort"):
+            raise ValueError(f"unknown mode {mode!r}")
+        with self._lock:
+            conns = list(self._ws_conns)
+            if mode == "disconnect":
+                self._ws_retiring.extend(conns)
+        for conn in conns:
+            try:
+                if mode == "disconnect":
+                    conn.send(json.dumps({
+                        "type": "disconnect", "reason": "refresh_requested",
+                        "debug_info": {"host": "applink-test-1"},
+                    }))
+                elif mode == "close":
+                    conn.close(code=1001, reason="going away")
+                else:
+                    _abort(conn)
+            except (OSError, ConnectionClosed):
+                pass
+
+    @contextmanager
+    def socket_mode(self, app: Any, app_token: str = APP_TOKEN, timeout: float = 5.0,
+                    **handler_kwargs: Any) -> Iterator[Any]:
+        """Run Bolt's builtin ``SocketModeHandler(app, app_token)`` against the double:
+        connect, wait for ``hello``, yield the handler, then close it quickly
+        (:meth:`close_socket_mode`). ``app.client.base_url`` must be ``api_url``."""
+        from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+        handler = SocketModeHandler(app, app_token, **handler_kwargs)
+        try:
+            handler.connect()
+            if not self.socket_connected(timeout):
+                raise AssertionError(f"SocketModeHandler did not connect within {timeout}s")
+            yield handler
+        finally:
+            self.close_socket_mode(handler)
+
+    def close_socket_mode(self, handler: Any) -> None:
+        """Close a builtin ``SocketModeHandler`` (or ``SocketModeClient``) in milliseconds.
+
+        ``handler.close()`` alone takes ~4 s: the client's reader thread sits in a
+        ``recv()`` with a 3 s timeout that closing its own socket does not interrupt, and
+        its message processor polls its queue with a 1 s timeout. Here the client is
+        marked closed first, its queue is woken, and the double hangs up the socket."""
+        client = getattr(handler, "client", handler)
+        client.auto_reconnect_enabled = False
+        client.closed = True
+        client.current_session_state.terminated = True
+        client.message_queue.put(None)
+        self.socket_disconnect_all(mode="abort")
+        handler.close()
+
+    def _ws_accept_loop(self) -> None:
+        # websockets' own serve_forever starts non-daemon threads; use daemon ones so a
+        # forgotten client never blocks interpreter exit.
+        assert self._ws is not None and self._ws_wakeup is not None
+        server, wake = self._ws, self._ws_wakeup[0]
+        poller = selectors.DefaultSelector()
+        try:
+            poller.register(server.socket, selectors.EVENT_READ)
+            poller.register(wake, selectors.EVENT_READ)
+            while True:
+                poller.select()
+                try:
+                    sock, addr = server.socket.accept()
+                except OSError:
+                    break
+                threading.Thread(target=server.handler, args=(sock, addr),
+                                 name="slack-double-ws-conn", daemon=True).start()
+        except (OSError, ValueError):
+            pass
+        finally:
+            poller.close()
+
+    def _ws_process_request(self, conn: ServerConnection, request: Any) -> Any:
+        url = urlsplit(request.path)
+        ticket = dict(parse_qsl(url.query)).get("ticket")
+        with self._lock:
+            known = ticket in self._tickets
+        if not url.path.startswith("/link") or not known:
+            return conn.respond(401, "invalid ticket\n")
+        return None
+
+    def _ws_handler(self, conn: ServerConnection) -> None:
+        try:
+            conn.send(json.dumps({
+                "type": "hello",
+                "num_connections": 1,
+                "debug_info": {"host": "applink-test-1", "build_number": 1,
+                               "approximate_connection_time": 18060},
+                "connection_info": {"app_id": self.app_id},
+            }))
+            with self._cond:
+                self._ws_conns.append(conn)
+                self._ws_total += 1
+                retiring, self._ws_retiring = self._ws_retiring, []
+                self._cond.notify_all()
+            # A client that reconnected after "disconnect" has closed its old socket, but
+            # its reader thread sits in recv() until the peer hangs up: hang up.
+            for old in retiring:
+                _abort(old)
+            for raw in conn:
+                try:
+                    msg = json.loads(raw)
+                except (TypeError, ValueError):
+                    msg = {"raw": raw}
+                with self._cond:
+                    self.socket_received.append(msg)
+                    if isinstance(msg, dict) and "envelope_id" in msg:
+                        self._acks[msg["envelope_id"]] = msg
+                    self._cond.notify_all()
+        except (ConnectionClosed, OSError):
+            pass
+        finally:
+            with self._cond:
+                if conn in self._ws_conns:
+                    self._ws_conns.remove(conn)
+                if conn in self._ws_retiring:
+                    self._ws_retiring.remove(conn)
+                self._cond.notify_all()
+
+    # ------------------------------------------------------------------ HTTP dispatch
+
+    def _record(self, call: Call) -> None:
+        with self._cond:
+            self._calls.append(call)
+            self._cond.notify_all()
+
+    def _take_fault(self, method: str) -> _Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.method == method:
+                    if fault.remaining is not None:
+                        fault.remaining -= 1
+                        if fault.remaining <= 0:
+                            self._faults.remove(fault)
+                    return fault
+        return None
+
+    def _handle_api(self, method: str, args: dict[str, Any], token: str | None
+                    ) -> tuple[int, dict[str, str], dict[str, Any]]:
+        headers = {"x-oauth-scopes": self.scopes, "x-slack-req-id": uuid.uuid4().hex}
+        fault = self._take_fault(method)
+        if fault is not None and fault.kind == "rate_limit":
+            headers["Retry-After"] = str(fault.retry_after)
+            return 429, headers, {"ok": False, "error": "ratelimited"}
+        if fault is not None:
+            return fault.status, headers, {"ok": False, "error": fault.error}
+        try:
+            with self._lock:
+                custom = self._handlers.get(method)
+            builtin = getattr(self, "_m_" + method.replace(".", "_"), None)
+            if custom is None and builtin is None:
+                raise _SlackError("unknown_method", req_method=method)
+            self._check_token(method, token)
+            if custom is not None:
+                return 200, headers, custom(args, token)
+            with self._lock:
+                return 200, headers, {"ok": True, **builtin(args, token)}
+        except _SlackError as e:
+            return 200, headers, {"ok": False, "error": e.error, **e.extra}
+
+    def _check_token(self, method: str, token: str | None) -> None:
+        if not token:
+            raise _SlackError("not_authed")
+        if token not in self.tokens:
+            raise _SlackError("invalid_auth")
+        is_app_token = token.startswith("xapp-")
+        if method.startswith("apps.connections.") and not is_app_token:
+            raise _SlackError("not_allowed_token_type")
+        if is_app_token and not method.startswith("apps.connections.") and method != "auth.test":
+            raise _SlackError("not_allowed_token_type")
+
+    def _handle_response_url(self, rid: str, body: dict[str, Any]
+                             ) -> tuple[int, dict[str, Any]]:
+        fault = self._take_fault("response_url")
+        if fault is not None:
+            return (429 if fault.kind == "rate_limit" else 404), {
+                "ok": False, "error": fault.error}
+        with self._lock:
+            link = self._response_urls.get(rid)
+            if link is None:
+                return 404, {"ok": False, "error": "invalid_url"}
+            channel = link["channel"]
+            if channel is None:
+                return 200, {"ok": True}
+            ts = link["message_ts"]
+            msg = self._messages.get((channel, ts)) if ts else None
+            if body.get("delete_original"):
+                if msg is None:
+                    return 404, {"ok": False, "error": "message_not_found"}
+                msg["deleted"] = True
+            elif body.get("replace_original"):
+                if msg is None:
+                    return 404, {"ok": False, "error": "message_not_found"}
+                self._apply_update(msg, body)
+            elif body.get("response_type") == "in_channel":
+                self._post(channel, {**body, "thread_ts": body.get("thread_ts")
+                                     or link["thread_ts"]})
+            else:
+                self._ephemerals.append({
+                    "channel": channel, "user": link["user"], "ts": self._next_ts(),
+                    "text": body.get("text", ""), "blocks": body.get("blocks") or [],
+                    "thread_ts": body.get("thread_ts") or link["thread_ts"],
+                })
+        return 200, {"ok": True}
+
+    # ------------------------------------------------------------------ Web API methods
+
+    def _next_ts(self) -> str:
+        self._ts_seq += 1
+        n = self._ts_seq
+        return f"{1700000000 + n // 10000}.{(n % 10000) * 100:06d}"
+
+    def _resolve_channel(self, channel: Any) -> str:
+        if not channel or not isinstance(channel, str):
+            raise _SlackError("channel_not_found")
+        if channel[0] in "UW":
+            return self.dm_channel(channel)
+        return channel
+
+    def _check_content(self, args: dict[str, Any], *, required: bool = True) -> None:
+        text, blocks = args.get("text"), args.get("blocks")
+        if required and not text and not blocks and not args.get("attachments"):
+            raise _SlackError("no_text")
+        if isinstance(text, str) and len(text) > 40000:
+            raise _SlackError("msg_too_long")
+        if blocks is not None and self.validate_blocks:
+            _validate_blocks(blocks)
+
+    def _bot_message(self, channel: str, ts: str, args: dict[str, Any]) -> dict[str, Any]:
+        msg: dict[str, Any] = {
+            "type": "message",
+            "channel": channel,
+            "ts": ts,
+            "text": args.get("text") or "",
+            "blocks": args.get("blocks") or [],
+            "user": self.bot_user_id,
+            "bot_id": self.bot_id,
+            "app_id": self.app_id,
+            "team": self.team_id,
+            "reply_count": 0,
+            "deleted": False,
+        }
+        if args.get("thread_ts"):
+            msg["thread_ts"] = str(args["thread_ts"])
+        if args.get("attachments"):
+            msg["attachments"] = args["attachments"]
+        if args.get("metadata"):
+            msg["metadata"] = args["metadata"]
+        return msg
+
+    def _post(self, channel: str, args: dict[str, Any]) -> dict[str, Any]:
+        ts = self._next_ts()
+        msg = self._bot_message(channel, ts, args)
+        self._messages[(channel, ts)] = msg
+        parent_ts = msg.get("thread_ts")
+        parent = self._messages.get((channel, parent_ts)) if parent_ts else None
+        if parent is not None:
+            parent["thread_ts"] = parent_ts
+            parent["reply_count"] = parent.get("reply_count", 0) + 1
+            parent["latest_reply"] = ts
+        return msg
+
+    @staticmethod
+    def _apply_update(msg: dict[str, Any], args: dict[str, Any]) -> None:
+        if "text" in args and args["text"] is not None:
+            msg["text"] = args["text"]
+        if "blocks" in args and args["blocks"] is not None:
+            msg["blocks"] = args["blocks"]
+        if "attachments" in args and args["attachments"] is not None:
+            msg["attachments"] = args["attachments"]
+        msg["edited"] = {"user": BOT_USER_ID, "ts": f"{time.time():.6f}"}
+
+    def _echo(self, msg: dict[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in msg.items()
+               if k not in ("channel", "deleted", "reply_count", "latest_reply")}
+        out["bot_profile"] = {"id": self.bot_id, "app_id": self.app_id, "name": BOT_NAME,
+                              "team_id": self.team_id, "deleted": False}
+        return out
+
+    def _m_api_test(self, args: dict[str, Any], token: str | None) -> dict[str, Any]:
+        return {"args": args} if args else {}
+
+    def _m_auth_test(self, args: dict[str, Any], token: str | None) -> dict[str, Any]:
+        return {
+            "url": f"https://{TEAM_DOMAIN}.slack.com/",
+            "team": TEAM_NAME,
+            "user": BOT_NAME,
+            "team_id": self.team_id,
+            "user_id": self.bot_user_id,
+            "bot_id": self.bot_id,
+            "is_enterprise_install": False,
+        }
+
+    def _m_apps_connections_open(self, args: dict[str, Any], token: str | None
+                                 ) -> dict[str, Any]:
+        ticket = str(uuid.uuid4())
+        self._tickets.add(ticket)
+        return {"url": f"{self.socket_url}?ticket={ticket}&app_id={self.app_id}"}
+
+    def _m_chat_postMessage(self, args: dict[str, Any], token: str | None) -> dict[str, Any]:
+        channel = self._resolve_channel(args.get("channel"))
+        self._check_content(args)
+        msg = self._post(channel, args)
+        return {"channel": channel, "ts": msg["ts"], "message": self._echo(msg)}
+
+    def _m_chat_postEphemeral(self, args: dict[str, Any], token: str | None
+                              ) -> dict[str, Any]:
+        channel = self._resolve_channel(args.get("channel"))
+        user = args.get("user")
+        if not isinstance(user, str) or not _USER_ID.match(user):
+            raise _SlackError("user_not_found")
+        self._check_content(args)
+        ts = self._next_ts()
+        self._ephemerals.append({
+            "channel": channel, "user": user, "ts": ts, "text": args.get("text") or "",
+            "blocks": args.get("blocks") or [],
+            "thread_ts": str(args["thread_ts"]) if args.get("thread_ts") else None,
+        })
+        return {"message_ts": ts}
+
+    def _m_chat_update(self, args: dict[str, Any], token: str | None) -> dict[str, Any]:
+        channel = self._resolve_channel(args.get("channel"))
+        ts = args.get("ts")
+        if not ts:
+            raise _SlackError("message_not_found")
+        msg = self._messages.get((channel, str(ts)))
+        if msg is None or msg["deleted"]:
+            raise _SlackError("message_not_found")
+        self._check_content(args, required=False)
+        if msg["user"] != self.bot_user_id:
+            raise _SlackError("cant_update_message")
+        self._apply_update(msg, args)
+        return {"channel": channel, "ts": msg["ts"], "text": msg["text"],
+                "message": self._echo(msg)}
+
+    def _m_chat_delete(self, args: dict[str, Any], token: str | None) -> dict[str, Any]:
+        channel = self._resolve_channel(args.get("channel"))
+        msg = self._messages.get((channel, str(args.get("ts"))))
+        if msg is None or msg["deleted"]:
+            raise _SlackError("message_not_found")
+        msg["deleted"] = True
+        return {"channel": channel, "ts": msg["ts"]}
+
+    def _m_conversations_open(self, args: dict[str, Any], token: str | None
+                              ) -> dict[str, Any]:
+        users = args.get("users")
+        if isinstance(users, list):
+            users = ",".join(users)
+        if not users:
+            if args.get("channel"):
+                return {"channel": {"id": args["channel"]}}
+            raise _SlackError("users_list_not_supplied")
+        ids = [u.strip() for u in str(users).split(",") if u.strip()]
+        for uid in ids:
+            if not _USER_ID.match(uid):
+                raise _SlackError("user_not_found")
+        if len(ids) == 1:
+            cid = self.dm_channel(ids[0])
+        else:
+            cid = "G" + uuid.uuid5(uuid.NAMESPACE_OID, ",".join(sorted(ids))).hex[:10].upper()
+        already = cid in self._dms.values()
+        self._dms[",".join(sorted(ids))] = cid
+        out: dict[str, Any] = {"channel": {"id": cid}}
+        if already:
+            out.update(no_op=True, already_open=True)
+        return out
+
+    def _m_conversations_info(self, args: dict[str, Any], token: str | None
+                              ) -> dict[str, Any]:
+        cid = args.get("channel")
+        if not cid or not isinstance(cid, str):
+            raise _SlackError("channel_not_found")
+        if cid not in self.channels and not (cid[0] in "CGD" and cid[1:].isalnum()):
+            raise _SlackError("channel_not_found")
+        is_im = cid.startswith("D")
+        info: dict[str, Any] = {
+            "id": cid,
+            "name": cid.lower(),
+            "is_channel": cid.startswith("C"),
+            "is_group": cid.startswith("G"),
+            "is_im": is_im,
+            "is_private": not cid.startswith("C"),
+            "is_archived": False,
+            "is_member": True,
+            "created": 1700000000,
+            "context_team_id": self.team_id,
+        }
+        if is_im:
+            info.pop("name")
+            info["user"] = next((u for u in self.users if self.dm_channel(u) == cid), None)
+        info.update(self.channels.get(cid, {}))
+        return {"channel": info}
+
+    def _m_views_open(self, args: dict[str, Any], token: str | None) -> dict[str, Any]:
+        if not args.get("trigger_id"):
+            raise _SlackError("invalid_arguments")
+        view = args.get("view")
+        if isinstance(view, str):
+            view = json.loads(view)
+        if not isinstance(view, dict) or "type" not in view:
+            raise _SlackError("invalid_arguments")
+        if self.validate_blocks and view.get("blocks") is not None:
+            _validate_blocks(view["blocks"])
+        vid = "V" + uuid.uuid4().hex[:10].upper()
+        full = {
+            "id": vid,
+            "team_id": self.team_id,
+            "app_id": self.app_id,
+            "bot_id": self.bot_id,
+            "state": {"values": {}},
+            "hash": f"{time.time():.6f}.{uuid.uuid4().hex[:8]}",
+            "previous_view_id": None,
+            "root_view_id": vid,
+            "callback_id": "",
+            "private_metadata": "",
+            "external_id": "",
+            **view,
+        }
+        self._views.append(full)
+        return {"view": _copy(full)}
+
+    def _m_users_info(self, args: dict[str, Any], token: str | None) -> dict[str, Any]:
+        uid = args.get("user")
+        spec = self.users.get(uid) if isinstance(uid, str) else None
+        if spec is None:
+            raise _SlackError("user_not_found")
+        return {"user": _user_object(uid, spec, self.team_id)}  # type: ignore[arg-type]
+
+    def _m_usergroups_users_list(self, args: dict[str, Any], token: str | None
+                                 ) -> dict[str, Any]:
+        gid = args.get("usergroup")
+        if not isinstance(gid, str) or gid not in self.usergroups:
+            raise _SlackError("no_such_subteam")
+        return {"users": list(self.usergroups[gid])}
+
+
+# ---------------------------------------------------------------------- HTTP plumbing
+
+
+class _Handler(BaseHTTPRequestHandler):
+    dbl: SlackDouble
+    protocol_version = "HTTP/1.1"
+    server_version = "SlackDouble/1.0"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._serve()
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._serve()
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        if self.dbl.latency:
+            time.sleep(self.dbl.latency)
+        url = urlsplit(self.path)
+        try:
+            args = _parse_args(url.query, body, self.headers.get("Content-Type", ""))
+        except ValueError:
+            self._send(400, {}, {"ok": False, "error": "invalid_json"})
+            return
+        if url.path.startswith("/api/"):
+            method = url.path[len("/api/"):].strip("/")
+            token = None
+            auth = self.headers.get("Authorization", "")
+            if auth.lower().startswith("bearer "):
+                token = auth[7:].strip()
+            form_token = args.pop("token", None)
+            token = token or form_token
+            status, headers, resp = self.dbl._handle_api(method, args, token)
+            self.dbl._record(Call(method, args, token, time.time(), status, resp))
+            self._send(status, headers, resp)
+        elif url.path.startswith("/respond/") and self.command == "POST":
+            rid = url.path[len("/respond/"):].strip("/")
+            status, resp = self.dbl._handle_response_url(rid, args)
+            self.dbl._record(Call("response_url", {**args, "response_url_id": rid}, None,
+                                  time.time(), status, resp))
+            self._send(status, {}, resp)
+        else:
+            self._send(404, {}, {"ok": False, "error": "not_found"})
+
+    def _send(self, status: int, headers: dict[str, str], payload: dict[str, Any]) -> None:
+        data = json.dumps(payload).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def _abort(conn: ServerConnection) -> None:
+    try:
+        conn.socket.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    conn.socket.close()
+
+
+def _parse_args(query: str, body: bytes, content_type: str) -> dict[str, Any]:
+    args: dict[str, Any] = dict(parse_qsl(query, keep_blank_values=True))
+    ctype = content_type.split(";")[0].strip().lower()
+    if body:
+        if ctype == "application/json":
+            parsed = json.loads(body.decode("utf-8"))
+            if not isinstance(parsed, dict):
+                raise ValueError("JSON body must be an object")
+            args.update(parsed)
+            return args
+        if ctype == "multipart/form-data":
+            msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+                b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
+            )
+            for part in msg.iter_parts():  # type: ignore[attr-defined]
+                name = part.get_param("name", header="content-disposition")
+                data = part.get_payload(decode=True)
+                if part.get_filename():
+                    args[name] = data
+                else:
+                    args[name] = data.decode("utf-8")
+        else:
+            args.update(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
+    for key in _JSON_FIELDS:
+        value = args.get(key)
+        if isinstance(value, str) and value[:1] in "[{":
+            try:
+                args[key] = json.loads(value)
+            except ValueError:
+                pass
+    return args
+
+
+def _validate_blocks(blocks: Any) -> None:
+    from slack_sdk.errors import SlackObjectFormationError
+    from slack_sdk.models.blocks import Block
+
+    if not isinstance(blocks, list):
+        raise _SlackError("invalid_blocks_format")
+    if len(blocks) > 50:
+        raise _SlackError("invalid_blocks", errors=["must provide at most 50 items"])
+    try:
+        for raw in blocks:
+            if not isinstance(raw, dict):
+                raise ValueError(f"block must be an object: {raw!r}")
+            block = Block.parse(raw)
+            if block is None:
+                raise ValueError(f"unknown or missing block type: {raw.get('type')!r}")
+            block.to_dict()
+    except (SlackObjectFormationError, TypeError, KeyError, ValueError) as e:
+        raise _SlackError("invalid_blocks", errors=[str(e)],
+                          response_metadata={"messages": [f"[ERROR] {e}"]}) from e
+
+
+def _user_object(uid: str, spec: dict[str, Any], team_id: str) -> dict[str, Any]:
+    name = spec.get("name", uid.lower())
+    real_name = spec.get("real_name", name)
+    profile = {
+        "real_name": real_name,
+        "real_name_normalized": real_name,
+        "display_name": spec.get("display_name", name),
+        "display_name_normalized": spec.get("display_name", name),
+        "team": team_id,
+    }
+    if spec.get("email"):
+        profile["email"] = spec["email"]
+    if spec.get("is_bot"):
+        profile["bot_id"] = BOT_ID if uid == BOT_USER_ID else "B" + uid[1:]
+    reserved = {"name", "real_name", "email", "display_name"}
+    user = {
+        "id": uid,
+        "team_id": team_id,
+        "name": name,
+        "deleted": False,
+        "real_name": real_name,
+        "tz": "Europe/Berlin",
+        "tz_label": "Central European Time",
+        "tz_offset": 3600,
+        "profile": profile,
+        "is_admin": False,
+        "is_owner": False,
+        "is_primary_owner": False,
+        "is_restricted": False,
+        "is_ultra_restricted": False,
+        "is_bot": False,
+        "is_app_user": False,
+        "updated": 1700000000,
+    }
+    user.update({k: v for k, v in spec.items() if k not in reserved})
+    return user
+
+
+def _matches(call: Call, match: Match, arg_filters: dict[str, Any]) -> bool:
+    if isinstance(match, str):
+        if call.method != match:
+            return False
+    elif match is not None and not match(call):
+        return False
+    return all(call.args.get(k) == v for k, v in arg_filters.items())
+
+
+def _describe(match: Match, arg_filters: dict[str, Any]) -> str:
+    what = match if isinstance(match, str) else (
+        "any call" if match is None else getattr(match, "__name__", repr(match)))
+    return f"{what} {arg_filters}" if arg_filters else str(what)
+
+
+def _copy(value: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(value))
