@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,7 +65,8 @@ class Store:
         self.path = Path(path)
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._all: list[Database] = []
+        # Weak: a connection goes with its thread (HTTP request threads come and go).
+        self._all: weakref.WeakSet[Database] = weakref.WeakSet()
 
     @property
     def db(self) -> Database:
@@ -73,7 +75,7 @@ class Store:
             db = _connect(self.path)
             self._local.db = db
             with self._lock:
-                self._all.append(db)
+                self._all.add(db)
         return db
 
     def ping(self) -> bool:
@@ -91,7 +93,7 @@ class Store:
 
     def close(self) -> None:
         with self._lock:
-            for db in self._all:
+            for db in list(self._all):
                 try:
                     db.close()
                 except sqlite3.Error:
