@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -52,7 +53,9 @@ class CreateFlows:
         self.notifier = notifier
         self.on_signed_in = on_signed_in
         self._sessions: dict[str, Session] = {}
-        self._transient: dict[str, int] = {}
+        self._transient: dict[str, tuple[int, float]] = {}
+        #: How long Microsoft may keep failing (network, 429, 5xx) before a sign-in gives up.
+        self.transient_budget = 120.0
         self._lock = threading.Lock()
 
     # -- helpers ----------------------------------------------------------------------------
@@ -299,11 +302,19 @@ class CreateFlows:
         before = int(device.get("interval", 5))
         try:
             result = self.signin.poll(session, device)
-        except TransientError as exc:
+        except SignInError as exc:
+            self.fail(flow_id, exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - a poll must never strand its flow
+            if not isinstance(exc, TransientError):
+                log.exception("flow %s: unexpected error while polling", flow_id)
+
+            now = time.monotonic()
             with self._lock:
-                failures = self._transient.get(flow_id, 0) + 1
-                self._transient[flow_id] = failures
-            if failures >= self.signin.MAX_TRANSIENT_FAILURES:
+                failures, first = self._transient.get(flow_id, (0, now))
+                failures += 1
+                self._transient[flow_id] = (failures, first)
+            if now - first >= self.transient_budget:
                 self.fail(flow_id, SignInError("unreachable", f"sign-in kept failing ({exc})"))
                 return
             delay = min(before * (2 ** (failures - 1)), TRANSIENT_BACKOFF_CAP)
@@ -315,9 +326,6 @@ class CreateFlows:
                 delay,
             )
             self.services.workers.call_later(delay, self.poll, flow_id)
-            return
-        except SignInError as exc:
-            self.fail(flow_id, exc)
             return
         with self._lock:
             self._transient.pop(flow_id, None)

@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import msal
+import msal.exceptions
 
 from bot.config import Config
 from bot.errors import SignInError
@@ -129,9 +130,6 @@ def classify(result: dict[str, Any]) -> SignInError:
 class DeviceSignIn:
     """Starts and polls device-code sign-ins against the configured authority."""
 
-    #: A poll that fails this many times in a row for network reasons ends the flow.
-    MAX_TRANSIENT_FAILURES = 5
-
     def __init__(self, config: Config, http: httpx.Client) -> None:
         self._config = config
         self.http = http
@@ -151,7 +149,7 @@ class DeviceSignIn:
         """Ask for a device code; returns MSAL's flow dict (holds the device code)."""
         try:
             flow = session.app.initiate_device_flow(scopes=[self._config.graph_scope])
-        except (httpx.HTTPError, ValueError) as exc:
+        except (httpx.HTTPError, ValueError, msal.exceptions.MsalError) as exc:
             raise SignInError(
                 "unreachable", f"could not reach Microsoft sign-in ({type(exc).__name__})"
             ) from None
@@ -166,8 +164,9 @@ class DeviceSignIn:
             raise SignInError("expired", "The sign-in code expired before it was used.")
         try:
             result = session.app.acquire_token_by_device_flow(flow, exit_condition=lambda f: True)
-        except (httpx.HTTPError, ValueError) as exc:
-            raise TransientError(type(exc).__name__) from None
+        except (httpx.HTTPError, ValueError, msal.exceptions.MsalServiceError) as exc:
+            # network errors, 5xx (MSAL raises "HTTP Error: 5xx"), non-JSON bodies
+            raise TransientError(str(exc)[:80] or type(exc).__name__) from None
         interval = int(flow.get("interval", 5))
         if "access_token" in result:
             claims = result.get("id_token_claims") or {}
@@ -199,7 +198,7 @@ class DeviceSignIn:
             raise SignInError("no_session", "The sign-in session is gone; sign in again.")
         try:
             result = session.app.acquire_token_silent([scope], account=session.account)
-        except (httpx.HTTPError, ValueError) as exc:
+        except (httpx.HTTPError, ValueError, msal.exceptions.MsalServiceError) as exc:
             raise TransientError(type(exc).__name__) from None
         if not result or "access_token" not in result:
             raise classify(

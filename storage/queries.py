@@ -89,7 +89,9 @@ def update_flow(db: Database, flow_id: str, **changes: Any) -> None:
     db.table("flows").update(flow_id, changes)
 
 
-def transition_flow(db: Database, flow_id: str, from_states: Iterable[str], to_state: str, **changes: Any) -> bool:
+def transition_flow(
+    db: Database, flow_id: str, from_states: Iterable[str], to_state: str, **changes: Any
+) -> bool:
     """Move a flow to `to_state` only if it is in one of `from_states` (compare-and-set).
 
     Returns False when another thread or process moved it first: the caller lost the race

@@ -19,12 +19,6 @@ from tests.process import ROOT, BotProcess
 SIGNING_SECRET = "test-signing-secret"
 
 
-@pytest.fixture
-def slack() -> Iterator[SlackDouble]:
-    with SlackDouble() as dbl:
-        yield dbl
-
-
 def base_env(slack: SlackDouble, tmp_path: Path) -> dict[str, str]:
     return {
         "SLACK_BOT_TOKEN": BOT_TOKEN,
@@ -37,7 +31,9 @@ def base_env(slack: SlackDouble, tmp_path: Path) -> dict[str, str]:
 
 @pytest.fixture
 def http_bot(slack: SlackDouble, tmp_path: Path) -> Iterator[BotProcess]:
-    bot = BotProcess({**base_env(slack, tmp_path), "SLACK_SIGNING_SECRET": SIGNING_SECRET}, tmp_path)
+    bot = BotProcess(
+        {**base_env(slack, tmp_path), "SLACK_SIGNING_SECRET": SIGNING_SECRET}, tmp_path
+    )
     bot.start()
     yield bot
     bot.kill()
@@ -60,7 +56,11 @@ def test_empty_environment_names_the_bot_token(tmp_path: Path) -> None:
 
 
 def test_rejected_bot_token_is_one_line(slack: SlackDouble, tmp_path: Path) -> None:
-    env = {**base_env(slack, tmp_path), "SLACK_SIGNING_SECRET": SIGNING_SECRET, "SLACK_BOT_TOKEN": "xoxb-revoked"}
+    env = {
+        **base_env(slack, tmp_path),
+        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "SLACK_BOT_TOKEN": "xoxb-revoked",
+    }
     bot = BotProcess(env, tmp_path).start(wait=False)
     assert bot.proc is not None
     assert bot.proc.wait(30) == 1
@@ -82,11 +82,15 @@ def test_http_mode_help_signature_and_health(http_bot: BotProcess, slack: SlackD
     assert post_signed(url, body, "wrong-secret").status_code == 401
     stale = int(time.time()) - 6 * 60
     assert post_signed(url, body, SIGNING_SECRET, timestamp=stale).status_code == 401
-    unsigned = httpx.post(url, content=body, headers={"Content-Type": "application/x-www-form-urlencoded"})
+    unsigned = httpx.post(
+        url, content=body, headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
     assert unsigned.status_code == 401
 
 
-def test_http_mode_unknown_subcommand_and_empty_text(http_bot: BotProcess, slack: SlackDouble) -> None:
+def test_http_mode_unknown_subcommand_and_empty_text(
+    http_bot: BotProcess, slack: SlackDouble
+) -> None:
     url = f"{http_bot.url}/slack/events"
     unknown = post_signed(url, slash_command_body("frobnicate"), SIGNING_SECRET)
     assert unknown.status_code == 200
