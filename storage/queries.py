@@ -89,6 +89,23 @@ def update_flow(db: Database, flow_id: str, **changes: Any) -> None:
     db.table("flows").update(flow_id, changes)
 
 
+_FLOW_COLUMNS = frozenset(
+    {
+        "state",
+        "name",
+        "account_id",
+        "requester",
+        "channel_id",
+        "parent_ts",
+        "data",
+        "device_flow",
+        "expires_at",
+        "updated_at",
+        "error",
+    }
+)
+
+
 def transition_flow(
     db: Database, flow_id: str, from_states: Iterable[str], to_state: str, **changes: Any
 ) -> bool:
@@ -100,11 +117,14 @@ def transition_flow(
     states = list(from_states)
     changes["state"] = to_state
     changes.setdefault("updated_at", utcnow_iso())
+    unknown = set(changes) - _FLOW_COLUMNS
+    if unknown:
+        raise ValueError(f"not flow columns: {sorted(unknown)}")
     columns = ", ".join(f"[{k}] = ?" for k in changes)
     placeholders = ",".join("?" for _ in states)
     with db.atomic():
         cursor = db.execute(
-            f"UPDATE flows SET {columns} WHERE id = ? AND state IN ({placeholders})",
+            f"UPDATE flows SET {columns} WHERE id = ? AND state IN ({placeholders})",  # noqa: S608 - names checked
             [*changes.values(), flow_id, *states],
         )
         return cursor.rowcount == 1
