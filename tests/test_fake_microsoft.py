@@ -1,0 +1,826 @@
+"""The Microsoft double works with real clients: MSAL for sign-in, httpx for Graph and ARM."""
+
+from __future__ import annotations
+
+import base64
+import json
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import datetime
+
+import httpx
+import msal
+import pytest
+
+from tests.fakes.microsoft import (
+    ALICE_UPN,
+    APPLICATION_DEVELOPER,
+    AZURE_CLI_CLIENT_ID,
+    CONTRIBUTOR,
+    DEFAULT_SUBSCRIPTIONS,
+    DEFAULT_TENANT_ID,
+    GLOBAL_ADMINISTRATOR,
+    MSA_TENANT_ID,
+    OWNER,
+    ROLE_ASSIGNMENT_WRITE,
+    MicrosoftDouble,
+    permissions_allow,
+)
+from tests.fakes.tls import TestCA
+
+SUB1, SUB2 = (sid for sid, _ in DEFAULT_SUBSCRIPTIONS)
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(autouse=True)
+def _no_ca_environment(monkeypatch):
+    for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="module")
+def ca():
+    test_ca = TestCA()
+    yield test_ca
+    test_ca.close()
+
+
+@pytest.fixture
+def dbl(ca):
+    with MicrosoftDouble(ca) as double:
+        yield double
+        assert double.internal_errors == []
+
+
+@pytest.fixture
+def http(ca):
+    with ca.httpx_client(timeout=10) as client:
+        yield client
+
+
+@pytest.fixture
+def make_app(ca, dbl):
+    """A fresh MSAL PublicClientApplication per call (MSAL caches 429/5xx per object)."""
+    clients = []
+
+    def make(tenant="organizations", client_id=AZURE_CLI_CLIENT_ID):
+        client = ca.httpx_client(timeout=10)
+        clients.append(client)
+        return msal.PublicClientApplication(
+            client_id, authority=f"{dbl.authority_host}/{tenant}",
+            instance_discovery=False, http_client=client)
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+def poll(app, flow):
+    """Exactly one poll, without MSAL's "Attempted too soon" warning."""
+    flow.pop("latest_attempt_at", None)
+    return app.acquire_token_by_device_flow(flow, exit_condition=lambda f: True)
+
+
+def bearer(token):
+    return {"Authorization": f"Bearer {token}"}
+
+
+def claims_of(jwt):
+    part = jwt.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+
+
+def create_app(http, dbl, token, name="veeam-sa-test", **extra):
+    r = http.post(f"{dbl.graph_url}/v1.0/applications", headers=bearer(token),
+                  json={"displayName": name, "signInAudience": "AzureADMyOrg", **extra})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def create_sp(http, dbl, token, app_id):
+    r = http.post(f"{dbl.graph_url}/v1.0/servicePrincipals", headers=bearer(token),
+                  json={"appId": app_id})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def assign(http, dbl, token, sub, principal_id, role=CONTRIBUTOR, name=None,
+           principal_type="ServicePrincipal"):
+    name = name or str(uuid.uuid4())
+    return http.put(
+        f"{dbl.arm_url}/subscriptions/{sub}/providers/Microsoft.Authorization/"
+        f"roleAssignments/{name}", params={"api-version": "2022-04-01"}, headers=bearer(token),
+        json={"properties": {
+            "roleDefinitionId": f"/subscriptions/{sub}/providers/Microsoft.Authorization/"
+                                f"roleDefinitions/{role}",
+            "principalId": principal_id, "principalType": principal_type}})
+
+
+# --------------------------------------------------------------------------- sign-in (MSAL)
+
+
+def test_msal_device_flow_then_silent_arm_token(dbl, make_app, http):
+    dbl.script_next_flow(["pending", "pending", "slow_down", "approve"])
+    app = make_app()
+    flow = app.initiate_device_flow(scopes=[f"{dbl.graph_url}/.default"])
+    assert "user_code" in flow, flow
+    assert len(flow["user_code"]) == 9 and flow["user_code"].isalnum()
+    assert flow["verification_uri"] == "https://microsoft.com/devicelogin"
+    assert flow["interval"] == 5 and flow["expires_in"] == 900
+    assert flow["user_code"] in flow["message"]
+
+    for _ in range(2):
+        result = poll(app, flow)
+        assert result["error"] == "authorization_pending"
+        assert result["error_codes"] == [70016]
+        assert result["error_description"].startswith("AADSTS70016: ")
+        assert result["correlation_id"] == flow["_correlation_id"]
+    result = poll(app, flow)
+    assert result["error"] == "slow_down"
+    assert flow["interval"] == 10
+    result = poll(app, flow)
+    assert "access_token" in result, result
+    claims = result["id_token_claims"]
+    assert claims["preferred_username"] == ALICE_UPN
+    assert claims["tid"] == DEFAULT_TENANT_ID
+    assert claims["aud"] == AZURE_CLI_CLIENT_ID
+    assert claims["iss"] == f"https://login.microsoftonline.com/{DEFAULT_TENANT_ID}/v2.0"
+    assert claims["oid"] == dbl.alice.oid and claims["ver"] == "2.0"
+
+    recorded = dbl.flow()
+    assert recorded.polls == 4 and len(recorded.poll_times) == 4
+    assert recorded.outcomes == ["authorization_pending", "authorization_pending", "slow_down",
+                                 "token"]
+    assert recorded.state == "redeemed"
+    assert recorded.scope and f"{dbl.graph_url}/.default" in recorded.scope
+
+    accounts = app.get_accounts()
+    assert [a["username"] for a in accounts] == [ALICE_UPN]
+    arm = app.acquire_token_silent([f"{dbl.arm_url}/.default"], account=accounts[0])
+    assert arm and "access_token" in arm, arm
+    assert dbl.access_tokens[arm["access_token"]].audience == "arm"
+    assert dbl.access_tokens[result["access_token"]].audience == "graph"
+
+    me = http.get(f"{dbl.graph_url}/v1.0/me", headers=bearer(result["access_token"]))
+    assert me.status_code == 200
+    assert me.json()["userPrincipalName"] == ALICE_UPN
+    subs = http.get(f"{dbl.arm_url}/subscriptions", params={"api-version": "2022-12-01"},
+                    headers=bearer(arm["access_token"]))
+    assert subs.status_code == 200
+    assert {s["subscriptionId"] for s in subs.json()["value"]} == {SUB1, SUB2}
+    assert all(s["tenantId"] == DEFAULT_TENANT_ID for s in subs.json()["value"])
+
+    # each token only works for its own audience
+    wrong = http.get(f"{dbl.arm_url}/subscriptions", params={"api-version": "2022-12-01"},
+                     headers=bearer(result["access_token"]))
+    assert wrong.status_code == 401
+    assert wrong.json()["error"]["code"] == "InvalidAuthenticationTokenAudience"
+    wrong = http.get(f"{dbl.graph_url}/v1.0/me", headers=bearer(arm["access_token"]))
+    assert wrong.status_code == 401
+    assert wrong.json()["error"]["code"] == "InvalidAuthenticationToken"
+
+    # the silent request was a refresh_token grant for the ARM scope, with client_info
+    refresh = [r for r in dbl.requests_to("login", "POST", r"/token$")
+               if r.body.get("grant_type") == "refresh_token"]
+    assert len(refresh) == 1 and f"{dbl.arm_url}/.default" in refresh[0].body["scope"]
+    assert "authorization" not in refresh[0].headers
+
+
+def test_manual_approve_as_another_user_and_redeem_once(dbl, make_app):
+    bob = dbl.add_user("bob@contoso.onmicrosoft.com", name="Bob Builder")
+    app = make_app()
+    flow = app.initiate_device_flow(scopes=[f"{dbl.arm_url}/.default"])
+    assert poll(app, flow)["error"] == "authorization_pending"
+    dbl.approve(user="bob@contoso.onmicrosoft.com")
+    result = poll(app, flow)
+    assert result["id_token_claims"]["name"] == "Bob Builder"
+    assert result["id_token_claims"]["oid"] == bob.oid
+    assert dbl.access_tokens[result["access_token"]].audience == "arm"
+    again = poll(app, flow)
+    assert again["error"] == "invalid_grant" and again["error_codes"] == [70000]
+
+
+def test_decline_is_terminal(dbl, make_app):
+    app = make_app()
+    flow = app.initiate_device_flow(scopes=[f"{dbl.graph_url}/.default"])
+    dbl.decline(flow["user_code"])
+    assert poll(app, flow)["error"] == "authorization_declined"
+    assert poll(app, flow)["error"] == "authorization_declined"
+
+
+@pytest.mark.parametrize(
+    ("step", "error", "code", "suberror"),
+    [
+        ("decline", "authorization_declined", 70000, None),
+        ("expire", "expired_token", 70019, None),
+        ("bad_code", "bad_verification_code", 70018, None),
+        (("aadsts", 53003), "invalid_grant", 53003, None),
+        (("aadsts", 530033), "invalid_grant", 530033, None),
+        (("aadsts", 50076), "invalid_grant", 50076, "basic_action"),
+        (("aadsts", 50079), "invalid_grant", 50079, "basic_action"),
+        (("aadsts", 50020), "invalid_grant", 50020, None),
+        (("aadsts", 90002), "invalid_request", 90002, None),
+        (("aadsts", 700016), "unauthorized_client", 700016, None),
+        (("aadsts", 65001), "invalid_grant", 65001, "consent_required"),
+        (("aadsts", 65002), "invalid_client", 65002, None),
+        (("aadsts", 700022), "invalid_scope", 700022, None),
+    ],
+)
+def test_scripted_errors_reach_msal(dbl, make_app, step, error, code, suberror):
+    dbl.script_next_flow(["pending", step])
+    app = make_app()
+    flow = app.initiate_device_flow(scopes=[f"{dbl.graph_url}/.default"])
+    assert poll(app, flow)["error"] == "authorization_pending"
+    for _ in range(2):  # the last step repeats
+        result = poll(app, flow)
+        assert result["error"] == error
+        assert result["error_codes"] == [code]
+        assert result["error_description"].startswith(f"AADSTS{code}: ")
+        assert result["correlation_id"] == flow["_correlation_id"]
+        assert result.get("suberror") == suberror
+        assert "trace_id" in result and "timestamp" in result
+
+
+def test_flow_expires_on_the_double_clock(dbl, make_app):
+    dbl.device_expires_in = 600
+    dbl.device_interval = 1
+    app = make_app()
+    flow = app.initiate_device_flow(scopes=[f"{dbl.graph_url}/.default"])
+    assert flow["expires_in"] == 600 and flow["interval"] == 1
+    assert poll(app, flow)["error"] == "authorization_pending"
+    dbl.advance(601)
+    dbl.approve()  # too late
+    result = poll(app, flow)
+    assert result["error"] == "expired_token" and result["error_codes"] == [70019]
+    times = dbl.flow().poll_times
+    assert times[1] - times[0] >= 601
+
+
+def test_429_with_retry_after_is_cached_by_msal_across_flows(dbl, make_app):
+    dbl.script_next_flow([("http", 429, 7), "approve"])
+    app = make_app()
+    flow = app.initiate_device_flow(scopes=[f"{dbl.graph_url}/.default"])
+    other = app.initiate_device_flow(scopes=[f"{dbl.graph_url}/.default"])
+    result = poll(app, flow)
+    assert result["error"] == "temporarily_unavailable"
+    assert result["error_codes"] == [90055]
+    throttled = dbl.requests_to("login", "POST", r"/token$")
+    assert throttled[-1].status == 429
+    # MSAL answers from its cache for Retry-After seconds, even for the *other* flow
+    assert poll(app, flow)["error"] == "temporarily_unavailable"
+    assert poll(app, other)["error"] == "temporarily_unavailable"
+    assert dbl.flow(flow["user_code"]).polls == 1
+    assert dbl.flow(other["user_code"]).polls == 0
+    # a fresh application object is not throttled; the script moves on
+    fresh = make_app()
+    assert "access_token" in poll(fresh, flow)
+
+
+def test_5xx_makes_msal_raise(dbl, make_app):
+    dbl.script_next_flow([("http", 503, None), "approve"])
+    app = make_app()
+    flow = app.initiate_device_flow(scopes=[f"{dbl.graph_url}/.default"])
+    with pytest.raises(msal.exceptions.MsalServiceError):
+        poll(app, flow)
+    assert "access_token" in poll(make_app(), flow)
+
+
+def test_multi_resource_scope_is_rejected_at_initiation(dbl, make_app):
+    app = make_app()
+    flow = app.initiate_device_flow(scopes=[f"{dbl.graph_url}/.default",
+                                            f"{dbl.arm_url}/.default"])
+    assert "user_code" not in flow
+    assert flow["error"] == "invalid_scope" and flow["error_codes"] == [700022]
+    assert dbl.flows == []
+
+
+def test_unknown_client_and_tenants(dbl, make_app):
+    dbl.unknown_clients.add("11111111-2222-3333-4444-555555555555")
+    flow = make_app(client_id="11111111-2222-3333-4444-555555555555").initiate_device_flow(
+        scopes=[f"{dbl.graph_url}/.default"])
+    assert flow["error"] == "unauthorized_client" and flow["error_codes"] == [700016]
+
+    # MSAL replaces the AADSTS90002 answer of discovery with its own message
+    for tenant in (str(uuid.uuid4()), "nosuch.onmicrosoft.com"):
+        with pytest.raises(ValueError, match="Unable to get authority configuration"):
+            make_app(tenant=tenant)
+        discovery = dbl.requests_to("login", "GET")[-1]
+        assert discovery.path == f"/{tenant}/v2.0/.well-known/openid-configuration"
+        assert discovery.status == 400
+
+    # a domain resolves to the tenant; endpoints then carry the tenant id
+    app = make_app(tenant="contoso.onmicrosoft.com")
+    flow = app.initiate_device_flow(scopes=[f"{dbl.graph_url}/.default"])
+    assert dbl.requests_to("login", "POST")[-1].path == (
+        f"/{DEFAULT_TENANT_ID}/oauth2/v2.0/devicecode")
+    # a user from another tenant cannot sign in to this one
+    fabrikam = dbl.add_tenant(display_name="Fabrikam")
+    dbl.add_user("carol@fabrikam.onmicrosoft.com", tenant_id=fabrikam.id)
+    dbl.approve(user="carol@fabrikam.onmicrosoft.com")
+    result = poll(app, flow)
+    assert result["error_codes"] == [50020]
+
+
+def test_personal_and_guest_accounts(dbl, make_app):
+    dbl.add_user("pat@outlook.com", name="Pat Personal", personal=True)
+    dbl.add_user("gus_outlook.com#EXT#@contoso.onmicrosoft.com", name="Gus Guest",
+                 guest_idp="live.com")
+
+    app = make_app(tenant="common")
+    flow = app.initiate_device_flow(scopes=[f"{dbl.graph_url}/.default"])
+    dbl.approve(user="pat@outlook.com")
+    result = poll(app, flow)
+    assert result["id_token_claims"]["tid"] == MSA_TENANT_ID
+
+    # /organizations refuses personal accounts
+    app = make_app()
+    flow = app.initiate_device_flow(scopes=[f"{dbl.graph_url}/.default"])
+    dbl.approve(user="pat@outlook.com")
+    assert poll(app, flow)["error_codes"] == [50020]
+
+    flow = app.initiate_device_flow(scopes=[f"{dbl.graph_url}/.default"])
+    dbl.approve(user="gus_outlook.com#EXT#@contoso.onmicrosoft.com")
+    result = poll(app, flow)
+    assert result["id_token_claims"]["idp"] == "live.com"
+    assert result["id_token_claims"]["tid"] == DEFAULT_TENANT_ID
+
+
+def test_refresh_errors_are_scriptable(dbl, make_app):
+    dbl.script_next_flow(["approve"])
+    app = make_app()
+    flow = app.initiate_device_flow(scopes=[f"{dbl.graph_url}/.default"])
+    assert "access_token" in poll(app, flow)
+    account = app.get_accounts()[0]
+    dbl.script_refresh([("aadsts", 50076)])
+    result = app.acquire_token_silent_with_error([f"{dbl.arm_url}/.default"], account=account)
+    assert result["error"] == "invalid_grant" and result["error_codes"] == [50076]
+    assert result["suberror"] == "basic_action"
+    # plain acquire_token_silent hides the error as None (MSAL then replays the 400 for 60 s)
+    assert app.acquire_token_silent([f"{dbl.arm_url}/.default"], account=account) is None
+
+
+def test_revoked_sessions_fail_refresh(dbl, make_app):
+    dbl.script_next_flow(["approve"])
+    app = make_app()
+    flow = app.initiate_device_flow(scopes=[f"{dbl.graph_url}/.default"])
+    poll(app, flow)
+    dbl.revoke_sessions(ALICE_UPN)
+    result = app.acquire_token_silent_with_error([f"{dbl.arm_url}/.default"],
+                                                 account=app.get_accounts()[0])
+    assert result["error_codes"] == [50173]
+
+
+# --------------------------------------------------------------------------- client credentials
+
+
+def test_client_credentials_with_a_new_secret(dbl, ca, http):
+    token = dbl.token_for()
+    app = create_app(http, dbl, token)
+    sp = create_sp(http, dbl, token, app["appId"])
+    dbl.new_secret_delay = 2
+    r = http.post(f"{dbl.graph_url}/v1.0/applications/{app['id']}/addPassword",
+                  headers=bearer(token), json={"passwordCredential": {"displayName": "veeam"}})
+    secret = r.json()["secretText"]
+
+    with ca.httpx_client(timeout=10) as client:
+        cca = msal.ConfidentialClientApplication(
+            app["appId"], client_credential=secret,
+            authority=f"{dbl.authority_host}/{DEFAULT_TENANT_ID}", instance_discovery=False,
+            http_client=client)
+        for _ in range(2):
+            result = cca.acquire_token_for_client([f"{dbl.arm_url}/.default"])
+            assert result["error"] == "invalid_client"
+            assert result["error_codes"] == [7000215]
+        assert dbl.client_logins == []
+        result = cca.acquire_token_for_client([f"{dbl.arm_url}/.default"])
+        assert "access_token" in result, result
+    assert [(c.app_id, c.audience) for c in dbl.client_logins] == [(app["appId"], "arm")]
+
+    # the principal sees a subscription once it has a role there
+    def visible():
+        r = http.get(f"{dbl.arm_url}/subscriptions", params={"api-version": "2022-12-01"},
+                     headers=bearer(result["access_token"]))
+        return [s["subscriptionId"] for s in r.json()["value"]]
+
+    assert visible() == []
+    arm = dbl.token_for(audience="arm")
+    assert assign(http, dbl, arm, SUB1, sp["id"]).status_code == 201
+    assert visible() == [SUB1]
+
+    # a wrong secret, then an expired one
+    def login(secret_text):
+        return http.post(f"{dbl.authority_host}/{DEFAULT_TENANT_ID}/oauth2/v2.0/token", data={
+            "grant_type": "client_credentials", "client_id": app["appId"],
+            "client_secret": secret_text, "scope": f"{dbl.graph_url}/.default"})
+
+    app_only = login(secret).json()["access_token"]
+    me = http.get(f"{dbl.graph_url}/v1.0/me", headers=bearer(app_only))
+    assert me.status_code == 400  # /me needs a delegated token
+    assert dbl.access_tokens[app_only].service_principal.id == sp["id"]
+
+    bad = login("nope")
+    assert bad.status_code == 401 and bad.json()["error_codes"] == [7000215]
+    assert login(secret).status_code == 200
+    dbl.advance(3 * 365 * 86400)
+    expired = login(secret)
+    assert expired.status_code == 401 and expired.json()["error_codes"] == [7000222]
+
+    # client credentials need a tenant, and a /.default scope
+    r = http.post(f"{dbl.authority_host}/organizations/oauth2/v2.0/token", data={
+        "grant_type": "client_credentials", "client_id": app["appId"],
+        "client_secret": secret, "scope": f"{dbl.graph_url}/.default"})
+    assert r.json()["error_codes"] == [50059]
+
+
+# --------------------------------------------------------------------------- Graph
+
+
+def test_graph_identity_reads(dbl, http):
+    dbl.add_user("dev@contoso.onmicrosoft.com", directory_roles=[APPLICATION_DEVELOPER],
+                 groups=["Azure Admins"])
+    token = dbl.token_for()
+    org = http.get(f"{dbl.graph_url}/v1.0/organization", headers=bearer(token)).json()
+    assert org["value"][0]["id"] == DEFAULT_TENANT_ID
+    assert org["value"][0]["displayName"] == "Contoso"
+    assert org["value"][0]["verifiedDomains"][0]["name"] == "contoso.onmicrosoft.com"
+
+    roles = http.get(f"{dbl.graph_url}/v1.0/me/transitiveMemberOf", headers=bearer(token))
+    assert roles.status_code == 200
+    (role,) = roles.json()["value"]
+    assert role["@odata.type"] == "#microsoft.graph.directoryRole"
+    assert role["roleTemplateId"] == GLOBAL_ADMINISTRATOR
+    assert role["displayName"] == "Global Administrator"
+
+    dev = dbl.token_for("dev@contoso.onmicrosoft.com")
+    kinds = [o["@odata.type"] for o in http.get(
+        f"{dbl.graph_url}/v1.0/me/transitiveMemberOf", headers=bearer(dev)).json()["value"]]
+    assert kinds == ["#microsoft.graph.directoryRole", "#microsoft.graph.group"]
+
+    policy = http.get(f"{dbl.graph_url}/v1.0/policies/authorizationPolicy", headers=bearer(token))
+    assert policy.json()["defaultUserRolePermissions"]["allowedToCreateApps"] is True
+    dbl.set_allowed_to_create_apps(DEFAULT_TENANT_ID, False)
+    policy = http.get(f"{dbl.graph_url}/v1.0/policies/authorizationPolicy", headers=bearer(token))
+    assert policy.json()["defaultUserRolePermissions"]["allowedToCreateApps"] is False
+    dbl.policy_forbidden(DEFAULT_TENANT_ID, True)
+    policy = http.get(f"{dbl.graph_url}/v1.0/policies/authorizationPolicy", headers=bearer(token))
+    assert policy.status_code == 403
+    err = policy.json()["error"]
+    assert err["code"] == "Authorization_RequestDenied"
+    assert set(err["innerError"]) >= {"request-id", "date"}
+
+
+def test_app_creation_rights(dbl, http):
+    dbl.add_user("bob@contoso.onmicrosoft.com")
+    dbl.add_user("dev@contoso.onmicrosoft.com", directory_roles=[APPLICATION_DEVELOPER])
+    bob = dbl.token_for("bob@contoso.onmicrosoft.com")
+    dev = dbl.token_for("dev@contoso.onmicrosoft.com")
+    body = {"displayName": "x", "signInAudience": "AzureADMyOrg"}
+
+    assert http.post(f"{dbl.graph_url}/v1.0/applications", headers=bearer(bob),
+                     json=body).status_code == 201
+    dbl.set_allowed_to_create_apps(DEFAULT_TENANT_ID, False)
+    denied = http.post(f"{dbl.graph_url}/v1.0/applications", headers=bearer(bob), json=body)
+    assert denied.status_code == 403
+    assert denied.json()["error"]["code"] == "Authorization_RequestDenied"
+    assert http.post(f"{dbl.graph_url}/v1.0/applications", headers=bearer(dev),
+                     json=body).status_code == 201
+    # a non-owner without an admin role cannot add secrets to someone else's app
+    alice_app = create_app(http, dbl, dbl.token_for())
+    r = http.post(f"{dbl.graph_url}/v1.0/applications/{alice_app['id']}/addPassword",
+                  headers=bearer(dev), json={})
+    assert r.status_code == 403
+
+
+def test_application_lifecycle(dbl, http):
+    token = dbl.token_for()
+    g = f"{dbl.graph_url}/v1.0"
+    app = create_app(http, dbl, token, name="veeam-prod")
+    assert app["signInAudience"] == "AzureADMyOrg"
+    assert app["publisherDomain"] == "contoso.onmicrosoft.com"
+    assert app["passwordCredentials"] == []
+
+    by_id = http.get(f"{g}/applications/{app['id']}", headers=bearer(token)).json()
+    assert by_id["appId"] == app["appId"]
+    by_app_id = http.get(f"{g}/applications(appId='{app['appId']}')", headers=bearer(token))
+    assert by_app_id.json()["id"] == app["id"]
+    for flt in (f"appId eq '{app['appId']}'", "displayName eq 'veeam-prod'"):
+        found = http.get(f"{g}/applications", params={"$filter": flt}, headers=bearer(token))
+        assert [a["id"] for a in found.json()["value"]] == [app["id"]]
+    assert http.get(f"{g}/applications/{app['appId']}", headers=bearer(token)).status_code == 404
+
+    r = http.patch(f"{g}/applications/{app['id']}", headers=bearer(token),
+                   json={"notes": "managed by veeam-sa"})
+    assert r.status_code == 204
+    assert dbl.application(object_id=app["id"]).props["notes"] == "managed by veeam-sa"
+
+    # idempotent upsert by uniqueName
+    url = f"{g}/applications(uniqueName='veeam-sa-prod')"
+    prefer = {**bearer(token), "Prefer": "create-if-missing"}
+    created = http.patch(url, headers=prefer, json={"displayName": "veeam-sa-prod",
+                                                    "signInAudience": "AzureADMyOrg"})
+    assert created.status_code == 201
+    assert created.json()["uniqueName"] == "veeam-sa-prod"
+    updated = http.patch(url, headers=prefer, json={"displayName": "veeam-sa-prod",
+                                                    "description": "v2"})
+    assert updated.status_code == 204 and updated.content == b""
+    got = http.get(url, headers=bearer(token)).json()
+    assert got["id"] == created.json()["id"] and got["description"] == "v2"
+    assert http.patch(f"{g}/applications(uniqueName='missing')", headers=bearer(token),
+                      json={"displayName": "m"}).status_code == 404
+
+    # secrets
+    end = "2027-06-30T00:00:00Z"
+    r = http.post(f"{g}/applications/{app['id']}/addPassword", headers=bearer(token),
+                  json={"passwordCredential": {"displayName": "veeam", "endDateTime": end}})
+    assert r.status_code == 200
+    pwd = r.json()
+    assert len(pwd["secretText"]) == 40 and pwd["hint"] == pwd["secretText"][:3]
+    assert pwd["endDateTime"] == end and pwd["displayName"] == "veeam"
+    uuid.UUID(pwd["keyId"])
+
+    r = http.post(f"{g}/applications/{app['id']}/addPassword", headers=bearer(token), json={})
+    default = r.json()
+    years = (datetime.fromisoformat(default["endDateTime"])
+             - datetime.fromisoformat(default["startDateTime"])).days
+    assert 729 <= years <= 731
+
+    dbl.max_secret_days = 180
+    r = http.post(f"{g}/applications/{app['id']}/addPassword", headers=bearer(token),
+                  json={"passwordCredential": {"endDateTime": "2099-01-01T00:00:00Z"}})
+    clamped = r.json()
+    days = (datetime.fromisoformat(clamped["endDateTime"])
+            - datetime.fromisoformat(clamped["startDateTime"])).days
+    assert days == 180
+
+    listed = http.get(f"{g}/applications/{app['id']}", headers=bearer(token)).json()
+    assert len(listed["passwordCredentials"]) == 3
+    assert all(p["secretText"] is None for p in listed["passwordCredentials"])
+    r = http.post(f"{g}/applications/{app['id']}/removePassword", headers=bearer(token),
+                  json={"keyId": pwd["keyId"]})
+    assert r.status_code == 204
+    r = http.post(f"{g}/applications/{app['id']}/removePassword", headers=bearer(token),
+                  json={"keyId": pwd["keyId"]})
+    assert r.status_code == 400
+    assert len(dbl.application(object_id=app["id"]).passwords) == 2
+
+    # service principal
+    sp = create_sp(http, dbl, token, app["appId"])
+    assert sp["appId"] == app["appId"] and sp["servicePrincipalType"] == "Application"
+    dup = http.post(f"{g}/servicePrincipals", headers=bearer(token), json={"appId": app["appId"]})
+    assert dup.status_code == 409
+    found = http.get(f"{g}/servicePrincipals", params={"$filter": f"appId eq '{app['appId']}'"},
+                     headers=bearer(token)).json()["value"]
+    assert [s["id"] for s in found] == [sp["id"]]
+    assert http.get(f"{g}/servicePrincipals/{sp['id']}", headers=bearer(token)).status_code == 200
+    nobody = http.post(f"{g}/servicePrincipals", headers=bearer(token),
+                       json={"appId": str(uuid.uuid4())})
+    assert nobody.status_code == 400
+    assert nobody.json()["error"]["details"][0]["code"] == "NoBackingApplicationObject"
+
+    # delete removes the principal too
+    assert http.delete(f"{g}/applications/{app['id']}", headers=bearer(token)).status_code == 204
+    assert http.get(f"{g}/servicePrincipals/{sp['id']}", headers=bearer(token)).status_code == 404
+    assert [a.id for a in dbl.deleted_applications] == [app["id"]]
+    assert dbl.application(object_id=app["id"]) is None
+
+
+def test_graph_request_validation(dbl, http):
+    token = dbl.token_for()
+    r = http.post(f"{dbl.graph_url}/v1.0/applications", headers=bearer(token),
+                  content=b"not json", )
+    assert r.status_code == 400
+    r = http.get(f"{dbl.graph_url}/v1.0/applications",
+                 params={"$filter": "tags/any(t: t eq 'x')"}, headers=bearer(token))
+    assert r.status_code == 400 and r.json()["error"]["code"] == "Request_UnsupportedQuery"
+    assert http.get(f"{dbl.graph_url}/v1.0/me").status_code == 401
+
+
+# --------------------------------------------------------------------------- ARM
+
+
+def test_role_assignments_and_permissions(dbl, http):
+    owner = dbl.token_for(audience="arm")
+    graph = dbl.token_for()
+    app = create_app(http, dbl, graph)
+    sp = create_sp(http, dbl, graph, app["appId"])
+    name = str(uuid.uuid4())
+
+    r = assign(http, dbl, owner, SUB1, sp["id"], name=name)
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["name"] == name and body["properties"]["principalId"] == sp["id"]
+    assert body["properties"]["scope"] == f"/subscriptions/{SUB1}"
+    assert assign(http, dbl, owner, SUB1, sp["id"], name=name).status_code == 200
+    again = assign(http, dbl, owner, SUB1, sp["id"])
+    assert again.status_code == 409
+    assert again.json()["error"]["code"] == "RoleAssignmentExists"
+    assert assign(http, dbl, owner, SUB1, sp["id"], role=OWNER).status_code == 201
+
+    missing = assign(http, dbl, owner, SUB1, str(uuid.uuid4()))
+    assert missing.status_code == 400
+    assert missing.json()["error"]["code"] == "PrincipalNotFound"
+    wrong_type = assign(http, dbl, owner, SUB1, sp["id"], role=OWNER, principal_type="User",
+                        name=str(uuid.uuid4()))
+    assert wrong_type.json()["error"]["code"] == "UnmatchedPrincipalType"
+
+    # a Contributor can read but not assign roles
+    dbl.add_user("con@contoso.onmicrosoft.com")
+    dbl.grant("con@contoso.onmicrosoft.com", SUB2, "Contributor")
+    contributor = dbl.token_for("con@contoso.onmicrosoft.com", audience="arm")
+    perms = http.get(f"{dbl.arm_url}/subscriptions/{SUB2}/providers/Microsoft.Authorization/"
+                     "permissions", params={"api-version": "2022-04-01"},
+                     headers=bearer(contributor)).json()["value"]
+    assert perms[0]["actions"] == ["*"]
+    assert "Microsoft.Authorization/*/Write" in perms[0]["notActions"]
+    assert not permissions_allow(perms, ROLE_ASSIGNMENT_WRITE)
+    denied = assign(http, dbl, contributor, SUB2, sp["id"])
+    assert denied.status_code == 403
+    assert denied.json()["error"]["code"] == "AuthorizationFailed"
+    assert ROLE_ASSIGNMENT_WRITE in denied.json()["error"]["message"]
+
+    dbl.grant("con@contoso.onmicrosoft.com", SUB2, "User Access Administrator")
+    assert assign(http, dbl, contributor, SUB2, sp["id"]).status_code == 201
+    dbl.revoke("con@contoso.onmicrosoft.com", SUB2, "User Access Administrator")
+    assert assign(http, dbl, contributor, SUB2, sp["id"], role=OWNER).status_code == 403
+
+    listed = http.get(f"{dbl.arm_url}/subscriptions/{SUB1}/providers/Microsoft.Authorization/"
+                      "roleAssignments", params={"api-version": "2022-04-01",
+                                                 "$filter": f"principalId eq '{sp['id']}'"},
+                      headers=bearer(owner)).json()["value"]
+    assert {a["name"] for a in listed} >= {name}
+    assert all(a["properties"]["principalId"] == sp["id"] for a in listed)
+    url = (f"{dbl.arm_url}/subscriptions/{SUB1}/providers/Microsoft.Authorization/"
+           f"roleAssignments/{name}")
+    assert http.delete(url, params={"api-version": "2022-04-01"},
+                       headers=bearer(owner)).status_code == 200
+    assert http.delete(url, params={"api-version": "2022-04-01"},
+                       headers=bearer(owner)).status_code == 204
+
+    defs = http.get(f"{dbl.arm_url}/subscriptions/{SUB1}/providers/Microsoft.Authorization/"
+                    "roleDefinitions", params={"api-version": "2022-04-01",
+                                               "$filter": "roleName eq 'Key Vault Crypto User'"},
+                    headers=bearer(owner)).json()["value"]
+    assert [d["name"] for d in defs] == ["12338af0-0e69-4776-bea7-57ae8d297424"]
+
+
+def test_arm_errors(dbl, http):
+    arm = dbl.token_for(audience="arm")
+    r = http.get(f"{dbl.arm_url}/subscriptions")
+    assert r.status_code == 401 and r.json()["error"]["code"] == "AuthenticationFailed"
+    r = http.get(f"{dbl.arm_url}/subscriptions", headers=bearer(arm))
+    assert r.status_code == 400 and r.json()["error"]["code"] == "MissingApiVersionParameter"
+    other = dbl.add_tenant(display_name="Fabrikam")
+    foreign = dbl.add_subscription(name="Fabrikam Prod", tenant_id=other.id)
+    r = http.get(f"{dbl.arm_url}/subscriptions/{foreign.subscription_id}/providers/"
+                 "Microsoft.Authorization/permissions", params={"api-version": "2022-04-01"},
+                 headers=bearer(arm))
+    assert r.status_code == 401
+    assert r.json()["error"]["code"] == "InvalidAuthenticationTokenTenant"
+    dbl.advance(3600)
+    r = http.get(f"{dbl.arm_url}/subscriptions", params={"api-version": "2022-12-01"},
+                 headers=bearer(arm))
+    assert r.status_code == 401 and r.json()["error"]["code"] == "ExpiredAuthenticationToken"
+
+
+# --------------------------------------------------------------------------- realism knobs
+
+
+def test_replication_delay(dbl, http):
+    dbl.replication_delay = 2
+    graph = dbl.token_for()
+    arm = dbl.token_for(audience="arm")
+    app = create_app(http, dbl, graph)
+    codes = [http.get(f"{dbl.graph_url}/v1.0/applications/{app['id']}",
+                      headers=bearer(graph)).status_code for _ in range(3)]
+    assert codes == [404, 404, 200]
+    assert http.get(f"{dbl.graph_url}/v1.0/applications/{app['id']}",
+                    headers=bearer(graph)).json()["id"] == app["id"]
+
+    app2 = create_app(http, dbl, graph, name="second")
+    attempts = [http.post(f"{dbl.graph_url}/v1.0/servicePrincipals", headers=bearer(graph),
+                          json={"appId": app2["appId"]}) for _ in range(3)]
+    assert [a.status_code for a in attempts] == [400, 400, 201]
+    assert "does not reference a valid application object" in (
+        attempts[0].json()["error"]["message"])
+    sp = attempts[2].json()
+    role_codes = []
+    for _ in range(3):
+        r = assign(http, dbl, arm, SUB1, sp["id"])
+        role_codes.append(r.json()["error"]["code"] if r.status_code != 201 else 201)
+    assert role_codes == ["PrincipalNotFound", "PrincipalNotFound", 201]
+
+
+def test_pagination(dbl, http):
+    dbl.page_size = 2
+    for i in range(3):
+        sub = dbl.add_subscription(name=f"Extra {i}")
+        dbl.grant(ALICE_UPN, sub.subscription_id, "Reader")
+    arm = dbl.token_for(audience="arm")
+    url, params, seen, pages = f"{dbl.arm_url}/subscriptions", {"api-version": "2022-12-01"}, [], 0
+    while url:
+        body = http.get(url, params=params, headers=bearer(arm)).json()
+        seen += [s["subscriptionId"] for s in body["value"]]
+        url, params, pages = body.get("nextLink"), None, pages + 1
+    assert len(seen) == len(set(seen)) == 5 and pages == 3
+
+    graph = dbl.token_for()
+    for i in range(5):
+        create_app(http, dbl, graph, name=f"app-{i}")
+    url, names = f"{dbl.graph_url}/v1.0/applications", []
+    while url:
+        body = http.get(url, headers=bearer(graph)).json()
+        names += [a["displayName"] for a in body["value"]]
+        url = body.get("@odata.nextLink")
+    assert names == [f"app-{i}" for i in range(5)]
+
+
+def test_faults_latency_and_recording(dbl, http):
+    token = dbl.token_for()
+    f = dbl.fault("graph", "GET", r"/me$", 429, retry_after=3, times=2)
+    for _ in range(2):
+        r = http.get(f"{dbl.graph_url}/v1.0/me", headers=bearer(token))
+        assert r.status_code == 429 and r.headers["Retry-After"] == "3"
+        assert r.json()["error"]["code"] == "TooManyRequests"
+    assert http.get(f"{dbl.graph_url}/v1.0/me", headers=bearer(token)).status_code == 200
+    assert f.hits == 2 and f.times == 0
+
+    dbl.fault("arm", None, r"/subscriptions", 503, body={"error": {"code": "Busy",
+                                                                  "message": "later"}})
+    r = http.get(f"{dbl.arm_url}/subscriptions", params={"api-version": "2022-12-01"})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "Busy"
+
+    dbl.latency = 0.05
+    started = time.monotonic()
+    http.get(f"{dbl.graph_url}/v1.0/me", headers=bearer(token))
+    assert time.monotonic() - started >= 0.05
+
+    me = dbl.requests_to("graph", "GET", r"/me$")
+    assert [r.status for r in me] == [429, 429, 200, 200]
+    assert all("authorization" not in r.headers for r in dbl.requests)
+    assert dbl.requests_to("arm")[0].query == {"api-version": "2022-12-01"}
+
+
+def test_concurrent_requests_are_safe(dbl, ca):
+    token = dbl.token_for()
+    errors = []
+
+    def worker(i):
+        try:
+            with ca.httpx_client(timeout=10) as client:
+                for j in range(3):
+                    r = client.post(f"{dbl.graph_url}/v1.0/applications", headers=bearer(token),
+                                    json={"displayName": f"t{i}-{j}"})
+                    assert r.status_code == 201
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(dbl.applications) == 24
+
+
+# --------------------------------------------------------------------------- TLS
+
+
+def test_tls_trusts_only_the_test_ca(ca, dbl):
+    ctx = ca.client_context()
+    assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+    assert len(ctx.get_ca_certs()) == 1
+    with httpx.Client(verify=ssl.create_default_context(cafile=None), trust_env=False) as plain:
+        with pytest.raises(httpx.ConnectError):
+            plain.get(f"{dbl.graph_url}/v1.0/me")
+    with open(ca.ca_pem_path, "rb") as fh:
+        assert fh.read() == ca.cert_pem
+    code = ("import ssl, sys, urllib.request, urllib.error\n"
+            "try:\n"
+            f"    urllib.request.urlopen('{dbl.graph_url}/v1.0/me', "
+            "context=ssl.create_default_context())\n"
+            "except urllib.error.HTTPError as e:\n"
+            "    sys.exit(0 if e.code == 401 else 1)\n")
+    env = {"SSL_CERT_FILE": ca.ca_pem_path, "PATH": "/usr/bin:/bin"}
+    assert subprocess.run([sys.executable, "-c", code], env=env, timeout=20).returncode == 0
+
+
+def test_script_an_existing_flow_and_expire_by_hand(dbl, make_app):
+    app = make_app()
+    flow = app.initiate_device_flow(scopes=[f"{dbl.graph_url}/.default"])
+    assert poll(app, flow)["error"] == "authorization_pending"
+    dbl.script_flow(flow["user_code"], ["slow_down", ("approve", ALICE_UPN)])
+    assert poll(app, flow)["error"] == "slow_down"
+    assert "access_token" in poll(app, flow)
+
+    second = app.initiate_device_flow(scopes=[f"{dbl.graph_url}/.default"])
+    dbl.expire()
+    assert poll(app, second)["error"] == "expired_token"
+    with pytest.raises(ValueError):
+        dbl.script_next_flow(["approve", "nonsense"])
