@@ -75,7 +75,7 @@ class ArmClient(MicrosoftApi):
         }
         path = f"{scope}/providers/Microsoft.Authorization/roleAssignments/{name}"
         deadline = time.monotonic() + self.principal_budget
-        delay = 2.0
+        delay = 1.0
         while True:
             try:
                 self.request("PUT", path, json=body, params={"api-version": AUTHORIZATION_API})

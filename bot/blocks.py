@@ -174,3 +174,100 @@ def device_code_message(
 
 def note(text: str) -> Payload:
     return {"text": text, "blocks": [_section(text)]}
+
+
+# -- prerequisites, subscription choice, summary -----------------------------------------
+
+CHECK_ICONS = {True: ":white_check_mark:", False: ":x:", None: ":grey_question:"}
+MAX_OPTIONS = 100
+
+
+def prerequisites_message(
+    *,
+    flow_id: str,
+    app_right: bool | None,
+    app_reason: str,
+    subscriptions: list[dict[str, Any]],
+    blocked: bool,
+) -> Payload:
+    """Like VBAzure's Scope step: one line per check, the fix for each failure, Recheck."""
+    from bot import ids
+
+    lines = [f"{CHECK_ICONS[app_right]} Register applications in the tenant — {app_reason}"]
+    for sub in subscriptions:
+        label = f"`{sub['id']}`" + (f" {sub['name']}" if sub.get("name") else "")
+        lines.append(f"{CHECK_ICONS[sub['ok']]} Assign roles on {label} — {sub['reason']}")
+    head = "*Prerequisites*" + (" — something is missing" if blocked else "")
+    blocks = [_section(head + "\n" + "\n".join(lines))]
+    if blocked:
+        blocks.append(
+            {
+                "type": "actions",
+                "elements": [
+                    {
+                        "type": "button",
+                        "action_id": ids.ACTION_RECHECK,
+                        "text": {"type": "plain_text", "text": "Recheck"},
+                        "value": flow_id,
+                    }
+                ],
+            }
+        )
+        blocks.append(_context("Ask your tenant admin for what is missing, then press Recheck."))
+    text = "Prerequisites: " + ("something is missing" if blocked else "all met")
+    return {"text": text, "blocks": blocks}
+
+
+def subscription_chooser(
+    *, flow_id: str, requester: str, subscriptions: list[dict[str, Any]]
+) -> Payload:
+    """A multi-select of the subscriptions the account can see, and Create (requester only)."""
+    from bot import ids
+
+    options = []
+    for sub in subscriptions[:MAX_OPTIONS]:
+        mark = "✓ can assign roles" if sub["ok"] else "✗ cannot assign roles"
+        label = f"{sub.get('name') or sub['id']} ({mark})"
+        options.append(
+            {
+                "text": {"type": "plain_text", "text": label[:75]},
+                "value": sub["id"],
+                "description": {"type": "plain_text", "text": sub["id"][:75]},
+            }
+        )
+    lines = [
+        f"{CHECK_ICONS[s['ok']]} {s.get('name') or ''} `{s['id']}`"
+        for s in subscriptions[:MAX_OPTIONS]
+    ]
+    if len(subscriptions) > MAX_OPTIONS:
+        lines.append(
+            f"…and {len(subscriptions) - MAX_OPTIONS} more: name them with `--subscription`."
+        )
+    blocks: list[dict[str, Any]] = [
+        _section(f"<@{requester}>, choose the subscriptions to protect:\n" + "\n".join(lines)),
+    ]
+    if options:
+        blocks.append(
+            {
+                "type": "actions",
+                "block_id": "choose",
+                "elements": [
+                    {
+                        "type": "multi_static_select",
+                        "action_id": ids.ACTION_CHOOSE_SUBSCRIPTIONS,
+                        "placeholder": {"type": "plain_text", "text": "Subscriptions"},
+                        "options": options,
+                    },
+                    {
+                        "type": "button",
+                        "action_id": ids.ACTION_CREATE,
+                        "text": {"type": "plain_text", "text": "Create"},
+                        "style": "primary",
+                        "value": flow_id,
+                    },
+                ],
+            }
+        )
+    else:
+        blocks.append(_context("This account cannot see any subscription in the tenant."))
+    return {"text": "Choose the subscriptions to protect", "blocks": blocks}

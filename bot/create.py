@@ -37,6 +37,8 @@ from storage import queries
 log = logging.getLogger(__name__)
 
 SIGN_IN_STATES = ("starting", "awaiting_sign_in")
+POST_SIGN_IN_STATES = ("signed_in", "checking", "blocked", "choosing", "provisioning")
+CANCELLABLE_AFTER_SIGN_IN = ("signed_in", "blocked", "choosing")
 TRANSIENT_BACKOFF_CAP = 30.0
 
 
@@ -181,6 +183,9 @@ class CreateFlows:
         flow = queries.get_flow(self._db, flow_id)
         if flow is None or flow["state"] != "starting":
             return
+        if flow.get("parent_ts"):  # resuming after a restart: the thread exists
+            self._begin_sign_in(flow)
+            return
         data = self.data(flow)
         try:
             parent_ts = self.notifier.post(
@@ -210,12 +215,18 @@ class CreateFlows:
             return
         queries.update_flow(self._db, flow_id, parent_ts=parent_ts)
         flow["parent_ts"] = parent_ts
+        self._begin_sign_in(flow)
 
-        session = self.signin.new_session()
+    def _begin_sign_in(self, flow: dict[str, Any]) -> None:
+        flow_id = flow["id"]
         try:
+            session = self.signin.new_session()
             device = self.signin.initiate(session)
         except SignInError as exc:
             self.fail(flow_id, exc)
+            return
+        except TransientError as exc:
+            self.fail(flow_id, SignInError("unreachable", str(exc)))
             return
         with self._lock:
             self._sessions[flow_id] = session
@@ -294,13 +305,13 @@ class CreateFlows:
         if self._now() > float(device.get("expires_at", 0)):
             self.expire(flow_id)
             return
-        session = self.session(flow_id)
-        if session is None:
-            session = self.signin.new_session()
-            with self._lock:
-                self._sessions[flow_id] = session
         before = int(device.get("interval", 5))
         try:
+            session = self.session(flow_id)
+            if session is None:
+                session = self.signin.new_session()
+                with self._lock:
+                    self._sessions[flow_id] = session
             result = self.signin.poll(session, device)
         except SignInError as exc:
             self.fail(flow_id, exc)
@@ -436,6 +447,8 @@ class CreateFlows:
         text = sign_in_failure(error)
         if who:
             text = f"{who}: {text}"
+        if flow.get("account_id"):
+            text += "\n" + self._leftover_text(flow)
         self.notifier.thread(flow["channel_id"], flow.get("parent_ts"), blocks.note(f":x: {text}"))
         self.set_step(
             flow_id, "sign_in", "failed", outcome=":x: Sign-in failed; nothing was created."
@@ -477,9 +490,15 @@ class CreateFlows:
             raise CommandError("That flow does not exist (any more).")
         self.services.authz.require_requester_or_admin(by, flow["requester"])
         if not queries.transition_flow(
-            self._db, flow_id, [*SIGN_IN_STATES, "signed_in"], "cancelled", device_flow=None
+            self._db,
+            flow_id,
+            [*SIGN_IN_STATES, *CANCELLABLE_AFTER_SIGN_IN],
+            "cancelled",
+            device_flow=None,
         ):
-            raise CommandError(f"The flow for `{flow['name']}` is already {flow['state']}.")
+            raise CommandError(
+                f"The flow for `{flow['name']}` is {flow['state']}; it can't be cancelled now."
+            )
         self.drop_session(flow_id)
         queries.add_audit(
             self._db,
@@ -492,12 +511,25 @@ class CreateFlows:
         self.notifier.thread(
             flow["channel_id"],
             flow.get("parent_ts"),
-            blocks.note(f":no_entry_sign: Cancelled by <@{by}>. Nothing was created."),
+            blocks.note(f":no_entry_sign: Cancelled by <@{by}>. {self._leftover_text(flow)}"),
         )
         self.set_step(
             flow_id, "sign_in", "skipped", outcome=f":no_entry_sign: Cancelled by <@{by}>."
         )
         return flow
+
+    def _leftover_text(self, flow: dict[str, Any]) -> str:
+        account = (
+            queries.get_account_by_id(self._db, flow["account_id"])
+            if flow.get("account_id")
+            else None
+        )
+        if account is None or account["state"] == "rolled_back":
+            return "Nothing was created."
+        return (
+            f"The application created before the interruption (`{account['app_id']}`) is still in the "
+            "tenant; delete it in the Entra admin center if you don't want it."
+        )
 
     def cancel_mine(self, user: str) -> list[str]:
         """`/veeam-sa cancel`: cancel every open flow the user started. Returns their names."""

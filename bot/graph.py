@@ -139,7 +139,7 @@ class GraphClient(MicrosoftApi):
             raise
 
     def password_key_ids(self, object_id: str) -> list[str]:
-        app = self.get_application(object_id)
+        app = self._retry_visible(lambda: self.get_application(object_id))
         return [str(p.get("keyId")) for p in app.get("passwordCredentials") or []]
 
     # -- replication -------------------------------------------------------------------------

@@ -102,6 +102,13 @@ class MicrosoftApi:
             err = body["error"]
             code = str(err.get("code") or code)
             message = str(err.get("message") or message)[:500]
+            details = [
+                str(d.get("code"))
+                for d in err.get("details") or []
+                if isinstance(d, dict) and d.get("code")
+            ]
+            if details:
+                message += f" [{', '.join(details)}]"
             inner = err.get("innerError") or err.get("innererror") or {}
             if isinstance(inner, dict):
                 request_id = inner.get("request-id")

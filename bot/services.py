@@ -22,6 +22,7 @@ from storage.db import Store
 
 if TYPE_CHECKING:
     from bot.create import CreateFlows
+    from bot.provision import Provisioner
 
 
 def utcnow() -> datetime:
@@ -39,6 +40,7 @@ class Services:
     http: httpx.Client
     clock: Callable[[], datetime] = field(default=utcnow)
     create: CreateFlows = field(init=False)
+    provision: Provisioner = field(init=False)
 
 
 def make_http_client(config: Config) -> httpx.Client:
@@ -63,6 +65,7 @@ def build_services(
 ) -> Services:
     from bot.create import CreateFlows
     from bot.notify import Notifier
+    from bot.provision import Provisioner
     from bot.signin import DeviceSignIn
 
     http = http or make_http_client(config)
@@ -77,4 +80,6 @@ def build_services(
         clock=clock,
     )
     services.create = CreateFlows(services, DeviceSignIn(config, http), Notifier(slack))
+    services.provision = Provisioner(services.create)
+    services.create.on_signed_in = services.provision.on_signed_in
     return services

@@ -135,14 +135,30 @@ class DeviceSignIn:
         self.http = http
 
     def new_session(self) -> Session:
-        app = msal.PublicClientApplication(
-            self._config.client_id,
-            authority=self._config.authority,
-            instance_discovery=self._config.authority_host.endswith(
-                ("login.microsoftonline.com", "login.microsoftonline.us", "login.chinacloudapi.cn")
-            ),
-            http_client=self.http,
-        )
+        """A fresh MSAL application; reads the authority's OpenID configuration (network)."""
+        try:
+            app = msal.PublicClientApplication(
+                self._config.client_id,
+                authority=self._config.authority,
+                instance_discovery=self._config.authority_host.endswith(
+                    (
+                        "login.microsoftonline.com",
+                        "login.microsoftonline.us",
+                        "login.chinacloudapi.cn",
+                    )
+                ),
+                http_client=self.http,
+            )
+        except httpx.HTTPError as exc:
+            raise TransientError(type(exc).__name__) from None
+        except ValueError as exc:
+            if "authority configuration" in str(exc):
+                # MSAL drops the AADSTS90002 body here; an unknown tenant is what it means.
+                raise SignInError(
+                    "tenant_not_found",
+                    f"the authority {self._config.authority} has no OpenID configuration",
+                ) from None
+            raise TransientError(type(exc).__name__) from None
         return Session(app=app)
 
     def initiate(self, session: Session) -> dict[str, Any]:

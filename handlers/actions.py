@@ -44,3 +44,66 @@ def register(app: App, services: Services) -> None:
         respond(
             **blocks.note(f"Cancelled the sign-in for `{flow['name']}`."), replace_original=True
         )
+
+    register_create(app, services)
+
+
+def register_create(app: App, services: Services) -> None:
+    @app.action(ids.ACTION_CHOOSE_SUBSCRIPTIONS)
+    def on_choose(ack: Ack) -> None:
+        ack()  # the choice is read from the message state when Create is pressed
+
+    @app.action(ids.ACTION_RECHECK)
+    def on_recheck(
+        ack: Ack, body: dict[str, Any], action: dict[str, Any], respond: Respond
+    ) -> None:
+        ack()
+        user = (body.get("user") or {}).get("id", "")
+        try:
+            services.provision.recheck(str(action.get("value") or ""), user)
+        except NotAuthorised as exc:
+            respond(
+                **blocks.refusal_message(exc.rule),
+                response_type="ephemeral",
+                replace_original=False,
+            )
+        except AssertionError:
+            respond(
+                **blocks.error_message(
+                    "That creation does not exist (any more).", with_help_hint=False
+                ),
+                response_type="ephemeral",
+                replace_original=False,
+            )
+
+    @app.action(ids.ACTION_CREATE)
+    def on_create(ack: Ack, body: dict[str, Any], action: dict[str, Any], respond: Respond) -> None:
+        ack()
+        user = (body.get("user") or {}).get("id", "")
+        selected = _selected_options(body)
+        try:
+            refusal = services.provision.choose(str(action.get("value") or ""), user, selected)
+        except NotAuthorised as exc:
+            respond(
+                **blocks.refusal_message(exc.rule),
+                response_type="ephemeral",
+                replace_original=False,
+            )
+            return
+        if refusal:
+            respond(
+                **blocks.error_message(refusal, with_help_hint=False),
+                response_type="ephemeral",
+                replace_original=False,
+            )
+
+
+def _selected_options(body: dict[str, Any]) -> list[str]:
+    """The multi-select's current value, from the message state Slack sends with the click."""
+    values = (body.get("state") or {}).get("values") or {}
+    chosen: list[str] = []
+    for block in values.values():
+        element = block.get(ids.ACTION_CHOOSE_SUBSCRIPTIONS) if isinstance(block, dict) else None
+        if element:
+            chosen.extend(str(o.get("value")) for o in element.get("selected_options") or [])
+    return chosen

@@ -36,7 +36,11 @@ def m001_initial(db: Database) -> None:
         not_null={"name", "state", "created_at"},
         defaults={"state": "active"},
     )
-    db.table("accounts").create_index(["name"], unique=True)
+    # One live account per name; rolled-back attempts keep their rows for the record.
+    db.execute(
+        "CREATE UNIQUE INDEX idx_accounts_live_name ON accounts(name COLLATE NOCASE) "
+        "WHERE state != 'rolled_back'"
+    )
     db.table("secrets").create(
         {
             "id": int,

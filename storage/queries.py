@@ -191,7 +191,7 @@ def update_account(db: Database, account_id: int, **changes: Any) -> None:
 
 
 def list_accounts(db: Database) -> list[dict[str, Any]]:
-    return list(db.table("accounts").rows_where("state = 'active'", order_by="name"))
+    return list(db.table("accounts").rows_where("state != 'rolled_back'", order_by="name"))
 
 
 def insert_secret(db: Database, row: dict[str, Any]) -> int:

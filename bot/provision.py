@@ -1,0 +1,559 @@
+"""The create journey after sign-in: prerequisites, subscription choice, provisioning.
+
+    signed_in ──▶ checking ──▶ provisioning ──▶ done
+                   │  ▲  │            │
+                   │  │  └▶ choosing ─┘ (Create pressed → checking)
+                   ▼  │
+                 blocked (Recheck → checking)
+    any step ──▶ rolled_back (what was created is deleted) | failed
+
+Every step writes what it created to the database before the next one starts (the flow's
+`data`, the `accounts` row, the encrypted secret), so a crash leaves a record of every
+object in the tenant. A restarted bot asks the requester to sign in again and resumes:
+the application is keyed by a per-creation `uniqueName`, role assignments have
+deterministic names, and a password Graph issued but the bot never stored is removed
+before a new one is added — no step is done twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from bot import blocks
+from bot.arm import ArmClient, assignment_name
+from bot.errors import MicrosoftError, NotAuthorised, SignInError, VeeamSAError
+from bot.graph import GraphClient
+from bot.messages import microsoft_failure, sign_in_failure
+from bot.signin import Identity, Session
+from storage import queries
+
+if TYPE_CHECKING:
+    from bot.create import CreateFlows
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+FANOUT = 8
+POST_SIGN_IN = ("signed_in", "blocked", "choosing")
+
+
+def crash_point(step: str) -> None:
+    """Test hook: `VEEAM_SA_CRASH_AT=<step>` kills the process there, as a power cut would."""
+    if os.environ.get("VEEAM_SA_CRASH_AT") == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def parallel(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    """Run `fn` over `items` concurrently (bounded); results in order; first error raised."""
+    items = list(items)
+    if len(items) <= 1:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(
+        max_workers=min(FANOUT, len(items)), thread_name_prefix="veeam-sa-fanout"
+    ) as pool:
+        return list(pool.map(fn, items))
+
+
+A = TypeVar("A")
+B = TypeVar("B")
+
+
+def both(first: Callable[[], A], second: Callable[[], B]) -> tuple[A, B]:
+    """Run two independent calls concurrently."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="veeam-sa-fanout") as pool:
+        later = pool.submit(second)
+        return first(), later.result()
+
+
+class Provisioner:
+    def __init__(self, flows: CreateFlows) -> None:
+        self.flows = flows
+        self.services = flows.services
+        self.notifier = flows.notifier
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    @property
+    def _db(self) -> Any:
+        return self.services.store.db
+
+    def _clients(self, flow_id: str) -> tuple[GraphClient, ArmClient]:
+        session = self.flows.session(flow_id)
+        if session is None:
+            raise SignInError("no_session", "the sign-in session is gone")
+        config = self.services.config
+        signin = self.flows.signin
+        graph = GraphClient(
+            config.graph_url, self.services.http, lambda: signin.token(session, config.graph_scope)
+        )
+        arm = ArmClient(
+            config.arm_url, self.services.http, lambda: signin.token(session, config.arm_scope)
+        )
+        return graph, arm
+
+    def _flow(self, flow_id: str) -> dict[str, Any]:
+        flow = queries.get_flow(self._db, flow_id)
+        assert flow is not None
+        return flow
+
+    def _thread(self, flow: dict[str, Any], text: str) -> None:
+        self.notifier.thread(flow["channel_id"], flow.get("parent_ts"), blocks.note(text))
+
+    # -- entry points ------------------------------------------------------------------------
+
+    def on_signed_in(self, flow_id: str, identity: Identity, session: Session) -> None:
+        flow = self._flow(flow_id)
+        data = self.flows.data(flow)
+        resumed = data.get("resume")
+        if resumed and resumed.get("tenant_id") and resumed["tenant_id"] != identity.tenant_id:
+            self.flows.fail(
+                flow_id,
+                SignInError(
+                    "other",
+                    f"that account is in tenant {identity.tenant_id}, not {resumed['tenant_id']}",
+                ),
+            )
+            return
+        self.check(flow_id)
+
+    def recheck(self, flow_id: str, user: str) -> None:
+        flow = self._flow(flow_id)
+        self.services.authz.require_requester_or_admin(user, flow["requester"])
+        if flow["state"] != "blocked":
+            return
+        self.services.workers.submit(self.check, flow_id)
+
+    def choose(self, flow_id: str, user: str, selected: list[str]) -> str | None:
+        """The requester pressed Create with `selected`; returns a refusal text or None."""
+        flow = queries.get_flow(self._db, flow_id)
+        if flow is None:
+            return "That creation does not exist (any more)."
+        if user != flow["requester"]:
+            raise NotAuthorised(
+                "only the person who started this creation may choose its subscriptions"
+            )
+        if flow["state"] != "choosing":
+            return f"The creation of `{flow['name']}` is {flow['state']}; nothing to choose."
+        data = self.flows.data(flow)
+        visible = {s["id"] for s in data.get("visible", [])}
+        chosen = [s.lower() for s in selected if s.lower() in visible]
+        if not chosen:
+            return "Pick at least one subscription from the list, then press Create."
+        data["subscriptions"] = chosen
+        if not queries.transition_flow(
+            self._db, flow_id, ["choosing"], "signed_in", data=json.dumps(data, sort_keys=True)
+        ):
+            return "Someone else already pressed Create."
+        self.flows.render_parent(self._flow(flow_id))
+        self.services.workers.submit(self.check, flow_id)
+        return None
+
+    # -- prerequisites -------------------------------------------------------------------------
+
+    def check(self, flow_id: str) -> None:
+        if not queries.transition_flow(self._db, flow_id, POST_SIGN_IN, "checking"):
+            return
+        flow = self.flows.set_step(flow_id, "checks", "running")
+        data = self.flows.data(flow)
+        try:
+            graph, arm = self._clients(flow_id)
+            tenant = data.get("identity", {}).get("tenant_id")
+
+            def app_check() -> tuple[bool | None, str]:
+                policy = graph.allowed_to_create_apps()
+                roles = graph.app_registration_roles()
+                if roles:
+                    return True, "holds " + ", ".join(roles)
+                if policy:
+                    return True, "the tenant lets users register applications"
+                if policy is None:
+                    return None, (
+                        "could not read the tenant setting and the account holds no application role; "
+                        "creation will show whether it may"
+                    )
+                return False, (
+                    "the tenant does not let users register applications; ask a tenant admin for the "
+                    "Application Developer role (or Application Administrator / Cloud Application "
+                    "Administrator), or to turn on 'Users can register applications'"
+                )
+
+            def visible_subscriptions() -> list[dict[str, Any]]:
+                subs = arm.subscriptions()
+                return [
+                    {"id": str(s["subscriptionId"]).lower(), "name": s.get("displayName")}
+                    for s in subs
+                    if not tenant or str(s.get("tenantId", tenant)).lower() == tenant.lower()
+                ]
+
+            (app_right, app_reason), visible = both(app_check, visible_subscriptions)
+            wanted = data.get("subscriptions") or []
+            by_id = {s["id"]: s for s in visible}
+            targets = [by_id[s] for s in wanted if s in by_id] if wanted else visible
+
+            def sub_check(sub: dict[str, Any]) -> dict[str, Any]:
+                ok = arm.can_assign_roles(sub["id"])
+                reason = (
+                    "can assign roles"
+                    if ok
+                    else "lacks Microsoft.Authorization/roleAssignments/write; ask for Owner or "
+                    "User Access Administrator on this subscription"
+                )
+                return {**sub, "ok": ok, "reason": reason}
+
+            results = parallel(sub_check, targets)
+            missing = [s for s in wanted if s not in by_id]
+            results += [
+                {
+                    "id": s,
+                    "name": None,
+                    "ok": False,
+                    "reason": "this account cannot see the subscription (wrong tenant, or no access)",
+                }
+                for s in missing
+            ]
+        except (MicrosoftError, SignInError) as exc:
+            self._stop(flow_id, exc, created=False)
+            return
+
+        data = self.flows.data(self._flow(flow_id))
+        data["visible"] = visible
+        if wanted:
+            blocked = app_right is False or any(not r["ok"] for r in results)
+        else:
+            blocked = app_right is False
+        payload = blocks.prerequisites_message(
+            flow_id=flow_id,
+            app_right=app_right,
+            app_reason=app_reason,
+            subscriptions=results if wanted else [],
+            blocked=blocked,
+        )
+        self._show(flow, data, "prereq_ts", payload)
+        if blocked:
+            self.flows.save_data(flow_id, data)
+            queries.transition_flow(self._db, flow_id, ["checking"], "blocked")
+            self.flows.set_step(
+                flow_id,
+                "checks",
+                "failed",
+                outcome=":warning: Waiting for the missing rights (Recheck in the thread).",
+            )
+            self.flows.audit(
+                flow,
+                "create.prerequisites",
+                "missing",
+                app_right=app_right,
+                subscriptions={r["id"]: r["ok"] for r in results},
+            )
+            return
+        if not wanted:
+            chooser = blocks.subscription_chooser(
+                flow_id=flow_id,
+                requester=flow["requester"],
+                subscriptions=parallel(sub_check, visible),
+            )
+            self._show(flow, data, "chooser_ts", chooser)
+            self.flows.save_data(flow_id, data)
+            queries.transition_flow(self._db, flow_id, ["checking"], "choosing")
+            self.flows.set_step(
+                flow_id,
+                "checks",
+                "running",
+                outcome=":point_down: Choose the subscriptions in the thread.",
+            )
+            return
+        self.flows.save_data(flow_id, data)
+        self.flows.set_step(flow_id, "checks", "done")
+        self.provision(flow_id)
+
+    def _show(
+        self, flow: dict[str, Any], data: dict[str, Any], key: str, payload: dict[str, Any]
+    ) -> None:
+        """Post `payload` in the thread, or edit the message posted for `key` before."""
+        if data.get(key):
+            self.notifier.update(flow["channel_id"], data[key], payload)
+        else:
+            data[key] = self.notifier.post(
+                flow["channel_id"], payload, thread_ts=flow.get("parent_ts")
+            )
+
+    # -- provisioning ------------------------------------------------------------------------
+
+    def provision(self, flow_id: str) -> None:
+        if not queries.transition_flow(self._db, flow_id, ["checking"], "provisioning"):
+            return
+        try:
+            self._provision(flow_id)
+        except (MicrosoftError, SignInError) as exc:
+            self._stop(flow_id, exc, created=True)
+        except VeeamSAError as exc:
+            self._stop(flow_id, exc, created=True)
+
+    def _provision(self, flow_id: str) -> None:
+        config = self.services.config
+        flow = self._flow(flow_id)
+        data = self.flows.data(flow)
+        graph, arm = self._clients(flow_id)
+        identity = data.get("identity", {})
+        unique_name = f"veeam-sa-{flow_id}"
+
+        # 1. the application (upsert keyed by this creation)
+        self.flows.set_step(flow_id, "application", "running")
+        app = graph.upsert_application(unique_name, flow["name"], data.get("description"))
+        account_id = flow.get("account_id")
+        with self._db.atomic():
+            if account_id is None:
+                account_id = queries.insert_account(
+                    self._db,
+                    {
+                        "name": flow["name"],
+                        "description": data.get("description"),
+                        "tenant_id": identity.get("tenant_id"),
+                        "tenant_name": identity.get("tenant_name"),
+                        "app_object_id": app["id"],
+                        "app_id": app["appId"],
+                        "unique_name": unique_name,
+                        "subscriptions": json.dumps(data.get("subscriptions", [])),
+                        "roles": json.dumps({}),
+                        "created_by": flow["requester"],
+                        "created_at": queries.utcnow_iso(self.services.clock()),
+                        "channel_id": flow["channel_id"],
+                        "alert_channel_id": config.alert_channel or flow["channel_id"],
+                        "state": "provisioning",
+                    },
+                )
+                queries.update_flow(self._db, flow_id, account_id=account_id)
+            queries.add_audit(
+                self._db,
+                actor=flow["requester"],
+                action="azure.application",
+                target=flow["name"],
+                outcome="created",
+                detail={"flow": flow_id, "app_id": app["appId"], "object_id": app["id"]},
+            )
+        self.flows.set_step(flow_id, "application", "done")
+        crash_point("after_application")
+
+        # 2. the service principal, and 3. the secret (independent of each other)
+        self.flows.set_step(flow_id, "principal", "running")
+
+        def principal() -> str:
+            sp = graph.ensure_service_principal(app["appId"])
+            queries.update_account(self._db, account_id, sp_id=sp["id"])
+            return str(sp["id"])
+
+        def secret() -> dict[str, Any]:
+            return self._ensure_secret(graph, flow, account_id, app["id"])
+
+        sp_id, stored = both(principal, secret)
+        self.flows.set_step(flow_id, "principal", "done")
+        self.flows.set_step(flow_id, "secret", "done")
+        crash_point("after_secret")
+
+        # 4. role assignments on every subscription
+        self.flows.set_step(flow_id, "roles", "running")
+        subscriptions = data.get("subscriptions", [])
+        pairs = [(sub, role) for sub in subscriptions for role in config.roles]
+
+        def assign(pair: tuple[str, Any]) -> str:
+            sub, role = pair
+            return arm.assign_role(
+                sub,
+                role.definition_id,
+                str(sp_id),
+                assignment_name(flow_id, sub, role.definition_id),
+            )
+
+        outcomes = parallel(assign, pairs)
+        roles: dict[str, list[str]] = {}
+        for (sub, role), _outcome in zip(pairs, outcomes, strict=True):
+            roles.setdefault(sub, []).append(role.name)
+        with self._db.atomic():
+            queries.update_account(self._db, account_id, roles=json.dumps(roles), state="active")
+            queries.add_audit(
+                self._db,
+                actor=flow["requester"],
+                action="azure.role_assignments",
+                target=flow["name"],
+                outcome="created",
+                detail={"flow": flow_id, "roles": roles},
+            )
+            queries.transition_flow(self._db, flow_id, ["provisioning"], "done")
+            queries.add_audit(
+                self._db,
+                actor=flow["requester"],
+                action="create.completed",
+                target=flow["name"],
+                outcome="ok",
+                detail={"flow": flow_id, "app_id": app["appId"]},
+            )
+        self.flows.drop_session(flow_id)
+        flow = self.flows.set_step(flow_id, "roles", "done")
+        end = datetime.fromisoformat(stored["end_at"].replace("Z", "+00:00"))
+        tenant = identity.get("tenant_name") or ""
+        summary = [
+            f"*Application (client) id:* `{app['appId']}`",
+            f"*Tenant:* {tenant} `{identity.get('tenant_id')}`".replace(
+                "*Tenant:*  ", "*Tenant:* "
+            ),
+            "*Roles:*\n"
+            + "\n".join(f"• `{sub}`: {', '.join(names)}" for sub, names in roles.items()),
+            f"*Client secret:* `{stored['hint']}…` expires "
+            + blocks.slack_date(end.timestamp(), end.date().isoformat())
+            + " — kept encrypted in the bot's database; never shown in Slack.",
+        ]
+        self.flows.render_parent(flow, outcome=":white_check_mark: Created.", summary=summary)
+        self._thread(flow, f":white_check_mark: Service account `{flow['name']}` is ready.")
+
+    def _ensure_secret(
+        self, graph: GraphClient, flow: dict[str, Any], account_id: int, object_id: str
+    ) -> dict[str, Any]:
+        """The account's one live secret: reuse the stored one, else add (and store) a new one."""
+        existing = queries.active_secrets(self._db, account_id)
+        if existing:
+            return existing[-1]
+        # A password Graph issued before a crash, but never stored, is unknowable: remove it.
+        for key_id in graph.password_key_ids(object_id):
+            graph.remove_password(object_id, key_id)
+        now = self.services.clock()
+        end = now + timedelta(days=self.services.config.secret_days)
+        created = graph.add_password(object_id, f"veeam-sa {now.date().isoformat()}", end)
+        row = {
+            "account_id": account_id,
+            "key_id": created["keyId"],
+            "hint": created.get("hint") or "",
+            "end_at": _iso(created.get("endDateTime"))
+            or end.astimezone(UTC).isoformat(timespec="seconds"),
+            "created_at": queries.utcnow_iso(now),
+            "ciphertext": self.services.cipher.encrypt(created["secretText"]),
+            "state": "active",
+        }
+        created.clear()  # drop the plaintext as early as possible
+        with self._db.atomic():
+            row["id"] = queries.insert_secret(self._db, row)
+            queries.add_audit(
+                self._db,
+                actor=flow["requester"],
+                action="azure.secret",
+                target=flow["name"],
+                outcome="created",
+                detail={"flow": flow["id"], "key_id": row["key_id"], "end_at": row["end_at"]},
+            )
+        return row
+
+    # -- failure -----------------------------------------------------------------------------
+
+    def _stop(self, flow_id: str, error: VeeamSAError, created: bool) -> None:
+        """A step failed: roll back what this creation made, and say exactly what happened."""
+        flow = self._flow(flow_id)
+        if isinstance(error, MicrosoftError):
+            reason = microsoft_failure(error)
+        elif isinstance(error, SignInError):
+            reason = sign_in_failure(error)
+        else:
+            reason = str(error)
+        log.warning("flow %s failed: %s", flow_id, reason)
+        rolled: list[str] = []
+        leftover: list[str] = []
+        if created and flow.get("account_id") is not None:
+            rolled, leftover = self._roll_back(flow)
+        state = "failed" if leftover else ("rolled_back" if rolled else "failed")
+        queries.transition_flow(
+            self._db,
+            flow_id,
+            ["checking", "provisioning", "signed_in", "blocked", "choosing"],
+            state,
+            error=f"{type(error).__name__}:{getattr(error, 'code', '')}"[:200],
+        )
+        self.flows.drop_session(flow_id)
+        self.flows.audit(
+            flow, "create.failed", state, reason=reason[:300], rolled_back=rolled, leftover=leftover
+        )
+        text = f":x: {reason}"
+        if rolled:
+            text += "\nRolled back: " + ", ".join(rolled) + "."
+        if leftover:
+            text += (
+                "\n:warning: Could not remove: "
+                + ", ".join(leftover)
+                + ". Delete it in the Entra admin center (App registrations) or run the create again."
+            )
+        if not created or not (rolled or leftover):
+            text += "\nNothing was created in Azure."
+        self._thread(flow, text)
+        steps = self.flows.data(self._flow(flow_id)).get("steps", {})
+        running = [k for k, v in steps.items() if v == "running"]
+        for step in running:
+            self.flows.set_step(flow_id, step, "failed")
+        self.flows.render_parent(
+            self._flow(flow_id),
+            outcome=":x: Failed" + (" and rolled back." if rolled and not leftover else "."),
+        )
+
+    def _roll_back(self, flow: dict[str, Any]) -> tuple[list[str], list[str]]:
+        account = queries.get_account_by_id(self._db, flow["account_id"])
+        if account is None:
+            return [], []
+        rolled: list[str] = []
+        leftover: list[str] = []
+        try:
+            graph, arm = self._clients(flow["id"])
+        except SignInError:
+            return [], [f"application `{account['app_id']}`"]
+        config = self.services.config
+        data = self.flows.data(flow)
+        for sub in data.get("subscriptions", []):
+            for role in config.roles:
+                try:
+                    arm.delete_role_assignment(
+                        sub, assignment_name(flow["id"], sub, role.definition_id)
+                    )
+                except MicrosoftError:
+                    leftover.append(f"role {role.name} on `{sub}`")
+        try:
+            graph.delete_application(account["app_object_id"])
+            rolled.append(
+                f"application `{account['app_id']}` (with its service principal and secret)"
+            )
+        except MicrosoftError:
+            leftover.append(f"application `{account['app_id']}`")
+        with self._db.atomic():
+            queries.update_account(
+                self._db, account["id"], state="rolled_back" if not leftover else "orphaned"
+            )
+            queries.set_secret_state(
+                self._db,
+                [s["id"] for s in queries.active_secrets(self._db, account["id"])],
+                "retired",
+            )
+            queries.add_audit(
+                self._db,
+                actor=flow["requester"],
+                action="azure.rollback",
+                target=flow["name"],
+                outcome="ok" if not leftover else "partial",
+                detail={"flow": flow["id"], "leftover": leftover},
+            )
+        return rolled, leftover
+
+
+def _iso(value: Any) -> str | None:
+    if not value:
+        return None
+    try:
+        return (
+            datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+            .astimezone(UTC)
+            .isoformat(timespec="seconds")
+        )
+    except ValueError:
+        return None
