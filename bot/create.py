@@ -564,10 +564,29 @@ class CreateFlows:
                     ),
                 )
                 self.services.workers.submit(self.poll, flow["id"])
-            elif flow["state"] == "signed_in":
-                self.fail(
-                    flow["id"],
-                    SignInError(
-                        "no_session", "the bot restarted after sign-in, before anything was created"
-                    ),
-                )
+            elif flow["state"] in POST_SIGN_IN_STATES:
+                self._ask_to_sign_in_again(flow)
+
+    def _ask_to_sign_in_again(self, flow: dict[str, Any]) -> None:
+        """Tokens live in memory only: after a restart the requester signs in again, and the
+        creation resumes from the step it reached."""
+        data = self.data(flow)
+        data["resume"] = {
+            "tenant_id": data.get("identity", {}).get("tenant_id"),
+            "from": flow["state"],
+        }
+        data.setdefault("steps", {})["sign_in"] = "running"
+        if not queries.transition_flow(
+            self._db, flow["id"], [flow["state"]], "starting", data=json.dumps(data, sort_keys=True)
+        ):
+            return
+        self.notifier.thread(
+            flow["channel_id"],
+            flow.get("parent_ts"),
+            blocks.note(
+                f":arrows_counterclockwise: The bot restarted while creating `{flow['name']}`. "
+                f"<@{flow['requester']}>, sign in again with the new code to finish it "
+                "(or cancel it)."
+            ),
+        )
+        self.services.workers.submit(self.start, flow["id"])

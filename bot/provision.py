@@ -332,14 +332,14 @@ class Provisioner:
                     },
                 )
                 queries.update_flow(self._db, flow_id, account_id=account_id)
-            queries.add_audit(
-                self._db,
-                actor=flow["requester"],
-                action="azure.application",
-                target=flow["name"],
-                outcome="created",
-                detail={"flow": flow_id, "app_id": app["appId"], "object_id": app["id"]},
-            )
+                queries.add_audit(
+                    self._db,
+                    actor=flow["requester"],
+                    action="azure.application",
+                    target=flow["name"],
+                    outcome="created",
+                    detail={"flow": flow_id, "app_id": app["appId"], "object_id": app["id"]},
+                )
         self.flows.set_step(flow_id, "application", "done")
         crash_point("after_application")
 

@@ -1,0 +1,158 @@
+"""Kill the real bot process mid-flow (SIGKILL), start a new one, and check it finishes."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fakes.microsoft import DEFAULT_SUBSCRIPTIONS, MicrosoftDouble
+from tests.fakes.slack import SlackDouble
+from tests.fakes.slack_requests import post_signed, slash_command_body
+from tests.harness import SIGNING_SECRET
+from tests.process import BotProcess
+
+SUB = DEFAULT_SUBSCRIPTIONS[0][0]
+
+
+def flow_row(db: Path, name: str) -> dict[str, Any]:
+    conn = sqlite3.connect(db)
+    conn.row_factory = sqlite3.Row
+    try:
+        row = conn.execute(
+            "SELECT * FROM flows WHERE name = ? ORDER BY created_at DESC", [name]
+        ).fetchone()
+        return dict(row) if row else {}
+    finally:
+        conn.close()
+
+
+def wait_until(predicate: Any, timeout: float = 20.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def thread_has(slack: SlackDouble, fragment: str) -> bool:
+    return any(fragment in (m.get("text") or "") for m in slack.messages())
+
+
+@pytest.fixture
+def procs() -> Iterator[list[BotProcess]]:
+    started: list[BotProcess] = []
+    yield started
+    for proc in started:
+        proc.kill()
+
+
+def launch(
+    env: dict[str, str], tmp_path: Path, procs: list[BotProcess], **extra: str
+) -> BotProcess:
+    bot = BotProcess({**env, **extra}, tmp_path)
+    procs.append(bot)
+    return bot.start()
+
+
+def create(bot: BotProcess, slack: SlackDouble, text: str) -> None:
+    body = slash_command_body(text, response_url=slack.response_url())
+    answer = post_signed(f"{bot.url}/slack/events", body, SIGNING_SECRET)
+    assert answer.status_code == 200 and "Starting" in answer.text, answer.text
+
+
+def test_pending_sign_in_survives_sigkill(
+    env: dict[str, str],
+    slack: SlackDouble,
+    ms: MicrosoftDouble,
+    tmp_path: Path,
+    procs: list[BotProcess],
+) -> None:
+    db = Path(env["VEEAM_SA_DB"])
+    first = launch(env, tmp_path, procs)
+    create(first, slack, f"create prod --subscription {SUB}")
+    wait_until(
+        lambda: flow_row(db, "prod").get("state") == "awaiting_sign_in", what="sign-in to start"
+    )
+    first.kill()
+
+    second = launch(env, tmp_path, procs)
+    wait_until(lambda: thread_has(slack, "still waiting for the sign-in"), what="resume note")
+    ms.approve(ms.flows[0].user_code)
+    wait_until(
+        lambda: flow_row(db, "prod").get("state") == "done", timeout=30, what="creation to finish"
+    )
+    assert len(ms.flows) == 1  # the same device code was resumed, not a new one
+    assert len(ms.applications) == 1
+    assert second.terminate() == 0
+
+
+def test_sign_in_that_expired_while_down_is_closed(
+    env: dict[str, str],
+    slack: SlackDouble,
+    ms: MicrosoftDouble,
+    tmp_path: Path,
+    procs: list[BotProcess],
+) -> None:
+    ms.device_expires_in = 2
+    db = Path(env["VEEAM_SA_DB"])
+    first = launch(env, tmp_path, procs)
+    create(first, slack, "create prod")
+    wait_until(
+        lambda: flow_row(db, "prod").get("state") == "awaiting_sign_in", what="sign-in to start"
+    )
+    first.kill()
+    time.sleep(2.5)
+    launch(env, tmp_path, procs)
+    wait_until(lambda: flow_row(db, "prod").get("state") == "expired", what="expiry")
+    assert wait_until(
+        lambda: thread_has(slack, "expired while the bot was offline"), what="expiry note"
+    )
+    assert ms.applications == []
+
+
+@pytest.mark.parametrize("step", ["after_application", "after_secret"])
+def test_crash_mid_provisioning_resumes_without_duplicates(
+    env: dict[str, str],
+    slack: SlackDouble,
+    ms: MicrosoftDouble,
+    tmp_path: Path,
+    procs: list[BotProcess],
+    step: str,
+) -> None:
+    db = Path(env["VEEAM_SA_DB"])
+    first = launch(env, tmp_path, procs, VEEAM_SA_CRASH_AT=step)
+    create(first, slack, f"create prod --subscription {SUB}")
+    wait_until(lambda: len(ms.flows) == 1, what="device flow")
+    ms.approve(ms.flows[0].user_code)
+    assert first.proc is not None
+    assert first.proc.wait(30) == -9  # killed at the crash point
+    assert len(ms.applications) == 1
+
+    launch(env, tmp_path, procs)
+    wait_until(lambda: thread_has(slack, "sign in again"), what="re-sign-in request")
+    wait_until(lambda: len(ms.flows) == 2, what="second device flow")
+    ms.approve(ms.flows[1].user_code)
+    wait_until(
+        lambda: flow_row(db, "prod").get("state") == "done", timeout=40, what="creation to finish"
+    )
+
+    apps = ms.applications
+    assert len(apps) == 1, "a resumed creation must not create a second application"
+    assert len(apps[0].passwords) == 1
+    sp = ms.service_principal(apps[0].app_id)
+    assert sp is not None and len(ms.assignments_for(sp.id)) == 3
+    conn = sqlite3.connect(db)
+    try:
+        live = conn.execute("SELECT key_id FROM secrets WHERE state = 'active'").fetchall()
+        accounts = conn.execute("SELECT state FROM accounts").fetchall()
+    finally:
+        conn.close()
+    assert live == [(apps[0].passwords[0].key_id,)]
+    assert accounts == [("active",)]
