@@ -397,7 +397,11 @@ class Provisioner:
                 detail={"flow": flow_id, "app_id": app["appId"]},
             )
         self.flows.drop_session(flow_id)
-        flow = self.flows.set_step(flow_id, "roles", "done")
+        flow = self._flow(flow_id)
+        data = self.flows.data(flow)
+        data.setdefault("steps", {})["roles"] = "done"
+        self.flows.save_data(flow_id, data)
+        flow["data"] = json.dumps(data)
         end = datetime.fromisoformat(stored["end_at"].replace("Z", "+00:00"))
         tenant = identity.get("tenant_name") or ""
         summary = [

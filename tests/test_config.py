@@ -45,7 +45,12 @@ def test_defaults_follow_the_contract() -> None:
 @pytest.mark.parametrize(
     ("cloud", "login", "graph", "arm"),
     [
-        ("AzureUSGovernment", "login.microsoftonline.us", "graph.microsoft.us", "management.usgovcloudapi.net"),
+        (
+            "AzureUSGovernment",
+            "login.microsoftonline.us",
+            "graph.microsoft.us",
+            "management.usgovcloudapi.net",
+        ),
         (
             "AzureChinaCloud",
             "login.chinacloudapi.cn",
@@ -73,7 +78,9 @@ def test_socket_mode_needs_no_signing_secret() -> None:
 
 
 def test_roles_accept_names_and_guids() -> None:
-    config = load(VEEAM_SA_ROLES="reader, 8e3af657-a8ff-443c-a75c-2fe8c4bcb635, 11111111-2222-3333-4444-555555555555")
+    config = load(
+        VEEAM_SA_ROLES="reader, 8e3af657-a8ff-443c-a75c-2fe8c4bcb635, 11111111-2222-3333-4444-555555555555"
+    )
     assert [(r.name, r.definition_id) for r in config.roles] == [
         ("Reader", BUILTIN_ROLES["Reader"]),
         ("Owner", BUILTIN_ROLES["Owner"]),
@@ -112,7 +119,9 @@ def test_warn_days_are_sorted_and_deduplicated() -> None:
         ({"VEEAM_SA_ALLOW_PERSONAL_ACCOUNTS": "maybe"}, "VEEAM_SA_ALLOW_PERSONAL_ACCOUNTS"),
     ],
 )
-def test_bad_values_name_the_variable_in_one_line(overrides: dict[str, str | None], variable: str) -> None:
+def test_bad_values_name_the_variable_in_one_line(
+    overrides: dict[str, str | None], variable: str
+) -> None:
     env = {**BASE, **overrides}
     with pytest.raises(ConfigError) as info:
         load_config({k: v for k, v in env.items() if v is not None}, dotenv=None)

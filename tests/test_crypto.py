@@ -24,7 +24,9 @@ def test_wrong_key_is_a_storage_error_without_the_ciphertext() -> None:
     assert token not in str(info.value)
 
 
-def test_key_file_is_generated_once_and_owner_only(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_key_file_is_generated_once_and_owner_only(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     db = tmp_path / "data" / "veeam-sa.db"
     cipher, generated = load_or_create_key(db, None)
     assert generated == key_file_for(db)

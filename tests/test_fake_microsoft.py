@@ -73,8 +73,11 @@ def make_app(ca, dbl):
         client = ca.httpx_client(timeout=10)
         clients.append(client)
         return msal.PublicClientApplication(
-            client_id, authority=f"{dbl.authority_host}/{tenant}",
-            instance_discovery=False, http_client=client)
+            client_id,
+            authority=f"{dbl.authority_host}/{tenant}",
+            instance_discovery=False,
+            http_client=client,
+        )
 
     yield make
     for client in clients:
@@ -97,29 +100,48 @@ def claims_of(jwt):
 
 
 def create_app(http, dbl, token, name="veeam-sa-test", **extra):
-    r = http.post(f"{dbl.graph_url}/v1.0/applications", headers=bearer(token),
-                  json={"displayName": name, "signInAudience": "AzureADMyOrg", **extra})
+    r = http.post(
+        f"{dbl.graph_url}/v1.0/applications",
+        headers=bearer(token),
+        json={"displayName": name, "signInAudience": "AzureADMyOrg", **extra},
+    )
     assert r.status_code == 201, r.text
     return r.json()
 
 
 def create_sp(http, dbl, token, app_id):
-    r = http.post(f"{dbl.graph_url}/v1.0/servicePrincipals", headers=bearer(token),
-                  json={"appId": app_id})
+    r = http.post(
+        f"{dbl.graph_url}/v1.0/servicePrincipals", headers=bearer(token), json={"appId": app_id}
+    )
     assert r.status_code == 201, r.text
     return r.json()
 
 
-def assign(http, dbl, token, sub, principal_id, role=CONTRIBUTOR, name=None,
-           principal_type="ServicePrincipal"):
+def assign(
+    http,
+    dbl,
+    token,
+    sub,
+    principal_id,
+    role=CONTRIBUTOR,
+    name=None,
+    principal_type="ServicePrincipal",
+):
     name = name or str(uuid.uuid4())
     return http.put(
         f"{dbl.arm_url}/subscriptions/{sub}/providers/Microsoft.Authorization/"
-        f"roleAssignments/{name}", params={"api-version": "2022-04-01"}, headers=bearer(token),
-        json={"properties": {
-            "roleDefinitionId": f"/subscriptions/{sub}/providers/Microsoft.Authorization/"
-                                f"roleDefinitions/{role}",
-            "principalId": principal_id, "principalType": principal_type}})
+        f"roleAssignments/{name}",
+        params={"api-version": "2022-04-01"},
+        headers=bearer(token),
+        json={
+            "properties": {
+                "roleDefinitionId": f"/subscriptions/{sub}/providers/Microsoft.Authorization/"
+                f"roleDefinitions/{role}",
+                "principalId": principal_id,
+                "principalType": principal_type,
+            }
+        },
+    )
 
 
 # --------------------------------------------------------------------------- sign-in (MSAL)
@@ -155,8 +177,12 @@ def test_msal_device_flow_then_silent_arm_token(dbl, make_app, http):
 
     recorded = dbl.flow()
     assert recorded.polls == 4 and len(recorded.poll_times) == 4
-    assert recorded.outcomes == ["authorization_pending", "authorization_pending", "slow_down",
-                                 "token"]
+    assert recorded.outcomes == [
+        "authorization_pending",
+        "authorization_pending",
+        "slow_down",
+        "token",
+    ]
     assert recorded.state == "redeemed"
     assert recorded.scope and f"{dbl.graph_url}/.default" in recorded.scope
 
@@ -170,15 +196,21 @@ def test_msal_device_flow_then_silent_arm_token(dbl, make_app, http):
     me = http.get(f"{dbl.graph_url}/v1.0/me", headers=bearer(result["access_token"]))
     assert me.status_code == 200
     assert me.json()["userPrincipalName"] == ALICE_UPN
-    subs = http.get(f"{dbl.arm_url}/subscriptions", params={"api-version": "2022-12-01"},
-                    headers=bearer(arm["access_token"]))
+    subs = http.get(
+        f"{dbl.arm_url}/subscriptions",
+        params={"api-version": "2022-12-01"},
+        headers=bearer(arm["access_token"]),
+    )
     assert subs.status_code == 200
     assert {s["subscriptionId"] for s in subs.json()["value"]} == {SUB1, SUB2}
     assert all(s["tenantId"] == DEFAULT_TENANT_ID for s in subs.json()["value"])
 
     # each token only works for its own audience
-    wrong = http.get(f"{dbl.arm_url}/subscriptions", params={"api-version": "2022-12-01"},
-                     headers=bearer(result["access_token"]))
+    wrong = http.get(
+        f"{dbl.arm_url}/subscriptions",
+        params={"api-version": "2022-12-01"},
+        headers=bearer(result["access_token"]),
+    )
     assert wrong.status_code == 401
     assert wrong.json()["error"]["code"] == "InvalidAuthenticationTokenAudience"
     wrong = http.get(f"{dbl.graph_url}/v1.0/me", headers=bearer(arm["access_token"]))
@@ -186,8 +218,11 @@ def test_msal_device_flow_then_silent_arm_token(dbl, make_app, http):
     assert wrong.json()["error"]["code"] == "InvalidAuthenticationToken"
 
     # the silent request was a refresh_token grant for the ARM scope, with client_info
-    refresh = [r for r in dbl.requests_to("login", "POST", r"/token$")
-               if r.body.get("grant_type") == "refresh_token"]
+    refresh = [
+        r
+        for r in dbl.requests_to("login", "POST", r"/token$")
+        if r.body.get("grant_type") == "refresh_token"
+    ]
     assert len(refresh) == 1 and f"{dbl.arm_url}/.default" in refresh[0].body["scope"]
     assert "authorization" not in refresh[0].headers
 
@@ -293,8 +328,7 @@ def test_5xx_makes_msal_raise(dbl, make_app):
 
 def test_multi_resource_scope_is_rejected_at_initiation(dbl, make_app):
     app = make_app()
-    flow = app.initiate_device_flow(scopes=[f"{dbl.graph_url}/.default",
-                                            f"{dbl.arm_url}/.default"])
+    flow = app.initiate_device_flow(scopes=[f"{dbl.graph_url}/.default", f"{dbl.arm_url}/.default"])
     assert "user_code" not in flow
     assert flow["error"] == "invalid_scope" and flow["error_codes"] == [700022]
     assert dbl.flows == []
@@ -303,7 +337,8 @@ def test_multi_resource_scope_is_rejected_at_initiation(dbl, make_app):
 def test_unknown_client_and_tenants(dbl, make_app):
     dbl.unknown_clients.add("11111111-2222-3333-4444-555555555555")
     flow = make_app(client_id="11111111-2222-3333-4444-555555555555").initiate_device_flow(
-        scopes=[f"{dbl.graph_url}/.default"])
+        scopes=[f"{dbl.graph_url}/.default"]
+    )
     assert flow["error"] == "unauthorized_client" and flow["error_codes"] == [700016]
 
     # MSAL replaces the AADSTS90002 answer of discovery with its own message
@@ -318,7 +353,8 @@ def test_unknown_client_and_tenants(dbl, make_app):
     app = make_app(tenant="contoso.onmicrosoft.com")
     flow = app.initiate_device_flow(scopes=[f"{dbl.graph_url}/.default"])
     assert dbl.requests_to("login", "POST")[-1].path == (
-        f"/{DEFAULT_TENANT_ID}/oauth2/v2.0/devicecode")
+        f"/{DEFAULT_TENANT_ID}/oauth2/v2.0/devicecode"
+    )
     # a user from another tenant cannot sign in to this one
     fabrikam = dbl.add_tenant(display_name="Fabrikam")
     dbl.add_user("carol@fabrikam.onmicrosoft.com", tenant_id=fabrikam.id)
@@ -329,8 +365,9 @@ def test_unknown_client_and_tenants(dbl, make_app):
 
 def test_personal_and_guest_accounts(dbl, make_app):
     dbl.add_user("pat@outlook.com", name="Pat Personal", personal=True)
-    dbl.add_user("gus_outlook.com#EXT#@contoso.onmicrosoft.com", name="Gus Guest",
-                 guest_idp="live.com")
+    dbl.add_user(
+        "gus_outlook.com#EXT#@contoso.onmicrosoft.com", name="Gus Guest", guest_idp="live.com"
+    )
 
     app = make_app(tenant="common")
     flow = app.initiate_device_flow(scopes=[f"{dbl.graph_url}/.default"])
@@ -371,8 +408,9 @@ def test_revoked_sessions_fail_refresh(dbl, make_app):
     flow = app.initiate_device_flow(scopes=[f"{dbl.graph_url}/.default"])
     poll(app, flow)
     dbl.revoke_sessions(ALICE_UPN)
-    result = app.acquire_token_silent_with_error([f"{dbl.arm_url}/.default"],
-                                                 account=app.get_accounts()[0])
+    result = app.acquire_token_silent_with_error(
+        [f"{dbl.arm_url}/.default"], account=app.get_accounts()[0]
+    )
     assert result["error_codes"] == [50173]
 
 
@@ -384,15 +422,21 @@ def test_client_credentials_with_a_new_secret(dbl, ca, http):
     app = create_app(http, dbl, token)
     sp = create_sp(http, dbl, token, app["appId"])
     dbl.new_secret_delay = 2
-    r = http.post(f"{dbl.graph_url}/v1.0/applications/{app['id']}/addPassword",
-                  headers=bearer(token), json={"passwordCredential": {"displayName": "veeam"}})
+    r = http.post(
+        f"{dbl.graph_url}/v1.0/applications/{app['id']}/addPassword",
+        headers=bearer(token),
+        json={"passwordCredential": {"displayName": "veeam"}},
+    )
     secret = r.json()["secretText"]
 
     with ca.httpx_client(timeout=10) as client:
         cca = msal.ConfidentialClientApplication(
-            app["appId"], client_credential=secret,
-            authority=f"{dbl.authority_host}/{DEFAULT_TENANT_ID}", instance_discovery=False,
-            http_client=client)
+            app["appId"],
+            client_credential=secret,
+            authority=f"{dbl.authority_host}/{DEFAULT_TENANT_ID}",
+            instance_discovery=False,
+            http_client=client,
+        )
         for _ in range(2):
             result = cca.acquire_token_for_client([f"{dbl.arm_url}/.default"])
             assert result["error"] == "invalid_client"
@@ -404,8 +448,11 @@ def test_client_credentials_with_a_new_secret(dbl, ca, http):
 
     # the principal sees a subscription once it has a role there
     def visible():
-        r = http.get(f"{dbl.arm_url}/subscriptions", params={"api-version": "2022-12-01"},
-                     headers=bearer(result["access_token"]))
+        r = http.get(
+            f"{dbl.arm_url}/subscriptions",
+            params={"api-version": "2022-12-01"},
+            headers=bearer(result["access_token"]),
+        )
         return [s["subscriptionId"] for s in r.json()["value"]]
 
     assert visible() == []
@@ -415,9 +462,15 @@ def test_client_credentials_with_a_new_secret(dbl, ca, http):
 
     # a wrong secret, then an expired one
     def login(secret_text):
-        return http.post(f"{dbl.authority_host}/{DEFAULT_TENANT_ID}/oauth2/v2.0/token", data={
-            "grant_type": "client_credentials", "client_id": app["appId"],
-            "client_secret": secret_text, "scope": f"{dbl.graph_url}/.default"})
+        return http.post(
+            f"{dbl.authority_host}/{DEFAULT_TENANT_ID}/oauth2/v2.0/token",
+            data={
+                "grant_type": "client_credentials",
+                "client_id": app["appId"],
+                "client_secret": secret_text,
+                "scope": f"{dbl.graph_url}/.default",
+            },
+        )
 
     app_only = login(secret).json()["access_token"]
     me = http.get(f"{dbl.graph_url}/v1.0/me", headers=bearer(app_only))
@@ -432,9 +485,15 @@ def test_client_credentials_with_a_new_secret(dbl, ca, http):
     assert expired.status_code == 401 and expired.json()["error_codes"] == [7000222]
 
     # client credentials need a tenant, and a /.default scope
-    r = http.post(f"{dbl.authority_host}/organizations/oauth2/v2.0/token", data={
-        "grant_type": "client_credentials", "client_id": app["appId"],
-        "client_secret": secret, "scope": f"{dbl.graph_url}/.default"})
+    r = http.post(
+        f"{dbl.authority_host}/organizations/oauth2/v2.0/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": app["appId"],
+            "client_secret": secret,
+            "scope": f"{dbl.graph_url}/.default",
+        },
+    )
     assert r.json()["error_codes"] == [50059]
 
 
@@ -442,8 +501,11 @@ def test_client_credentials_with_a_new_secret(dbl, ca, http):
 
 
 def test_graph_identity_reads(dbl, http):
-    dbl.add_user("dev@contoso.onmicrosoft.com", directory_roles=[APPLICATION_DEVELOPER],
-                 groups=["Azure Admins"])
+    dbl.add_user(
+        "dev@contoso.onmicrosoft.com",
+        directory_roles=[APPLICATION_DEVELOPER],
+        groups=["Azure Admins"],
+    )
     token = dbl.token_for()
     org = http.get(f"{dbl.graph_url}/v1.0/organization", headers=bearer(token)).json()
     assert org["value"][0]["id"] == DEFAULT_TENANT_ID
@@ -458,8 +520,12 @@ def test_graph_identity_reads(dbl, http):
     assert role["displayName"] == "Global Administrator"
 
     dev = dbl.token_for("dev@contoso.onmicrosoft.com")
-    kinds = [o["@odata.type"] for o in http.get(
-        f"{dbl.graph_url}/v1.0/me/transitiveMemberOf", headers=bearer(dev)).json()["value"]]
+    kinds = [
+        o["@odata.type"]
+        for o in http.get(
+            f"{dbl.graph_url}/v1.0/me/transitiveMemberOf", headers=bearer(dev)
+        ).json()["value"]
+    ]
     assert kinds == ["#microsoft.graph.directoryRole", "#microsoft.graph.group"]
 
     policy = http.get(f"{dbl.graph_url}/v1.0/policies/authorizationPolicy", headers=bearer(token))
@@ -482,18 +548,25 @@ def test_app_creation_rights(dbl, http):
     dev = dbl.token_for("dev@contoso.onmicrosoft.com")
     body = {"displayName": "x", "signInAudience": "AzureADMyOrg"}
 
-    assert http.post(f"{dbl.graph_url}/v1.0/applications", headers=bearer(bob),
-                     json=body).status_code == 201
+    assert (
+        http.post(f"{dbl.graph_url}/v1.0/applications", headers=bearer(bob), json=body).status_code
+        == 201
+    )
     dbl.set_allowed_to_create_apps(DEFAULT_TENANT_ID, False)
     denied = http.post(f"{dbl.graph_url}/v1.0/applications", headers=bearer(bob), json=body)
     assert denied.status_code == 403
     assert denied.json()["error"]["code"] == "Authorization_RequestDenied"
-    assert http.post(f"{dbl.graph_url}/v1.0/applications", headers=bearer(dev),
-                     json=body).status_code == 201
+    assert (
+        http.post(f"{dbl.graph_url}/v1.0/applications", headers=bearer(dev), json=body).status_code
+        == 201
+    )
     # a non-owner without an admin role cannot add secrets to someone else's app
     alice_app = create_app(http, dbl, dbl.token_for())
-    r = http.post(f"{dbl.graph_url}/v1.0/applications/{alice_app['id']}/addPassword",
-                  headers=bearer(dev), json={})
+    r = http.post(
+        f"{dbl.graph_url}/v1.0/applications/{alice_app['id']}/addPassword",
+        headers=bearer(dev),
+        json={},
+    )
     assert r.status_code == 403
 
 
@@ -514,30 +587,44 @@ def test_application_lifecycle(dbl, http):
         assert [a["id"] for a in found.json()["value"]] == [app["id"]]
     assert http.get(f"{g}/applications/{app['appId']}", headers=bearer(token)).status_code == 404
 
-    r = http.patch(f"{g}/applications/{app['id']}", headers=bearer(token),
-                   json={"notes": "managed by veeam-sa"})
+    r = http.patch(
+        f"{g}/applications/{app['id']}",
+        headers=bearer(token),
+        json={"notes": "managed by veeam-sa"},
+    )
     assert r.status_code == 204
     assert dbl.application(object_id=app["id"]).props["notes"] == "managed by veeam-sa"
 
     # idempotent upsert by uniqueName
     url = f"{g}/applications(uniqueName='veeam-sa-prod')"
     prefer = {**bearer(token), "Prefer": "create-if-missing"}
-    created = http.patch(url, headers=prefer, json={"displayName": "veeam-sa-prod",
-                                                    "signInAudience": "AzureADMyOrg"})
+    created = http.patch(
+        url, headers=prefer, json={"displayName": "veeam-sa-prod", "signInAudience": "AzureADMyOrg"}
+    )
     assert created.status_code == 201
     assert created.json()["uniqueName"] == "veeam-sa-prod"
-    updated = http.patch(url, headers=prefer, json={"displayName": "veeam-sa-prod",
-                                                    "description": "v2"})
+    updated = http.patch(
+        url, headers=prefer, json={"displayName": "veeam-sa-prod", "description": "v2"}
+    )
     assert updated.status_code == 204 and updated.content == b""
     got = http.get(url, headers=bearer(token)).json()
     assert got["id"] == created.json()["id"] and got["description"] == "v2"
-    assert http.patch(f"{g}/applications(uniqueName='missing')", headers=bearer(token),
-                      json={"displayName": "m"}).status_code == 404
+    assert (
+        http.patch(
+            f"{g}/applications(uniqueName='missing')",
+            headers=bearer(token),
+            json={"displayName": "m"},
+        ).status_code
+        == 404
+    )
 
     # secrets
     end = "2027-06-30T00:00:00Z"
-    r = http.post(f"{g}/applications/{app['id']}/addPassword", headers=bearer(token),
-                  json={"passwordCredential": {"displayName": "veeam", "endDateTime": end}})
+    r = http.post(
+        f"{g}/applications/{app['id']}/addPassword",
+        headers=bearer(token),
+        json={"passwordCredential": {"displayName": "veeam", "endDateTime": end}},
+    )
     assert r.status_code == 200
     pwd = r.json()
     assert len(pwd["secretText"]) == 40 and pwd["hint"] == pwd["secretText"][:3]
@@ -546,26 +633,39 @@ def test_application_lifecycle(dbl, http):
 
     r = http.post(f"{g}/applications/{app['id']}/addPassword", headers=bearer(token), json={})
     default = r.json()
-    years = (datetime.fromisoformat(default["endDateTime"])
-             - datetime.fromisoformat(default["startDateTime"])).days
+    years = (
+        datetime.fromisoformat(default["endDateTime"])
+        - datetime.fromisoformat(default["startDateTime"])
+    ).days
     assert 729 <= years <= 731
 
     dbl.max_secret_days = 180
-    r = http.post(f"{g}/applications/{app['id']}/addPassword", headers=bearer(token),
-                  json={"passwordCredential": {"endDateTime": "2099-01-01T00:00:00Z"}})
+    r = http.post(
+        f"{g}/applications/{app['id']}/addPassword",
+        headers=bearer(token),
+        json={"passwordCredential": {"endDateTime": "2099-01-01T00:00:00Z"}},
+    )
     clamped = r.json()
-    days = (datetime.fromisoformat(clamped["endDateTime"])
-            - datetime.fromisoformat(clamped["startDateTime"])).days
+    days = (
+        datetime.fromisoformat(clamped["endDateTime"])
+        - datetime.fromisoformat(clamped["startDateTime"])
+    ).days
     assert days == 180
 
     listed = http.get(f"{g}/applications/{app['id']}", headers=bearer(token)).json()
     assert len(listed["passwordCredentials"]) == 3
     assert all(p["secretText"] is None for p in listed["passwordCredentials"])
-    r = http.post(f"{g}/applications/{app['id']}/removePassword", headers=bearer(token),
-                  json={"keyId": pwd["keyId"]})
+    r = http.post(
+        f"{g}/applications/{app['id']}/removePassword",
+        headers=bearer(token),
+        json={"keyId": pwd["keyId"]},
+    )
     assert r.status_code == 204
-    r = http.post(f"{g}/applications/{app['id']}/removePassword", headers=bearer(token),
-                  json={"keyId": pwd["keyId"]})
+    r = http.post(
+        f"{g}/applications/{app['id']}/removePassword",
+        headers=bearer(token),
+        json={"keyId": pwd["keyId"]},
+    )
     assert r.status_code == 400
     assert len(dbl.application(object_id=app["id"]).passwords) == 2
 
@@ -574,12 +674,16 @@ def test_application_lifecycle(dbl, http):
     assert sp["appId"] == app["appId"] and sp["servicePrincipalType"] == "Application"
     dup = http.post(f"{g}/servicePrincipals", headers=bearer(token), json={"appId": app["appId"]})
     assert dup.status_code == 409
-    found = http.get(f"{g}/servicePrincipals", params={"$filter": f"appId eq '{app['appId']}'"},
-                     headers=bearer(token)).json()["value"]
+    found = http.get(
+        f"{g}/servicePrincipals",
+        params={"$filter": f"appId eq '{app['appId']}'"},
+        headers=bearer(token),
+    ).json()["value"]
     assert [s["id"] for s in found] == [sp["id"]]
     assert http.get(f"{g}/servicePrincipals/{sp['id']}", headers=bearer(token)).status_code == 200
-    nobody = http.post(f"{g}/servicePrincipals", headers=bearer(token),
-                       json={"appId": str(uuid.uuid4())})
+    nobody = http.post(
+        f"{g}/servicePrincipals", headers=bearer(token), json={"appId": str(uuid.uuid4())}
+    )
     assert nobody.status_code == 400
     assert nobody.json()["error"]["details"][0]["code"] == "NoBackingApplicationObject"
 
@@ -592,11 +696,17 @@ def test_application_lifecycle(dbl, http):
 
 def test_graph_request_validation(dbl, http):
     token = dbl.token_for()
-    r = http.post(f"{dbl.graph_url}/v1.0/applications", headers=bearer(token),
-                  content=b"not json", )
+    r = http.post(
+        f"{dbl.graph_url}/v1.0/applications",
+        headers=bearer(token),
+        content=b"not json",
+    )
     assert r.status_code == 400
-    r = http.get(f"{dbl.graph_url}/v1.0/applications",
-                 params={"$filter": "tags/any(t: t eq 'x')"}, headers=bearer(token))
+    r = http.get(
+        f"{dbl.graph_url}/v1.0/applications",
+        params={"$filter": "tags/any(t: t eq 'x')"},
+        headers=bearer(token),
+    )
     assert r.status_code == 400 and r.json()["error"]["code"] == "Request_UnsupportedQuery"
     assert http.get(f"{dbl.graph_url}/v1.0/me").status_code == 401
 
@@ -625,17 +735,20 @@ def test_role_assignments_and_permissions(dbl, http):
     missing = assign(http, dbl, owner, SUB1, str(uuid.uuid4()))
     assert missing.status_code == 400
     assert missing.json()["error"]["code"] == "PrincipalNotFound"
-    wrong_type = assign(http, dbl, owner, SUB1, sp["id"], role=OWNER, principal_type="User",
-                        name=str(uuid.uuid4()))
+    wrong_type = assign(
+        http, dbl, owner, SUB1, sp["id"], role=OWNER, principal_type="User", name=str(uuid.uuid4())
+    )
     assert wrong_type.json()["error"]["code"] == "UnmatchedPrincipalType"
 
     # a Contributor can read but not assign roles
     dbl.add_user("con@contoso.onmicrosoft.com")
     dbl.grant("con@contoso.onmicrosoft.com", SUB2, "Contributor")
     contributor = dbl.token_for("con@contoso.onmicrosoft.com", audience="arm")
-    perms = http.get(f"{dbl.arm_url}/subscriptions/{SUB2}/providers/Microsoft.Authorization/"
-                     "permissions", params={"api-version": "2022-04-01"},
-                     headers=bearer(contributor)).json()["value"]
+    perms = http.get(
+        f"{dbl.arm_url}/subscriptions/{SUB2}/providers/Microsoft.Authorization/permissions",
+        params={"api-version": "2022-04-01"},
+        headers=bearer(contributor),
+    ).json()["value"]
     assert perms[0]["actions"] == ["*"]
     assert "Microsoft.Authorization/*/Write" in perms[0]["notActions"]
     assert not permissions_allow(perms, ROLE_ASSIGNMENT_WRITE)
@@ -649,23 +762,31 @@ def test_role_assignments_and_permissions(dbl, http):
     dbl.revoke("con@contoso.onmicrosoft.com", SUB2, "User Access Administrator")
     assert assign(http, dbl, contributor, SUB2, sp["id"], role=OWNER).status_code == 403
 
-    listed = http.get(f"{dbl.arm_url}/subscriptions/{SUB1}/providers/Microsoft.Authorization/"
-                      "roleAssignments", params={"api-version": "2022-04-01",
-                                                 "$filter": f"principalId eq '{sp['id']}'"},
-                      headers=bearer(owner)).json()["value"]
+    listed = http.get(
+        f"{dbl.arm_url}/subscriptions/{SUB1}/providers/Microsoft.Authorization/roleAssignments",
+        params={"api-version": "2022-04-01", "$filter": f"principalId eq '{sp['id']}'"},
+        headers=bearer(owner),
+    ).json()["value"]
     assert {a["name"] for a in listed} >= {name}
     assert all(a["properties"]["principalId"] == sp["id"] for a in listed)
-    url = (f"{dbl.arm_url}/subscriptions/{SUB1}/providers/Microsoft.Authorization/"
-           f"roleAssignments/{name}")
-    assert http.delete(url, params={"api-version": "2022-04-01"},
-                       headers=bearer(owner)).status_code == 200
-    assert http.delete(url, params={"api-version": "2022-04-01"},
-                       headers=bearer(owner)).status_code == 204
+    url = (
+        f"{dbl.arm_url}/subscriptions/{SUB1}/providers/Microsoft.Authorization/"
+        f"roleAssignments/{name}"
+    )
+    assert (
+        http.delete(url, params={"api-version": "2022-04-01"}, headers=bearer(owner)).status_code
+        == 200
+    )
+    assert (
+        http.delete(url, params={"api-version": "2022-04-01"}, headers=bearer(owner)).status_code
+        == 204
+    )
 
-    defs = http.get(f"{dbl.arm_url}/subscriptions/{SUB1}/providers/Microsoft.Authorization/"
-                    "roleDefinitions", params={"api-version": "2022-04-01",
-                                               "$filter": "roleName eq 'Key Vault Crypto User'"},
-                    headers=bearer(owner)).json()["value"]
+    defs = http.get(
+        f"{dbl.arm_url}/subscriptions/{SUB1}/providers/Microsoft.Authorization/roleDefinitions",
+        params={"api-version": "2022-04-01", "$filter": "roleName eq 'Key Vault Crypto User'"},
+        headers=bearer(owner),
+    ).json()["value"]
     assert [d["name"] for d in defs] == ["12338af0-0e69-4776-bea7-57ae8d297424"]
 
 
@@ -677,14 +798,18 @@ def test_arm_errors(dbl, http):
     assert r.status_code == 400 and r.json()["error"]["code"] == "MissingApiVersionParameter"
     other = dbl.add_tenant(display_name="Fabrikam")
     foreign = dbl.add_subscription(name="Fabrikam Prod", tenant_id=other.id)
-    r = http.get(f"{dbl.arm_url}/subscriptions/{foreign.subscription_id}/providers/"
-                 "Microsoft.Authorization/permissions", params={"api-version": "2022-04-01"},
-                 headers=bearer(arm))
+    r = http.get(
+        f"{dbl.arm_url}/subscriptions/{foreign.subscription_id}/providers/"
+        "Microsoft.Authorization/permissions",
+        params={"api-version": "2022-04-01"},
+        headers=bearer(arm),
+    )
     assert r.status_code == 401
     assert r.json()["error"]["code"] == "InvalidAuthenticationTokenTenant"
     dbl.advance(3600)
-    r = http.get(f"{dbl.arm_url}/subscriptions", params={"api-version": "2022-12-01"},
-                 headers=bearer(arm))
+    r = http.get(
+        f"{dbl.arm_url}/subscriptions", params={"api-version": "2022-12-01"}, headers=bearer(arm)
+    )
     assert r.status_code == 401 and r.json()["error"]["code"] == "ExpiredAuthenticationToken"
 
 
@@ -696,18 +821,33 @@ def test_replication_delay(dbl, http):
     graph = dbl.token_for()
     arm = dbl.token_for(audience="arm")
     app = create_app(http, dbl, graph)
-    codes = [http.get(f"{dbl.graph_url}/v1.0/applications/{app['id']}",
-                      headers=bearer(graph)).status_code for _ in range(3)]
+    codes = [
+        http.get(
+            f"{dbl.graph_url}/v1.0/applications/{app['id']}", headers=bearer(graph)
+        ).status_code
+        for _ in range(3)
+    ]
     assert codes == [404, 404, 200]
-    assert http.get(f"{dbl.graph_url}/v1.0/applications/{app['id']}",
-                    headers=bearer(graph)).json()["id"] == app["id"]
+    assert (
+        http.get(f"{dbl.graph_url}/v1.0/applications/{app['id']}", headers=bearer(graph)).json()[
+            "id"
+        ]
+        == app["id"]
+    )
 
     app2 = create_app(http, dbl, graph, name="second")
-    attempts = [http.post(f"{dbl.graph_url}/v1.0/servicePrincipals", headers=bearer(graph),
-                          json={"appId": app2["appId"]}) for _ in range(3)]
+    attempts = [
+        http.post(
+            f"{dbl.graph_url}/v1.0/servicePrincipals",
+            headers=bearer(graph),
+            json={"appId": app2["appId"]},
+        )
+        for _ in range(3)
+    ]
     assert [a.status_code for a in attempts] == [400, 400, 201]
-    assert "does not reference a valid application object" in (
-        attempts[0].json()["error"]["message"])
+    assert (
+        "does not reference a valid application object" in (attempts[0].json()["error"]["message"])
+    )
     sp = attempts[2].json()
     role_codes = []
     for _ in range(3):
@@ -750,8 +890,9 @@ def test_faults_latency_and_recording(dbl, http):
     assert http.get(f"{dbl.graph_url}/v1.0/me", headers=bearer(token)).status_code == 200
     assert f.hits == 2 and f.times == 0
 
-    dbl.fault("arm", None, r"/subscriptions", 503, body={"error": {"code": "Busy",
-                                                                  "message": "later"}})
+    dbl.fault(
+        "arm", None, r"/subscriptions", 503, body={"error": {"code": "Busy", "message": "later"}}
+    )
     r = http.get(f"{dbl.arm_url}/subscriptions", params={"api-version": "2022-12-01"})
     assert r.status_code == 503 and r.json()["error"]["code"] == "Busy"
 
@@ -774,8 +915,11 @@ def test_concurrent_requests_are_safe(dbl, ca):
         try:
             with ca.httpx_client(timeout=10) as client:
                 for j in range(3):
-                    r = client.post(f"{dbl.graph_url}/v1.0/applications", headers=bearer(token),
-                                    json={"displayName": f"t{i}-{j}"})
+                    r = client.post(
+                        f"{dbl.graph_url}/v1.0/applications",
+                        headers=bearer(token),
+                        json={"displayName": f"t{i}-{j}"},
+                    )
                     assert r.status_code == 201
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
@@ -801,12 +945,14 @@ def test_tls_trusts_only_the_test_ca(ca, dbl):
             plain.get(f"{dbl.graph_url}/v1.0/me")
     with open(ca.ca_pem_path, "rb") as fh:
         assert fh.read() == ca.cert_pem
-    code = ("import ssl, sys, urllib.request, urllib.error\n"
-            "try:\n"
-            f"    urllib.request.urlopen('{dbl.graph_url}/v1.0/me', "
-            "context=ssl.create_default_context())\n"
-            "except urllib.error.HTTPError as e:\n"
-            "    sys.exit(0 if e.code == 401 else 1)\n")
+    code = (
+        "import ssl, sys, urllib.request, urllib.error\n"
+        "try:\n"
+        f"    urllib.request.urlopen('{dbl.graph_url}/v1.0/me', "
+        "context=ssl.create_default_context())\n"
+        "except urllib.error.HTTPError as e:\n"
+        "    sys.exit(0 if e.code == 401 else 1)\n"
+    )
     env = {"SSL_CERT_FILE": ca.ca_pem_path, "PATH": "/usr/bin:/bin"}
     assert subprocess.run([sys.executable, "-c", code], env=env, timeout=20).returncode == 0
 

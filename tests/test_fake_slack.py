@@ -53,8 +53,9 @@ def test_post_update_delete_and_threads(dbl: SlackDouble, client: WebClient) -> 
     assert parent["message"]["bot_id"] == "B0BOT"
 
     blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": "*step 1*"}}]
-    reply = client.chat_postMessage(channel="C0OPS", thread_ts=parent["ts"], text="s1",
-                                    blocks=blocks)
+    reply = client.chat_postMessage(
+        channel="C0OPS", thread_ts=parent["ts"], text="s1", blocks=blocks
+    )
     assert reply["message"]["thread_ts"] == parent["ts"]
     assert reply["message"]["blocks"] == blocks
 
@@ -83,40 +84,47 @@ def test_post_update_delete_and_threads(dbl: SlackDouble, client: WebClient) -> 
 
 
 def test_ts_unique_and_increasing(client: WebClient) -> None:
-    stamps = [client.chat_postMessage(channel=ch, text="x")["ts"]
-              for ch in ("C1", "C2", "C1", "C3", "C1")]
+    stamps = [
+        client.chat_postMessage(channel=ch, text="x")["ts"] for ch in ("C1", "C2", "C1", "C3", "C1")
+    ]
     assert len(set(stamps)) == len(stamps)
     assert [float(s) for s in stamps] == sorted(float(s) for s in stamps)
     assert stamps[0] == "1700000000.000100"
 
 
 def test_ephemeral_dm_and_views(dbl: SlackDouble, client: WebClient) -> None:
-    eph = client.chat_postEphemeral(channel="C0OPS", user="U0ADMIN", text="code ABCD",
-                                    thread_ts="1700000000.000100")
+    eph = client.chat_postEphemeral(
+        channel="C0OPS", user="U0ADMIN", text="code ABCD", thread_ts="1700000000.000100"
+    )
     assert eph["ok"] and eph["message_ts"]
     assert dbl.ephemerals(user="U0ADMIN")[0]["text"] == "code ABCD"
     assert dbl.ephemerals(user="U0ADMIN")[0]["thread_ts"] == "1700000000.000100"
     assert dbl.messages() == []  # ephemerals are not channel messages
 
     dm = client.conversations_open(users="U0ADMIN")["channel"]["id"]
-    assert dm.startswith("D") and dm == client.conversations_open(users=["U0ADMIN"])[
-        "channel"]["id"]
+    assert (
+        dm.startswith("D") and dm == client.conversations_open(users=["U0ADMIN"])["channel"]["id"]
+    )
     client.chat_postMessage(channel=dm, text="hello")
     assert dbl.messages(dm)[0]["text"] == "hello"
     assert client.conversations_info(channel=dm)["channel"]["is_im"] is True
 
-    view = client.views_open(trigger_id="123.456", view={"type": "modal", "title": {
-        "type": "plain_text", "text": "t"}, "blocks": []})
+    view = client.views_open(
+        trigger_id="123.456",
+        view={"type": "modal", "title": {"type": "plain_text", "text": "t"}, "blocks": []},
+    )
     assert view["view"]["id"].startswith("V") and dbl.views[0]["type"] == "modal"
 
 
 def test_form_get_and_token_param(dbl: SlackDouble, client: WebClient) -> None:
     blocks = [{"type": "divider"}]
-    resp = client.api_call("chat.postMessage",
-                           data={"channel": "C0OPS", "text": "f", "blocks": json.dumps(blocks)})
+    resp = client.api_call(
+        "chat.postMessage", data={"channel": "C0OPS", "text": "f", "blocks": json.dumps(blocks)}
+    )
     assert resp["message"]["blocks"] == blocks  # form-encoded JSON fields are decoded
-    got = httpx.get(dbl.api_url + "users.info",
-                    params={"token": BOT_TOKEN, "user": "U0ADMIN"}).json()
+    got = httpx.get(
+        dbl.api_url + "users.info", params={"token": BOT_TOKEN, "user": "U0ADMIN"}
+    ).json()
     assert got["user"]["profile"]["email"] == "ada@contoso.example"
     assert dbl.calls_to("users.info")[0].token == BOT_TOKEN
     assert "token" not in dbl.calls_to("users.info")[0].args
@@ -183,8 +191,11 @@ def test_rate_limit_and_retry_handler(dbl: SlackDouble) -> None:
     assert err.value.response.headers["Retry-After"] == "7"
 
     # Retry-After 0 keeps the test fast: the handler sleeps int(Retry-After) + random().
-    retrying = WebClient(token=BOT_TOKEN, base_url=dbl.api_url,
-                         retry_handlers=[RateLimitErrorRetryHandler(max_retry_count=2)])
+    retrying = WebClient(
+        token=BOT_TOKEN,
+        base_url=dbl.api_url,
+        retry_handlers=[RateLimitErrorRetryHandler(max_retry_count=2)],
+    )
     dbl.clear()
     dbl.rate_limit("chat.postMessage", retry_after=0)
     assert retrying.chat_postMessage(channel="C0OPS", text="after retry")["ok"]
@@ -245,21 +256,37 @@ def test_sign_matches_slack_sdk_verifier() -> None:
 
 
 def test_slash_command_fields() -> None:
-    fields = {k: v[0] for k, v in parse_qs(
-        slash_command_body("list", user_id="U0BOB", response_url="http://x/r"),
-        keep_blank_values=True).items()}
+    fields = {
+        k: v[0]
+        for k, v in parse_qs(
+            slash_command_body("list", user_id="U0BOB", response_url="http://x/r"),
+            keep_blank_values=True,
+        ).items()
+    }
     assert set(fields) == {
-        "token", "team_id", "team_domain", "channel_id", "channel_name", "user_id",
-        "user_name", "command", "text", "api_app_id", "is_enterprise_install",
-        "response_url", "trigger_id"}
+        "token",
+        "team_id",
+        "team_domain",
+        "channel_id",
+        "channel_name",
+        "user_id",
+        "user_name",
+        "command",
+        "text",
+        "api_app_id",
+        "is_enterprise_install",
+        "response_url",
+        "trigger_id",
+    }
     assert fields["command"] == "/veeam-sa" and fields["user_id"] == "U0BOB"
     assert fields["response_url"] == "http://x/r"
     assert all(isinstance(v, str) for v in slash_command_payload("help").values())
 
 
 def test_block_action_payload_shapes() -> None:
-    button = block_action_payload("renew", "acct-1", "U0BOB", "C0OPS", "1700000000.000200",
-                                  thread_ts="1700000000.000100")
+    button = block_action_payload(
+        "renew", "acct-1", "U0BOB", "C0OPS", "1700000000.000200", thread_ts="1700000000.000100"
+    )
     assert button["type"] == "block_actions"
     assert button["actions"][0]["type"] == "button" and button["actions"][0]["value"] == "acct-1"
     assert button["container"]["message_ts"] == "1700000000.000200"
@@ -285,15 +312,18 @@ def _bolt_app(dbl: SlackDouble, seen: list[dict]) -> App:
         ack()
         seen.append(command)
         parent = say(f"<@{command['user_id']}> asked: {command['text']}")
-        client.chat_postEphemeral(channel=command["channel_id"], user=command["user_id"],
-                                  thread_ts=parent["ts"], text="your code")
+        client.chat_postEphemeral(
+            channel=command["channel_id"],
+            user=command["user_id"],
+            thread_ts=parent["ts"],
+            text="your code",
+        )
 
     @app.action("create")
     def on_create(ack, body, respond):  # noqa: ANN001
         ack()
         picked = body["state"]["values"]["subs"]["pick"]["selected_options"]
-        respond(text="creating " + ",".join(o["value"] for o in picked),
-                replace_original=True)
+        respond(text="creating " + ",".join(o["value"] for o in picked), replace_original=True)
 
     return app
 
@@ -315,8 +345,13 @@ def test_bolt_http_mode(dbl: SlackDouble) -> None:
 
     parent_ts = post.response["ts"]
     url = dbl.response_url(channel="C0OPS", message_ts=parent_ts)
-    click = block_action_body("create", "go", message_ts=parent_ts, response_url=url,
-                              state_values=multi_select_state("subs", "pick", ["s1", "s2"]))
+    click = block_action_body(
+        "create",
+        "go",
+        message_ts=parent_ts,
+        response_url=url,
+        state_values=multi_select_state("subs", "pick", ["s1", "s2"]),
+    )
     assert app.dispatch(BoltRequest(body=click, headers=sign(click, SECRET))).status == 200
     dbl.wait_for("response_url")
     assert dbl.message("C0OPS", parent_ts)["text"] == "creating s1,s2"
@@ -346,8 +381,13 @@ def test_bolt_socket_mode(dbl: SlackDouble) -> None:
 
         parent_ts = post.response["ts"]
         url = dbl.response_url(channel="C0OPS", message_ts=parent_ts)
-        payload = block_action_payload("create", "go", message_ts=parent_ts, response_url=url,
-                                       state_values=multi_select_state("subs", "pick", ["s9"]))
+        payload = block_action_payload(
+            "create",
+            "go",
+            message_ts=parent_ts,
+            response_url=url,
+            state_values=multi_select_state("subs", "pick", ["s9"]),
+        )
         assert dbl.socket_send("interactive", payload)["envelope_id"]
         dbl.wait_for("response_url")
         assert dbl.message("C0OPS", parent_ts)["text"] == "creating s9"

@@ -23,7 +23,10 @@ SUB2 = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
             f"create prod --subscription {SUB} --subscription={SUB2.upper()}",
             Command("create", name="prod", subscriptions=(SUB, SUB2)),
         ),
-        (f"create prod --subscription {SUB},{SUB}", Command("create", name="prod", subscriptions=(SUB,))),
+        (
+            f"create prod --subscription {SUB},{SUB}",
+            Command("create", name="prod", subscriptions=(SUB,)),
+        ),
         (
             "create prod --description \u201cnightly DR copies\u201d",
             Command("create", name="prod", description="nightly DR copies"),

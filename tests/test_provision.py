@@ -80,6 +80,7 @@ def test_happy_path_one_of_everything(bot: Bot, ms: MicrosoftDouble, slack: Slac
         bot, f"create prod-backup --subscription {SUB1} --subscription {SUB2} --description nightly"
     )
     bot.wait_state("prod-backup", "done", timeout=30)
+    bot.wait_thread("prod-backup", "is ready")  # posted after the summary
     assert_provisioned(bot, ms, "prod-backup", [SUB1, SUB2])
     flow = bot.flow("prod-backup")
     parent = slack.message(flow["channel_id"], flow["parent_ts"])

@@ -49,7 +49,9 @@ def test_older_schema_is_upgraded_on_open(tmp_path: Path) -> None:
 
 def test_audit_is_append_only(tmp_path: Path) -> None:
     store = open_store(tmp_path / "veeam-sa.db")
-    queries.add_audit(store.db, actor="U1", action="create", target="prod", outcome="ok", detail={"a": 1})
+    queries.add_audit(
+        store.db, actor="U1", action="create", target="prod", outcome="ok", detail={"a": 1}
+    )
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):
         store.db.execute("UPDATE audit SET outcome = 'forged'")
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):
@@ -67,7 +69,9 @@ def test_each_thread_writes_through_its_own_connection(tmp_path: Path) -> None:
         try:
             for i in range(50):
                 with store.db.atomic():
-                    queries.add_audit(store.db, actor=f"U{n}", action="x", target=str(i), outcome="ok")
+                    queries.add_audit(
+                        store.db, actor=f"U{n}", action="x", target=str(i), outcome="ok"
+                    )
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 
@@ -87,7 +91,15 @@ def test_flow_queries_track_open_flows(tmp_path: Path) -> None:
     now = queries.utcnow_iso()
     for fid, name, state in [("f1", "prod", "signing_in"), ("f2", "dev", "done")]:
         queries.insert_flow(
-            db, {"id": fid, "kind": "create", "state": state, "name": name, "requester": "U1", "created_at": now}
+            db,
+            {
+                "id": fid,
+                "kind": "create",
+                "state": state,
+                "name": name,
+                "requester": "U1",
+                "created_at": now,
+            },
         )
     assert [f["id"] for f in queries.open_flows(db)] == ["f1"]
     assert queries.open_flow_for_name(db, "PROD")["id"] == "f1"  # type: ignore[index]

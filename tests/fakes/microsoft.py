@@ -73,8 +73,12 @@ DIRECTORY_ROLE_NAMES = {
     PRIVILEGED_ROLE_ADMINISTRATOR: "Privileged Role Administrator",
 }
 APP_CREATOR_ROLES = frozenset(
-    {GLOBAL_ADMINISTRATOR, APPLICATION_ADMINISTRATOR, CLOUD_APPLICATION_ADMINISTRATOR,
-     APPLICATION_DEVELOPER}
+    {
+        GLOBAL_ADMINISTRATOR,
+        APPLICATION_ADMINISTRATOR,
+        CLOUD_APPLICATION_ADMINISTRATOR,
+        APPLICATION_DEVELOPER,
+    }
 )
 APP_MANAGER_ROLES = frozenset(
     {GLOBAL_ADMINISTRATOR, APPLICATION_ADMINISTRATOR, CLOUD_APPLICATION_ADMINISTRATOR}
@@ -165,101 +169,206 @@ def permissions_allow(blocks: Iterable[dict], action: str) -> bool:
 
 # code -> (OAuth error, HTTP status, description template, extra fields)
 AADSTS: dict[int, tuple[str, int, str, dict]] = {
-    70016: ("authorization_pending", 400,
-            "OAuth 2.0 device flow error. Authorization is pending. Continue polling.", {}),
-    70018: ("bad_verification_code", 400,
-            "Invalid verification code entered. The user typed a wrong user code for the "
-            "device code flow. Authorization is not approved.", {}),
-    70019: ("expired_token", 400,
-            "Verification code expired. Have the user retry the sign-in.", {}),
-    70000: ("invalid_grant", 400,
-            "The request was denied because one or more grants are invalid. The provided "
-            "device code has already been redeemed.", {}),
-    53003: ("invalid_grant", 400,
-            "Access has been blocked by Conditional Access policies. The access policy does "
-            "not allow token issuance.", {}),
-    530033: ("invalid_grant", 400,
-             "Access has been blocked by Conditional Access policies. The access policy requires "
-             "a managed device, and this device flow cannot satisfy it.", {}),
-    50076: ("invalid_grant", 400,
-            "Due to a configuration change made by your administrator, or because you moved to a "
-            "new location, you must use multi-factor authentication to access '{resource}'.",
-            {"suberror": "basic_action"}),
-    50079: ("invalid_grant", 400,
-            "Due to a configuration change made by your administrator, or because you moved to a "
-            "new location, you must enroll in multi-factor authentication to access "
-            "'{resource}'.", {"suberror": "basic_action"}),
-    50020: ("invalid_grant", 400,
-            "User account '{user}' from identity provider '{idp}' does not exist in tenant "
-            "'{tenant_name}' and cannot access the application '{client_id}'(Microsoft Azure CLI) "
-            "in that tenant. The account needs to be added as an external user in the tenant "
-            "first. Sign out and sign in again with a different Azure Active Directory user "
-            "account.", {}),
-    90002: ("invalid_request", 400,
-            "Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and "
-            "are signing into the correct cloud. Check with your subscription administrator, this "
-            "may happen if there are no active subscriptions for the tenant.", {}),
-    700016: ("unauthorized_client", 400,
-             "Application with identifier '{client_id}' was not found in the directory "
-             "'{tenant_name}'. This can happen if the application has not been installed by the "
-             "administrator of the tenant or consented to by any user in the tenant. You may have "
-             "sent your authentication request to the wrong tenant.", {}),
-    65001: ("invalid_grant", 400,
-            "The user or administrator has not consented to use the application with ID "
-            "'{client_id}' named 'Microsoft Azure CLI'. Send an interactive authorization "
-            "request for this user and resource.", {"suberror": "consent_required"}),
-    65002: ("invalid_client", 400,
-            "Consent between first party application '{client_id}' and first party resource "
-            "'{resource}' must be configured via preauthorization - applications owned and "
-            "operated by Microsoft must get approval from the API owner before requesting "
-            "tokens for that API.", {}),
-    700022: ("invalid_scope", 400,
-             "The provided value for the input parameter scope is not valid because it contains "
-             "more than one resource. Scope {scope} is not valid.", {}),
-    70011: ("invalid_scope", 400,
-            "The provided request must include a 'scope' input parameter. The provided value for "
-            "the input parameter 'scope' is not valid. The scope {scope} is not valid.", {}),
-    500011: ("invalid_resource", 400,
-             "The resource principal named {resource} was not found in the tenant named "
-             "{tenant_name}. This can happen if the application has not been installed by the "
-             "administrator of the tenant or consented to by any user in the tenant. You might "
-             "have sent your authentication request to the wrong tenant.", {}),
-    1002012: ("invalid_scope", 400,
-              "The provided value for scope {scope} is not valid. Client credential flows must "
-              "have a scope value with /.default suffixed to the resource identifier "
-              "(application ID URI).", {}),
-    7000215: ("invalid_client", 401,
-              "Invalid client secret provided. Ensure the secret being sent in the request is the "
-              "client secret value, not the client secret ID, for a secret added to app "
-              "'{client_id}'.", {}),
-    7000222: ("invalid_client", 401,
-              "The provided client secret keys for app '{client_id}' are expired. Visit the Azure "
-              "portal to create new keys for your app: https://aka.ms/NewClientSecret, or "
-              "consider using certificate credentials for added security: "
-              "https://aka.ms/certCreds.", {}),
-    7000229: ("invalid_client", 400,
-              "The client application {client_id} is missing service principal in the tenant "
-              "{tenant}. See instructions here: https://go.microsoft.com/fwlink/?linkid=2225119",
-              {}),
-    50059: ("invalid_request", 400,
-            "No tenant-identifying information found in either the request or implied by any "
-            "provided credentials.", {}),
-    900144: ("invalid_request", 400,
-             "The request body must contain the following parameter: '{param}'.", {}),
-    9002313: ("invalid_request", 400,
-              "Invalid request. Request is malformed or invalid.", {}),
-    50173: ("invalid_grant", 400,
-            "The provided grant has expired due to it being revoked, a fresh auth token is "
-            "needed. The user might have changed or reset their password.", {}),
-    700082: ("invalid_grant", 400,
-             "The refresh token has expired due to inactivity. The token was issued on {issued} "
-             "and was inactive for 90.00:00:00.", {}),
-    70003: ("unsupported_grant_type", 400,
-            "The app requested an unsupported grant type '{grant_type}'.", {}),
-    90055: ("temporarily_unavailable", 429,
-            "There are too many incoming requests. Please try again later.", {}),
-    90033: ("temporarily_unavailable", 503,
-            "A transient error has occurred. Please try again.", {}),
+    70016: (
+        "authorization_pending",
+        400,
+        "OAuth 2.0 device flow error. Authorization is pending. Continue polling.",
+        {},
+    ),
+    70018: (
+        "bad_verification_code",
+        400,
+        "Invalid verification code entered. The user typed a wrong user code for the "
+        "device code flow. Authorization is not approved.",
+        {},
+    ),
+    70019: (
+        "expired_token",
+        400,
+        "Verification code expired. Have the user retry the sign-in.",
+        {},
+    ),
+    70000: (
+        "invalid_grant",
+        400,
+        "The request was denied because one or more grants are invalid. The provided "
+        "device code has already been redeemed.",
+        {},
+    ),
+    53003: (
+        "invalid_grant",
+        400,
+        "Access has been blocked by Conditional Access policies. The access policy does "
+        "not allow token issuance.",
+        {},
+    ),
+    530033: (
+        "invalid_grant",
+        400,
+        "Access has been blocked by Conditional Access policies. The access policy requires "
+        "a managed device, and this device flow cannot satisfy it.",
+        {},
+    ),
+    50076: (
+        "invalid_grant",
+        400,
+        "Due to a configuration change made by your administrator, or because you moved to a "
+        "new location, you must use multi-factor authentication to access '{resource}'.",
+        {"suberror": "basic_action"},
+    ),
+    50079: (
+        "invalid_grant",
+        400,
+        "Due to a configuration change made by your administrator, or because you moved to a "
+        "new location, you must enroll in multi-factor authentication to access "
+        "'{resource}'.",
+        {"suberror": "basic_action"},
+    ),
+    50020: (
+        "invalid_grant",
+        400,
+        "User account '{user}' from identity provider '{idp}' does not exist in tenant "
+        "'{tenant_name}' and cannot access the application '{client_id}'(Microsoft Azure CLI) "
+        "in that tenant. The account needs to be added as an external user in the tenant "
+        "first. Sign out and sign in again with a different Azure Active Directory user "
+        "account.",
+        {},
+    ),
+    90002: (
+        "invalid_request",
+        400,
+        "Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and "
+        "are signing into the correct cloud. Check with your subscription administrator, this "
+        "may happen if there are no active subscriptions for the tenant.",
+        {},
+    ),
+    700016: (
+        "unauthorized_client",
+        400,
+        "Application with identifier '{client_id}' was not found in the directory "
+        "'{tenant_name}'. This can happen if the application has not been installed by the "
+        "administrator of the tenant or consented to by any user in the tenant. You may have "
+        "sent your authentication request to the wrong tenant.",
+        {},
+    ),
+    65001: (
+        "invalid_grant",
+        400,
+        "The user or administrator has not consented to use the application with ID "
+        "'{client_id}' named 'Microsoft Azure CLI'. Send an interactive authorization "
+        "request for this user and resource.",
+        {"suberror": "consent_required"},
+    ),
+    65002: (
+        "invalid_client",
+        400,
+        "Consent between first party application '{client_id}' and first party resource "
+        "'{resource}' must be configured via preauthorization - applications owned and "
+        "operated by Microsoft must get approval from the API owner before requesting "
+        "tokens for that API.",
+        {},
+    ),
+    700022: (
+        "invalid_scope",
+        400,
+        "The provided value for the input parameter scope is not valid because it contains "
+        "more than one resource. Scope {scope} is not valid.",
+        {},
+    ),
+    70011: (
+        "invalid_scope",
+        400,
+        "The provided request must include a 'scope' input parameter. The provided value for "
+        "the input parameter 'scope' is not valid. The scope {scope} is not valid.",
+        {},
+    ),
+    500011: (
+        "invalid_resource",
+        400,
+        "The resource principal named {resource} was not found in the tenant named "
+        "{tenant_name}. This can happen if the application has not been installed by the "
+        "administrator of the tenant or consented to by any user in the tenant. You might "
+        "have sent your authentication request to the wrong tenant.",
+        {},
+    ),
+    1002012: (
+        "invalid_scope",
+        400,
+        "The provided value for scope {scope} is not valid. Client credential flows must "
+        "have a scope value with /.default suffixed to the resource identifier "
+        "(application ID URI).",
+        {},
+    ),
+    7000215: (
+        "invalid_client",
+        401,
+        "Invalid client secret provided. Ensure the secret being sent in the request is the "
+        "client secret value, not the client secret ID, for a secret added to app "
+        "'{client_id}'.",
+        {},
+    ),
+    7000222: (
+        "invalid_client",
+        401,
+        "The provided client secret keys for app '{client_id}' are expired. Visit the Azure "
+        "portal to create new keys for your app: https://aka.ms/NewClientSecret, or "
+        "consider using certificate credentials for added security: "
+        "https://aka.ms/certCreds.",
+        {},
+    ),
+    7000229: (
+        "invalid_client",
+        400,
+        "The client application {client_id} is missing service principal in the tenant "
+        "{tenant}. See instructions here: https://go.microsoft.com/fwlink/?linkid=2225119",
+        {},
+    ),
+    50059: (
+        "invalid_request",
+        400,
+        "No tenant-identifying information found in either the request or implied by any "
+        "provided credentials.",
+        {},
+    ),
+    900144: (
+        "invalid_request",
+        400,
+        "The request body must contain the following parameter: '{param}'.",
+        {},
+    ),
+    9002313: ("invalid_request", 400, "Invalid request. Request is malformed or invalid.", {}),
+    50173: (
+        "invalid_grant",
+        400,
+        "The provided grant has expired due to it being revoked, a fresh auth token is "
+        "needed. The user might have changed or reset their password.",
+        {},
+    ),
+    700082: (
+        "invalid_grant",
+        400,
+        "The refresh token has expired due to inactivity. The token was issued on {issued} "
+        "and was inactive for 90.00:00:00.",
+        {},
+    ),
+    70003: (
+        "unsupported_grant_type",
+        400,
+        "The app requested an unsupported grant type '{grant_type}'.",
+        {},
+    ),
+    90055: (
+        "temporarily_unavailable",
+        429,
+        "There are too many incoming requests. Please try again later.",
+        {},
+    ),
+    90033: (
+        "temporarily_unavailable",
+        503,
+        "A transient error has occurred. Please try again.",
+        {},
+    ),
 }
 
 
@@ -644,8 +753,11 @@ class MicrosoftDouble:
         self.faults: list[Fault] = []
         self.internal_errors: list[str] = []
 
-        self._routes = {"login": self._login_routes(), "graph": self._graph_routes(),
-                        "arm": self._arm_routes()}
+        self._routes = {
+            "login": self._login_routes(),
+            "graph": self._graph_routes(),
+            "arm": self._arm_routes(),
+        }
         self._seed()
 
     # ------------------------------------------------------------------ lifecycle
@@ -656,8 +768,10 @@ class MicrosoftDouble:
         for name in ("login", "graph", "arm"):
             server = _Server(self, name, self.ca.server_context())
             thread = threading.Thread(
-                target=server.serve_forever, kwargs={"poll_interval": 0.01},
-                name=f"microsoft-double-{name}", daemon=True,
+                target=server.serve_forever,
+                kwargs={"poll_interval": 0.01},
+                name=f"microsoft-double-{name}",
+                daemon=True,
             )
             thread.start()
             self._servers[name] = server
@@ -701,32 +815,48 @@ class MicrosoftDouble:
     # ------------------------------------------------------------------ seeding
 
     def _seed(self) -> None:
-        self.tenants[MSA_TENANT_ID] = Tenant(MSA_TENANT_ID, "Microsoft Accounts", [],
-                                             personal=True)
+        self.tenants[MSA_TENANT_ID] = Tenant(MSA_TENANT_ID, "Microsoft Accounts", [], personal=True)
         self.add_tenant(DEFAULT_TENANT_ID, display_name=DEFAULT_TENANT_NAME, domain=DEFAULT_DOMAIN)
         for rd in _builtin_roles():
             self.role_definitions[rd.id] = rd
-        self.alice = self.add_user(ALICE_UPN, name="Alice Admin",
-                                   directory_roles=[GLOBAL_ADMINISTRATOR])
+        self.alice = self.add_user(
+            ALICE_UPN, name="Alice Admin", directory_roles=[GLOBAL_ADMINISTRATOR]
+        )
         for sid, name in DEFAULT_SUBSCRIPTIONS:
             self.add_subscription(sid, name=name)
             self.grant(self.alice, sid, OWNER)
 
-    def add_tenant(self, tenant_id: str | None = None, display_name: str = "Fabrikam",
-                   domain: str | None = None, allowed_to_create_apps: bool = True,
-                   extra_domains: Iterable[str] = ()) -> Tenant:
+    def add_tenant(
+        self,
+        tenant_id: str | None = None,
+        display_name: str = "Fabrikam",
+        domain: str | None = None,
+        allowed_to_create_apps: bool = True,
+        extra_domains: Iterable[str] = (),
+    ) -> Tenant:
         tenant_id = (tenant_id or str(uuid.uuid4())).lower()
         domain = domain or re.sub(r"[^a-z0-9]", "", display_name.lower()) + ".onmicrosoft.com"
         with self.lock:
-            tenant = Tenant(tenant_id, display_name, [domain, *extra_domains],
-                            allowed_to_create_apps=allowed_to_create_apps)
+            tenant = Tenant(
+                tenant_id,
+                display_name,
+                [domain, *extra_domains],
+                allowed_to_create_apps=allowed_to_create_apps,
+            )
             self.tenants[tenant_id] = tenant
         return tenant
 
-    def add_user(self, upn: str, name: str | None = None, tenant_id: str | None = None,
-                 directory_roles: Iterable[str] = (), personal: bool = False,
-                 guest_idp: str | None = None, groups: Iterable[str | dict] = (),
-                 oid: str | None = None) -> User:
+    def add_user(
+        self,
+        upn: str,
+        name: str | None = None,
+        tenant_id: str | None = None,
+        directory_roles: Iterable[str] = (),
+        personal: bool = False,
+        guest_idp: str | None = None,
+        groups: Iterable[str | dict] = (),
+        oid: str | None = None,
+    ) -> User:
         """Add a user. ``personal=True`` makes a Microsoft account (tid = MSA tenant);
         ``guest_idp`` (e.g. ``"live.com"``) makes a guest whose id tokens carry ``idp``."""
         tenant_id = MSA_TENANT_ID if personal else (tenant_id or DEFAULT_TENANT_ID).lower()
@@ -739,11 +869,14 @@ class MicrosoftDouble:
         group_objs = []
         for g in groups:
             if isinstance(g, str):
-                g = {"displayName": g,
-                     "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"group:{tenant_id}:{g}"))}
+                g = {
+                    "displayName": g,
+                    "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"group:{tenant_id}:{g}")),
+                }
             group_objs.append(g)
-        user = User(upn, name, oid, tenant_id, set(directory_roles), personal, guest_idp,
-                    group_objs)
+        user = User(
+            upn, name, oid, tenant_id, set(directory_roles), personal, guest_idp, group_objs
+        )
         with self.lock:
             self.users[oid] = user
         return user
@@ -760,8 +893,13 @@ class MicrosoftDouble:
                     return u
         raise KeyError(f"no such user {upn_or_oid!r}")
 
-    def add_subscription(self, subscription_id: str | None = None, name: str = "Subscription",
-                         tenant_id: str | None = None, state: str = "Enabled") -> Subscription:
+    def add_subscription(
+        self,
+        subscription_id: str | None = None,
+        name: str = "Subscription",
+        tenant_id: str | None = None,
+        state: str = "Enabled",
+    ) -> Subscription:
         sid = (subscription_id or str(uuid.uuid4())).lower()
         sub = Subscription(sid, name, (tenant_id or DEFAULT_TENANT_ID).lower(), state)
         with self.lock:
@@ -792,8 +930,9 @@ class MicrosoftDouble:
         """Give a user (User, UPN or oid) or service principal a role on a subscription."""
         pid, ptype = self._principal(principal)
         sid = subscription_id.lower()
-        ra = RoleAssignment(str(uuid.uuid4()), f"/subscriptions/{sid}", self.role_id(role), pid,
-                            ptype, self.now())
+        ra = RoleAssignment(
+            str(uuid.uuid4()), f"/subscriptions/{sid}", self.role_id(role), pid, ptype, self.now()
+        )
         with self.lock:
             self.role_assignments.append(ra)
         return ra
@@ -803,10 +942,15 @@ class MicrosoftDouble:
         pid, _ = self._principal(principal)
         rid = self.role_id(role) if role else None
         with self.lock:
-            keep = [ra for ra in self.role_assignments
-                    if not (ra.principal_id == pid
-                            and ra.subscription_id == subscription_id.lower()
-                            and (rid is None or ra.role_definition_id == rid))]
+            keep = [
+                ra
+                for ra in self.role_assignments
+                if not (
+                    ra.principal_id == pid
+                    and ra.subscription_id == subscription_id.lower()
+                    and (rid is None or ra.role_definition_id == rid)
+                )
+            ]
             removed = len(self.role_assignments) - len(keep)
             self.role_assignments[:] = keep
         return removed
@@ -830,14 +974,22 @@ class MicrosoftDouble:
         with self.lock:
             return list(self._sps.values())
 
-    def application(self, *, app_id: str | None = None, display_name: str | None = None,
-                    unique_name: str | None = None, object_id: str | None = None):
+    def application(
+        self,
+        *,
+        app_id: str | None = None,
+        display_name: str | None = None,
+        unique_name: str | None = None,
+        object_id: str | None = None,
+    ):
         """The first live application matching every given field, or None."""
         for app in self.applications:
-            if ((app_id is None or app.app_id == app_id)
-                    and (display_name is None or app.display_name == display_name)
-                    and (unique_name is None or app.unique_name == unique_name)
-                    and (object_id is None or app.id == object_id)):
+            if (
+                (app_id is None or app.app_id == app_id)
+                and (display_name is None or app.display_name == display_name)
+                and (unique_name is None or app.unique_name == unique_name)
+                and (object_id is None or app.id == object_id)
+            ):
                 return app
         return None
 
@@ -851,26 +1003,46 @@ class MicrosoftDouble:
         with self.lock:
             return [ra for ra in self.role_assignments if ra.principal_id == principal_id]
 
-    def requests_to(self, server: str | None = None, method: str | None = None,
-                    path_regex: str | None = None) -> list[RecordedRequest]:
+    def requests_to(
+        self, server: str | None = None, method: str | None = None, path_regex: str | None = None
+    ) -> list[RecordedRequest]:
         with self.lock:
-            return [r for r in self.requests
-                    if (server is None or r.server == server)
-                    and (method is None or r.method == method.upper())
-                    and (path_regex is None or re.search(path_regex, r.path))]
+            return [
+                r
+                for r in self.requests
+                if (server is None or r.server == server)
+                and (method is None or r.method == method.upper())
+                and (path_regex is None or re.search(path_regex, r.path))
+            ]
 
     # ------------------------------------------------------------------ scripting
 
-    def fault(self, server: str, method: str | None, path_regex: str, status: int,
-              body: Any = None, retry_after: int | float | None = None, times: int = 1,
-              headers: dict | None = None) -> Fault:
+    def fault(
+        self,
+        server: str,
+        method: str | None,
+        path_regex: str,
+        status: int,
+        body: Any = None,
+        retry_after: int | float | None = None,
+        times: int = 1,
+        headers: dict | None = None,
+    ) -> Fault:
         """The next ``times`` requests to ``server`` ("login"|"graph"|"arm") whose method
         matches (None or "*" = any) and whose path matches ``path_regex`` (re.search,
         query excluded) get this response. ``body`` defaults to a Microsoft-style error."""
         if server not in ("login", "graph", "arm"):
             raise ValueError(server)
-        f = Fault(server, None if method in (None, "*") else method.upper(),
-                  re.compile(path_regex), status, body, retry_after, times, dict(headers or {}))
+        f = Fault(
+            server,
+            None if method in (None, "*") else method.upper(),
+            re.compile(path_regex),
+            status,
+            body,
+            retry_after,
+            times,
+            dict(headers or {}),
+        )
         with self.lock:
             self.faults.append(f)
         return f
@@ -934,8 +1106,12 @@ class MicrosoftDouble:
         with self.lock:
             self._refresh_script.extend(_normalise_step(s) for s in steps)
 
-    def token_for(self, user: str | User = ALICE_UPN, audience: str = "graph",
-                  client_id: str = AZURE_CLI_CLIENT_ID) -> str:
+    def token_for(
+        self,
+        user: str | User = ALICE_UPN,
+        audience: str = "graph",
+        client_id: str = AZURE_CLI_CLIENT_ID,
+    ) -> str:
         """A valid delegated access token for Graph or ARM, minted without any HTTP
         (for tests of Graph/ARM client code that do not care about sign-in)."""
         if audience not in ("graph", "arm"):
@@ -943,9 +1119,16 @@ class MicrosoftDouble:
         u = self.user(user)
         base = self.graph_url if audience == "graph" else self.arm_url
         with self.lock:
-            tok = self._new_access_token("user", audience, u.tid, client_id,
-                                         self._granted_scope(audience, [f"{base}/.default"]),
-                                         int(self.now()), int(self.access_token_lifetime), user=u)
+            tok = self._new_access_token(
+                "user",
+                audience,
+                u.tid,
+                client_id,
+                self._granted_scope(audience, [f"{base}/.default"]),
+                int(self.now()),
+                int(self.access_token_lifetime),
+                user=u,
+            )
         return tok.token
 
     def revoke_sessions(self, user: str | User) -> None:
@@ -978,9 +1161,14 @@ class MicrosoftDouble:
         if req.headers.get("client-request-id") and "client-request-id" in resp.headers:
             resp.headers["client-request-id"] = req.headers["client-request-id"]
         recorded = RecordedRequest(
-            server, h.command, path, query,
+            server,
+            h.command,
+            path,
+            query,
             {k: v for k, v in headers.items() if k != "authorization"},
-            body, self.now(), resp.status,
+            body,
+            self.now(),
+            resp.status,
         )
         with self.lock:
             self.requests.append(recorded)
@@ -1035,9 +1223,12 @@ class MicrosoftDouble:
 
     def _fault_response(self, req: _Req) -> _Resp | None:
         for f in self.faults:
-            if (f.times > 0 and f.server == req.server
-                    and (f.method is None or f.method == req.method)
-                    and f.path_regex.search(req.path)):
+            if (
+                f.times > 0
+                and f.server == req.server
+                and (f.method is None or f.method == req.method)
+                and f.path_regex.search(req.path)
+            ):
                 f.times -= 1
                 f.hits += 1
                 headers = dict(f.headers)
@@ -1051,15 +1242,25 @@ class MicrosoftDouble:
         if req.server == "login":
             code = 90055 if status == 429 else 90033
             error = {429: "temporarily_unavailable", 503: "temporarily_unavailable"}.get(
-                status, "server_error" if status >= 500 else "invalid_request")
+                status, "server_error" if status >= 500 else "invalid_request"
+            )
             return self._aad_error(req, code, error=error, status=status).body
-        codes = {400: "BadRequest", 401: "InvalidAuthenticationToken", 403: "Forbidden",
-                 404: "NotFound", 409: "Conflict", 429: "TooManyRequests",
-                 500: "InternalServerError", 502: "BadGateway", 503: "ServiceUnavailable",
-                 504: "GatewayTimeout"}
+        codes = {
+            400: "BadRequest",
+            401: "InvalidAuthenticationToken",
+            403: "Forbidden",
+            404: "NotFound",
+            409: "Conflict",
+            429: "TooManyRequests",
+            500: "InternalServerError",
+            502: "BadGateway",
+            503: "ServiceUnavailable",
+            504: "GatewayTimeout",
+        }
         code = codes.get(status, f"Http{status}")
-        message = {429: "Too many requests. Please retry after the time in the Retry-After "
-                        "header."}.get(status, f"The service answered {status}.")
+        message = {
+            429: "Too many requests. Please retry after the time in the Retry-After header."
+        }.get(status, f"The service answered {status}.")
         if req.server == "graph":
             return self._graph_error(status, code, message).body
         return self._arm_error(status, code, message).body
@@ -1081,27 +1282,42 @@ class MicrosoftDouble:
             return func(req)
         if req.server == "graph":
             if path_matched:
-                return self._graph_error(405, "Request_BadRequest",
-                                         f"The HTTP method '{req.method}' is not allowed.")
+                return self._graph_error(
+                    405, "Request_BadRequest", f"The HTTP method '{req.method}' is not allowed."
+                )
             segment = req.path.rstrip("/").rsplit("/", 1)[-1]
-            return self._graph_error(400, "BadRequest",
-                                     f"Resource not found for the segment '{segment}'.")
+            return self._graph_error(
+                400, "BadRequest", f"Resource not found for the segment '{segment}'."
+            )
         if req.server == "arm":
             if path_matched:
-                return self._arm_error(405, "MethodNotAllowed",
-                                       f"The requested method '{req.method}' is not allowed.")
-            return self._arm_error(404, "InvalidResourceType",
-                                   f"The resource type for '{req.path}' could not be found.")
+                return self._arm_error(
+                    405, "MethodNotAllowed", f"The requested method '{req.method}' is not allowed."
+                )
+            return self._arm_error(
+                404,
+                "InvalidResourceType",
+                f"The resource type for '{req.path}' could not be found.",
+            )
         return _Resp(404, {"error": "not_found", "error_description": f"No route {req.path}"})
 
     # ------------------------------------------------------------------ error bodies
 
-    def _aad_error(self, req: _Req | None, code: int, *, error: str | None = None,
-                   status: int | None = None, extra: dict | None = None,
-                   headers: dict | None = None, description: str | None = None,
-                   **fmt) -> _Resp:
+    def _aad_error(
+        self,
+        req: _Req | None,
+        code: int,
+        *,
+        error: str | None = None,
+        status: int | None = None,
+        extra: dict | None = None,
+        headers: dict | None = None,
+        description: str | None = None,
+        **fmt,
+    ) -> _Resp:
         err_name, default_status, template, table_extra = AADSTS.get(
-            code, ("invalid_grant", 400, "Error {code} (scripted).", {}))
+            code, ("invalid_grant", 400, "Error {code} (scripted).", {})
+        )
         now = self.now()
         trace_id = str(uuid.uuid4())
         corr = None
@@ -1114,7 +1330,7 @@ class MicrosoftDouble:
         body = {
             "error": error or err_name,
             "error_description": f"AADSTS{code}: {text}\r\nTrace ID: {trace_id}\r\n"
-                                 f"Correlation ID: {corr}\r\nTimestamp: {ts}",
+            f"Correlation ID: {corr}\r\nTimestamp: {ts}",
             "error_codes": [code],
             "timestamp": ts,
             "trace_id": trace_id,
@@ -1123,28 +1339,42 @@ class MicrosoftDouble:
         }
         body.update(table_extra)
         if code in (50076, 50079) and "claims" not in (extra or {}):
-            body["claims"] = json.dumps({"access_token": {"capolids": {
-                "essential": True, "values": [str(uuid.uuid4())]}}}, separators=(",", ":"))
+            body["claims"] = json.dumps(
+                {"access_token": {"capolids": {"essential": True, "values": [str(uuid.uuid4())]}}},
+                separators=(",", ":"),
+            )
         body.update(extra or {})
         return _Resp(status or default_status, body, _login_headers(req, headers))
 
-    def _graph_error(self, status: int, code: str, message: str,
-                     details: list | None = None, headers: dict | None = None) -> _Resp:
+    def _graph_error(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: list | None = None,
+        headers: dict | None = None,
+    ) -> _Resp:
         request_id = str(uuid.uuid4())
         err: dict = {"code": code, "message": message}
         if details:
             err["details"] = details
-        err["innerError"] = {"date": _iso(self.now(), 0), "request-id": request_id,
-                             "client-request-id": request_id}
+        err["innerError"] = {
+            "date": _iso(self.now(), 0),
+            "request-id": request_id,
+            "client-request-id": request_id,
+        }
         h = {"request-id": request_id, "client-request-id": request_id}
         h.update(headers or {})
         return _Resp(status, {"error": err}, h)
 
-    def _arm_error(self, status: int, code: str, message: str,
-                   headers: dict | None = None) -> _Resp:
-        h = {"x-ms-request-id": str(uuid.uuid4()),
-             "x-ms-correlation-request-id": str(uuid.uuid4()),
-             "x-ms-failure-cause": "gateway" if status == 401 else "service"}
+    def _arm_error(
+        self, status: int, code: str, message: str, headers: dict | None = None
+    ) -> _Resp:
+        h = {
+            "x-ms-request-id": str(uuid.uuid4()),
+            "x-ms-correlation-request-id": str(uuid.uuid4()),
+            "x-ms-failure-cause": "gateway" if status == 401 else "service",
+        }
         h.update(headers or {})
         return _Resp(status, {"error": {"code": code, "message": message}}, h)
 
@@ -1153,8 +1383,11 @@ class MicrosoftDouble:
     def _login_routes(self):
         tenant = r"/(?P<tenant>[^/]+)"
         return [
-            ("GET", re.compile(tenant + r"/v2\.0/\.well-known/openid-configuration$"),
-             self._login_discovery),
+            (
+                "GET",
+                re.compile(tenant + r"/v2\.0/\.well-known/openid-configuration$"),
+                self._login_discovery,
+            ),
             ("POST", re.compile(tenant + r"/oauth2/v2\.0/devicecode$"), self._login_devicecode),
             ("POST", re.compile(tenant + r"/oauth2/v2\.0/token$"), self._login_token),
         ]
@@ -1185,36 +1418,59 @@ class MicrosoftDouble:
             path_tenant = seg
             issuer = f"{self.issuer_host}/{{tenantid}}/v2.0"
         base = f"{self.authority_host}/{path_tenant}"
-        return _Resp(200, {
-            "token_endpoint": f"{base}/oauth2/v2.0/token",
-            "token_endpoint_auth_methods_supported": [
-                "client_secret_post", "private_key_jwt", "client_secret_basic"],
-            "jwks_uri": f"{base}/discovery/v2.0/keys",
-            "response_modes_supported": ["query", "fragment", "form_post"],
-            "subject_types_supported": ["pairwise"],
-            "id_token_signing_alg_values_supported": ["RS256"],
-            "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
-            "scopes_supported": ["openid", "profile", "email", "offline_access"],
-            "issuer": issuer,
-            "request_uri_parameter_supported": False,
-            "userinfo_endpoint": f"{self.graph_url}/oidc/userinfo",
-            "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
-            "device_authorization_endpoint": f"{base}/oauth2/v2.0/devicecode",
-            "http_logout_supported": True,
-            "frontchannel_logout_supported": True,
-            "end_session_endpoint": f"{base}/oauth2/v2.0/logout",
-            "claims_supported": [
-                "sub", "iss", "cloud_instance_name", "cloud_instance_host_name",
-                "cloud_graph_host_name", "msgraph_host", "aud", "exp", "iat", "auth_time",
-                "acr", "nonce", "preferred_username", "name", "tid", "ver", "at_hash",
-                "c_hash", "email"],
-            "kerberos_endpoint": f"{base}/kerberos",
-            "tenant_region_scope": "NA" if isinstance(resolved, Tenant) else None,
-            "cloud_instance_name": "microsoftonline.com",
-            "cloud_graph_host_name": "graph.windows.net",
-            "msgraph_host": urlsplit(self.graph_url).netloc,
-            "rbac_url": "https://pas.windows.net",
-        }, _login_headers(req))
+        return _Resp(
+            200,
+            {
+                "token_endpoint": f"{base}/oauth2/v2.0/token",
+                "token_endpoint_auth_methods_supported": [
+                    "client_secret_post",
+                    "private_key_jwt",
+                    "client_secret_basic",
+                ],
+                "jwks_uri": f"{base}/discovery/v2.0/keys",
+                "response_modes_supported": ["query", "fragment", "form_post"],
+                "subject_types_supported": ["pairwise"],
+                "id_token_signing_alg_values_supported": ["RS256"],
+                "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
+                "scopes_supported": ["openid", "profile", "email", "offline_access"],
+                "issuer": issuer,
+                "request_uri_parameter_supported": False,
+                "userinfo_endpoint": f"{self.graph_url}/oidc/userinfo",
+                "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
+                "device_authorization_endpoint": f"{base}/oauth2/v2.0/devicecode",
+                "http_logout_supported": True,
+                "frontchannel_logout_supported": True,
+                "end_session_endpoint": f"{base}/oauth2/v2.0/logout",
+                "claims_supported": [
+                    "sub",
+                    "iss",
+                    "cloud_instance_name",
+                    "cloud_instance_host_name",
+                    "cloud_graph_host_name",
+                    "msgraph_host",
+                    "aud",
+                    "exp",
+                    "iat",
+                    "auth_time",
+                    "acr",
+                    "nonce",
+                    "preferred_username",
+                    "name",
+                    "tid",
+                    "ver",
+                    "at_hash",
+                    "c_hash",
+                    "email",
+                ],
+                "kerberos_endpoint": f"{base}/kerberos",
+                "tenant_region_scope": "NA" if isinstance(resolved, Tenant) else None,
+                "cloud_instance_name": "microsoftonline.com",
+                "cloud_graph_host_name": "graph.windows.net",
+                "msgraph_host": urlsplit(self.graph_url).netloc,
+                "rbac_url": "https://pas.windows.net",
+            },
+            _login_headers(req),
+        )
 
     def _audience_of(self, scopes: list[str], req: _Req, tenant_name: str):
         """('graph'|'arm', resource scopes) or an error response."""
@@ -1227,7 +1483,7 @@ class MicrosoftDouble:
             return "graph", []
         if len(resources) > 1:
             return self._aad_error(req, 700022, scope=" ".join(scopes))
-        (aud, res_scopes), = resources.items()
+        ((aud, res_scopes),) = resources.items()
         if aud not in ("graph", "arm"):
             return self._aad_error(req, 500011, resource=aud, tenant_name=tenant_name)
         return aud, res_scopes
@@ -1237,9 +1493,11 @@ class MicrosoftDouble:
         for aud, base in (("graph", self.graph_url), ("arm", self.arm_url)):
             if base and low.startswith(base.lower() + "/"):
                 return aud
-        for aud, host in (("graph", "https://graph.microsoft.com/"),
-                          ("arm", "https://management.azure.com/"),
-                          ("arm", "https://management.core.windows.net/")):
+        for aud, host in (
+            ("graph", "https://graph.microsoft.com/"),
+            ("arm", "https://management.azure.com/"),
+            ("arm", "https://management.core.windows.net/"),
+        ):
             if low.startswith(host):
                 return aud
         return scope.rsplit("/", 1)[0] if "/" in scope else scope
@@ -1251,8 +1509,11 @@ class MicrosoftDouble:
         for s in res_scopes:
             if s.endswith("/.default"):
                 base = s[: -len(".default")]
-                extra = (["Application.ReadWrite.All", "Directory.AccessAsUser.All",
-                          "User.Read"] if audience == "graph" else ["user_impersonation"])
+                extra = (
+                    ["Application.ReadWrite.All", "Directory.AccessAsUser.All", "User.Read"]
+                    if audience == "graph"
+                    else ["user_impersonation"]
+                )
                 granted.extend(base + e for e in extra)
             granted.append(s)
         return list(dict.fromkeys(granted))
@@ -1278,21 +1539,33 @@ class MicrosoftDouble:
         now = self.now()
         user_code = "".join(secrets.choice(_USER_CODE_ALPHABET) for _ in range(9))
         device_code = "DAQABIQEAAA" + _b64url(secrets.token_bytes(96))
-        flow = DeviceFlow(user_code, device_code, client_id, seg, scope, now,
-                          now + self.device_expires_in, self.device_interval)
+        flow = DeviceFlow(
+            user_code,
+            device_code,
+            client_id,
+            seg,
+            scope,
+            now,
+            now + self.device_expires_in,
+            self.device_interval,
+        )
         if self._flow_scripts:
             flow.script = self._flow_scripts.pop(0)
         self.flows.append(flow)
         verification_uri = "https://microsoft.com/devicelogin"
-        return _Resp(200, {
-            "user_code": user_code,
-            "device_code": device_code,
-            "verification_uri": verification_uri,
-            "expires_in": self.device_expires_in,
-            "interval": self.device_interval,
-            "message": f"To sign in, use a web browser to open the page {verification_uri} "
-                       f"and enter the code {user_code} to authenticate.",
-        }, _login_headers(req))
+        return _Resp(
+            200,
+            {
+                "user_code": user_code,
+                "device_code": device_code,
+                "verification_uri": verification_uri,
+                "expires_in": self.device_expires_in,
+                "interval": self.device_interval,
+                "message": f"To sign in, use a web browser to open the page {verification_uri} "
+                f"and enter the code {user_code} to authenticate.",
+            },
+            _login_headers(req),
+        )
 
     def _login_token(self, req: _Req) -> _Resp:
         seg = req.group("tenant")
@@ -1343,9 +1616,13 @@ class MicrosoftDouble:
             if kind == "pending":
                 return self._aad_error(req, 70016)
             if kind == "slow_down":
-                return self._aad_error(req, 70016, error="slow_down",
-                                       description="OAuth 2.0 device flow error. The client is "
-                                                   "polling too frequently; slow down.")
+                return self._aad_error(
+                    req,
+                    70016,
+                    error="slow_down",
+                    description="OAuth 2.0 device flow error. The client is "
+                    "polling too frequently; slow down.",
+                )
             if kind == "approve":
                 flow.state = "approved"
                 flow.user = self.user(step[1] if len(step) > 1 and step[1] else ALICE_UPN)
@@ -1362,9 +1639,12 @@ class MicrosoftDouble:
         if flow.state == "pending":
             return self._aad_error(req, 70016)
         if flow.state == "declined":
-            return self._aad_error(req, 70000, error="authorization_declined",
-                                   description="The user declined the authorization request "
-                                               "on the sign-in page.")
+            return self._aad_error(
+                req,
+                70000,
+                error="authorization_declined",
+                description="The user declined the authorization request on the sign-in page.",
+            )
         if flow.state == "expired":
             return self._aad_error(req, 70019)
         if flow.state == "bad_code":
@@ -1382,14 +1662,27 @@ class MicrosoftDouble:
 
     def _tenant_mismatch(self, req, segment: str, user: User, client_id: str) -> _Resp | None:
         resolved = self._resolve_tenant(segment)
-        idp = user.guest_idp or ("live.com" if user.personal else
-                                 f"https://sts.windows.net/{user.tid}/")
+        idp = user.guest_idp or (
+            "live.com" if user.personal else f"https://sts.windows.net/{user.tid}/"
+        )
         if resolved == "organizations" and user.personal:
-            return self._aad_error(req, 50020, user=user.upn, idp="live.com",
-                                   tenant_name="organizations", client_id=client_id)
+            return self._aad_error(
+                req,
+                50020,
+                user=user.upn,
+                idp="live.com",
+                tenant_name="organizations",
+                client_id=client_id,
+            )
         if isinstance(resolved, Tenant) and resolved.id != user.tenant_id:
-            return self._aad_error(req, 50020, user=user.upn, idp=idp,
-                                   tenant_name=resolved.display_name, client_id=client_id)
+            return self._aad_error(
+                req,
+                50020,
+                user=user.upn,
+                idp=idp,
+                tenant_name=resolved.display_name,
+                client_id=client_id,
+            )
         return None
 
     def _scripted_aadsts(self, req: _Req, step: tuple, flow: DeviceFlow | None) -> _Resp:
@@ -1402,10 +1695,19 @@ class MicrosoftDouble:
         if res:
             resource = res[0].rsplit("/", 1)[0]
         tenant = self.tenants[DEFAULT_TENANT_ID]
-        return self._aad_error(req, code, extra=extra, resource=resource, client_id=client_id,
-                               tenant=tenant.id, tenant_name=tenant.display_name,
-                               user=ALICE_UPN, idp="live.com", scope=" ".join(scopes),
-                               issued=_iso(self.now()))
+        return self._aad_error(
+            req,
+            code,
+            extra=extra,
+            resource=resource,
+            client_id=client_id,
+            tenant=tenant.id,
+            tenant_name=tenant.display_name,
+            user=ALICE_UPN,
+            idp="live.com",
+            scope=" ".join(scopes),
+            issued=_iso(self.now()),
+        )
 
     def _scripted_http(self, req: _Req, step: tuple) -> _Resp:
         status = int(step[1])
@@ -1413,23 +1715,34 @@ class MicrosoftDouble:
         if status == 429:
             resp = self._aad_error(req, 90055, status=429)
         elif status >= 500:
-            resp = self._aad_error(req, 90033, status=status,
-                                   error="temporarily_unavailable" if status == 503
-                                   else "server_error")
+            resp = self._aad_error(
+                req,
+                90033,
+                status=status,
+                error="temporarily_unavailable" if status == 503 else "server_error",
+            )
         else:
             resp = self._aad_error(req, 9002313, status=status)
         if retry_after is not None:
             resp.headers["Retry-After"] = str(retry_after)
         return resp
 
-    def _issue_user_tokens(self, req: _Req, user: User, client_id: str, scopes: list[str],
-                           audience: str, res_scopes: list[str]) -> _Resp:
+    def _issue_user_tokens(
+        self,
+        req: _Req,
+        user: User,
+        client_id: str,
+        scopes: list[str],
+        audience: str,
+        res_scopes: list[str],
+    ) -> _Resp:
         now = int(self.now())
         tid = user.tid
         lifetime = int(self.access_token_lifetime)
         granted = self._granted_scope(audience, res_scopes)
-        at = self._new_access_token("user", audience, tid, client_id, granted, now, lifetime,
-                                    user=user)
+        at = self._new_access_token(
+            "user", audience, tid, client_id, granted, now, lifetime, user=user
+        )
         body: dict = {
             "token_type": "Bearer",
             "scope": " ".join(granted),
@@ -1439,8 +1752,14 @@ class MicrosoftDouble:
         }
         lowered = {s.lower() for s in scopes}
         if "offline_access" in lowered:
-            rt = RefreshToken("1.AXEA" + _b64url(secrets.token_bytes(180)), user, tid,
-                              client_id, now, now + self.refresh_token_lifetime)
+            rt = RefreshToken(
+                "1.AXEA" + _b64url(secrets.token_bytes(180)),
+                user,
+                tid,
+                client_id,
+                now,
+                now + self.refresh_token_lifetime,
+            )
             self.refresh_tokens[rt.token] = rt
             body["refresh_token"] = rt.token
         if "openid" in lowered:
@@ -1464,16 +1783,20 @@ class MicrosoftDouble:
                 claims["idp"] = user.guest_idp
             body["id_token"] = _unsigned_jwt(claims)
         if str(req.form.get("client_info", "")) == "1":
-            body["client_info"] = _b64url(json.dumps(
-                {"uid": user.oid, "utid": tid}, separators=(",", ":")).encode())
+            body["client_info"] = _b64url(
+                json.dumps({"uid": user.oid, "utid": tid}, separators=(",", ":")).encode()
+            )
         return _Resp(200, body, _login_headers(req))
 
-    def _new_access_token(self, kind, audience, tenant_id, client_id, scopes, now, lifetime,
-                          user=None, sp=None) -> AccessToken:
+    def _new_access_token(
+        self, kind, audience, tenant_id, client_id, scopes, now, lifetime, user=None, sp=None
+    ) -> AccessToken:
         claims = {
             "aud": self.graph_url if audience == "graph" else self.arm_url + "/",
             "iss": f"https://sts.windows.net/{tenant_id}/",
-            "iat": now, "nbf": now, "exp": now + lifetime,
+            "iat": now,
+            "nbf": now,
+            "exp": now + lifetime,
             "appid": client_id,
             "tid": tenant_id,
             "oid": user.oid if user else (sp.id if sp else None),
@@ -1482,12 +1805,23 @@ class MicrosoftDouble:
             "xms_double_nonce": secrets.token_hex(16),
         }
         if user is not None:
-            claims.update(upn=user.upn, name=user.name,
-                          scp=" ".join(s.rsplit("/", 1)[-1] for s in scopes))
+            claims.update(
+                upn=user.upn, name=user.name, scp=" ".join(s.rsplit("/", 1)[-1] for s in scopes)
+            )
         else:
             claims["roles"] = []
-        token = AccessToken(_unsigned_jwt(claims), kind, audience, tenant_id, client_id,
-                            list(scopes), now, now + lifetime, user=user, service_principal=sp)
+        token = AccessToken(
+            _unsigned_jwt(claims),
+            kind,
+            audience,
+            tenant_id,
+            client_id,
+            list(scopes),
+            now,
+            now + lifetime,
+            user=user,
+            service_principal=sp,
+        )
         self.access_tokens[token.token] = token
         return token
 
@@ -1531,8 +1865,7 @@ class MicrosoftDouble:
         if auth.lower().startswith("basic "):
             try:
                 user, _, pwd = base64.b64decode(auth[6:]).decode().partition(":")
-                client_id, secret = unquote(user.replace("+", " ")), unquote(
-                    pwd.replace("+", " "))
+                client_id, secret = unquote(user.replace("+", " ")), unquote(pwd.replace("+", " "))
             except ValueError:
                 return self._aad_error(req, 9002313)
         if not isinstance(resolved, Tenant) or resolved.personal:
@@ -1546,15 +1879,27 @@ class MicrosoftDouble:
         aud = self._audience_of(scopes, req, resolved.display_name)
         if isinstance(aud, _Resp):
             return aud
-        app = next((a for a in self._apps.values()
-                    if a.app_id == client_id and a.tenant_id == resolved.id), None)
+        app = next(
+            (
+                a
+                for a in self._apps.values()
+                if a.app_id == client_id and a.tenant_id == resolved.id
+            ),
+            None,
+        )
         if app is None:
-            return self._aad_error(req, 700016, error="unauthorized_client", client_id=client_id,
-                                   tenant_name=resolved.display_name)
+            return self._aad_error(
+                req,
+                700016,
+                error="unauthorized_client",
+                client_id=client_id,
+                tenant_name=resolved.display_name,
+            )
         if not secret:
             return self._aad_error(req, 7000215, client_id=client_id)
-        pwd = next((p for p in app.passwords if secrets.compare_digest(p.secret_text, secret)),
-                   None)
+        pwd = next(
+            (p for p in app.passwords if secrets.compare_digest(p.secret_text, secret)), None
+        )
         if pwd is None:
             return self._aad_error(req, 7000215, client_id=client_id)
         if pwd.pending_rejections > 0:
@@ -1563,17 +1908,27 @@ class MicrosoftDouble:
         now = self.now()
         if pwd.end <= now or pwd.start > now + 300:
             return self._aad_error(req, 7000222, client_id=client_id)
-        sp = next((s for s in self._sps.values()
-                   if s.app_id == client_id and s.tenant_id == resolved.id), None)
+        sp = next(
+            (s for s in self._sps.values() if s.app_id == client_id and s.tenant_id == resolved.id),
+            None,
+        )
         if sp is None:
             return self._aad_error(req, 7000229, client_id=client_id, tenant=resolved.id)
         lifetime = int(self.access_token_lifetime)
-        at = self._new_access_token("app", aud[0], resolved.id, client_id, scopes, int(now),
-                                    lifetime, sp=sp)
+        at = self._new_access_token(
+            "app", aud[0], resolved.id, client_id, scopes, int(now), lifetime, sp=sp
+        )
         self.client_logins.append(ClientLogin(client_id, pwd.key_id, resolved.id, aud[0], now))
-        return _Resp(200, {"token_type": "Bearer", "expires_in": lifetime,
-                           "ext_expires_in": lifetime, "access_token": at.token},
-                     _login_headers(req))
+        return _Resp(
+            200,
+            {
+                "token_type": "Bearer",
+                "expires_in": lifetime,
+                "ext_expires_in": lifetime,
+                "access_token": at.token,
+            },
+            _login_headers(req),
+        )
 
     # ================================================================== bearer auth
 
@@ -1583,36 +1938,54 @@ class MicrosoftDouble:
         graph = req.server == "graph"
         if not auth or scheme.lower() != "bearer" or not value.strip():
             if graph:
-                return self._graph_error(401, "InvalidAuthenticationToken",
-                                         "Access token is empty.",
-                                         headers={"WWW-Authenticate": 'Bearer realm=""'})
-            return self._arm_error(401, "AuthenticationFailed",
-                                   "Authentication failed. The 'Authorization' header is missing.")
+                return self._graph_error(
+                    401,
+                    "InvalidAuthenticationToken",
+                    "Access token is empty.",
+                    headers={"WWW-Authenticate": 'Bearer realm=""'},
+                )
+            return self._arm_error(
+                401,
+                "AuthenticationFailed",
+                "Authentication failed. The 'Authorization' header is missing.",
+            )
         tok = self.access_tokens.get(value.strip())
         if tok is None:
             if graph:
-                return self._graph_error(401, "InvalidAuthenticationToken",
-                                         "Access token validation failure.")
-            return self._arm_error(401, "InvalidAuthenticationToken",
-                                   "The access token is invalid.")
+                return self._graph_error(
+                    401, "InvalidAuthenticationToken", "Access token validation failure."
+                )
+            return self._arm_error(
+                401, "InvalidAuthenticationToken", "The access token is invalid."
+            )
         if tok.audience != req.server:
             if graph:
-                return self._graph_error(401, "InvalidAuthenticationToken",
-                                         "Access token validation failure. Invalid audience.")
+                return self._graph_error(
+                    401,
+                    "InvalidAuthenticationToken",
+                    "Access token validation failure. Invalid audience.",
+                )
             return self._arm_error(
-                401, "InvalidAuthenticationTokenAudience",
+                401,
+                "InvalidAuthenticationTokenAudience",
                 "The access token has been obtained for wrong audience or resource "
                 f"'{self.graph_url}'. It should exactly match with one of the allowed audiences "
-                f"'{self.arm_url}/','{self.arm_url}'.")
+                f"'{self.arm_url}/','{self.arm_url}'.",
+            )
         now = self.now()
         if now >= tok.expires_at:
             if graph:
-                return self._graph_error(401, "InvalidAuthenticationToken",
-                                         "Lifetime validation failed, the token is expired.")
+                return self._graph_error(
+                    401,
+                    "InvalidAuthenticationToken",
+                    "Lifetime validation failed, the token is expired.",
+                )
             return self._arm_error(
-                401, "ExpiredAuthenticationToken",
+                401,
+                "ExpiredAuthenticationToken",
                 f"The access token expiry UTC time '{_iso(tok.expires_at, 0)}' is earlier "
-                f"than current UTC time '{_iso(now, 0)}'.")
+                f"than current UTC time '{_iso(now, 0)}'.",
+            )
         req.token = tok
         return None
 
@@ -1625,18 +1998,30 @@ class MicrosoftDouble:
             ("GET", re.compile(v + r"/me/?$"), self._g_me),
             ("GET", re.compile(v + r"/users/(?P<uid>[^/]+)$"), self._g_user),
             ("GET", re.compile(v + r"/organization/?$"), self._g_organization),
-            ("GET", re.compile(v + r"/me/(?P<rel>transitiveMemberOf|memberOf)"
-                               r"(?:/(?P<cast>microsoft\.graph\.\w+))?/?$"), self._g_member_of),
+            (
+                "GET",
+                re.compile(
+                    v + r"/me/(?P<rel>transitiveMemberOf|memberOf)"
+                    r"(?:/(?P<cast>microsoft\.graph\.\w+))?/?$"
+                ),
+                self._g_member_of,
+            ),
             ("GET", re.compile(v + r"/policies/authorizationPolicy/?$"), self._g_policy),
             ("POST", re.compile(v + r"/applications/?$"), self._g_create_app),
             ("GET", re.compile(v + r"/applications/?$"), self._g_list_apps),
             ("GET", re.compile(v + r"/applications" + key + r"$"), self._g_get_app),
             ("PATCH", re.compile(v + r"/applications" + key + r"$"), self._g_patch_app),
             ("DELETE", re.compile(v + r"/applications" + key + r"$"), self._g_delete_app),
-            ("POST", re.compile(v + r"/applications" + key + r"/addPassword$"),
-             self._g_add_password),
-            ("POST", re.compile(v + r"/applications" + key + r"/removePassword$"),
-             self._g_remove_password),
+            (
+                "POST",
+                re.compile(v + r"/applications" + key + r"/addPassword$"),
+                self._g_add_password,
+            ),
+            (
+                "POST",
+                re.compile(v + r"/applications" + key + r"/removePassword$"),
+                self._g_remove_password,
+            ),
             ("POST", re.compile(v + r"/servicePrincipals/?$"), self._g_create_sp),
             ("GET", re.compile(v + r"/servicePrincipals/?$"), self._g_list_sps),
             ("GET", re.compile(v + r"/servicePrincipals" + key + r"$"), self._g_get_sp),
@@ -1648,65 +2033,94 @@ class MicrosoftDouble:
 
     def _g_ok(self, status: int, body: Any = None, headers: dict | None = None) -> _Resp:
         rid = str(uuid.uuid4())
-        h = {"request-id": rid, "client-request-id": rid,
-             "x-ms-ags-diagnostic": '{"ServerInfo":{"DataCenter":"Loopback","Slice":"E"}}'}
+        h = {
+            "request-id": rid,
+            "client-request-id": rid,
+            "x-ms-ags-diagnostic": '{"ServerInfo":{"DataCenter":"Loopback","Slice":"E"}}',
+        }
         h.update(headers or {})
         return _Resp(status, body, h)
 
     def _need_user(self, req: _Req) -> User | _Resp:
         if req.token is None or req.token.user is None:
-            return self._graph_error(400, "BadRequest",
-                                     "/me request is only valid with delegated authentication "
-                                     "flow.")
+            return self._graph_error(
+                400, "BadRequest", "/me request is only valid with delegated authentication flow."
+            )
         return req.token.user
 
     def _need_json(self, req: _Req) -> dict | _Resp:
         if req.bad_json or not isinstance(req.body, dict):
-            return self._graph_error(400, "BadRequest",
-                                     "Unable to read JSON request payload. Please ensure "
-                                     "Content-Type header is set and payload is of valid JSON "
-                                     "format.")
+            return self._graph_error(
+                400,
+                "BadRequest",
+                "Unable to read JSON request payload. Please ensure "
+                "Content-Type header is set and payload is of valid JSON "
+                "format.",
+            )
         return req.body
 
     def _user_json(self, u: User) -> dict:
         given, _, surname = u.name.partition(" ")
         return {
-            "businessPhones": [], "displayName": u.name, "givenName": given or None,
-            "jobTitle": None, "mail": None if u.personal else u.upn, "mobilePhone": None,
-            "officeLocation": None, "preferredLanguage": "en-US", "surname": surname or None,
-            "userPrincipalName": u.upn, "id": u.oid,
+            "businessPhones": [],
+            "displayName": u.name,
+            "givenName": given or None,
+            "jobTitle": None,
+            "mail": None if u.personal else u.upn,
+            "mobilePhone": None,
+            "officeLocation": None,
+            "preferredLanguage": "en-US",
+            "surname": surname or None,
+            "userPrincipalName": u.upn,
+            "id": u.oid,
         }
 
     def _g_me(self, req: _Req) -> _Resp:
         user = self._need_user(req)
         if isinstance(user, _Resp):
             return user
-        return self._g_ok(200, {"@odata.context": self._ctx("users/$entity"),
-                                **self._user_json(user)})
+        return self._g_ok(
+            200, {"@odata.context": self._ctx("users/$entity"), **self._user_json(user)}
+        )
 
     def _g_user(self, req: _Req) -> _Resp:
         uid = req.group("uid").lower()
         for u in self.users.values():
             if u.tenant_id == req.token.tenant_id and uid in (u.oid, u.upn.lower()):
-                return self._g_ok(200, {"@odata.context": self._ctx("users/$entity"),
-                                        **self._user_json(u)})
-        return self._graph_error(404, "Request_ResourceNotFound",
-                                 f"Resource '{req.group('uid')}' does not exist or one of its "
-                                 "queried reference-property objects are not present.")
+                return self._g_ok(
+                    200, {"@odata.context": self._ctx("users/$entity"), **self._user_json(u)}
+                )
+        return self._graph_error(
+            404,
+            "Request_ResourceNotFound",
+            f"Resource '{req.group('uid')}' does not exist or one of its "
+            "queried reference-property objects are not present.",
+        )
 
     def _g_organization(self, req: _Req) -> _Resp:
         tenant = self.tenants.get(req.token.tenant_id)
         value = []
         if tenant is not None and not tenant.personal:
-            value.append({
-                "id": tenant.id, "deletedDateTime": None, "displayName": tenant.display_name,
-                "countryLetterCode": "US", "tenantType": "AAD", "createdDateTime":
-                "2019-03-14T09:12:44Z",
-                "verifiedDomains": [
-                    {"capabilities": "Email, OfficeCommunicationsOnline",
-                     "isDefault": i == 0, "isInitial": d.endswith(".onmicrosoft.com"),
-                     "name": d, "type": "Managed"} for i, d in enumerate(tenant.domains)],
-            })
+            value.append(
+                {
+                    "id": tenant.id,
+                    "deletedDateTime": None,
+                    "displayName": tenant.display_name,
+                    "countryLetterCode": "US",
+                    "tenantType": "AAD",
+                    "createdDateTime": "2019-03-14T09:12:44Z",
+                    "verifiedDomains": [
+                        {
+                            "capabilities": "Email, OfficeCommunicationsOnline",
+                            "isDefault": i == 0,
+                            "isInitial": d.endswith(".onmicrosoft.com"),
+                            "name": d,
+                            "type": "Managed",
+                        }
+                        for i, d in enumerate(tenant.domains)
+                    ],
+                }
+            )
         return self._g_ok(200, {"@odata.context": self._ctx("organization"), "value": value})
 
     def _g_member_of(self, req: _Req) -> _Resp:
@@ -1717,18 +2131,31 @@ class MicrosoftDouble:
         items: list[dict] = []
         if cast in (None, "microsoft.graph.directoryRole"):
             for template in sorted(user.directory_roles):
-                items.append({
-                    "@odata.type": "#microsoft.graph.directoryRole",
-                    "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"role:{user.tenant_id}:{template}")),
-                    "deletedDateTime": None,
-                    "description": f"{DIRECTORY_ROLE_NAMES.get(template, 'Directory role')}.",
-                    "displayName": DIRECTORY_ROLE_NAMES.get(template, f"Directory role {template}"),
-                    "roleTemplateId": template,
-                })
+                items.append(
+                    {
+                        "@odata.type": "#microsoft.graph.directoryRole",
+                        "id": str(
+                            uuid.uuid5(uuid.NAMESPACE_URL, f"role:{user.tenant_id}:{template}")
+                        ),
+                        "deletedDateTime": None,
+                        "description": f"{DIRECTORY_ROLE_NAMES.get(template, 'Directory role')}.",
+                        "displayName": DIRECTORY_ROLE_NAMES.get(
+                            template, f"Directory role {template}"
+                        ),
+                        "roleTemplateId": template,
+                    }
+                )
         if cast in (None, "microsoft.graph.group"):
             for g in user.groups:
-                items.append({"@odata.type": "#microsoft.graph.group", "deletedDateTime": None,
-                              "securityEnabled": True, "mailEnabled": False, **g})
+                items.append(
+                    {
+                        "@odata.type": "#microsoft.graph.group",
+                        "deletedDateTime": None,
+                        "securityEnabled": True,
+                        "mailEnabled": False,
+                        **g,
+                    }
+                )
         elif cast not in ("microsoft.graph.directoryRole",):
             items = []
         return self._g_page(req, items, "directoryObjects")
@@ -1736,31 +2163,38 @@ class MicrosoftDouble:
     def _g_policy(self, req: _Req) -> _Resp:
         tenant = self.tenants.get(req.token.tenant_id)
         if tenant is None or tenant.personal or tenant.policy_forbidden:
-            return self._graph_error(403, "Authorization_RequestDenied",
-                                     "Insufficient privileges to complete the operation.")
-        return self._g_ok(200, {
-            "@odata.context": self._ctx("policies/authorizationPolicy/$entity"),
-            "id": "authorizationPolicy",
-            "allowInvitesFrom": "everyone",
-            "allowedToSignUpEmailBasedSubscriptions": True,
-            "allowedToUseSSPR": True,
-            "allowEmailVerifiedUsersToJoinOrganization": False,
-            "allowUserConsentForRiskyApps": None,
-            "blockMsolPowerShell": False,
-            "description": "Used to manage authorization related settings across the company.",
-            "displayName": "Authorization Policy",
-            "enabledPreviewFeatures": [],
-            "guestUserRoleId": "10dae51f-b6af-4016-8d66-8c2a99b929b3",
-            "permissionGrantPolicyIdsAssignedToDefaultUserRole": [
-                "ManagePermissionGrantsForSelf.microsoft-user-default-legacy"],
-            "defaultUserRolePermissions": {
-                "allowedToCreateApps": tenant.allowed_to_create_apps,
-                "allowedToCreateSecurityGroups": True,
-                "allowedToCreateTenants": True,
-                "allowedToReadBitlockerKeysForOwnedDevice": True,
-                "allowedToReadOtherUsers": True,
+            return self._graph_error(
+                403,
+                "Authorization_RequestDenied",
+                "Insufficient privileges to complete the operation.",
+            )
+        return self._g_ok(
+            200,
+            {
+                "@odata.context": self._ctx("policies/authorizationPolicy/$entity"),
+                "id": "authorizationPolicy",
+                "allowInvitesFrom": "everyone",
+                "allowedToSignUpEmailBasedSubscriptions": True,
+                "allowedToUseSSPR": True,
+                "allowEmailVerifiedUsersToJoinOrganization": False,
+                "allowUserConsentForRiskyApps": None,
+                "blockMsolPowerShell": False,
+                "description": "Used to manage authorization related settings across the company.",
+                "displayName": "Authorization Policy",
+                "enabledPreviewFeatures": [],
+                "guestUserRoleId": "10dae51f-b6af-4016-8d66-8c2a99b929b3",
+                "permissionGrantPolicyIdsAssignedToDefaultUserRole": [
+                    "ManagePermissionGrantsForSelf.microsoft-user-default-legacy"
+                ],
+                "defaultUserRolePermissions": {
+                    "allowedToCreateApps": tenant.allowed_to_create_apps,
+                    "allowedToCreateSecurityGroups": True,
+                    "allowedToCreateTenants": True,
+                    "allowedToReadBitlockerKeysForOwnedDevice": True,
+                    "allowedToReadOtherUsers": True,
+                },
             },
-        })
+        )
 
     # ---- paging and filters
 
@@ -1772,13 +2206,14 @@ class MicrosoftDouble:
             except ValueError:
                 return self._graph_error(400, "BadRequest", "Invalid $top value.")
         offset = _decode_skiptoken(req.query.get("$skiptoken"))
-        page = items[offset:offset + size]
+        page = items[offset : offset + size]
         body: dict = {"@odata.context": self._ctx(context), "value": page}
         if offset + size < len(items):
             params = {k: v for k, v in req.query.items() if k != "$skiptoken"}
             params["$skiptoken"] = _encode_skiptoken(offset + size)
-            body["@odata.nextLink"] = (f"{self.graph_url}{quote(req.path)}?"
-                                       + urlencode(params, quote_via=quote, safe="$'(),"))
+            body["@odata.nextLink"] = f"{self.graph_url}{quote(req.path)}?" + urlencode(
+                params, quote_via=quote, safe="$'(),"
+            )
         return self._g_ok(200, body)
 
     def _g_filter(self, req: _Req, allowed: set[str]):
@@ -1792,18 +2227,22 @@ class MicrosoftDouble:
             if m:
                 clauses.append((m.group(1), "eq", m.group(2).replace("''", "'")))
                 continue
-            m = re.fullmatch(r"startswith\(\s*(\w+)\s*,\s*'((?:[^']|'')*)'\s*\)", part.strip(),
-                             flags=re.I)
+            m = re.fullmatch(
+                r"startswith\(\s*(\w+)\s*,\s*'((?:[^']|'')*)'\s*\)", part.strip(), flags=re.I
+            )
             if m:
                 clauses.append((m.group(1), "startswith", m.group(2).replace("''", "'")))
                 continue
             return self._graph_error(400, "Request_UnsupportedQuery", "Unsupported Query.")
         for prop, _, _ in clauses:
             if prop not in allowed:
-                return self._graph_error(400, "Request_UnsupportedQuery",
-                                         f"Unsupported or invalid query filter clause specified "
-                                         f"for property '{prop}' of resource "
-                                         f"'{req.path.rsplit('/', 1)[-1]}'.")
+                return self._graph_error(
+                    400,
+                    "Request_UnsupportedQuery",
+                    f"Unsupported or invalid query filter clause specified "
+                    f"for property '{prop}' of resource "
+                    f"'{req.path.rsplit('/', 1)[-1]}'.",
+                )
         return clauses
 
     @staticmethod
@@ -1856,23 +2295,43 @@ class MicrosoftDouble:
             "optionalClaims": None,
             "requestSignatureVerification": None,
             "addIns": [],
-            "api": {"acceptMappedClaims": None, "knownClientApplications": [],
-                    "requestedAccessTokenVersion": None, "oauth2PermissionScopes": [],
-                    "preAuthorizedApplications": []},
+            "api": {
+                "acceptMappedClaims": None,
+                "knownClientApplications": [],
+                "requestedAccessTokenVersion": None,
+                "oauth2PermissionScopes": [],
+                "preAuthorizedApplications": [],
+            },
             "appRoles": [],
-            "info": {"logoUrl": None, "marketingUrl": None, "privacyStatementUrl": None,
-                     "supportUrl": None, "termsOfServiceUrl": None},
+            "info": {
+                "logoUrl": None,
+                "marketingUrl": None,
+                "privacyStatementUrl": None,
+                "supportUrl": None,
+                "termsOfServiceUrl": None,
+            },
             "keyCredentials": [],
-            "parentalControlSettings": {"countriesBlockedForMinors": [],
-                                        "legalAgeGroupRule": "Allow"},
+            "parentalControlSettings": {
+                "countriesBlockedForMinors": [],
+                "legalAgeGroupRule": "Allow",
+            },
             "publicClient": {"redirectUris": []},
             "requiredResourceAccess": [],
-            "verifiedPublisher": {"displayName": None, "verifiedPublisherId": None,
-                                  "addedDateTime": None},
-            "web": {"homePageUrl": None, "logoutUrl": None, "redirectUris": [],
-                    "implicitGrantSettings": {"enableAccessTokenIssuance": False,
-                                              "enableIdTokenIssuance": False},
-                    "redirectUriSettings": []},
+            "verifiedPublisher": {
+                "displayName": None,
+                "verifiedPublisherId": None,
+                "addedDateTime": None,
+            },
+            "web": {
+                "homePageUrl": None,
+                "logoutUrl": None,
+                "redirectUris": [],
+                "implicitGrantSettings": {
+                    "enableAccessTokenIssuance": False,
+                    "enableIdTokenIssuance": False,
+                },
+                "redirectUriSettings": [],
+            },
             "spa": {"redirectUris": []},
         }
         body.update(app.props)
@@ -1909,13 +2368,17 @@ class MicrosoftDouble:
         return user.oid in app.owners or bool(user.directory_roles & APP_MANAGER_ROLES)
 
     def _denied(self) -> _Resp:
-        return self._graph_error(403, "Authorization_RequestDenied",
-                                 "Insufficient privileges to complete the operation.")
+        return self._graph_error(
+            403, "Authorization_RequestDenied", "Insufficient privileges to complete the operation."
+        )
 
     def _not_found(self, ident: str) -> _Resp:
-        return self._graph_error(404, "Request_ResourceNotFound",
-                                 f"Resource '{ident}' does not exist or one of its queried "
-                                 "reference-property objects are not present.")
+        return self._graph_error(
+            404,
+            "Request_ResourceNotFound",
+            f"Resource '{ident}' does not exist or one of its queried "
+            "reference-property objects are not present.",
+        )
 
     def _find_app(self, req: _Req, *, consume: bool = True) -> Application | _Resp:
         tenant = req.token.tenant_id
@@ -1929,37 +2392,64 @@ class MicrosoftDouble:
             ident = req.group("altval").replace("''", "'")
             prop = {"appid": "app_id", "uniquename": "unique_name", "id": "id"}.get(alt.lower())
             if prop is None:
-                return self._graph_error(400, "BadRequest",
-                                         f"Invalid alternate key property '{alt}'.")
-            app = next((a for a in self._apps.values() if a.tenant_id == tenant
-                        and (getattr(a, prop) or "").lower() == ident.lower()), None)
+                return self._graph_error(
+                    400, "BadRequest", f"Invalid alternate key property '{alt}'."
+                )
+            app = next(
+                (
+                    a
+                    for a in self._apps.values()
+                    if a.tenant_id == tenant and (getattr(a, prop) or "").lower() == ident.lower()
+                ),
+                None,
+            )
         if app is None or (consume and not self._visible(app)):
             return self._not_found(ident)
         return app
 
     def _new_app(self, req: _Req, props: dict) -> Application:
-        app = Application(str(uuid.uuid4()), str(uuid.uuid4()), req.token.tenant_id,
-                          self.now(), props, owners=[req.token.principal_id],
-                          invisible=self.replication_delay)
+        app = Application(
+            str(uuid.uuid4()),
+            str(uuid.uuid4()),
+            req.token.tenant_id,
+            self.now(),
+            props,
+            owners=[req.token.principal_id],
+            invisible=self.replication_delay,
+        )
         self._apps[app.id] = app
         return app
 
-    _READ_ONLY_APP_PROPS = frozenset({"id", "appId", "createdDateTime", "deletedDateTime",
-                                      "publisherDomain", "passwordCredentials"})
+    _READ_ONLY_APP_PROPS = frozenset(
+        {
+            "id",
+            "appId",
+            "createdDateTime",
+            "deletedDateTime",
+            "publisherDomain",
+            "passwordCredentials",
+        }
+    )
 
     def _clean_props(self, body: dict) -> dict | _Resp:
         props = {k: v for k, v in body.items() if not k.startswith("@")}
         bad = sorted(set(props) & self._READ_ONLY_APP_PROPS)
         if bad:
-            return self._graph_error(400, "Request_BadRequest",
-                                     f"Property '{bad[0]}' is read-only and cannot be set.")
+            return self._graph_error(
+                400, "Request_BadRequest", f"Property '{bad[0]}' is read-only and cannot be set."
+            )
         aud = props.get("signInAudience")
-        if aud is not None and aud not in ("AzureADMyOrg", "AzureADMultipleOrgs",
-                                           "AzureADandPersonalMicrosoftAccount",
-                                           "PersonalMicrosoftAccount"):
-            return self._graph_error(400, "Request_BadRequest",
-                                     "Invalid value specified for property 'signInAudience' "
-                                     "of resource 'Application'.")
+        if aud is not None and aud not in (
+            "AzureADMyOrg",
+            "AzureADMultipleOrgs",
+            "AzureADandPersonalMicrosoftAccount",
+            "PersonalMicrosoftAccount",
+        ):
+            return self._graph_error(
+                400,
+                "Request_BadRequest",
+                "Invalid value specified for property 'signInAudience' of resource 'Application'.",
+            )
         return props
 
     def _g_create_app(self, req: _Req) -> _Resp:
@@ -1972,18 +2462,30 @@ class MicrosoftDouble:
         if isinstance(props, _Resp):
             return props
         if not props.get("displayName"):
-            return self._graph_error(400, "Request_BadRequest",
-                                     "Property 'displayName' is required.")
+            return self._graph_error(
+                400, "Request_BadRequest", "Property 'displayName' is required."
+            )
         unique = props.get("uniqueName")
-        if unique and any(a.unique_name and a.unique_name.lower() == unique.lower()
-                          and a.tenant_id == req.token.tenant_id for a in self._apps.values()):
-            return self._graph_error(400, "Request_BadRequest",
-                                     "Another object with the same value for property "
-                                     "uniqueName already exists.")
+        if unique and any(
+            a.unique_name
+            and a.unique_name.lower() == unique.lower()
+            and a.tenant_id == req.token.tenant_id
+            for a in self._apps.values()
+        ):
+            return self._graph_error(
+                400,
+                "Request_BadRequest",
+                "Another object with the same value for property uniqueName already exists.",
+            )
         app = self._new_app(req, props)
-        return self._g_ok(201, self._app_json(app),
-                          {"Location": f"{self.graph_url}/v2/{app.tenant_id}/directoryObjects/"
-                                       f"{app.id}/Microsoft.DirectoryServices.Application"})
+        return self._g_ok(
+            201,
+            self._app_json(app),
+            {
+                "Location": f"{self.graph_url}/v2/{app.tenant_id}/directoryObjects/"
+                f"{app.id}/Microsoft.DirectoryServices.Application"
+            },
+        )
 
     def _g_list_apps(self, req: _Req) -> _Resp:
         clauses = self._g_filter(req, {"appId", "displayName", "uniqueName", "id"})
@@ -2023,18 +2525,21 @@ class MicrosoftDouble:
             if not self._caller_can_create_apps(req):
                 return self._denied()
             if not props.get("displayName"):
-                return self._graph_error(400, "Request_BadRequest",
-                                         "Property 'displayName' is required.")
+                return self._graph_error(
+                    400, "Request_BadRequest", "Property 'displayName' is required."
+                )
             props["uniqueName"] = req.group("altval").replace("''", "'")
             created = self._new_app(req, props)
-            return self._g_ok(201, self._app_json(created),
-                              {"Preference-Applied": "create-if-missing"})
+            return self._g_ok(
+                201, self._app_json(created), {"Preference-Applied": "create-if-missing"}
+            )
         if not self._caller_can_manage(req, app):
             return self._denied()
         new_unique = props.get("uniqueName")
         if new_unique is not None and app.unique_name and new_unique != app.unique_name:
-            return self._graph_error(400, "Request_BadRequest",
-                                     "Property 'uniqueName' is read-only once it is set.")
+            return self._graph_error(
+                400, "Request_BadRequest", "Property 'uniqueName' is read-only once it is set."
+            )
         app.props.update(props)
         return self._g_ok(204)
 
@@ -2047,8 +2552,9 @@ class MicrosoftDouble:
         del self._apps[app.id]
         app.deleted_at = self.now()
         self.deleted_applications.append(app)
-        for sp in [s for s in self._sps.values()
-                   if s.app_id == app.app_id and s.tenant_id == app.tenant_id]:
+        for sp in [
+            s for s in self._sps.values() if s.app_id == app.app_id and s.tenant_id == app.tenant_id
+        ]:
             del self._sps[sp.id]
         return self._g_ok(204)
 
@@ -2067,23 +2573,41 @@ class MicrosoftDouble:
             start = _parse_iso(cred["startDateTime"]) if cred.get("startDateTime") else now
             end = _parse_iso(cred["endDateTime"]) if cred.get("endDateTime") else None
         except (ValueError, TypeError):
-            return self._graph_error(400, "Request_BadRequest",
-                                     "Invalid value specified for property 'endDateTime' of "
-                                     "resource 'PasswordCredential'.")
+            return self._graph_error(
+                400,
+                "Request_BadRequest",
+                "Invalid value specified for property 'endDateTime' of "
+                "resource 'PasswordCredential'.",
+            )
         if end is None:
             end = _plus_years(start, 2)
         if self.max_secret_days is not None:
             end = min(end, start + self.max_secret_days * 86400)
         if end <= start:
-            return self._graph_error(400, "Request_BadRequest",
-                                     "Invalid value specified for property 'endDateTime' of "
-                                     "resource 'PasswordCredential'.")
+            return self._graph_error(
+                400,
+                "Request_BadRequest",
+                "Invalid value specified for property 'endDateTime' of "
+                "resource 'PasswordCredential'.",
+            )
         text = _secret_text()
-        pwd = Password(str(uuid.uuid4()), cred.get("displayName"), text, text[:3], start, end,
-                       pending_rejections=self.new_secret_delay)
+        pwd = Password(
+            str(uuid.uuid4()),
+            cred.get("displayName"),
+            text,
+            text[:3],
+            start,
+            end,
+            pending_rejections=self.new_secret_delay,
+        )
         app.passwords.append(pwd)
-        return self._g_ok(200, {"@odata.context": self._ctx("microsoft.graph.passwordCredential"),
-                                **self._pwd_json(pwd, True)})
+        return self._g_ok(
+            200,
+            {
+                "@odata.context": self._ctx("microsoft.graph.passwordCredential"),
+                **self._pwd_json(pwd, True),
+            },
+        )
 
     def _g_remove_password(self, req: _Req) -> _Resp:
         app = self._find_app(req)
@@ -2097,8 +2621,9 @@ class MicrosoftDouble:
         key_id = str(body.get("keyId") or "")
         pwd = next((p for p in app.passwords if p.key_id.lower() == key_id.lower()), None)
         if pwd is None:
-            return self._graph_error(400, "Request_BadRequest",
-                                     f"No password credential found with keyId '{key_id}'.")
+            return self._graph_error(
+                400, "Request_BadRequest", f"No password credential found with keyId '{key_id}'."
+            )
         app.passwords.remove(pwd)
         return self._g_ok(204)
 
@@ -2131,12 +2656,17 @@ class MicrosoftDouble:
             "replyUrls": [],
             "servicePrincipalNames": [sp.app_id],
             "servicePrincipalType": "Application",
-            "signInAudience": (app.props.get("signInAudience", "AzureADMyOrg")
-                               if app else "AzureADMyOrg"),
+            "signInAudience": (
+                app.props.get("signInAudience", "AzureADMyOrg") if app else "AzureADMyOrg"
+            ),
             "tags": [],
             "tokenEncryptionKeyId": None,
-            "addIns": [], "appRoles": [], "info": {}, "keyCredentials": [],
-            "oauth2PermissionScopes": [], "passwordCredentials": [],
+            "addIns": [],
+            "appRoles": [],
+            "info": {},
+            "keyCredentials": [],
+            "oauth2PermissionScopes": [],
+            "passwordCredentials": [],
         }
         body.update(sp.props)
         if context:
@@ -2149,26 +2679,48 @@ class MicrosoftDouble:
             return body
         app_id = str(body.get("appId") or "")
         if not app_id:
-            return self._graph_error(400, "Request_BadRequest",
-                                     "Property 'appId' is required.")
-        app = next((a for a in self._apps.values()
-                    if a.app_id == app_id and a.tenant_id == req.token.tenant_id), None)
+            return self._graph_error(400, "Request_BadRequest", "Property 'appId' is required.")
+        app = next(
+            (
+                a
+                for a in self._apps.values()
+                if a.app_id == app_id and a.tenant_id == req.token.tenant_id
+            ),
+            None,
+        )
         if app is None or not self._visible(app):
-            msg = (f"The appId '{app_id}' of the service principal does not reference a valid "
-                   "application object.")
-            return self._graph_error(400, "Request_BadRequest", msg, details=[
-                {"code": "NoBackingApplicationObject", "message": msg, "target": "appId"}])
+            msg = (
+                f"The appId '{app_id}' of the service principal does not reference a valid "
+                "application object."
+            )
+            return self._graph_error(
+                400,
+                "Request_BadRequest",
+                msg,
+                details=[{"code": "NoBackingApplicationObject", "message": msg, "target": "appId"}],
+            )
         if not self._caller_can_manage(req, app):
             return self._denied()
         if any(s.app_id == app_id and s.tenant_id == app.tenant_id for s in self._sps.values()):
-            return self._graph_error(409, "Request_MultipleObjectsWithSameKeyValue",
-                                     "The service principal cannot be created, updated, or "
-                                     "restored because the service principal name "
-                                     f"{app_id} is already in use.")
-        extra = {k: v for k, v in body.items() if k not in ("appId", "id") and
-                 not k.startswith("@")}
-        sp = ServicePrincipal(str(uuid.uuid4()), app_id, app.tenant_id, app.display_name,
-                              self.now(), props=extra, invisible=self.replication_delay)
+            return self._graph_error(
+                409,
+                "Request_MultipleObjectsWithSameKeyValue",
+                "The service principal cannot be created, updated, or "
+                "restored because the service principal name "
+                f"{app_id} is already in use.",
+            )
+        extra = {
+            k: v for k, v in body.items() if k not in ("appId", "id") and not k.startswith("@")
+        }
+        sp = ServicePrincipal(
+            str(uuid.uuid4()),
+            app_id,
+            app.tenant_id,
+            app.display_name,
+            self.now(),
+            props=extra,
+            invisible=self.replication_delay,
+        )
         self._sps[sp.id] = sp
         return self._g_ok(201, self._sp_json(sp))
 
@@ -2183,11 +2735,18 @@ class MicrosoftDouble:
         else:
             ident = req.group("altval").replace("''", "'")
             if alt.lower() not in ("appid", "id"):
-                return self._graph_error(400, "BadRequest",
-                                         f"Invalid alternate key property '{alt}'.")
+                return self._graph_error(
+                    400, "BadRequest", f"Invalid alternate key property '{alt}'."
+                )
             attr = "app_id" if alt.lower() == "appid" else "id"
-            sp = next((s for s in self._sps.values() if s.tenant_id == tenant
-                       and getattr(s, attr).lower() == ident.lower()), None)
+            sp = next(
+                (
+                    s
+                    for s in self._sps.values()
+                    if s.tenant_id == tenant and getattr(s, attr).lower() == ident.lower()
+                ),
+                None,
+            )
         if sp is None or not self._visible(sp):
             return self._not_found(ident)
         return sp
@@ -2234,29 +2793,54 @@ class MicrosoftDouble:
             ("GET", re.compile(auth + r"/permissions/?$", i), self._a_permissions),
             ("GET", re.compile(auth + r"/roleDefinitions/?$", i), self._a_list_role_defs),
             ("GET", re.compile(auth + r"/roleDefinitions/(?P<rd>[^/]+)$", i), self._a_role_def),
-            ("GET", re.compile(r"^/providers/Microsoft\.Authorization/roleDefinitions/"
-                               r"(?P<rd>[^/]+)$", i), self._a_role_def),
+            (
+                "GET",
+                re.compile(
+                    r"^/providers/Microsoft\.Authorization/roleDefinitions/"
+                    r"(?P<rd>[^/]+)$",
+                    i,
+                ),
+                self._a_role_def,
+            ),
             ("GET", re.compile(auth + r"/roleAssignments/?$", i), self._a_list_assignments),
-            ("PUT", re.compile(auth + r"/roleAssignments/(?P<name>[^/]+)$", i),
-             self._a_put_assignment),
-            ("GET", re.compile(auth + r"/roleAssignments/(?P<name>[^/]+)$", i),
-             self._a_get_assignment),
-            ("DELETE", re.compile(auth + r"/roleAssignments/(?P<name>[^/]+)$", i),
-             self._a_delete_assignment),
+            (
+                "PUT",
+                re.compile(auth + r"/roleAssignments/(?P<name>[^/]+)$", i),
+                self._a_put_assignment,
+            ),
+            (
+                "GET",
+                re.compile(auth + r"/roleAssignments/(?P<name>[^/]+)$", i),
+                self._a_get_assignment,
+            ),
+            (
+                "DELETE",
+                re.compile(auth + r"/roleAssignments/(?P<name>[^/]+)$", i),
+                self._a_delete_assignment,
+            ),
         ]
 
     def _a_ok(self, status: int, body: Any = None, req: _Req | None = None) -> _Resp:
         corr = (req.headers.get("x-ms-correlation-request-id") if req else None) or str(
-            uuid.uuid4())
-        return _Resp(status, body, {"x-ms-request-id": str(uuid.uuid4()),
-                                    "x-ms-correlation-request-id": corr,
-                                    "x-ms-ratelimit-remaining-subscription-reads": "11999"})
+            uuid.uuid4()
+        )
+        return _Resp(
+            status,
+            body,
+            {
+                "x-ms-request-id": str(uuid.uuid4()),
+                "x-ms-correlation-request-id": corr,
+                "x-ms-ratelimit-remaining-subscription-reads": "11999",
+            },
+        )
 
     def _api_version(self, req: _Req) -> _Resp | None:
         if not req.query.get("api-version"):
-            return self._arm_error(400, "MissingApiVersionParameter",
-                                   "The api-version query parameter (?api-version=) is required "
-                                   "for all requests.")
+            return self._arm_error(
+                400,
+                "MissingApiVersionParameter",
+                "The api-version query parameter (?api-version=) is required for all requests.",
+            )
         return None
 
     def _caller_blocks(self, principal_id: str, scope: str) -> list[dict]:
@@ -2265,35 +2849,47 @@ class MicrosoftDouble:
             if ra.principal_id != principal_id:
                 continue
             if scope.lower() == ra.scope.lower() or scope.lower().startswith(
-                    ra.scope.lower().rstrip("/") + "/"):
+                ra.scope.lower().rstrip("/") + "/"
+            ):
                 rd = self.role_definitions.get(ra.role_definition_id)
                 if rd is not None:
                     blocks.append(rd.permission_block())
         return blocks
 
     def _has_access(self, principal_id: str, sid: str) -> bool:
-        return any(ra.principal_id == principal_id and ra.subscription_id == sid
-                   for ra in self.role_assignments)
+        return any(
+            ra.principal_id == principal_id and ra.subscription_id == sid
+            for ra in self.role_assignments
+        )
 
     def _authorization_failed(self, req: _Req, action: str, scope: str) -> _Resp:
         tok = req.token
-        who = (f"The client '{tok.principal_name}' with object id '{tok.principal_id}'"
-               if tok.user else
-               f"The client '{tok.principal_id}' with object id '{tok.principal_id}'")
-        return self._arm_error(403, "AuthorizationFailed",
-                               f"{who} does not have authorization to perform action "
-                               f"'{action}' over scope '{scope}' or the scope is invalid. If "
-                               "access was recently granted, please refresh your credentials.")
+        who = (
+            f"The client '{tok.principal_name}' with object id '{tok.principal_id}'"
+            if tok.user
+            else f"The client '{tok.principal_id}' with object id '{tok.principal_id}'"
+        )
+        return self._arm_error(
+            403,
+            "AuthorizationFailed",
+            f"{who} does not have authorization to perform action "
+            f"'{action}' over scope '{scope}' or the scope is invalid. If "
+            "access was recently granted, please refresh your credentials.",
+        )
 
     def _subscription(self, req: _Req) -> Subscription | _Resp:
         sid = req.group("sub").lower()
         sub = self.subscriptions.get(sid)
         if sub is None:
-            return self._arm_error(404, "SubscriptionNotFound",
-                                   f"The subscription '{req.group('sub')}' could not be found.")
+            return self._arm_error(
+                404,
+                "SubscriptionNotFound",
+                f"The subscription '{req.group('sub')}' could not be found.",
+            )
         if sub.tenant_id != req.token.tenant_id:
             return self._arm_error(
-                401, "InvalidAuthenticationTokenTenant",
+                401,
+                "InvalidAuthenticationTokenTenant",
                 f"The access token is from the wrong issuer 'https://sts.windows.net/"
                 f"{req.token.tenant_id}/'. It must match the tenant 'https://sts.windows.net/"
                 f"{sub.tenant_id}/' associated with this subscription. Please use the authority "
@@ -2301,7 +2897,8 @@ class MicrosoftDouble:
                 "subscription is transferred to another tenant there is no impact to the "
                 "services, but information about new tenant could take time to propagate (up "
                 "to an hour). If you just transferred your subscription and see this error "
-                "message, please try back later.")
+                "message, please try back later.",
+            )
         return sub
 
     def _sub_json(self, sub: Subscription) -> dict:
@@ -2314,14 +2911,16 @@ class MicrosoftDouble:
             "tenantId": sub.tenant_id,
             "displayName": sub.name,
             "state": sub.state,
-            "subscriptionPolicies": {"locationPlacementId": "Public_2014-09-01",
-                                     "quotaId": "PayAsYouGo_2014-09-01",
-                                     "spendingLimit": "Off"},
+            "subscriptionPolicies": {
+                "locationPlacementId": "Public_2014-09-01",
+                "quotaId": "PayAsYouGo_2014-09-01",
+                "spendingLimit": "Off",
+            },
         }
 
     def _a_page(self, req: _Req, items: list[dict], extra: dict | None = None) -> _Resp:
         offset = _decode_skiptoken(req.query.get("$skiptoken"))
-        page = items[offset:offset + self.page_size]
+        page = items[offset : offset + self.page_size]
         body: dict = {"value": page}
         body.update(extra or {})
         if offset + self.page_size < len(items):
@@ -2335,8 +2934,11 @@ class MicrosoftDouble:
         if bad:
             return bad
         pid = req.token.principal_id
-        subs = [self._sub_json(s) for s in self.subscriptions.values()
-                if s.tenant_id == req.token.tenant_id and self._has_access(pid, s.subscription_id)]
+        subs = [
+            self._sub_json(s)
+            for s in self.subscriptions.values()
+            if s.tenant_id == req.token.tenant_id and self._has_access(pid, s.subscription_id)
+        ]
         return self._a_page(req, subs, {"count": {"type": "Total", "value": len(subs)}})
 
     def _a_get_sub(self, req: _Req) -> _Resp:
@@ -2347,8 +2949,11 @@ class MicrosoftDouble:
         if isinstance(sub, _Resp):
             return sub
         if not self._has_access(req.token.principal_id, sub.subscription_id):
-            return self._authorization_failed(req, "Microsoft.Resources/subscriptions/read",
-                                              f"/subscriptions/{sub.subscription_id}")
+            return self._authorization_failed(
+                req,
+                "Microsoft.Resources/subscriptions/read",
+                f"/subscriptions/{sub.subscription_id}",
+            )
         return self._a_ok(200, self._sub_json(sub), req)
 
     def _a_tenants(self, req: _Req) -> _Resp:
@@ -2358,10 +2963,19 @@ class MicrosoftDouble:
         t = self.tenants.get(req.token.tenant_id)
         value = []
         if t is not None and not t.personal:
-            value.append({"id": f"/tenants/{t.id}", "tenantId": t.id,
-                          "tenantCategory": "Home", "country": "US", "countryCode": "US",
-                          "displayName": t.display_name, "domains": list(t.domains),
-                          "defaultDomain": t.default_domain, "tenantType": "AAD"})
+            value.append(
+                {
+                    "id": f"/tenants/{t.id}",
+                    "tenantId": t.id,
+                    "tenantCategory": "Home",
+                    "country": "US",
+                    "countryCode": "US",
+                    "displayName": t.display_name,
+                    "domains": list(t.domains),
+                    "defaultDomain": t.default_domain,
+                    "tenantType": "AAD",
+                }
+            )
         return self._a_page(req, value)
 
     def _a_permissions(self, req: _Req) -> _Resp:
@@ -2371,7 +2985,9 @@ class MicrosoftDouble:
         sub = self._subscription(req)
         if isinstance(sub, _Resp):
             return sub
-        blocks = self._caller_blocks(req.token.principal_id, f"/subscriptions/{sub.subscription_id}")
+        blocks = self._caller_blocks(
+            req.token.principal_id, f"/subscriptions/{sub.subscription_id}"
+        )
         return self._a_ok(200, {"value": blocks}, req)
 
     def _rd_json(self, rd: RoleDefinition, sid: str | None) -> dict:
@@ -2381,11 +2997,15 @@ class MicrosoftDouble:
             "type": "Microsoft.Authorization/roleDefinitions",
             "name": rd.id,
             "properties": {
-                "roleName": rd.name, "type": "BuiltInRole", "description": rd.description,
-                "assignableScopes": ["/"], "permissions": [rd.permission_block()],
+                "roleName": rd.name,
+                "type": "BuiltInRole",
+                "description": rd.description,
+                "assignableScopes": ["/"],
+                "permissions": [rd.permission_block()],
                 "createdOn": "2015-02-02T21:55:09.8806423Z",
                 "updatedOn": "2024-01-01T00:00:00.0000000Z",
-                "createdBy": None, "updatedBy": None,
+                "createdBy": None,
+                "updatedBy": None,
             },
         }
 
@@ -2401,11 +3021,15 @@ class MicrosoftDouble:
         if flt:
             m = re.fullmatch(r"\s*roleName\s+eq\s+'((?:[^']|'')*)'\s*", flt, re.I)
             if not m:
-                return self._arm_error(400, "InvalidFilterInQueryString",
-                                       f"The filter '{flt}' is not supported.")
+                return self._arm_error(
+                    400, "InvalidFilterInQueryString", f"The filter '{flt}' is not supported."
+                )
             wanted = m.group(1).replace("''", "'").lower()
-        items = [self._rd_json(rd, sub.subscription_id) for rd in self.role_definitions.values()
-                 if wanted is None or rd.name.lower() == wanted]
+        items = [
+            self._rd_json(rd, sub.subscription_id)
+            for rd in self.role_definitions.values()
+            if wanted is None or rd.name.lower() == wanted
+        ]
         return self._a_page(req, items)
 
     def _a_role_def(self, req: _Req) -> _Resp:
@@ -2420,8 +3044,11 @@ class MicrosoftDouble:
             sid = sub.subscription_id
         rd = self.role_definitions.get(req.group("rd").lower())
         if rd is None:
-            return self._arm_error(404, "RoleDefinitionDoesNotExist",
-                                   f"The role definition '{req.group('rd')}' could not be found.")
+            return self._arm_error(
+                404,
+                "RoleDefinitionDoesNotExist",
+                f"The role definition '{req.group('rd')}' could not be found.",
+            )
         return self._a_ok(200, self._rd_json(rd, sid), req)
 
     def _ra_json(self, ra: RoleAssignment) -> dict:
@@ -2429,7 +3056,7 @@ class MicrosoftDouble:
         return {
             "properties": {
                 "roleDefinitionId": f"/subscriptions/{sid}/providers/Microsoft.Authorization/"
-                                    f"roleDefinitions/{ra.role_definition_id}",
+                f"roleDefinitions/{ra.role_definition_id}",
                 "principalId": ra.principal_id,
                 "principalType": ra.principal_type,
                 "scope": ra.scope,
@@ -2467,64 +3094,102 @@ class MicrosoftDouble:
         name = req.group("name")
         scope = f"/subscriptions/{sub.subscription_id}"
         if not _is_guid(name):
-            return self._arm_error(400, "InvalidRoleAssignmentId",
-                                   f"The role assignment ID '{name}' is not valid. The role "
-                                   "assignment ID must be a GUID.")
+            return self._arm_error(
+                400,
+                "InvalidRoleAssignmentId",
+                f"The role assignment ID '{name}' is not valid. The role "
+                "assignment ID must be a GUID.",
+            )
         name = name.lower()
         full_scope = f"{scope}/providers/Microsoft.Authorization/roleAssignments/{name}"
-        if not permissions_allow(self._caller_blocks(req.token.principal_id, full_scope),
-                                 ROLE_ASSIGNMENT_WRITE):
+        if not permissions_allow(
+            self._caller_blocks(req.token.principal_id, full_scope), ROLE_ASSIGNMENT_WRITE
+        ):
             return self._authorization_failed(req, ROLE_ASSIGNMENT_WRITE, full_scope)
         props = req.body.get("properties") if isinstance(req.body, dict) else None
-        if not isinstance(props, dict) or not props.get("roleDefinitionId") or not props.get(
-                "principalId"):
-            return self._arm_error(400, "InvalidRequestContent",
-                                   "The request content was invalid and could not be "
-                                   "deserialized: 'properties.roleDefinitionId' and "
-                                   "'properties.principalId' are required.")
+        if (
+            not isinstance(props, dict)
+            or not props.get("roleDefinitionId")
+            or not props.get("principalId")
+        ):
+            return self._arm_error(
+                400,
+                "InvalidRequestContent",
+                "The request content was invalid and could not be "
+                "deserialized: 'properties.roleDefinitionId' and "
+                "'properties.principalId' are required.",
+            )
         rd_path = str(props["roleDefinitionId"])
-        m = re.search(r"/providers/Microsoft\.Authorization/roleDefinitions/([^/]+)$", rd_path,
-                      re.I)
+        m = re.search(
+            r"/providers/Microsoft\.Authorization/roleDefinitions/([^/]+)$", rd_path, re.I
+        )
         rd_id = m.group(1).lower() if m else ""
         if not m or rd_id not in self.role_definitions:
-            return self._arm_error(400, "RoleDefinitionDoesNotExist",
-                                   f"The specified role definition with ID '{rd_id or rd_path}' "
-                                   "does not exist.")
+            return self._arm_error(
+                400,
+                "RoleDefinitionDoesNotExist",
+                f"The specified role definition with ID '{rd_id or rd_path}' does not exist.",
+            )
         principal_id = str(props["principalId"]).lower()
         found = self._lookup_principal(sub.tenant_id, principal_id)
-        if found is not None and isinstance(found[1], ServicePrincipal) and not self._visible(
-                found[1]):
+        if (
+            found is not None
+            and isinstance(found[1], ServicePrincipal)
+            and not self._visible(found[1])
+        ):
             found = None
         if found is None:
             return self._arm_error(
-                400, "PrincipalNotFound",
+                400,
+                "PrincipalNotFound",
                 f"Principal {principal_id.replace('-', '')} does not exist in the directory "
                 f"{sub.tenant_id}. Check that you have the correct principal ID. If you are "
                 "creating this principal and then immediately assigning a role, this error "
                 "might be related to a replication delay. In this case, set the role "
                 "assignment principalType property to a value, such as ServicePrincipal, User, "
-                "or Group.  See https://aka.ms/docs-principaltype")
+                "or Group.  See https://aka.ms/docs-principaltype",
+            )
         ptype = props.get("principalType")
         if ptype is not None and str(ptype).lower() != found[0].lower():
-            return self._arm_error(400, "UnmatchedPrincipalType",
-                                   f"The PrincipalId '{principal_id.replace('-', '')}' has type "
-                                   f"'{found[0]}' , which is different from specified "
-                                   f"PrincipalType '{ptype}'.")
+            return self._arm_error(
+                400,
+                "UnmatchedPrincipalType",
+                f"The PrincipalId '{principal_id.replace('-', '')}' has type "
+                f"'{found[0]}' , which is different from specified "
+                f"PrincipalType '{ptype}'.",
+            )
         existing = next((ra for ra in self.role_assignments if ra.name == name), None)
         if existing is not None:
-            if (existing.principal_id == principal_id and existing.role_definition_id == rd_id
-                    and existing.scope.lower() == scope.lower()):
+            if (
+                existing.principal_id == principal_id
+                and existing.role_definition_id == rd_id
+                and existing.scope.lower() == scope.lower()
+            ):
                 return self._a_ok(200, self._ra_json(existing), req)
-            return self._arm_error(409, "RoleAssignmentUpdateNotPermitted",
-                                   "Tenant ID, application ID, principal ID, and scope are not "
-                                   "allowed to be updated.")
-        if any(ra.principal_id == principal_id and ra.role_definition_id == rd_id
-               and ra.scope.lower() == scope.lower() for ra in self.role_assignments):
-            return self._arm_error(409, "RoleAssignmentExists",
-                                   "The role assignment already exists.")
-        ra = RoleAssignment(name, scope, rd_id, principal_id, found[0], self.now(),
-                            created_by=req.token.principal_id,
-                            description=props.get("description"))
+            return self._arm_error(
+                409,
+                "RoleAssignmentUpdateNotPermitted",
+                "Tenant ID, application ID, principal ID, and scope are not allowed to be updated.",
+            )
+        if any(
+            ra.principal_id == principal_id
+            and ra.role_definition_id == rd_id
+            and ra.scope.lower() == scope.lower()
+            for ra in self.role_assignments
+        ):
+            return self._arm_error(
+                409, "RoleAssignmentExists", "The role assignment already exists."
+            )
+        ra = RoleAssignment(
+            name,
+            scope,
+            rd_id,
+            principal_id,
+            found[0],
+            self.now(),
+            created_by=req.token.principal_id,
+            description=props.get("description"),
+        )
         self.role_assignments.append(ra)
         return self._a_ok(201, self._ra_json(ra), req)
 
@@ -2536,14 +3201,24 @@ class MicrosoftDouble:
         if isinstance(sub, _Resp):
             return sub
         scope = f"/subscriptions/{sub.subscription_id}"
-        if not permissions_allow(self._caller_blocks(req.token.principal_id, scope),
-                                 ROLE_ASSIGNMENT_READ):
+        if not permissions_allow(
+            self._caller_blocks(req.token.principal_id, scope), ROLE_ASSIGNMENT_READ
+        ):
             return self._authorization_failed(req, ROLE_ASSIGNMENT_READ, scope)
-        ra = next((r for r in self.role_assignments if r.name == req.group("name").lower()
-                   and r.subscription_id == sub.subscription_id), None)
+        ra = next(
+            (
+                r
+                for r in self.role_assignments
+                if r.name == req.group("name").lower() and r.subscription_id == sub.subscription_id
+            ),
+            None,
+        )
         if ra is None:
-            return self._arm_error(404, "RoleAssignmentNotFound",
-                                   f"The role assignment '{req.group('name')}' is not found.")
+            return self._arm_error(
+                404,
+                "RoleAssignmentNotFound",
+                f"The role assignment '{req.group('name')}' is not found.",
+            )
         return self._a_ok(200, self._ra_json(ra), req)
 
     def _a_list_assignments(self, req: _Req) -> _Resp:
@@ -2554,22 +3229,28 @@ class MicrosoftDouble:
         if isinstance(sub, _Resp):
             return sub
         scope = f"/subscriptions/{sub.subscription_id}"
-        if not permissions_allow(self._caller_blocks(req.token.principal_id, scope),
-                                 ROLE_ASSIGNMENT_READ):
+        if not permissions_allow(
+            self._caller_blocks(req.token.principal_id, scope), ROLE_ASSIGNMENT_READ
+        ):
             return self._authorization_failed(req, ROLE_ASSIGNMENT_READ, scope)
         principal = None
         flt = (req.query.get("$filter") or "").strip()
         if flt:
-            m = (re.fullmatch(r"principalId\s+eq\s+'([^']*)'", flt, re.I)
-                 or re.fullmatch(r"assignedTo\('([^']*)'\)", flt, re.I))
+            m = re.fullmatch(r"principalId\s+eq\s+'([^']*)'", flt, re.I) or re.fullmatch(
+                r"assignedTo\('([^']*)'\)", flt, re.I
+            )
             if m:
                 principal = m.group(1).lower()
             elif not re.fullmatch(r"atScope\(\)", flt, re.I):
-                return self._arm_error(400, "UnsupportedQuery",
-                                       f"The filter '{flt}' is not supported.")
-        items = [self._ra_json(ra) for ra in self.role_assignments
-                 if ra.subscription_id == sub.subscription_id
-                 and (principal is None or ra.principal_id == principal)]
+                return self._arm_error(
+                    400, "UnsupportedQuery", f"The filter '{flt}' is not supported."
+                )
+        items = [
+            self._ra_json(ra)
+            for ra in self.role_assignments
+            if ra.subscription_id == sub.subscription_id
+            and (principal is None or ra.principal_id == principal)
+        ]
         return self._a_page(req, items)
 
     def _a_delete_assignment(self, req: _Req) -> _Resp:
@@ -2580,13 +3261,22 @@ class MicrosoftDouble:
         if isinstance(sub, _Resp):
             return sub
         name = req.group("name").lower()
-        full_scope = (f"/subscriptions/{sub.subscription_id}/providers/Microsoft.Authorization/"
-                      f"roleAssignments/{name}")
-        if not permissions_allow(self._caller_blocks(req.token.principal_id, full_scope),
-                                 ROLE_ASSIGNMENT_DELETE):
+        full_scope = (
+            f"/subscriptions/{sub.subscription_id}/providers/Microsoft.Authorization/"
+            f"roleAssignments/{name}"
+        )
+        if not permissions_allow(
+            self._caller_blocks(req.token.principal_id, full_scope), ROLE_ASSIGNMENT_DELETE
+        ):
             return self._authorization_failed(req, ROLE_ASSIGNMENT_DELETE, full_scope)
-        ra = next((r for r in self.role_assignments if r.name == name
-                   and r.subscription_id == sub.subscription_id), None)
+        ra = next(
+            (
+                r
+                for r in self.role_assignments
+                if r.name == name and r.subscription_id == sub.subscription_id
+            ),
+            None,
+        )
         if ra is None:
             return self._a_ok(204, None, req)
         self.role_assignments.remove(ra)
@@ -2597,8 +3287,12 @@ class MicrosoftDouble:
 
 
 def _login_headers(req: _Req | None, extra: dict | None = None) -> dict:
-    h = {"Cache-Control": "no-store, no-cache", "Pragma": "no-cache",
-         "x-ms-request-id": str(uuid.uuid4()), "x-ms-ests-server": "2.1.0 - loopback"}
+    h = {
+        "Cache-Control": "no-store, no-cache",
+        "Pragma": "no-cache",
+        "x-ms-request-id": str(uuid.uuid4()),
+        "x-ms-ests-server": "2.1.0 - loopback",
+    }
     if req is not None and req.headers.get("client-request-id"):
         h["client-request-id"] = req.headers["client-request-id"]
     h.update(extra or {})
@@ -2628,7 +3322,7 @@ def _decode_skiptoken(token: str | None) -> int:
     if not token:
         return 0
     try:
-        raw = token[len("RFNwdAIAAQAAA"):]
+        raw = token[len("RFNwdAIAAQAAA") :]
         raw += "=" * (-len(raw) % 4)
         return max(0, int(base64.urlsafe_b64decode(raw).decode().split(":", 1)[1]))
     except (ValueError, IndexError):
@@ -2640,8 +3334,17 @@ def _secret_text() -> str:
     return prefix + "8Q~" + "".join(secrets.choice(_SECRET_ALPHABET) for _ in range(34))
 
 
-_STEP_KINDS = {"pending", "slow_down", "approve", "decline", "expire", "bad_code", "aadsts",
-               "http", "ok"}
+_STEP_KINDS = {
+    "pending",
+    "slow_down",
+    "approve",
+    "decline",
+    "expire",
+    "bad_code",
+    "aadsts",
+    "http",
+    "ok",
+}
 
 
 def _normalise_step(step) -> tuple:
@@ -2659,74 +3362,129 @@ def _normalise_step(step) -> tuple:
 
 def _builtin_roles() -> list[RoleDefinition]:
     return [
-        RoleDefinition(OWNER, "Owner",
-                       "Grants full access to manage all resources, including the ability to "
-                       "assign roles in Azure RBAC.", ["*"]),
-        RoleDefinition(CONTRIBUTOR, "Contributor",
-                       "Grants full access to manage all resources, but does not allow you to "
-                       "assign roles in Azure RBAC, manage assignments in Azure Blueprints, or "
-                       "share image galleries.", ["*"],
-                       not_actions=[
-                           "Microsoft.Authorization/*/Delete",
-                           "Microsoft.Authorization/*/Write",
-                           "Microsoft.Authorization/elevateAccess/Action",
-                           "Microsoft.Blueprint/blueprintAssignments/write",
-                           "Microsoft.Blueprint/blueprintAssignments/delete",
-                           "Microsoft.Compute/galleries/share/action",
-                           "Microsoft.Purview/consents/write",
-                           "Microsoft.Purview/consents/delete",
-                           "Microsoft.Resources/deploymentStacks/manageDenySetting/action",
-                           "Microsoft.Subscription/cancel/action",
-                           "Microsoft.Subscription/enable/action",
-                       ]),
-        RoleDefinition(READER, "Reader", "View all resources, but does not allow you to make "
-                       "any changes.", ["*/read"]),
-        RoleDefinition(USER_ACCESS_ADMINISTRATOR, "User Access Administrator",
-                       "Lets you manage user access to Azure resources.",
-                       ["*/read", "Microsoft.Authorization/*", "Microsoft.Support/*"]),
-        RoleDefinition(RBAC_ADMINISTRATOR, "Role Based Access Control Administrator",
-                       "Manage access to Azure resources by assigning roles using Azure RBAC.",
-                       ["Microsoft.Authorization/roleAssignments/write",
-                        "Microsoft.Authorization/roleAssignments/delete",
-                        "*/read", "Microsoft.Support/*"]),
-        RoleDefinition(KEY_VAULT_CRYPTO_USER, "Key Vault Crypto User",
-                       "Perform cryptographic operations using keys. Only works for key vaults "
-                       "that use the 'Azure role-based access control' permission model.", [],
-                       data_actions=[
-                           "Microsoft.KeyVault/vaults/keys/read",
-                           "Microsoft.KeyVault/vaults/keys/update/action",
-                           "Microsoft.KeyVault/vaults/keys/backup/action",
-                           "Microsoft.KeyVault/vaults/keys/encrypt/action",
-                           "Microsoft.KeyVault/vaults/keys/decrypt/action",
-                           "Microsoft.KeyVault/vaults/keys/wrap/action",
-                           "Microsoft.KeyVault/vaults/keys/unwrap/action",
-                           "Microsoft.KeyVault/vaults/keys/sign/action",
-                           "Microsoft.KeyVault/vaults/keys/verify/action",
-                       ]),
-        RoleDefinition(STORAGE_QUEUE_DATA_CONTRIBUTOR, "Storage Queue Data Contributor",
-                       "Read, write, and delete Azure Storage queues and queue messages.",
-                       ["Microsoft.Storage/storageAccounts/queueServices/queues/delete",
-                        "Microsoft.Storage/storageAccounts/queueServices/queues/read",
-                        "Microsoft.Storage/storageAccounts/queueServices/queues/write"],
-                       data_actions=[
-                           "Microsoft.Storage/storageAccounts/queueServices/queues/messages/"
-                           "delete",
-                           "Microsoft.Storage/storageAccounts/queueServices/queues/messages/read",
-                           "Microsoft.Storage/storageAccounts/queueServices/queues/messages/"
-                           "write",
-                           "Microsoft.Storage/storageAccounts/queueServices/queues/messages/"
-                           "process/action",
-                       ]),
+        RoleDefinition(
+            OWNER,
+            "Owner",
+            "Grants full access to manage all resources, including the ability to "
+            "assign roles in Azure RBAC.",
+            ["*"],
+        ),
+        RoleDefinition(
+            CONTRIBUTOR,
+            "Contributor",
+            "Grants full access to manage all resources, but does not allow you to "
+            "assign roles in Azure RBAC, manage assignments in Azure Blueprints, or "
+            "share image galleries.",
+            ["*"],
+            not_actions=[
+                "Microsoft.Authorization/*/Delete",
+                "Microsoft.Authorization/*/Write",
+                "Microsoft.Authorization/elevateAccess/Action",
+                "Microsoft.Blueprint/blueprintAssignments/write",
+                "Microsoft.Blueprint/blueprintAssignments/delete",
+                "Microsoft.Compute/galleries/share/action",
+                "Microsoft.Purview/consents/write",
+                "Microsoft.Purview/consents/delete",
+                "Microsoft.Resources/deploymentStacks/manageDenySetting/action",
+                "Microsoft.Subscription/cancel/action",
+                "Microsoft.Subscription/enable/action",
+            ],
+        ),
+        RoleDefinition(
+            READER,
+            "Reader",
+            "View all resources, but does not allow you to make any changes.",
+            ["*/read"],
+        ),
+        RoleDefinition(
+            USER_ACCESS_ADMINISTRATOR,
+            "User Access Administrator",
+            "Lets you manage user access to Azure resources.",
+            ["*/read", "Microsoft.Authorization/*", "Microsoft.Support/*"],
+        ),
+        RoleDefinition(
+            RBAC_ADMINISTRATOR,
+            "Role Based Access Control Administrator",
+            "Manage access to Azure resources by assigning roles using Azure RBAC.",
+            [
+                "Microsoft.Authorization/roleAssignments/write",
+                "Microsoft.Authorization/roleAssignments/delete",
+                "*/read",
+                "Microsoft.Support/*",
+            ],
+        ),
+        RoleDefinition(
+            KEY_VAULT_CRYPTO_USER,
+            "Key Vault Crypto User",
+            "Perform cryptographic operations using keys. Only works for key vaults "
+            "that use the 'Azure role-based access control' permission model.",
+            [],
+            data_actions=[
+                "Microsoft.KeyVault/vaults/keys/read",
+                "Microsoft.KeyVault/vaults/keys/update/action",
+                "Microsoft.KeyVault/vaults/keys/backup/action",
+                "Microsoft.KeyVault/vaults/keys/encrypt/action",
+                "Microsoft.KeyVault/vaults/keys/decrypt/action",
+                "Microsoft.KeyVault/vaults/keys/wrap/action",
+                "Microsoft.KeyVault/vaults/keys/unwrap/action",
+                "Microsoft.KeyVault/vaults/keys/sign/action",
+                "Microsoft.KeyVault/vaults/keys/verify/action",
+            ],
+        ),
+        RoleDefinition(
+            STORAGE_QUEUE_DATA_CONTRIBUTOR,
+            "Storage Queue Data Contributor",
+            "Read, write, and delete Azure Storage queues and queue messages.",
+            [
+                "Microsoft.Storage/storageAccounts/queueServices/queues/delete",
+                "Microsoft.Storage/storageAccounts/queueServices/queues/read",
+                "Microsoft.Storage/storageAccounts/queueServices/queues/write",
+            ],
+            data_actions=[
+                "Microsoft.Storage/storageAccounts/queueServices/queues/messages/delete",
+                "Microsoft.Storage/storageAccounts/queueServices/queues/messages/read",
+                "Microsoft.Storage/storageAccounts/queueServices/queues/messages/write",
+                "Microsoft.Storage/storageAccounts/queueServices/queues/messages/process/action",
+            ],
+        ),
     ]
 
 
 __all__ = [
-    "AADSTS", "ALICE_UPN", "APPLICATION_ADMINISTRATOR", "APPLICATION_DEVELOPER",
-    "AZURE_CLI_CLIENT_ID", "AccessToken", "Application", "CLOUD_APPLICATION_ADMINISTRATOR",
-    "CONTRIBUTOR", "ClientLogin", "DEFAULT_DOMAIN", "DEFAULT_SUBSCRIPTIONS", "DEFAULT_TENANT_ID",
-    "DeviceFlow", "Fault", "GLOBAL_ADMINISTRATOR", "GLOBAL_READER", "KEY_VAULT_CRYPTO_USER",
-    "MSA_TENANT_ID", "MicrosoftDouble", "OWNER", "Password", "RBAC_ADMINISTRATOR", "READER",
-    "RecordedRequest", "RefreshToken", "RoleAssignment", "RoleDefinition",
-    "STORAGE_QUEUE_DATA_CONTRIBUTOR", "ServicePrincipal", "Subscription", "TestCA", "Tenant",
-    "USER_ACCESS_ADMINISTRATOR", "User", "permissions_allow",
+    "AADSTS",
+    "ALICE_UPN",
+    "APPLICATION_ADMINISTRATOR",
+    "APPLICATION_DEVELOPER",
+    "AZURE_CLI_CLIENT_ID",
+    "AccessToken",
+    "Application",
+    "CLOUD_APPLICATION_ADMINISTRATOR",
+    "CONTRIBUTOR",
+    "ClientLogin",
+    "DEFAULT_DOMAIN",
+    "DEFAULT_SUBSCRIPTIONS",
+    "DEFAULT_TENANT_ID",
+    "DeviceFlow",
+    "Fault",
+    "GLOBAL_ADMINISTRATOR",
+    "GLOBAL_READER",
+    "KEY_VAULT_CRYPTO_USER",
+    "MSA_TENANT_ID",
+    "MicrosoftDouble",
+    "OWNER",
+    "Password",
+    "RBAC_ADMINISTRATOR",
+    "READER",
+    "RecordedRequest",
+    "RefreshToken",
+    "RoleAssignment",
+    "RoleDefinition",
+    "STORAGE_QUEUE_DATA_CONTRIBUTOR",
+    "ServicePrincipal",
+    "Subscription",
+    "TestCA",
+    "Tenant",
+    "USER_ACCESS_ADMINISTRATOR",
+    "User",
+    "permissions_allow",
 ]

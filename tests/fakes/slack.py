@@ -193,8 +193,10 @@ class SlackDouble:
         self.base_url = f"http://127.0.0.1:{port}"
         self.api_url = f"{self.base_url}/api/"
         self._http_thread = threading.Thread(
-            target=self._http.serve_forever, kwargs={"poll_interval": 0.05},
-            name="slack-double-http", daemon=True,
+            target=self._http.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="slack-double-http",
+            daemon=True,
         )
         self._http_thread.start()
 
@@ -296,15 +298,17 @@ class SlackDouble:
                     raise AssertionError(
                         f"timed out after {timeout}s waiting for {count} call(s) matching "
                         f"{_describe(match, arg_filters)}; got {len(found)}. Recorded calls:\n"
-                        + "\n".join(f"  {c.method} {c.args!r} -> {c.response!r}"
-                                    for c in self._calls)
+                        + "\n".join(
+                            f"  {c.method} {c.args!r} -> {c.response!r}" for c in self._calls
+                        )
                     )
                 self._cond.wait(remaining)
 
     # ------------------------------------------------------------------ state
 
-    def messages(self, channel: str | None = None, *, include_deleted: bool = False
-                 ) -> list[dict[str, Any]]:
+    def messages(
+        self, channel: str | None = None, *, include_deleted: bool = False
+    ) -> list[dict[str, Any]]:
         """Current state (after updates) of every posted message, oldest first.
 
         Each is ``{"channel", "ts", "text", "blocks", "thread_ts"?, "user", "bot_id",
@@ -312,7 +316,8 @@ class SlackDouble:
         """
         with self._lock:
             out = [
-                _copy(m) for m in self._messages.values()
+                _copy(m)
+                for m in self._messages.values()
                 if (channel is None or m["channel"] == channel)
                 and (include_deleted or not m["deleted"])
             ]
@@ -326,16 +331,19 @@ class SlackDouble:
     def thread(self, channel: str, thread_ts: str) -> list[dict[str, Any]]:
         """Replies in the thread under ``thread_ts`` (parent excluded), oldest first."""
         return [
-            m for m in self.messages(channel)
+            m
+            for m in self.messages(channel)
             if m.get("thread_ts") == thread_ts and m["ts"] != thread_ts
         ]
 
-    def ephemerals(self, channel: str | None = None, user: str | None = None
-                   ) -> list[dict[str, Any]]:
+    def ephemerals(
+        self, channel: str | None = None, user: str | None = None
+    ) -> list[dict[str, Any]]:
         """Ephemeral messages (``chat.postEphemeral`` and ephemeral response_url posts)."""
         with self._lock:
             return [
-                _copy(e) for e in self._ephemerals
+                _copy(e)
+                for e in self._ephemerals
                 if (channel is None or e["channel"] == channel)
                 and (user is None or e["user"] == user)
             ]
@@ -350,8 +358,14 @@ class SlackDouble:
         """The DM channel id ``conversations.open`` returns for ``user_id``."""
         return "D" + user_id[1:] if len(user_id) > 1 else "D" + user_id
 
-    def add_user(self, user_id: str, name: str | None = None, email: str | None = None,
-                 real_name: str | None = None, **extra: Any) -> None:
+    def add_user(
+        self,
+        user_id: str,
+        name: str | None = None,
+        email: str | None = None,
+        real_name: str | None = None,
+        **extra: Any,
+    ) -> None:
         spec: dict[str, Any] = {"name": name or user_id.lower()}
         if email is not None:
             spec["email"] = email
@@ -363,8 +377,14 @@ class SlackDouble:
 
     # ------------------------------------------------------------------ faults & hooks
 
-    def fail(self, method: str, error: str = "channel_not_found", times: int | None = 1,
-             *, status: int = 200) -> None:
+    def fail(
+        self,
+        method: str,
+        error: str = "channel_not_found",
+        times: int | None = 1,
+        *,
+        status: int = 200,
+    ) -> None:
         """The next ``times`` calls of ``method`` (None: all, until ``clear_faults``) answer
         ``{"ok": false, "error": error}`` with HTTP ``status``."""
         with self._lock:
@@ -373,15 +393,17 @@ class SlackDouble:
     def rate_limit(self, method: str, retry_after: int = 1, times: int | None = 1) -> None:
         """The next ``times`` calls of ``method`` answer HTTP 429, ``Retry-After``."""
         with self._lock:
-            self._faults.append(_Fault(method, "rate_limit", times, retry_after=retry_after,
-                                       status=429))
+            self._faults.append(
+                _Fault(method, "rate_limit", times, retry_after=retry_after, status=429)
+            )
 
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
 
-    def on(self, method: str,
-           handler: Callable[[dict[str, Any], str | None], dict[str, Any]]) -> None:
+    def on(
+        self, method: str, handler: Callable[[dict[str, Any], str | None], dict[str, Any]]
+    ) -> None:
         """Answer ``method`` with ``handler(args, token)`` (after the token check).
         Overrides a built-in method; raise nothing, return the full response dict."""
         with self._lock:
@@ -389,9 +411,15 @@ class SlackDouble:
 
     # ------------------------------------------------------------------ response_url
 
-    def response_url(self, name: str | None = None, *, channel: str | None = None,
-                     message_ts: str | None = None, user: str | None = None,
-                     thread_ts: str | None = None) -> str:
+    def response_url(
+        self,
+        name: str | None = None,
+        *,
+        channel: str | None = None,
+        message_ts: str | None = None,
+        user: str | None = None,
+        thread_ts: str | None = None,
+    ) -> str:
         """A URL to hand out as a payload's ``response_url``.
 
         Posts to it are recorded as ``Call("response_url", args={**body,
@@ -403,7 +431,9 @@ class SlackDouble:
         rid = name or uuid.uuid4().hex[:12]
         with self._lock:
             self._response_urls[rid] = {
-                "channel": channel, "message_ts": message_ts, "user": user,
+                "channel": channel,
+                "message_ts": message_ts,
+                "user": user,
                 "thread_ts": thread_ts,
             }
         return f"{self.base_url}/respond/{rid}"
@@ -432,10 +462,16 @@ class SlackDouble:
                 self._cond.wait(remaining)
             return True
 
-    def socket_send(self, payload_type: str, payload: dict[str, Any], timeout: float = 5.0,
-                    *, accepts_response_payload: bool | None = None,
-                    retry_attempt: int | None = None, retry_reason: str | None = None
-                    ) -> dict[str, Any]:
+    def socket_send(
+        self,
+        payload_type: str,
+        payload: dict[str, Any],
+        timeout: float = 5.0,
+        *,
+        accepts_response_payload: bool | None = None,
+        retry_attempt: int | None = None,
+        retry_reason: str | None = None,
+    ) -> dict[str, Any]:
         """Send an envelope to the newest connection and wait for the ack with the same
         ``envelope_id``; return the ack (``{"envelope_id"[, "payload"]}``).
 
@@ -492,10 +528,15 @@ class SlackDouble:
         for conn in conns:
             try:
                 if mode == "disconnect":
-                    conn.send(json.dumps({
-                        "type": "disconnect", "reason": "refresh_requested",
-                        "debug_info": {"host": "applink-test-1"},
-                    }))
+                    conn.send(
+                        json.dumps(
+                            {
+                                "type": "disconnect",
+                                "reason": "refresh_requested",
+                                "debug_info": {"host": "applink-test-1"},
+                            }
+                        )
+                    )
                 elif mode == "close":
                     conn.close(code=1001, reason="going away")
                 else:
@@ -504,8 +545,9 @@ class SlackDouble:
                 pass
 
     @contextmanager
-    def socket_mode(self, app: Any, app_token: str = APP_TOKEN, timeout: float = 5.0,
-                    **handler_kwargs: Any) -> Iterator[Any]:
+    def socket_mode(
+        self, app: Any, app_token: str = APP_TOKEN, timeout: float = 5.0, **handler_kwargs: Any
+    ) -> Iterator[Any]:
         """Run Bolt's builtin ``SocketModeHandler(app, app_token)`` against the double:
         connect, wait for ``hello``, yield the handler, then close it quickly
         (:meth:`close_socket_mode`). ``app.client.base_url`` must be ``api_url``."""
@@ -550,8 +592,12 @@ class SlackDouble:
                     sock, addr = server.socket.accept()
                 except OSError:
                     break
-                threading.Thread(target=server.handler, args=(sock, addr),
-                                 name="slack-double-ws-conn", daemon=True).start()
+                threading.Thread(
+                    target=server.handler,
+                    args=(sock, addr),
+                    name="slack-double-ws-conn",
+                    daemon=True,
+                ).start()
         except (OSError, ValueError):
             pass
         finally:
@@ -568,13 +614,20 @@ class SlackDouble:
 
     def _ws_handler(self, conn: ServerConnection) -> None:
         try:
-            conn.send(json.dumps({
-                "type": "hello",
-                "num_connections": 1,
-                "debug_info": {"host": "applink-test-1", "build_number": 1,
-                               "approximate_connection_time": 18060},
-                "connection_info": {"app_id": self.app_id},
-            }))
+            conn.send(
+                json.dumps(
+                    {
+                        "type": "hello",
+                        "num_connections": 1,
+                        "debug_info": {
+                            "host": "applink-test-1",
+                            "build_number": 1,
+                            "approximate_connection_time": 18060,
+                        },
+                        "connection_info": {"app_id": self.app_id},
+                    }
+                )
+            )
             with self._cond:
                 self._ws_conns.append(conn)
                 self._ws_total += 1
@@ -622,8 +675,9 @@ class SlackDouble:
                     return fault
         return None
 
-    def _handle_api(self, method: str, args: dict[str, Any], token: str | None
-                    ) -> tuple[int, dict[str, str], dict[str, Any]]:
+    def _handle_api(
+        self, method: str, args: dict[str, Any], token: str | None
+    ) -> tuple[int, dict[str, str], dict[str, Any]]:
         headers = {"x-oauth-scopes": self.scopes, "x-slack-req-id": uuid.uuid4().hex}
         fault = self._take_fault(method)
         if fault is not None and fault.kind == "rate_limit":
@@ -656,12 +710,10 @@ class SlackDouble:
         if is_app_token and not method.startswith("apps.connections.") and method != "auth.test":
             raise _SlackError("not_allowed_token_type")
 
-    def _handle_response_url(self, rid: str, body: dict[str, Any]
-                             ) -> tuple[int, dict[str, Any]]:
+    def _handle_response_url(self, rid: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         fault = self._take_fault("response_url")
         if fault is not None:
-            return (429 if fault.kind == "rate_limit" else 404), {
-                "ok": False, "error": fault.error}
+            return (429 if fault.kind == "rate_limit" else 404), {"ok": False, "error": fault.error}
         with self._lock:
             link = self._response_urls.get(rid)
             if link is None:
@@ -680,14 +732,20 @@ class SlackDouble:
                     return 404, {"ok": False, "error": "message_not_found"}
                 self._apply_update(msg, body)
             elif body.get("response_type") == "in_channel":
-                self._post(channel, {**body, "thread_ts": body.get("thread_ts")
-                                     or link["thread_ts"]})
+                self._post(
+                    channel, {**body, "thread_ts": body.get("thread_ts") or link["thread_ts"]}
+                )
             else:
-                self._ephemerals.append({
-                    "channel": channel, "user": link["user"], "ts": self._next_ts(),
-                    "text": body.get("text", ""), "blocks": body.get("blocks") or [],
-                    "thread_ts": body.get("thread_ts") or link["thread_ts"],
-                })
+                self._ephemerals.append(
+                    {
+                        "channel": channel,
+                        "user": link["user"],
+                        "ts": self._next_ts(),
+                        "text": body.get("text", ""),
+                        "blocks": body.get("blocks") or [],
+                        "thread_ts": body.get("thread_ts") or link["thread_ts"],
+                    }
+                )
         return 200, {"ok": True}
 
     # ------------------------------------------------------------------ Web API methods
@@ -758,10 +816,18 @@ class SlackDouble:
         msg["edited"] = {"user": BOT_USER_ID, "ts": f"{time.time():.6f}"}
 
     def _echo(self, msg: dict[str, Any]) -> dict[str, Any]:
-        out = {k: v for k, v in msg.items()
-               if k not in ("channel", "deleted", "reply_count", "latest_reply")}
-        out["bot_profile"] = {"id": self.bot_id, "app_id": self.app_id, "name": BOT_NAME,
-                              "team_id": self.team_id, "deleted": False}
+        out = {
+            k: v
+            for k, v in msg.items()
+            if k not in ("channel", "deleted", "reply_count", "latest_reply")
+        }
+        out["bot_profile"] = {
+            "id": self.bot_id,
+            "app_id": self.app_id,
+            "name": BOT_NAME,
+            "team_id": self.team_id,
+            "deleted": False,
+        }
         return out
 
     def _m_api_test(self, args: dict[str, Any], token: str | None) -> dict[str, Any]:
@@ -778,8 +844,7 @@ class SlackDouble:
             "is_enterprise_install": False,
         }
 
-    def _m_apps_connections_open(self, args: dict[str, Any], token: str | None
-                                 ) -> dict[str, Any]:
+    def _m_apps_connections_open(self, args: dict[str, Any], token: str | None) -> dict[str, Any]:
         ticket = str(uuid.uuid4())
         self._tickets.add(ticket)
         return {"url": f"{self.socket_url}?ticket={ticket}&app_id={self.app_id}"}
@@ -790,19 +855,23 @@ class SlackDouble:
         msg = self._post(channel, args)
         return {"channel": channel, "ts": msg["ts"], "message": self._echo(msg)}
 
-    def _m_chat_postEphemeral(self, args: dict[str, Any], token: str | None
-                              ) -> dict[str, Any]:
+    def _m_chat_postEphemeral(self, args: dict[str, Any], token: str | None) -> dict[str, Any]:
         channel = self._resolve_channel(args.get("channel"))
         user = args.get("user")
         if not isinstance(user, str) or not _USER_ID.match(user):
             raise _SlackError("user_not_found")
         self._check_content(args)
         ts = self._next_ts()
-        self._ephemerals.append({
-            "channel": channel, "user": user, "ts": ts, "text": args.get("text") or "",
-            "blocks": args.get("blocks") or [],
-            "thread_ts": str(args["thread_ts"]) if args.get("thread_ts") else None,
-        })
+        self._ephemerals.append(
+            {
+                "channel": channel,
+                "user": user,
+                "ts": ts,
+                "text": args.get("text") or "",
+                "blocks": args.get("blocks") or [],
+                "thread_ts": str(args["thread_ts"]) if args.get("thread_ts") else None,
+            }
+        )
         return {"message_ts": ts}
 
     def _m_chat_update(self, args: dict[str, Any], token: str | None) -> dict[str, Any]:
@@ -817,8 +886,12 @@ class SlackDouble:
         if msg["user"] != self.bot_user_id:
             raise _SlackError("cant_update_message")
         self._apply_update(msg, args)
-        return {"channel": channel, "ts": msg["ts"], "text": msg["text"],
-                "message": self._echo(msg)}
+        return {
+            "channel": channel,
+            "ts": msg["ts"],
+            "text": msg["text"],
+            "message": self._echo(msg),
+        }
 
     def _m_chat_delete(self, args: dict[str, Any], token: str | None) -> dict[str, Any]:
         channel = self._resolve_channel(args.get("channel"))
@@ -828,8 +901,7 @@ class SlackDouble:
         msg["deleted"] = True
         return {"channel": channel, "ts": msg["ts"]}
 
-    def _m_conversations_open(self, args: dict[str, Any], token: str | None
-                              ) -> dict[str, Any]:
+    def _m_conversations_open(self, args: dict[str, Any], token: str | None) -> dict[str, Any]:
         users = args.get("users")
         if isinstance(users, list):
             users = ",".join(users)
@@ -852,8 +924,7 @@ class SlackDouble:
             out.update(no_op=True, already_open=True)
         return out
 
-    def _m_conversations_info(self, args: dict[str, Any], token: str | None
-                              ) -> dict[str, Any]:
+    def _m_conversations_info(self, args: dict[str, Any], token: str | None) -> dict[str, Any]:
         cid = args.get("channel")
         if not cid or not isinstance(cid, str):
             raise _SlackError("channel_not_found")
@@ -913,8 +984,7 @@ class SlackDouble:
             raise _SlackError("user_not_found")
         return {"user": _user_object(uid, spec, self.team_id)}  # type: ignore[arg-type]
 
-    def _m_usergroups_users_list(self, args: dict[str, Any], token: str | None
-                                 ) -> dict[str, Any]:
+    def _m_usergroups_users_list(self, args: dict[str, Any], token: str | None) -> dict[str, Any]:
         gid = args.get("usergroup")
         if not isinstance(gid, str) or gid not in self.usergroups:
             raise _SlackError("no_such_subteam")
@@ -950,7 +1020,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(400, {}, {"ok": False, "error": "invalid_json"})
             return
         if url.path.startswith("/api/"):
-            method = url.path[len("/api/"):].strip("/")
+            method = url.path[len("/api/") :].strip("/")
             token = None
             auth = self.headers.get("Authorization", "")
             if auth.lower().startswith("bearer "):
@@ -961,10 +1031,18 @@ class _Handler(BaseHTTPRequestHandler):
             self.dbl._record(Call(method, args, token, time.time(), status, resp))
             self._send(status, headers, resp)
         elif url.path.startswith("/respond/") and self.command == "POST":
-            rid = url.path[len("/respond/"):].strip("/")
+            rid = url.path[len("/respond/") :].strip("/")
             status, resp = self.dbl._handle_response_url(rid, args)
-            self.dbl._record(Call("response_url", {**args, "response_url_id": rid}, None,
-                                  time.time(), status, resp))
+            self.dbl._record(
+                Call(
+                    "response_url",
+                    {**args, "response_url_id": rid},
+                    None,
+                    time.time(),
+                    status,
+                    resp,
+                )
+            )
             self._send(status, {}, resp)
         else:
             self._send(404, {}, {"ok": False, "error": "not_found"})
@@ -1038,8 +1116,9 @@ def _validate_blocks(blocks: Any) -> None:
                 raise ValueError(f"unknown or missing block type: {raw.get('type')!r}")
             block.to_dict()
     except (SlackObjectFormationError, TypeError, KeyError, ValueError) as e:
-        raise _SlackError("invalid_blocks", errors=[str(e)],
-                          response_metadata={"messages": [f"[ERROR] {e}"]}) from e
+        raise _SlackError(
+            "invalid_blocks", errors=[str(e)], response_metadata={"messages": [f"[ERROR] {e}"]}
+        ) from e
 
 
 def _user_object(uid: str, spec: dict[str, Any], team_id: str) -> dict[str, Any]:
@@ -1090,8 +1169,11 @@ def _matches(call: Call, match: Match, arg_filters: dict[str, Any]) -> bool:
 
 
 def _describe(match: Match, arg_filters: dict[str, Any]) -> str:
-    what = match if isinstance(match, str) else (
-        "any call" if match is None else getattr(match, "__name__", repr(match)))
+    what = (
+        match
+        if isinstance(match, str)
+        else ("any call" if match is None else getattr(match, "__name__", repr(match)))
+    )
     return f"{what} {arg_filters}" if arg_filters else str(what)
 
 

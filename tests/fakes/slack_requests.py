@@ -48,9 +48,7 @@ def _next_seq() -> int:
     return _counter
 
 
-def sign(
-    body: bytes | str, signing_secret: str, timestamp: int | None = None
-) -> dict[str, str]:
+def sign(body: bytes | str, signing_secret: str, timestamp: int | None = None) -> dict[str, str]:
     """Return the headers Slack sends with ``body``: timestamp, signature, content type.
 
     ``timestamp`` defaults to now; pass an old one to test the 5-minute replay window.
@@ -62,9 +60,7 @@ def sign(
     base = b"v0:" + ts.encode("ascii") + b":" + raw
     digest = hmac.new(signing_secret.encode("utf-8"), base, hashlib.sha256).hexdigest()
     content_type = (
-        "application/json"
-        if raw.lstrip().startswith(b"{")
-        else "application/x-www-form-urlencoded"
+        "application/json" if raw.lstrip().startswith(b"{") else "application/x-www-form-urlencoded"
     )
     return {
         "X-Slack-Request-Timestamp": ts,
