@@ -131,7 +131,13 @@ def create_parent(
 
 
 def device_code_message(
-    *, user_code: str, verification_uri: str, expires_at: float, flow_id: str, name: str
+    *,
+    user_code: str,
+    verification_uri: str,
+    expires_at: float,
+    flow_id: str,
+    name: str,
+    purpose: str = "create",
 ) -> Payload:
     """The sign-in code: for the requester's eyes only (ephemeral or DM)."""
     from bot import ids
@@ -141,7 +147,7 @@ def device_code_message(
         "text": f"Sign in to Microsoft with code {user_code} at {verification_uri} (expires {expiry}).",
         "blocks": [
             _section(
-                f"*Sign in to Microsoft to create `{name}`*\n"
+                f"*Sign in to Microsoft to {purpose} `{name}`*\n"
                 f"Open the link and enter this code (it expires {expiry}):"
             ),
             _section(f"```{user_code}```"),
@@ -271,3 +277,176 @@ def subscription_chooser(
     else:
         blocks.append(_context("This account cannot see any subscription in the tenant."))
     return {"text": "Choose the subscriptions to protect", "blocks": blocks}
+
+
+# -- expiry warnings and renewal ---------------------------------------------------------
+
+
+def _renew_button(account_id: int, name: str) -> dict[str, Any]:
+    from bot import ids
+
+    return {
+        "type": "button",
+        "action_id": ids.ACTION_RENEW,
+        "text": {"type": "plain_text", "text": f"Renew {name}"[:75]},
+        "value": str(account_id),
+        "style": "primary",
+    }
+
+
+def _when(days_left: int) -> str:
+    if days_left < 0:
+        return f"expired {-days_left} day{'s' if days_left != -1 else ''} ago"
+    if days_left == 0:
+        return "expires today"
+    return f"expires in {days_left} day{'s' if days_left != 1 else ''}"
+
+
+def expiry_warning(item: Any, now: Any, follow_up: bool = False) -> Payload:
+    """One account's warning: account, application id, tenant, expiry, creator, Renew."""
+    account = item.account
+    expired = item.threshold == 0
+    icon = ":rotating_light:" if expired or item.threshold <= 1 else ":warning:"
+    state = "has *expired*" if expired else _when(item.days_left)
+    head = f"{icon} The client secret of *`{account['name']}`* {state}."
+    if expired:
+        head += " Veeam backups that use this account are failing until it is renewed."
+    date = slack_date(item.end_at.timestamp(), item.end_at.date().isoformat())
+    details = (
+        f"Application (client) id `{account.get('app_id')}` · tenant {account.get('tenant_name') or ''} "
+        f"`{account.get('tenant_id')}`\nSecret `{item.hint}…` expires {date} · "
+        f"created by <@{account.get('created_by')}>"
+    )
+    text = f"Client secret of {account['name']} {('has expired' if expired else _when(item.days_left))}"
+    blocks: list[dict[str, Any]] = [_section(head), _context(details)]
+    if not follow_up:
+        blocks.append(
+            {"type": "actions", "elements": [_renew_button(int(account["id"]), account["name"])]}
+        )
+    return {"text": text, "blocks": blocks}
+
+
+def expiry_digest(items: list[Any], now: Any) -> Payload:
+    """Many accounts due at once: one message, a line and a Renew button per account."""
+    blocks: list[dict[str, Any]] = [
+        _section(f":warning: *{len(items)} client secrets need renewing.* Soonest first:")
+    ]
+    for item in sorted(items, key=lambda i: i.end_at):
+        account = item.account
+        state = "*expired*" if item.threshold == 0 else _when(item.days_left)
+        line = (
+            f"*`{account['name']}`* — {state} "
+            f"({slack_date(item.end_at.timestamp(), item.end_at.date().isoformat())})\n"
+            f"app `{account.get('app_id')}` · tenant `{account.get('tenant_id')}` · by <@{account.get('created_by')}>"
+        )
+        section = _section(line)
+        section["accessory"] = _renew_button(int(account["id"]), account["name"])
+        blocks.append(section)
+    return {"text": f"{len(items)} client secrets need renewing", "blocks": blocks[:50]}
+
+
+def renew_parent(*, name: str, requester: str, outcome: str | None = None) -> Payload:
+    text = f"Renewing the client secret of `{name}` — requested by <@{requester}>"
+    if outcome:
+        text += f"\n{outcome}"
+    return {"text": text, "blocks": [_section(text)]}
+
+
+def renewed_alert(*, name: str, by: str, end_ts: float, end_date: str, hint: str) -> Payload:
+    text = (
+        f":white_check_mark: *`{name}`* was renewed by <@{by}>; the new secret `{hint}…` expires "
+        f"{slack_date(end_ts, end_date)}; the old secret was removed."
+    )
+    return {"text": f"{name} renewed by <@{by}>", "blocks": [_section(text)]}
+
+
+# -- list and show -----------------------------------------------------------------------
+
+LIST_PER_SECTION = 12
+LIST_MAX_BLOCKS = 48
+
+
+def account_list(rows: list[dict[str, Any]]) -> Payload:
+    """Every managed account, soonest expiry first, packed into Block Kit's limits."""
+    if not rows:
+        return {
+            "text": "No managed service accounts yet.",
+            "blocks": [
+                _section(
+                    "No managed service accounts yet. Create one with `/veeam-sa create NAME`."
+                )
+            ],
+        }
+    icons = {
+        "valid": ":large_green_circle:",
+        "expiring": ":large_yellow_circle:",
+        "expired": ":red_circle:",
+        "none": ":white_circle:",
+    }
+    lines = []
+    for row in rows:
+        expiry = row.get("end_at")
+        when = (
+            f"{slack_date(row['end_ts'], expiry[:10])} ({_when(row['days_left'])})"
+            if expiry
+            else "no secret held"
+        )
+        subs = ", ".join(f"`{s}`" for s in row.get("subscriptions") or []) or "—"
+        lines.append(
+            f"{icons.get(row['status'], '')} *`{row['name']}`* · {row['status']} · "
+            f"secret `{row.get('hint') or '—'}…` {when}\n"
+            f"      tenant `{row.get('tenant_id')}` · subscriptions {subs}"
+        )
+    sections: list[list[str]] = []
+    chunk: list[str] = []
+    for line in lines:
+        if chunk and (
+            len(chunk) == LIST_PER_SECTION or len("\n".join([*chunk, line])) > MAX_SECTION_TEXT
+        ):
+            sections.append(chunk)
+            chunk = []
+        chunk.append(line)
+    if chunk:
+        sections.append(chunk)
+    shown_sections = sections[: LIST_MAX_BLOCKS - 2]
+    shown = sum(len(c) for c in shown_sections)
+    blocks: list[dict[str, Any]] = [
+        _section(f"*Managed service accounts* ({len(rows)}), soonest expiry first")
+    ]
+    blocks += [_section("\n".join(c)) for c in shown_sections]
+    if shown < len(lines):
+        blocks.append(
+            _context(
+                f"…and {len(lines) - shown} more not shown. Use `/veeam-sa show NAME` for one account."
+            )
+        )
+    return {"text": f"{len(rows)} managed service accounts", "blocks": blocks}
+
+
+def account_detail(account: dict[str, Any], history: list[dict[str, Any]]) -> Payload:
+    subs = account.get("subscriptions") or []
+    roles = account.get("roles") or {}
+    lines = [
+        f"*`{account['name']}`* — {account.get('status', account.get('state'))}",
+        f"Application (client) id `{account.get('app_id')}` · object id `{account.get('app_object_id')}`",
+        f"Tenant {account.get('tenant_name') or ''} `{account.get('tenant_id')}`",
+        f"Created by <@{account.get('created_by')}> on {str(account.get('created_at'))[:10]}",
+    ]
+    if account.get("end_at"):
+        lines.append(
+            f"Secret `{account.get('hint')}…` expires {slack_date(account['end_ts'], account['end_at'][:10])}"
+        )
+    if subs:
+        lines.append(
+            "Roles:\n" + "\n".join(f"• `{s}`: {', '.join(roles.get(s, []))}" for s in subs)
+        )
+    events = [
+        f"{r['at'][:16].replace('T', ' ')} · {r['action']} · {r['outcome']} · <@{r['actor']}>"
+        if r["actor"].startswith(("U", "W"))
+        else f"{r['at'][:16].replace('T', ' ')} · {r['action']} · {r['outcome']}"
+        for r in history[-20:]
+    ]
+    blocks = [_section("\n".join(lines))]
+    if events:
+        blocks.append(_section("*History*\n" + "\n".join(events)))
+    return {"text": f"Service account {account['name']}", "blocks": blocks}

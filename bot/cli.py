@@ -86,9 +86,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("run", help="run the bot (the default)")
+    sub.add_parser(
+        "doctor",
+        help="check the configuration and reach Slack, Microsoft and the appliance "
+        "(exit 0: all passed, 1: a check failed, 2: the configuration does not load)",
+    )
     args = parser.parse_args(argv)
     if args.command in (None, "run"):
         return run()
+    if args.command == "doctor":
+        from bot import doctor
+
+        return doctor.main()
     parser.error(f"unknown command {args.command}")
     return EXIT_CONFIG
 

@@ -96,6 +96,7 @@ class Config:
     allow_personal_accounts: bool = False
     workers: int = 8
     log_level: str = "INFO"
+    scan_minutes: int = 60
 
     @property
     def socket_mode(self) -> bool:
@@ -346,6 +347,7 @@ def load_config(
         raise ConfigError("SSL_CERT_FILE", f"names {cert_file!r}, which is not a readable file")
 
     workers = _int("VEEAM_SA_WORKERS", get("VEEAM_SA_WORKERS") or "8", 1, 64)
+    scan_minutes = _int("VEEAM_SA_SCAN_MINUTES", get("VEEAM_SA_SCAN_MINUTES") or "60", 1, 24 * 60)
     log_level = (get("VEEAM_SA_LOG_LEVEL") or "INFO").upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(
@@ -380,4 +382,5 @@ def load_config(
         ),
         workers=workers,
         log_level=log_level,
+        scan_minutes=scan_minutes,
     )

@@ -37,7 +37,7 @@ from storage import queries
 log = logging.getLogger(__name__)
 
 SIGN_IN_STATES = ("starting", "awaiting_sign_in")
-POST_SIGN_IN_STATES = ("signed_in", "checking", "blocked", "choosing", "provisioning")
+POST_SIGN_IN_STATES = ("signed_in", "checking", "blocked", "choosing", "provisioning", "renewing")
 CANCELLABLE_AFTER_SIGN_IN = ("signed_in", "blocked", "choosing")
 TRANSIENT_BACKOFF_CAP = 30.0
 
@@ -85,13 +85,18 @@ class CreateFlows:
     def save_data(self, flow_id: str, data: dict[str, Any]) -> None:
         queries.update_flow(self._db, flow_id, data=json.dumps(data, sort_keys=True))
 
-    def render_parent(
+    def parent_payload(
         self, flow: dict[str, Any], outcome: str | None = None, summary: list[str] | None = None
-    ) -> None:
-        if not flow.get("parent_ts"):
-            return
+    ) -> dict[str, Any] | None:
+        """The flow's parent message; None for a renewal that lives in an alert's thread."""
         data = self.data(flow)
-        payload = blocks.create_parent(
+        if flow["kind"] == "renew":
+            if not data.get("own_parent"):
+                return None
+            return blocks.renew_parent(
+                name=flow["name"], requester=flow["requester"], outcome=outcome
+            )
+        return blocks.create_parent(
             name=flow["name"],
             requester=flow["requester"],
             subscriptions=data.get("subscriptions", []),
@@ -100,7 +105,15 @@ class CreateFlows:
             outcome=outcome,
             summary=summary,
         )
-        self.notifier.update(flow["channel_id"], flow["parent_ts"], payload)
+
+    def render_parent(
+        self, flow: dict[str, Any], outcome: str | None = None, summary: list[str] | None = None
+    ) -> None:
+        if not flow.get("parent_ts"):
+            return
+        payload = self.parent_payload(flow, outcome, summary)
+        if payload is not None:
+            self.notifier.update(flow["channel_id"], flow["parent_ts"], payload)
 
     def set_step(
         self, flow_id: str, step: str, status: str, outcome: str | None = None
@@ -186,24 +199,16 @@ class CreateFlows:
         if flow.get("parent_ts"):  # resuming after a restart: the thread exists
             self._begin_sign_in(flow)
             return
-        data = self.data(flow)
+        payload = self.parent_payload(flow)
+        assert payload is not None
         try:
-            parent_ts = self.notifier.post(
-                flow["channel_id"],
-                blocks.create_parent(
-                    name=flow["name"],
-                    requester=flow["requester"],
-                    subscriptions=data.get("subscriptions", []),
-                    description=data.get("description"),
-                    steps=data.get("steps", {}),
-                ),
-            )
+            parent_ts = self.notifier.post(flow["channel_id"], payload)
         except SlackApiError as exc:
             error = exc.response.get("error")
             queries.transition_flow(
                 self._db, flow_id, ["starting"], "failed", error=f"slack:{error}"
             )
-            self.audit(flow, "create.failed", "slack_error", error=error)
+            self.audit(flow, f"{flow['kind']}.failed", "slack_error", error=error)
             hint = (
                 "Invite me to this channel (`/invite @veeam-sa`) and try again."
                 if error in ("not_in_channel", "channel_not_found", "is_archived")
@@ -255,6 +260,7 @@ class CreateFlows:
             expires_at=float(device["expires_at"]),
             flow_id=flow["id"],
             name=flow["name"],
+            purpose="renew" if flow["kind"] == "renew" else "create",
         )
         try:
             where = self.notifier.to_user(
@@ -519,6 +525,8 @@ class CreateFlows:
         return flow
 
     def _leftover_text(self, flow: dict[str, Any]) -> str:
+        if flow["kind"] != "create":
+            return "The current secret is unchanged."
         account = (
             queries.get_account_by_id(self._db, flow["account_id"])
             if flow.get("account_id")
@@ -547,8 +555,6 @@ class CreateFlows:
     def resume_all(self) -> None:
         """After a restart: poll again every unexpired sign-in; close the expired ones."""
         for flow in queries.open_flows(self._db):
-            if flow["kind"] != "create":
-                continue
             if flow["state"] == "starting":
                 self.services.workers.submit(self.start, flow["id"])
             elif flow["state"] == "awaiting_sign_in":

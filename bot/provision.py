@@ -435,7 +435,7 @@ class Provisioner:
             "account_id": account_id,
             "key_id": created["keyId"],
             "hint": created.get("hint") or "",
-            "end_at": _iso(created.get("endDateTime"))
+            "end_at": iso_utc(created.get("endDateTime"))
             or end.astimezone(UTC).isoformat(timespec="seconds"),
             "created_at": queries.utcnow_iso(now),
             "ciphertext": self.services.cipher.encrypt(created["secretText"]),
@@ -550,7 +550,7 @@ class Provisioner:
         return rolled, leftover
 
 
-def _iso(value: Any) -> str | None:
+def iso_utc(value: Any) -> str | None:
     if not value:
         return None
     try:

@@ -14,6 +14,7 @@ from bot.app import build_app
 from bot.config import Config
 from bot.crypto import load_or_create_key
 from bot.errors import VeeamSAError
+from bot.scheduler import start_scheduler
 from bot.server import Health, HttpServer
 from bot.services import Services, build_services
 from bot.slack import make_web_client
@@ -27,6 +28,7 @@ class Runtime:
     services: Services
     server: HttpServer
     socket_handler: Any = None
+    scheduler: Any = None
 
     @classmethod
     def start(cls, config: Config) -> Runtime:
@@ -64,10 +66,15 @@ class Runtime:
             socket_handler.connect()
             log.info("connected to Slack in Socket Mode")
         services.create.resume_all()
-        return cls(services=services, server=server, socket_handler=socket_handler)
+        scheduler = start_scheduler(services)
+        return cls(
+            services=services, server=server, socket_handler=socket_handler, scheduler=scheduler
+        )
 
     def stop(self) -> None:
         log.info("stopping")
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=False)
         if self.socket_handler is not None:
             try:
                 self.socket_handler.close()

@@ -23,6 +23,7 @@ from storage.db import Store
 if TYPE_CHECKING:
     from bot.create import CreateFlows
     from bot.provision import Provisioner
+    from bot.renew import Renewals
 
 
 def utcnow() -> datetime:
@@ -41,6 +42,7 @@ class Services:
     clock: Callable[[], datetime] = field(default=utcnow)
     create: CreateFlows = field(init=False)
     provision: Provisioner = field(init=False)
+    renew: Renewals = field(init=False)
 
 
 def make_http_client(config: Config) -> httpx.Client:
@@ -66,7 +68,8 @@ def build_services(
     from bot.create import CreateFlows
     from bot.notify import Notifier
     from bot.provision import Provisioner
-    from bot.signin import DeviceSignIn
+    from bot.renew import Renewals
+    from bot.signin import DeviceSignIn, Identity, Session
 
     http = http or make_http_client(config)
     services = Services(
@@ -81,5 +84,12 @@ def build_services(
     )
     services.create = CreateFlows(services, DeviceSignIn(config, http), Notifier(slack))
     services.provision = Provisioner(services.create)
-    services.create.on_signed_in = services.provision.on_signed_in
+    services.renew = Renewals(services.create)
+
+    def on_signed_in(flow_id: str, identity: Identity, session: Session) -> None:
+        flow = services.store.db.table("flows").get(flow_id)
+        target = services.renew if flow["kind"] == "renew" else services.provision
+        target.on_signed_in(flow_id, identity, session)
+
+    services.create.on_signed_in = on_signed_in
     return services

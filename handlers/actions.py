@@ -46,6 +46,38 @@ def register(app: App, services: Services) -> None:
         )
 
     register_create(app, services)
+    register_renew(app, services)
+
+
+def register_renew(app: App, services: Services) -> None:
+    @app.action(ids.ACTION_RENEW)
+    def on_renew(ack: Ack, body: dict[str, Any], action: dict[str, Any], respond: Respond) -> None:
+        ack()
+        user = (body.get("user") or {}).get("id", "")
+        container = body.get("container") or {}
+        try:
+            flow_id = services.renew.begin(
+                requester=user,
+                account_ref=str(action.get("value") or ""),
+                by_id=True,
+                channel_id=container.get("channel_id") or (body.get("channel") or {}).get("id"),
+                thread_ts=container.get("message_ts"),
+            )
+        except NotAuthorised as exc:
+            respond(
+                **blocks.refusal_message(exc.rule),
+                response_type="ephemeral",
+                replace_original=False,
+            )
+            return
+        except CommandError as exc:
+            respond(
+                **blocks.error_message(str(exc), with_help_hint=False),
+                response_type="ephemeral",
+                replace_original=False,
+            )
+            return
+        services.workers.submit(services.create.start, flow_id)
 
 
 def register_create(app: App, services: Services) -> None:

@@ -8,9 +8,11 @@ from typing import Any
 from slack_bolt import Ack, App
 
 from bot import blocks, ids
+from bot.accounts import account_view, account_views
 from bot.errors import CommandError, NotAuthorised
 from bot.grammar import parse
 from bot.services import Services
+from storage.queries import audit_rows
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +48,32 @@ def register(app: App, services: Services) -> None:
                     ack(**blocks.note("Cancelled: " + ", ".join(f"`{n}`" for n in names) + "."))
                 else:
                     ack(**blocks.note("You have nothing in progress to cancel."))
-            else:
-                ack(
-                    **blocks.error_message(f"`{parsed.verb}` is not available in this version yet.")
+            elif parsed.verb == "list":
+                views = account_views(services.store, services.clock(), services.config.warn_days)
+                ack(**blocks.account_list(views))
+            elif parsed.verb == "show":
+                assert parsed.name is not None
+                view = account_view(
+                    services.store, parsed.name, services.clock(), services.config.warn_days
                 )
+                if view is None:
+                    raise CommandError(f"There is no managed service account `{parsed.name}`.")
+                ack(
+                    **blocks.account_detail(
+                        view, audit_rows(services.store.db, target=view["name"])
+                    )
+                )
+            elif parsed.verb == "renew":
+                assert parsed.name is not None
+                flow_id = services.renew.begin(
+                    requester=user,
+                    account_ref=parsed.name,
+                    by_id=False,
+                    channel_id=command.get("channel_id", ""),
+                    thread_ts=None,
+                )
+                ack(**blocks.note(f"Renewing `{parsed.name}`: the sign-in code comes only to you."))
+                services.workers.submit(services.create.start, flow_id)
         except NotAuthorised as exc:
             ack(**blocks.refusal_message(exc.rule))
         except CommandError as exc:

@@ -7,7 +7,7 @@ from sqlite_utils import Database, Migrations
 migrations = Migrations("veeam-sa")
 
 #: Name of the newest migration: `doctor` reports a database short of it as out of date.
-LATEST = "m003_audit_append_only"
+LATEST = "m004_notice_digests_and_meta"
 
 
 @migrations()
@@ -126,3 +126,9 @@ def m003_audit_append_only(db: Database) -> None:
         "CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit "
         "BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END"
     )
+
+
+@migrations()
+def m004_notice_digests_and_meta(db: Database) -> None:
+    db.table("notices").add_column("digest", int, not_null_default=0)
+    db.table("meta").create({"key": str, "value": str}, pk="key")

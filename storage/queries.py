@@ -211,3 +211,53 @@ def active_secrets(db: Database, account_id: int) -> list[dict[str, Any]]:
 def set_secret_state(db: Database, secret_ids: Iterable[int], state: str) -> None:
     for secret_id in secret_ids:
         db.table("secrets").update(secret_id, {"state": state})
+
+
+# -- expiry notices ----------------------------------------------------------------------
+
+
+def first_notice(db: Database, secret_id: int) -> dict[str, Any] | None:
+    rows = list(
+        db.table("notices").rows_where(
+            "secret_id = ? AND ts IS NOT NULL", [secret_id], order_by="id", limit=1
+        )
+    )
+    return rows[0] if rows else None
+
+
+def claim_notice(db: Database, secret_id: int, threshold: int, channel: str, now: datetime) -> bool:
+    """Record that this warning is being posted; False when it already was (or is)."""
+    cursor = db.execute(
+        "INSERT OR IGNORE INTO notices (secret_id, threshold, posted_at, channel_id) VALUES (?, ?, ?, ?)",
+        [secret_id, threshold, utcnow_iso(now), channel],
+    )
+    return cursor.rowcount == 1
+
+
+def drop_notice(db: Database, secret_id: int, threshold: int) -> None:
+    db.execute("DELETE FROM notices WHERE secret_id = ? AND threshold = ?", [secret_id, threshold])
+
+
+def set_notice_ts(
+    db: Database, secret_id: int, threshold: int, ts: str, digest: bool = False
+) -> None:
+    db.execute(
+        "UPDATE notices SET ts = ?, digest = ? WHERE secret_id = ? AND threshold = ?",
+        [ts, int(digest), secret_id, threshold],
+    )
+
+
+def set_meta(db: Database, key: str, value: str) -> None:
+    db.table("meta").upsert({"key": key, "value": value}, pk="key")
+
+
+def get_meta(db: Database, key: str) -> str | None:
+    rows = list(db.table("meta").rows_where("key = ?", [key], limit=1))
+    return str(rows[0]["value"]) if rows else None
+
+
+def is_digest(db: Database, ts: str) -> bool:
+    return (
+        db.execute("SELECT 1 FROM notices WHERE ts = ? AND digest = 1 LIMIT 1", [ts]).fetchone()
+        is not None
+    )

@@ -1,0 +1,57 @@
+"""Read models of the managed accounts, for `list`, `show` and the renew checks."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+from bot.expiry import days_left, parse_time
+from storage import queries
+from storage.db import Store
+
+
+def _status(end: datetime | None, now: datetime, warn_days: tuple[int, ...]) -> str:
+    if end is None:
+        return "none"
+    if end <= now:
+        return "expired"
+    if end - now <= timedelta(days=max(warn_days)):
+        return "expiring"
+    return "valid"
+
+
+def _view(
+    account: dict[str, Any], secret: dict[str, Any] | None, now: datetime, warn: tuple[int, ...]
+) -> dict[str, Any]:
+    view = dict(account)
+    view["subscriptions"] = json.loads(account.get("subscriptions") or "[]")
+    view["roles"] = json.loads(account.get("roles") or "{}")
+    end = parse_time(secret["end_at"]) if secret else None
+    view["hint"] = secret.get("hint") if secret else None
+    view["end_at"] = secret["end_at"] if secret else None
+    view["end_ts"] = end.timestamp() if end else None
+    view["days_left"] = days_left(end, now) if end else None
+    view["status"] = _status(end, now, warn) if account["state"] == "active" else account["state"]
+    return view
+
+
+def account_views(store: Store, now: datetime, warn_days: tuple[int, ...]) -> list[dict[str, Any]]:
+    """Every managed account with its newest live secret, soonest expiry first."""
+    db = store.db
+    latest: dict[int, dict[str, Any]] = {}
+    for secret in db.table("secrets").rows_where("state = 'active'", order_by="end_at"):
+        latest[secret["account_id"]] = secret  # ordered by end_at: the last one wins
+    views = [_view(a, latest.get(a["id"]), now, warn_days) for a in queries.list_accounts(db)]
+    far = float("inf")
+    return sorted(views, key=lambda v: (v["end_ts"] if v["end_ts"] is not None else far, v["name"]))
+
+
+def account_view(
+    store: Store, name: str, now: datetime, warn_days: tuple[int, ...]
+) -> dict[str, Any] | None:
+    account = queries.get_account(store.db, name)
+    if account is None:
+        return None
+    secrets = queries.active_secrets(store.db, account["id"])
+    return _view(account, secrets[-1] if secrets else None, now, warn_days)

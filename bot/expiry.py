@@ -1,0 +1,293 @@
+"""Client-secret expiry: which warnings are due, and posting them.
+
+`scan()` is the scheduled job: a plain function of the database, the Slack client, the
+configuration and a clock. For every live secret it finds the most urgent threshold the
+secret has crossed (30, 14, 7, 1 days, or 0 = expired) and posts a warning only when that
+threshold is more urgent than any already announced for the secret. The notice row is
+written before the post (and removed if Slack refuses it), so a warning is announced at
+most once — across repeated scans, restarts and a second process — and a secret that
+crossed several thresholds while the bot was down gets one message, for the most urgent.
+
+Per channel, up to `DIGEST_AFTER` warnings are posted one by one; more become digests
+(one message listing many accounts, each with its Renew button). Posts to one channel are
+paced to Slack's one message per second.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+
+from bot import blocks
+from bot.config import Config
+from storage import queries
+from storage.db import Store
+
+log = logging.getLogger(__name__)
+
+DIGEST_AFTER = 5
+DIGEST_SIZE = 40  # accounts per digest message (Block Kit allows 50 blocks)
+CHANNEL_GAP_S = 1.0
+
+
+@dataclass
+class Due:
+    """A warning to post: one secret, the threshold it crossed, and what to say."""
+
+    secret_id: int
+    threshold: int
+    days_left: int
+    end_at: datetime
+    account: dict[str, Any]
+    hint: str
+    channel: str
+    first_notice: dict[str, Any] | None = None
+
+
+@dataclass
+class ScanResult:
+    due: list[Due] = field(default_factory=list)
+    posted: int = 0
+    digests: int = 0
+    failed: int = 0
+    decided_in: float = 0.0
+
+
+def crossed(end_at: datetime, now: datetime, warn_days: tuple[int, ...]) -> int | None:
+    """The most urgent threshold crossed: 0 when expired, else the smallest `d` with
+    `end_at - now <= d days`; None when no threshold is crossed yet."""
+    left = end_at - now
+    if left <= timedelta(0):
+        return 0
+    hits = [d for d in warn_days if left <= timedelta(days=d)]
+    return min(hits) if hits else None
+
+
+def days_left(end_at: datetime, now: datetime) -> int:
+    seconds = (end_at - now).total_seconds()
+    return int(seconds // 86400) if seconds >= 0 else -int((-seconds) // 86400) - 1
+
+
+def parse_time(value: str) -> datetime:
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def decide(store: Store, config: Config, now: datetime) -> list[Due]:
+    """Every warning that is due now (pure reading; posts nothing)."""
+    db = store.db
+    horizon = (
+        (now + timedelta(days=max(config.warn_days))).astimezone(UTC).isoformat(timespec="seconds")
+    )
+    rows = db.execute(
+        """
+        SELECT s.id AS secret_id, s.end_at, s.hint, a.*,
+               (SELECT MIN(n.threshold) FROM notices n WHERE n.secret_id = s.id) AS announced
+        FROM secrets s JOIN accounts a ON a.id = s.account_id
+        WHERE s.state = 'active' AND a.state = 'active' AND s.end_at <= ?
+        ORDER BY s.end_at
+        """,
+        [horizon],
+    )
+    columns = [c[0] for c in rows.description]
+    due: list[Due] = []
+    for values in rows.fetchall():
+        row = dict(zip(columns, values, strict=True))
+        end_at = parse_time(row["end_at"])
+        threshold = crossed(end_at, now, config.warn_days)
+        if threshold is None:
+            continue
+        announced = row.pop("announced")
+        if announced is not None and threshold >= announced:
+            continue
+        secret_id = row.pop("secret_id")
+        hint = row.pop("hint") or ""
+        row.pop("end_at")
+        due.append(
+            Due(
+                secret_id=secret_id,
+                threshold=threshold,
+                days_left=days_left(end_at, now),
+                end_at=end_at,
+                account=row,
+                hint=hint,
+                channel=config.alert_channel
+                or row.get("alert_channel_id")
+                or row.get("channel_id")
+                or "",
+            )
+        )
+    return due
+
+
+class Pacer:
+    """At most one post per channel per `gap` seconds."""
+
+    def __init__(
+        self, gap: float, sleep: Callable[[float], None], clock: Callable[[], float]
+    ) -> None:
+        self._gap = gap
+        self._sleep = sleep
+        self._clock = clock
+        self._last: dict[str, float] = {}
+
+    def wait(self, channel: str) -> None:
+        last = self._last.get(channel)
+        if last is not None:
+            pause = self._gap - (self._clock() - last)
+            if pause > 0:
+                self._sleep(pause)
+        self._last[channel] = self._clock()
+
+
+def scan(
+    store: Store,
+    slack: WebClient,
+    config: Config,
+    now: datetime,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    monotonic: Callable[[], float] = time.monotonic,
+    dry_run: bool = False,
+) -> ScanResult:
+    """The expiry job: decide what is due and post it (unless `dry_run`)."""
+    started = monotonic()
+    due = decide(store, config, now)
+    result = ScanResult(due=due, decided_in=monotonic() - started)
+    if dry_run or not due:
+        return result
+    db = store.db
+    for item in due:
+        item.first_notice = queries.first_notice(db, item.secret_id)
+    pacer = Pacer(CHANNEL_GAP_S, sleep, monotonic)
+    by_channel: dict[str, list[Due]] = defaultdict(list)
+    for item in due:
+        by_channel[item.channel].append(item)
+    for channel, items in by_channel.items():
+        fresh = [i for i in items if i.first_notice is None]
+        follow_ups = [i for i in items if i.first_notice is not None]
+        if len(fresh) > DIGEST_AFTER:
+            for start in range(0, len(fresh), DIGEST_SIZE):
+                _post_digest(
+                    store, slack, channel, fresh[start : start + DIGEST_SIZE], now, pacer, result
+                )
+        else:
+            for item in fresh:
+                _post_single(store, slack, item, now, pacer, result)
+        for item in follow_ups:
+            _post_follow_up(store, slack, item, now, pacer, result)
+    queries.set_meta(db, "last_scan_at", queries.utcnow_iso(now))
+    return result
+
+
+def _claim(store: Store, items: list[Due], channel: str, now: datetime) -> list[int]:
+    """Write the notice rows first; another scan that raced us finds them and stays quiet."""
+    db = store.db
+    claimed: list[int] = []
+    with db.atomic():
+        for item in items:
+            if queries.claim_notice(db, item.secret_id, item.threshold, channel, now):
+                claimed.append(item.secret_id)
+    return claimed
+
+
+def _release(store: Store, items: list[Due]) -> None:
+    db = store.db
+    with db.atomic():
+        for item in items:
+            queries.drop_notice(db, item.secret_id, item.threshold)
+
+
+def _post_single(
+    store: Store, slack: WebClient, item: Due, now: datetime, pacer: Pacer, result: ScanResult
+) -> None:
+    if not _claim(store, [item], item.channel, now):
+        return
+    pacer.wait(item.channel)
+    try:
+        response = slack.chat_postMessage(channel=item.channel, **blocks.expiry_warning(item, now))
+    except SlackApiError as exc:
+        log.warning(
+            "could not post the expiry warning for %s: %s",
+            item.account["name"],
+            exc.response.get("error"),
+        )
+        _release(store, [item])
+        result.failed += 1
+        return
+    queries.set_notice_ts(store.db, item.secret_id, item.threshold, str(response["ts"]))
+    result.posted += 1
+
+
+def _post_follow_up(
+    store: Store, slack: WebClient, item: Due, now: datetime, pacer: Pacer, result: ScanResult
+) -> None:
+    first = item.first_notice or {}
+    if not _claim(store, [item], first.get("channel_id") or item.channel, now):
+        return
+    channel = first.get("channel_id") or item.channel
+    pacer.wait(channel)
+    try:
+        response = slack.chat_postMessage(
+            channel=channel,
+            thread_ts=first.get("ts"),
+            **blocks.expiry_warning(item, now, follow_up=True),
+        )
+    except SlackApiError as exc:
+        log.warning(
+            "could not post the expiry follow-up for %s: %s",
+            item.account["name"],
+            exc.response.get("error"),
+        )
+        _release(store, [item])
+        result.failed += 1
+        return
+    queries.set_notice_ts(store.db, item.secret_id, item.threshold, str(response["ts"]))
+    result.posted += 1
+    if first.get("ts") and not first.get("digest"):
+        try:
+            slack.chat_update(channel=channel, ts=first["ts"], **blocks.expiry_warning(item, now))
+        except SlackApiError as exc:
+            log.info(
+                "could not update the first warning for %s: %s",
+                item.account["name"],
+                exc.response.get("error"),
+            )
+
+
+def _post_digest(
+    store: Store,
+    slack: WebClient,
+    channel: str,
+    items: list[Due],
+    now: datetime,
+    pacer: Pacer,
+    result: ScanResult,
+) -> None:
+    claimed = set(_claim(store, items, channel, now))
+    items = [i for i in items if i.secret_id in claimed]
+    if not items:
+        return
+    pacer.wait(channel)
+    try:
+        response = slack.chat_postMessage(channel=channel, **blocks.expiry_digest(items, now))
+    except SlackApiError as exc:
+        log.warning("could not post an expiry digest to %s: %s", channel, exc.response.get("error"))
+        _release(store, items)
+        result.failed += len(items)
+        return
+    with store.db.atomic():
+        for item in items:
+            queries.set_notice_ts(
+                store.db, item.secret_id, item.threshold, str(response["ts"]), digest=True
+            )
+    result.posted += 1
+    result.digests += 1

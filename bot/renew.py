@@ -1,0 +1,323 @@
+"""Renewal: a new client secret, handed over and proven, before the old one goes.
+
+    starting ─▶ awaiting_sign_in ─▶ signed_in ─▶ renewing ─▶ done
+                                                     └──────▶ failed (old secret kept)
+
+The person who clicked Renew (or ran `/veeam-sa renew NAME`) signs in with a device code —
+the same sign-in as `create`, code only to them, in the alert's thread. Then:
+
+1. add a new password (explicit end date; the row stores what Graph returned) and store it
+   encrypted at once, as `pending`;
+2. hand it to its consumer (the encrypted store; the appliance when configured);
+3. prove it: the client-credentials grant must return a token (retried briefly: a new
+   secret takes seconds to work);
+4. only then remove the old password(s), and make the new one `active`.
+
+Any failure before step 4 leaves the old secret in place and removes the unproven new one.
+One open renewal per account: a second click is told who is already renewing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from bot import blocks
+from bot.errors import CommandError, MicrosoftError, SignInError, VeeamSAError
+from bot.graph import GraphClient
+from bot.messages import microsoft_failure, sign_in_failure
+from bot.provision import crash_point, iso_utc
+from bot.signin import Identity, Session
+from storage import queries
+
+if TYPE_CHECKING:
+    from bot.create import CreateFlows
+
+log = logging.getLogger(__name__)
+
+#: How long to keep trying a new secret before calling it broken.
+PROOF_BUDGET_S = 60.0
+
+
+class SecretProofFailed(VeeamSAError):
+    """The new secret could not obtain a token."""
+
+
+class Renewals:
+    def __init__(self, flows: CreateFlows, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.flows = flows
+        self.services = flows.services
+        self.notifier = flows.notifier
+        self._sleep = sleep
+        self.proof_budget = PROOF_BUDGET_S
+
+    @property
+    def _db(self) -> Any:
+        return self.services.store.db
+
+    # -- begin (ack path: database only) ---------------------------------------------------
+
+    def begin(
+        self,
+        *,
+        requester: str,
+        account_ref: str,
+        by_id: bool,
+        channel_id: str | None,
+        thread_ts: str | None,
+    ) -> str:
+        """Record a renewal; raises `CommandError` / `NotAuthorised` with what to tell the user."""
+        self.services.authz.require_admin(requester)
+        db = self._db
+        with db.atomic():
+            if by_id:
+                account = (
+                    queries.get_account_by_id(db, int(account_ref))
+                    if account_ref.isdigit()
+                    else None
+                )
+                if account is not None and account["state"] != "active":
+                    account = None
+            else:
+                account = queries.get_account(db, account_ref)
+            if account is None or account["state"] != "active":
+                raise CommandError(
+                    f"There is no managed service account `{account_ref}`."
+                    if not by_id
+                    else "That account is not managed by this bot (any more)."
+                )
+            running = queries.open_flow_for_name(db, account["name"])
+            if running is not None:
+                who = running["requester"]
+                raise CommandError(
+                    f"<@{who}> is already {'renewing' if running['kind'] == 'renew' else 'working on'} "
+                    f"`{account['name']}`; wait for that to finish."
+                )
+            flow_id = uuid.uuid4().hex
+            now = queries.utcnow_iso(self.services.clock())
+            own_parent = thread_ts is None
+            digest = thread_ts is not None and queries.is_digest(db, thread_ts)
+            queries.insert_flow(
+                db,
+                {
+                    "id": flow_id,
+                    "kind": "renew",
+                    "state": "starting",
+                    "name": account["name"],
+                    "account_id": account["id"],
+                    "requester": requester,
+                    "channel_id": channel_id
+                    or account.get("alert_channel_id")
+                    or account.get("channel_id"),
+                    "parent_ts": thread_ts,
+                    "data": json.dumps(
+                        {
+                            "own_parent": own_parent,
+                            "alert_digest": digest,
+                            "steps": {"sign_in": "running"},
+                        }
+                    ),
+                    "created_at": now,
+                    "updated_at": now,
+                },
+            )
+            queries.add_audit(
+                db,
+                actor=requester,
+                action="renew.requested",
+                target=account["name"],
+                outcome="accepted",
+                detail={"flow": flow_id},
+            )
+        return flow_id
+
+    # -- after sign-in -----------------------------------------------------------------------
+
+    def on_signed_in(self, flow_id: str, identity: Identity, session: Session) -> None:
+        flow = queries.get_flow(self._db, flow_id)
+        if flow is None or not queries.transition_flow(
+            self._db, flow_id, ["signed_in"], "renewing"
+        ):
+            return
+        account = queries.get_account_by_id(self._db, flow["account_id"])
+        assert account is not None
+        try:
+            if identity.tenant_id.lower() != str(account["tenant_id"]).lower():
+                raise SignInError(
+                    "other",
+                    f"that account is in tenant {identity.tenant_id}; `{account['name']}` lives in tenant "
+                    f"{account['tenant_id']}. Sign in with an account of that tenant",
+                )
+            self._renew(flow, account, session)
+        except (MicrosoftError, SignInError, SecretProofFailed) as exc:
+            self._fail(flow, account, exc)
+
+    def _graph(self, session: Session) -> GraphClient:
+        config = self.services.config
+        signin = self.flows.signin
+        return GraphClient(
+            config.graph_url, self.services.http, lambda: signin.token(session, config.graph_scope)
+        )
+
+    def _renew(self, flow: dict[str, Any], account: dict[str, Any], session: Session) -> None:
+        graph = self._graph(session)
+        object_id = account["app_object_id"]
+        known = {
+            s["key_id"]
+            for s in self._db.table("secrets").rows_where("account_id = ?", [account["id"]])
+        }
+        old = queries.active_secrets(self._db, account["id"])
+        pending = list(
+            self._db.table("secrets").rows_where(
+                "account_id = ? AND state = 'pending'", [account["id"]]
+            )
+        )
+
+        if pending:  # resumed after a crash: the new secret exists and is stored
+            new = pending[-1]
+        else:
+            # 0. a password Graph issued before a crash but the bot never stored is unknowable
+            for key_id in graph.password_key_ids(object_id):
+                if key_id not in known:
+                    graph.remove_password(object_id, key_id)
+            # 1. add the new secret; store it encrypted before anything else
+            now = self.services.clock()
+            end = now + timedelta(days=self.services.config.secret_days)
+            created = graph.add_password(object_id, f"veeam-sa {now.date().isoformat()}", end)
+            end_at = iso_utc(created.get("endDateTime")) or end.astimezone(UTC).isoformat(
+                timespec="seconds"
+            )
+            new = {
+                "account_id": account["id"],
+                "key_id": created["keyId"],
+                "hint": created.get("hint") or "",
+                "end_at": end_at,
+                "created_at": queries.utcnow_iso(now),
+                "ciphertext": self.services.cipher.encrypt(created["secretText"]),
+                "state": "pending",
+            }
+            created.clear()
+            with self._db.atomic():
+                new["id"] = queries.insert_secret(self._db, new)
+                queries.add_audit(
+                    self._db,
+                    actor=flow["requester"],
+                    action="azure.secret",
+                    target=account["name"],
+                    outcome="created",
+                    detail={"flow": flow["id"], "key_id": new["key_id"], "end_at": end_at},
+                )
+        crash_point("after_new_secret")
+
+        # 2. hand-off: the encrypted store already holds it (the appliance comes here too).
+        # 3. prove it can obtain a token before the old one goes
+        try:
+            self._prove(account, self.services.cipher.decrypt(new["ciphertext"]))
+        except SecretProofFailed:
+            try:
+                graph.remove_password(object_id, new["key_id"])
+            except MicrosoftError:
+                log.warning("could not remove the unproven new secret of %s", account["name"])
+            queries.set_secret_state(self._db, [new["id"]], "retired")
+            raise
+
+        # 4. retire the old secret(s)
+        for secret in old:
+            graph.remove_password(object_id, secret["key_id"])
+        with self._db.atomic():
+            queries.set_secret_state(self._db, [s["id"] for s in old], "retired")
+            queries.set_secret_state(self._db, [new["id"]], "active")
+            queries.add_audit(
+                self._db,
+                actor=flow["requester"],
+                action="renew.completed",
+                target=account["name"],
+                outcome="ok",
+                detail={
+                    "flow": flow["id"],
+                    "new_key_id": new["key_id"],
+                    "removed": [s["key_id"] for s in old],
+                },
+            )
+            queries.transition_flow(self._db, flow["id"], ["renewing"], "done")
+        self.flows.drop_session(flow["id"])
+        end = datetime.fromisoformat(new["end_at"])
+        payload = blocks.renewed_alert(
+            name=account["name"],
+            by=flow["requester"],
+            end_ts=end.timestamp(),
+            end_date=end.date().isoformat(),
+            hint=new["hint"],
+        )
+        if flow.get("parent_ts") and not json.loads(flow.get("data") or "{}").get("alert_digest"):
+            self.notifier.update(flow["channel_id"], flow["parent_ts"], payload)
+        self.notifier.thread(
+            flow["channel_id"],
+            flow.get("parent_ts"),
+            blocks.note(
+                f":white_check_mark: Renewed. The new secret `{new['hint']}…` is in use; the old one is removed."
+            ),
+        )
+
+    def _prove(self, account: dict[str, Any], secret: str) -> None:
+        """The client-credentials grant with the new secret, retried while it propagates."""
+        config = self.services.config
+        url = f"{config.authority_host}/{account['tenant_id']}/oauth2/v2.0/token"
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": account["app_id"],
+            "client_secret": secret,
+            "scope": config.arm_scope,
+        }
+        deadline = time.monotonic() + self.proof_budget
+        delay = 1.0
+        last = "no answer"
+        while True:
+            try:
+                response = self.services.http.post(url, data=form)
+                if response.status_code == 200 and "access_token" in response.json():
+                    return
+                body = (
+                    response.json()
+                    if response.headers.get("content-type", "").startswith("application/json")
+                    else {}
+                )
+                codes = body.get("error_codes") or []
+                last = (
+                    f"{body.get('error', response.status_code)} (AADSTS{codes[0]})"
+                    if codes
+                    else str(body.get("error", response.status_code))
+                )
+            except (httpx.HTTPError, ValueError) as exc:
+                last = type(exc).__name__
+            if time.monotonic() + delay > deadline:
+                raise SecretProofFailed(f"the new secret could not obtain a token: {last}")
+            self._sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    def _fail(self, flow: dict[str, Any], account: dict[str, Any], error: VeeamSAError) -> None:
+        if isinstance(error, MicrosoftError):
+            reason = microsoft_failure(error)
+        elif isinstance(error, SignInError):
+            reason = sign_in_failure(error) if error.kind != "other" else str(error)
+        else:
+            reason = str(error)
+        queries.transition_flow(
+            self._db, flow["id"], ["renewing"], "failed", error=type(error).__name__
+        )
+        self.flows.drop_session(flow["id"])
+        self.flows.audit(flow, "renew.failed", "failed", reason=reason[:300])
+        self.notifier.thread(
+            flow["channel_id"],
+            flow.get("parent_ts"),
+            blocks.note(
+                f":x: Renewal of `{account['name']}` failed: {reason}\nThe old secret is still in place."
+            ),
+        )

@@ -1,0 +1,51 @@
+"""The scheduler: APScheduler 3.11 wiring for the expiry scan. Jobs themselves are plain
+functions (`bot.expiry.scan`); this module only decides when they run.
+
+One scheduler per database: two bot processes on one database would both post (the
+notice rows keep each warning to one post, but run one replica anyway).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from bot import expiry
+from bot.services import Services
+
+log = logging.getLogger(__name__)
+
+JOB_ID = "expiry-scan"
+
+
+def run_scan(services: Services) -> expiry.ScanResult:
+    result = expiry.scan(services.store, services.slack, services.config, services.clock())
+    log.info(
+        "expiry scan: %d due, %d posted (%d digests), %d failed, decided in %.3fs",
+        len(result.due),
+        result.posted,
+        result.digests,
+        result.failed,
+        result.decided_in,
+    )
+    return result
+
+
+def start_scheduler(services: Services) -> BackgroundScheduler:
+    scheduler = BackgroundScheduler(timezone=UTC)
+    scheduler.add_job(
+        run_scan,
+        "interval",
+        args=[services],
+        minutes=services.config.scan_minutes,
+        id=JOB_ID,
+        replace_existing=True,
+        next_run_time=datetime.now(UTC),  # once at start-up, then on the interval
+        misfire_grace_time=15 * 60,
+        coalesce=True,
+        max_instances=1,
+    )
+    scheduler.start()
+    return scheduler
