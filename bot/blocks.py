@@ -326,23 +326,37 @@ def expiry_warning(item: Any, now: Any, follow_up: bool = False) -> Payload:
     return {"text": text, "blocks": blocks}
 
 
+DIGEST_BUTTONS = 25  # an actions block holds at most 25 elements
+DIGEST_LINES = 10
+
+
 def expiry_digest(items: list[Any], now: Any) -> Payload:
-    """Many accounts due at once: one message, a line and a Renew button per account."""
+    """Many accounts due at once: one message, a line per account, and their Renew buttons
+    in groups of 25 (Block Kit's limit per actions block)."""
+    ordered = sorted(items, key=lambda i: i.end_at)
     blocks: list[dict[str, Any]] = [
         _section(f":warning: *{len(items)} client secrets need renewing.* Soonest first:")
     ]
-    for item in sorted(items, key=lambda i: i.end_at):
-        account = item.account
-        state = "*expired*" if item.threshold == 0 else _when(item.days_left)
-        line = (
-            f"*`{account['name']}`* — {state} "
-            f"({slack_date(item.end_at.timestamp(), item.end_at.date().isoformat())})\n"
-            f"app `{account.get('app_id')}` · tenant `{account.get('tenant_id')}` · by <@{account.get('created_by')}>"
+    for start in range(0, len(ordered), DIGEST_BUTTONS):
+        group = ordered[start : start + DIGEST_BUTTONS]
+        lines = []
+        for item in group:
+            account = item.account
+            state = "*expired*" if item.threshold == 0 else _when(item.days_left)
+            lines.append(
+                f"*`{account['name']}`* — {state} "
+                f"({slack_date(item.end_at.timestamp(), item.end_at.date().isoformat())}) · "
+                f"app `{account.get('app_id')}` · by <@{account.get('created_by')}>"
+            )
+        for first in range(0, len(lines), DIGEST_LINES):
+            blocks.append(_section("\n".join(lines[first : first + DIGEST_LINES])))
+        blocks.append(
+            {
+                "type": "actions",
+                "elements": [_renew_button(int(i.account["id"]), i.account["name"]) for i in group],
+            }
         )
-        section = _section(line)
-        section["accessory"] = _renew_button(int(account["id"]), account["name"])
-        blocks.append(section)
-    return {"text": f"{len(items)} client secrets need renewing", "blocks": blocks[:50]}
+    return {"text": f"{len(items)} client secrets need renewing", "blocks": blocks}
 
 
 def renew_parent(*, name: str, requester: str, outcome: str | None = None) -> Payload:

@@ -34,7 +34,7 @@ from storage.db import Store
 log = logging.getLogger(__name__)
 
 DIGEST_AFTER = 5
-DIGEST_SIZE = 40  # accounts per digest message (Block Kit allows 50 blocks)
+DIGEST_SIZE = 250  # accounts per digest message: 10 groups of 25 stay within 50 blocks
 CHANNEL_GAP_S = 1.0
 
 

@@ -1,0 +1,249 @@
+"""The expiry scan: called directly with a fixed clock against a real SQLite file."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+from slack_sdk import WebClient
+from slack_sdk.models.blocks import Block
+
+from bot import blocks, expiry
+from bot.accounts import account_views
+from bot.config import Config, load_config
+from bot.crypto import Cipher
+from storage import queries
+from storage.db import Store, open_store
+from tests.fakes.slack import BOT_TOKEN, SlackDouble
+
+NOW = datetime(2027, 3, 1, 12, 0, tzinfo=UTC)
+
+
+class Clock:
+    """Fake sleep/monotonic pair: records pauses instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+        self.pauses: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.pauses.append(seconds)
+        self.t += seconds
+
+    def monotonic(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = open_store(tmp_path / "veeam-sa.db")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def config(slack: SlackDouble, tmp_path: Path) -> Config:
+    return load_config(
+        {
+            "SLACK_BOT_TOKEN": BOT_TOKEN,
+            "SLACK_SIGNING_SECRET": "x",
+            "VEEAM_SA_ADMINS": "U0ADMIN",
+            "SLACK_API_URL": slack.api_url,
+            "VEEAM_SA_DB": str(tmp_path / "veeam-sa.db"),
+        },
+        dotenv=None,
+    )
+
+
+@pytest.fixture
+def client(slack: SlackDouble) -> WebClient:
+    return WebClient(token=BOT_TOKEN, base_url=slack.api_url)
+
+
+CIPHER = Cipher(Fernet.generate_key().decode())
+
+
+def add_account(store: Store, name: str, end: datetime, channel: str = "C0OPS") -> int:
+    db = store.db
+    account_id = queries.insert_account(
+        db,
+        {
+            "name": name,
+            "tenant_id": "7f3c1a52-0d1e-4b8e-9b1a-5e2c3d4f6a7b",
+            "tenant_name": "Contoso",
+            "app_object_id": f"obj-{name}",
+            "app_id": f"app-{name}",
+            "sp_id": f"sp-{name}",
+            "subscriptions": json.dumps(["3f2e1d0c-4b5a-4c6d-8e7f-9a0b1c2d3e4f"]),
+            "roles": json.dumps({"3f2e1d0c-4b5a-4c6d-8e7f-9a0b1c2d3e4f": ["Contributor"]}),
+            "created_by": "U0ADMIN",
+            "created_at": "2026-03-01T12:00:00+00:00",
+            "channel_id": channel,
+            "alert_channel_id": channel,
+            "state": "active",
+        },
+    )
+    queries.insert_secret(
+        db,
+        {
+            "account_id": account_id,
+            "key_id": f"key-{name}",
+            "hint": "abc",
+            "end_at": end.isoformat(timespec="seconds"),
+            "created_at": "2026-03-01T12:00:00+00:00",
+            "ciphertext": CIPHER.encrypt("s3cret"),
+            "state": "active",
+        },
+    )
+    return account_id
+
+
+def run(store: Store, client: WebClient, config: Config, now: datetime, clock: Clock | None = None) -> expiry.ScanResult:
+    clock = clock or Clock()
+    return expiry.scan(store, client, config, now, sleep=clock.sleep, monotonic=clock.monotonic)
+
+
+@pytest.mark.parametrize(
+    ("left", "expected"),
+    [
+        (timedelta(days=31), None),
+        (timedelta(days=30), 30),
+        (timedelta(days=29, hours=23), 30),
+        (timedelta(days=14), 14),
+        (timedelta(days=5), 7),
+        (timedelta(hours=20), 1),
+        (timedelta(seconds=0), 0),
+        (timedelta(days=-3), 0),
+    ],
+)
+def test_threshold_crossed(left: timedelta, expected: int | None) -> None:
+    assert expiry.crossed(NOW + left, NOW, (30, 14, 7, 1)) == expected
+
+
+def test_one_warning_per_threshold_in_one_thread(
+    store: Store, client: WebClient, config: Config, slack: SlackDouble
+) -> None:
+    end = NOW + timedelta(days=31)
+    add_account(store, "prod", end)
+    assert run(store, client, config, NOW).posted == 0
+    assert slack.calls_to("chat.postMessage") == []
+
+    posted = []
+    for days in (30, 14, 7, 1):
+        now = end - timedelta(days=days)
+        assert run(store, client, config, now).posted == 1
+        assert run(store, client, config, now + timedelta(hours=1)).posted == 0  # a second scan: quiet
+        posted.append(days)
+    assert run(store, client, config, end + timedelta(minutes=1)).posted == 1  # expired
+
+    posts = slack.calls_to("chat.postMessage")
+    assert len(posts) == 5
+    first = posts[0]
+    assert first.args.get("thread_ts") is None
+    assert "expires in 30 days" in first.args["text"]
+    parent_ts = first.response["ts"]
+    assert all(p.args.get("thread_ts") == parent_ts for p in posts[1:])
+    assert "has expired" in posts[-1].args["text"]
+    # the parent always shows the latest state, with its Renew button
+    parent = slack.message("C0OPS", parent_ts)
+    assert "has expired" in parent["text"]
+    assert any(b["type"] == "actions" for b in parent["blocks"])
+    text = json.dumps(first.args["blocks"])
+    assert "app-prod" in text and "7f3c1a52-0d1e-4b8e-9b1a-5e2c3d4f6a7b" in text and "<@U0ADMIN>" in text
+
+
+def test_a_new_process_posts_nothing_new(store: Store, client: WebClient, config: Config, slack: SlackDouble) -> None:
+    add_account(store, "prod", NOW + timedelta(days=10))
+    assert run(store, client, config, NOW).posted == 1
+    fresh = Store(store.path)  # another process's view of the same file
+    try:
+        assert run(fresh, client, config, NOW).posted == 0
+    finally:
+        fresh.close()
+    assert len(slack.calls_to("chat.postMessage")) == 1
+
+
+def test_first_seen_at_five_days_gets_only_the_seven_day_warning(
+    store: Store, client: WebClient, config: Config, slack: SlackDouble
+) -> None:
+    add_account(store, "late", NOW + timedelta(days=5))
+    result = run(store, client, config, NOW)
+    assert [d.threshold for d in result.due] == [7]
+    assert result.posted == 1
+    assert run(store, client, config, NOW + timedelta(days=1)).posted == 0  # 4 days left: still the 7
+    assert run(store, client, config, NOW + timedelta(days=4, hours=1)).posted == 1  # 1-day warning
+
+
+def test_fifty_due_in_one_channel_make_a_digest(
+    store: Store, client: WebClient, config: Config, slack: SlackDouble
+) -> None:
+    for n in range(50):
+        add_account(store, f"acct-{n:02d}", NOW + timedelta(days=3, minutes=n))
+    result = run(store, client, config, NOW)
+    assert result.digests == 1 and result.posted == 1
+    posts = slack.calls_to("chat.postMessage")
+    assert len(posts) == 1
+    digest = posts[0].args["blocks"]
+    buttons = [e for b in digest if b["type"] == "actions" for e in b["elements"]]
+    assert len(buttons) == 50
+    assert {b["value"] for b in buttons} == {str(a["id"]) for a in store.db.table("accounts").rows}
+    [b.to_dict() for b in Block.parse_all(digest)]
+    assert run(store, client, config, NOW + timedelta(hours=1)).posted == 0
+
+
+def test_posts_to_one_channel_are_paced(store: Store, client: WebClient, config: Config) -> None:
+    for n in range(4):
+        add_account(store, f"acct-{n}", NOW + timedelta(days=2, minutes=n))
+    add_account(store, "elsewhere", NOW + timedelta(days=2), channel="C0OTHER")
+    clock = Clock()
+    assert run(store, client, config, NOW, clock).posted == 5
+    assert len(clock.pauses) == 3  # between the four posts to C0OPS; none for C0OTHER
+    assert all(p >= expiry.CHANNEL_GAP_S - 1e-9 for p in clock.pauses)
+
+
+def test_slack_failure_is_retried_next_scan(
+    store: Store, client: WebClient, config: Config, slack: SlackDouble
+) -> None:
+    add_account(store, "prod", NOW + timedelta(days=6))
+    slack.fail("chat.postMessage", error="channel_not_found")
+    result = run(store, client, config, NOW)
+    assert (result.posted, result.failed) == (0, 1)
+    assert run(store, client, config, NOW + timedelta(hours=1)).posted == 1
+
+
+def test_alert_channel_setting_wins(store: Store, client: WebClient, config: Config, slack: SlackDouble) -> None:
+    add_account(store, "prod", NOW + timedelta(days=6), channel="C0CREATE")
+    cfg = Config(**{**config.__dict__, "alert_channel": "C0ALERTS"})
+    run(store, client, cfg, NOW)
+    assert slack.calls_to("chat.postMessage")[0].args["channel"] == "C0ALERTS"
+
+
+def test_retired_secrets_and_far_expiries_are_ignored(store: Store, client: WebClient, config: Config) -> None:
+    add_account(store, "far", NOW + timedelta(days=300))
+    retired = add_account(store, "old", NOW - timedelta(days=1))
+    queries.set_secret_state(store.db, [s["id"] for s in queries.active_secrets(store.db, retired)], "retired")
+    assert run(store, client, config, NOW).due == []
+
+
+@pytest.mark.parametrize("count", [0, 1, 500])
+def test_list_renders_within_block_kit_limits(store: Store, count: int) -> None:
+    for n in range(count):
+        add_account(store, f"account-with-a-long-name-{n:04d}", NOW + timedelta(days=n % 400 - 20))
+    views = account_views(store, NOW, (30, 14, 7, 1))
+    payload = blocks.account_list(views)
+    parsed = [b.to_dict() for b in Block.parse_all(payload["blocks"])]
+    assert len(parsed) <= 50
+    assert all(len(b.get("text", {}).get("text", "")) <= 3000 for b in parsed)
+    if count == 500:
+        text = json.dumps(parsed)
+        shown = text.count("account-with-a-long-name-")
+        assert shown == 500 or f"and {500 - shown} more not shown" in text
+        # soonest first: the expired ones lead
+        first_section = parsed[1]["text"]["text"]
+        assert "expired" in first_section
+    if count == 0:
+        assert "No managed service accounts" in payload["text"]
