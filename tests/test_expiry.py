@@ -102,7 +102,9 @@ def add_account(store: Store, name: str, end: datetime, channel: str = "C0OPS") 
     return account_id
 
 
-def run(store: Store, client: WebClient, config: Config, now: datetime, clock: Clock | None = None) -> expiry.ScanResult:
+def run(
+    store: Store, client: WebClient, config: Config, now: datetime, clock: Clock | None = None
+) -> expiry.ScanResult:
     clock = clock or Clock()
     return expiry.scan(store, client, config, now, sleep=clock.sleep, monotonic=clock.monotonic)
 
@@ -136,7 +138,9 @@ def test_one_warning_per_threshold_in_one_thread(
     for days in (30, 14, 7, 1):
         now = end - timedelta(days=days)
         assert run(store, client, config, now).posted == 1
-        assert run(store, client, config, now + timedelta(hours=1)).posted == 0  # a second scan: quiet
+        assert (
+            run(store, client, config, now + timedelta(hours=1)).posted == 0
+        )  # a second scan: quiet
         posted.append(days)
     assert run(store, client, config, end + timedelta(minutes=1)).posted == 1  # expired
 
@@ -153,10 +157,16 @@ def test_one_warning_per_threshold_in_one_thread(
     assert "has expired" in parent["text"]
     assert any(b["type"] == "actions" for b in parent["blocks"])
     text = json.dumps(first.args["blocks"])
-    assert "app-prod" in text and "7f3c1a52-0d1e-4b8e-9b1a-5e2c3d4f6a7b" in text and "<@U0ADMIN>" in text
+    assert (
+        "app-prod" in text
+        and "7f3c1a52-0d1e-4b8e-9b1a-5e2c3d4f6a7b" in text
+        and "<@U0ADMIN>" in text
+    )
 
 
-def test_a_new_process_posts_nothing_new(store: Store, client: WebClient, config: Config, slack: SlackDouble) -> None:
+def test_a_new_process_posts_nothing_new(
+    store: Store, client: WebClient, config: Config, slack: SlackDouble
+) -> None:
     add_account(store, "prod", NOW + timedelta(days=10))
     assert run(store, client, config, NOW).posted == 1
     fresh = Store(store.path)  # another process's view of the same file
@@ -174,7 +184,9 @@ def test_first_seen_at_five_days_gets_only_the_seven_day_warning(
     result = run(store, client, config, NOW)
     assert [d.threshold for d in result.due] == [7]
     assert result.posted == 1
-    assert run(store, client, config, NOW + timedelta(days=1)).posted == 0  # 4 days left: still the 7
+    assert (
+        run(store, client, config, NOW + timedelta(days=1)).posted == 0
+    )  # 4 days left: still the 7
     assert run(store, client, config, NOW + timedelta(days=4, hours=1)).posted == 1  # 1-day warning
 
 
@@ -215,17 +227,23 @@ def test_slack_failure_is_retried_next_scan(
     assert run(store, client, config, NOW + timedelta(hours=1)).posted == 1
 
 
-def test_alert_channel_setting_wins(store: Store, client: WebClient, config: Config, slack: SlackDouble) -> None:
+def test_alert_channel_setting_wins(
+    store: Store, client: WebClient, config: Config, slack: SlackDouble
+) -> None:
     add_account(store, "prod", NOW + timedelta(days=6), channel="C0CREATE")
     cfg = Config(**{**config.__dict__, "alert_channel": "C0ALERTS"})
     run(store, client, cfg, NOW)
     assert slack.calls_to("chat.postMessage")[0].args["channel"] == "C0ALERTS"
 
 
-def test_retired_secrets_and_far_expiries_are_ignored(store: Store, client: WebClient, config: Config) -> None:
+def test_retired_secrets_and_far_expiries_are_ignored(
+    store: Store, client: WebClient, config: Config
+) -> None:
     add_account(store, "far", NOW + timedelta(days=300))
     retired = add_account(store, "old", NOW - timedelta(days=1))
-    queries.set_secret_state(store.db, [s["id"] for s in queries.active_secrets(store.db, retired)], "retired")
+    queries.set_secret_state(
+        store.db, [s["id"] for s in queries.active_secrets(store.db, retired)], "retired"
+    )
     assert run(store, client, config, NOW).due == []
 
 
