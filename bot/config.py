@@ -97,6 +97,7 @@ class Config:
     workers: int = 8
     log_level: str = "INFO"
     scan_minutes: int = 60
+    log_format: str = "text"
 
     @property
     def socket_mode(self) -> bool:
@@ -347,6 +348,9 @@ def load_config(
         raise ConfigError("SSL_CERT_FILE", f"names {cert_file!r}, which is not a readable file")
 
     workers = _int("VEEAM_SA_WORKERS", get("VEEAM_SA_WORKERS") or "8", 1, 64)
+    log_format = (get("VEEAM_SA_LOG_FORMAT") or "text").lower()
+    if log_format not in ("text", "json"):
+        raise ConfigError("VEEAM_SA_LOG_FORMAT", f"must be text or json (got {log_format!r})")
     scan_minutes = _int("VEEAM_SA_SCAN_MINUTES", get("VEEAM_SA_SCAN_MINUTES") or "60", 1, 24 * 60)
     log_level = (get("VEEAM_SA_LOG_LEVEL") or "INFO").upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -383,4 +387,5 @@ def load_config(
         workers=workers,
         log_level=log_level,
         scan_minutes=scan_minutes,
+        log_format=log_format,
     )

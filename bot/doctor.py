@@ -118,6 +118,7 @@ SETTINGS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "workers": ("VEEAM_SA_WORKERS", _plain),
     "scan_minutes": ("VEEAM_SA_SCAN_MINUTES", _plain),
     "log_level": ("VEEAM_SA_LOG_LEVEL", _plain),
+    "log_format": ("VEEAM_SA_LOG_FORMAT", _plain),
 }
 
 

@@ -30,6 +30,7 @@ from bot import blocks
 from bot.arm import ArmClient, assignment_name
 from bot.errors import MicrosoftError, NotAuthorised, SignInError, VeeamSAError
 from bot.graph import GraphClient
+from bot.logs import register_secret_value as register
 from bot.messages import microsoft_failure, sign_in_failure
 from bot.signin import Identity, Session
 from storage import queries
@@ -438,7 +439,7 @@ class Provisioner:
             "end_at": iso_utc(created.get("endDateTime"))
             or end.astimezone(UTC).isoformat(timespec="seconds"),
             "created_at": queries.utcnow_iso(now),
-            "ciphertext": self.services.cipher.encrypt(created["secretText"]),
+            "ciphertext": self.services.cipher.encrypt(register(created["secretText"])),
             "state": "active",
         }
         created.clear()  # drop the plaintext as early as possible

@@ -32,6 +32,7 @@ import httpx
 from bot import blocks
 from bot.errors import CommandError, MicrosoftError, SignInError, VeeamSAError
 from bot.graph import GraphClient
+from bot.logs import register_secret_value as register
 from bot.messages import microsoft_failure, sign_in_failure
 from bot.provision import crash_point, iso_utc
 from bot.signin import Identity, Session
@@ -200,7 +201,7 @@ class Renewals:
                 "hint": created.get("hint") or "",
                 "end_at": end_at,
                 "created_at": queries.utcnow_iso(now),
-                "ciphertext": self.services.cipher.encrypt(created["secretText"]),
+                "ciphertext": self.services.cipher.encrypt(register(created["secretText"])),
                 "state": "pending",
             }
             created.clear()

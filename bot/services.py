@@ -51,7 +51,7 @@ def make_http_client(config: Config) -> httpx.Client:
         verify=config.ssl_context(),
         timeout=httpx.Timeout(20.0, connect=10.0),
         limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
-        trust_env=False,
+        trust_env=True,  # HTTPS_PROXY / NO_PROXY; the CA bundle still comes from `verify`
     )
 
 

@@ -14,7 +14,18 @@ from tests.harness import Bot, bot_env
 @pytest.fixture(autouse=True)
 def _no_ambient_ca_bundles(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests trust only what they configure: never this machine's CA bundle variables."""
-    for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_DIR"):
+    for name in (
+        "SSL_CERT_FILE",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+        "SSL_CERT_DIR",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 

@@ -1,0 +1,146 @@
+"""Logging: readable text or JSON lines, and a redaction filter on every record.
+
+The filter sits on the handler, so it sees records from every library (MSAL, httpx,
+slack_sdk, Bolt) as well as the bot's own. It masks:
+
+- values the bot knows are secret (tokens, signing secret, encryption key, passwords),
+  registered with `register_secret`, and every client secret the bot handles;
+- anything shaped like a bearer token, a Slack token, a JWT, an Entra client secret
+  (`…Q~…`), a Fernet token, or a long opaque string such as a device code;
+- the value of any `key=value` / `"key": "value"` pair whose key names a secret.
+
+Exception text is scrubbed the same way before it is written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import threading
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+MASK = "[redacted]"
+
+_PATTERNS = [
+    re.compile(r"\bxox[abposr]-[A-Za-z0-9-]+"),  # Slack bot/user tokens
+    re.compile(r"\bxapp-[A-Za-z0-9-]+"),  # Slack app-level tokens
+    re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*"),  # JWTs (access/id tokens)
+    re.compile(r"\bgAAAAA[A-Za-z0-9_=-]{40,}"),  # Fernet tokens (encrypted values)
+    re.compile(r"[A-Za-z0-9_.-]{3}\dQ~[A-Za-z0-9_.~-]{30,}"),  # Entra client secrets
+    re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{8,}"),
+    re.compile(r"\b[A-Za-z0-9_-]{48,}\b"),  # long opaque strings: device codes, refresh tokens
+]
+_KEYED = re.compile(
+    r"""(?ix)
+    (["']?(?:client_secret|secret(?:text)?|password|passwd|refresh_token|access_token|id_token
+         |device_code|user_code|token|assertion|authorization|signing_secret|encryption_key)["']?
+     \s*[:=]\s*["']?)
+    ([^"'\s,&}]+)
+    """
+)
+
+_known: set[str] = set()
+_known_lock = threading.Lock()
+_known_re: re.Pattern[str] | None = None
+
+
+def register_secret(value: str | None) -> None:
+    """Mask this exact value wherever it appears in a log record from now on."""
+    global _known_re
+    if not value or len(value) < 6:
+        return
+    with _known_lock:
+        if value in _known:
+            return
+        _known.add(value)
+        _known_re = re.compile(
+            "|".join(re.escape(v) for v in sorted(_known, key=len, reverse=True))
+        )
+
+
+def register_secret_value(value: str) -> str:
+    """`register_secret`, returning the value: `encrypt(register(secret_text))`."""
+    register_secret(value)
+    return value
+
+
+def redact(text: str) -> str:
+    known = _known_re
+    if known is not None:
+        text = known.sub(MASK, text)
+    text = _KEYED.sub(lambda m: m.group(1) + MASK, text)
+    for pattern in _PATTERNS:
+        text = pattern.sub(MASK, text)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a broken format string must not lose the record
+            message = str(record.msg)
+        record.msg = redact(message)
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        record.exc_info = None
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        for key in ("flow", "user", "account", "correlation_id"):
+            value = getattr(record, key, None)
+            if isinstance(value, str):
+                setattr(record, key, redact(value))
+        return True
+
+
+_EXTRA = ("flow", "user", "account", "correlation_id", "step")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in _EXTRA:
+            value = getattr(record, key, None)
+            if value is not None:
+                entry[key] = value
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        return json.dumps(entry, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        extras = [
+            f"{k}={getattr(record, k)}" for k in _EXTRA if getattr(record, k, None) is not None
+        ]
+        return f"{text} [{' '.join(extras)}]" if extras else text
+
+
+def setup_logging(
+    level: str = "INFO", fmt: str = "text", stream: TextIO | None = None
+) -> logging.Handler:
+    """Replace the root handlers with one redacting handler; returns it."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.addFilter(RedactingFilter())
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(getattr(logging, level, logging.INFO))
+    return handler
