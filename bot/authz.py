@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 
 RULE_ADMINS = "only the bot's admins (VEEAM_SA_ADMINS) may do this"
 RULE_REQUESTER = "only the person who started this, or an admin, may do this"
+RULE_REQUESTER_ONLY = "only the person who started this creation may choose its subscriptions"
+
+#: Called on every refusal: (Slack user, action, target, rule). Writes the audit row.
+RefusalHook = Callable[[str, str, "str | None", str], object]
 
 
 class Authorizer:
@@ -31,7 +35,11 @@ class Authorizer:
         *,
         ttl: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        on_refusal: RefusalHook | None = None,
+        list_for_everyone: bool = False,
     ) -> None:
+        self._on_refusal = on_refusal
+        self.list_for_everyone = list_for_everyone
         admins = tuple(admins)
         self._users = frozenset(a for a in admins if not a.startswith("S"))
         self._groups = tuple(a for a in admins if a.startswith("S"))
@@ -68,12 +76,37 @@ class Authorizer:
             return True
         return any(user_id in self._members(group) for group in self._groups)
 
-    def require_admin(self, user_id: str) -> None:
-        if not self.is_admin(user_id):
-            raise NotAuthorised(RULE_ADMINS)
+    def refuse(self, user_id: str, rule: str, action: str, target: str | None) -> NotAuthorised:
+        """Record the refusal (audit) and return the error to raise."""
+        if self._on_refusal is not None:
+            try:
+                self._on_refusal(user_id, action, target, rule)
+            except Exception:  # noqa: BLE001 - a refusal must still be a refusal
+                log.warning(
+                    "could not audit a refusal of %s for %s", user_id, action, exc_info=True
+                )
+        return NotAuthorised(rule)
 
-    def require_requester_or_admin(self, user_id: str, requester: str) -> None:
+    def require_admin(
+        self, user_id: str, action: str = "command", target: str | None = None
+    ) -> None:
+        if not self.is_admin(user_id):
+            raise self.refuse(user_id, RULE_ADMINS, action, target)
+
+    def require_lister(self, user_id: str) -> None:
+        if not self.list_for_everyone:
+            self.require_admin(user_id, "list")
+
+    def require_requester_or_admin(
+        self, user_id: str, requester: str, action: str = "flow", target: str | None = None
+    ) -> None:
         if user_id and user_id == requester:
             return
         if not self.is_admin(user_id):
-            raise NotAuthorised(RULE_REQUESTER)
+            raise self.refuse(user_id, RULE_REQUESTER, action, target)
+
+    def require_requester(
+        self, user_id: str, requester: str, action: str, target: str | None
+    ) -> None:
+        if not user_id or user_id != requester:
+            raise self.refuse(user_id, RULE_REQUESTER_ONLY, action, target)

@@ -98,6 +98,8 @@ class Config:
     log_level: str = "INFO"
     scan_minutes: int = 60
     log_format: str = "text"
+    list_for_everyone: bool = False
+    require_email_match: bool = False
 
     @property
     def socket_mode(self) -> bool:
@@ -388,4 +390,10 @@ def load_config(
         log_level=log_level,
         scan_minutes=scan_minutes,
         log_format=log_format,
+        list_for_everyone=_bool(
+            "VEEAM_SA_LIST_FOR_EVERYONE", get("VEEAM_SA_LIST_FOR_EVERYONE") or "false"
+        ),
+        require_email_match=_bool(
+            "VEEAM_SA_REQUIRE_EMAIL_MATCH", get("VEEAM_SA_REQUIRE_EMAIL_MATCH") or "false"
+        ),
     )

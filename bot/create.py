@@ -366,6 +366,17 @@ class CreateFlows:
                 who=f"{identity.name} ({identity.upn})",
             )
             return
+        if self.services.config.require_email_match:
+            email = self._slack_email(flow["requester"])
+            if not email or email.lower() != identity.upn.lower():
+                self.fail(
+                    flow_id,
+                    SignInError(
+                        "email_mismatch", "signed-in account does not match the Slack profile"
+                    ),
+                    who=f"{identity.upn} (your Slack email is {email or 'not visible to the bot'})",
+                )
+                return
         tenant_name = self._tenant_name(session)
         identity.tenant_name = tenant_name
         data = self.data(flow)
@@ -408,6 +419,17 @@ class CreateFlows:
         self.render_parent(flow)
         if self.on_signed_in is not None:
             self.on_signed_in(flow_id, identity, session)
+
+    def _slack_email(self, user: str) -> str | None:
+        try:
+            profile = self.services.slack.users_info(user=user)["user"].get("profile") or {}
+        except SlackApiError as exc:
+            log.warning(
+                "could not read the Slack profile of %s: %s", user, exc.response.get("error")
+            )
+            return None
+        email = profile.get("email")
+        return str(email) if email else None
 
     def _tenant_name(self, session: Session) -> str | None:
         """The tenant's display name from Graph; None when it can't be read (not fatal)."""
@@ -494,7 +516,9 @@ class CreateFlows:
         flow = queries.get_flow(self._db, flow_id)
         if flow is None:
             raise CommandError("That flow does not exist (any more).")
-        self.services.authz.require_requester_or_admin(by, flow["requester"])
+        self.services.authz.require_requester_or_admin(
+            by, flow["requester"], "cancel", flow["name"]
+        )
         if not queries.transition_flow(
             self._db,
             flow_id,

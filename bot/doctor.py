@@ -42,6 +42,7 @@ MANIFEST_BOT_SCOPES: tuple[str, ...] = (
     "chat:write.public",
     "im:write",
     "users:read",
+    "users:read.email",
     "usergroups:read",
 )
 MANIFEST_PATH = Path(__file__).resolve().parent.parent / "manifest.yml"
@@ -119,6 +120,8 @@ SETTINGS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "scan_minutes": ("VEEAM_SA_SCAN_MINUTES", _plain),
     "log_level": ("VEEAM_SA_LOG_LEVEL", _plain),
     "log_format": ("VEEAM_SA_LOG_FORMAT", _plain),
+    "list_for_everyone": ("VEEAM_SA_LIST_FOR_EVERYONE", lambda v: "true" if v else "false"),
+    "require_email_match": ("VEEAM_SA_REQUIRE_EMAIL_MATCH", lambda v: "true" if v else "false"),
 }
 
 

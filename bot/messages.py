@@ -39,6 +39,8 @@ SIGN_IN_ADVICE: dict[str, str] = {
     "personal": "That is a personal Microsoft account. Veeam Backup for Microsoft Azure needs a "
     "work or school account of the tenant that holds your subscriptions: sign in with one of those.",
     "cancelled": "The sign-in was cancelled.",
+    "email_mismatch": "The account that signed in is not yours: VEEAM_SA_REQUIRE_EMAIL_MATCH requires the "
+    "Microsoft sign-in name to equal your Slack profile's email. Nothing was changed; sign in as yourself.",
     "no_session": "The sign-in session was lost (the bot restarted). Run the command again.",
 }
 

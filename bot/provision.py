@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from bot import blocks
 from bot.arm import ArmClient, assignment_name
-from bot.errors import MicrosoftError, NotAuthorised, SignInError, VeeamSAError
+from bot.errors import MicrosoftError, SignInError, VeeamSAError
 from bot.graph import GraphClient
 from bot.logs import register_secret_value as register
 from bot.messages import microsoft_failure, sign_in_failure
@@ -128,7 +128,9 @@ class Provisioner:
 
     def recheck(self, flow_id: str, user: str) -> None:
         flow = self._flow(flow_id)
-        self.services.authz.require_requester_or_admin(user, flow["requester"])
+        self.services.authz.require_requester_or_admin(
+            user, flow["requester"], "recheck", flow["name"]
+        )
         if flow["state"] != "blocked":
             return
         self.services.workers.submit(self.check, flow_id)
@@ -138,10 +140,7 @@ class Provisioner:
         flow = queries.get_flow(self._db, flow_id)
         if flow is None:
             return "That creation does not exist (any more)."
-        if user != flow["requester"]:
-            raise NotAuthorised(
-                "only the person who started this creation may choose its subscriptions"
-            )
+        self.services.authz.require_requester(user, flow["requester"], "choose", flow["name"])
         if flow["state"] != "choosing":
             return f"The creation of `{flow['name']}` is {flow['state']}; nothing to choose."
         data = self.flows.data(flow)

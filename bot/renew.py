@@ -75,7 +75,7 @@ class Renewals:
         thread_ts: str | None,
     ) -> str:
         """Record a renewal; raises `CommandError` / `NotAuthorised` with what to tell the user."""
-        self.services.authz.require_admin(requester)
+        self.services.authz.require_admin(requester, "renew", account_ref or None)
         db = self._db
         with db.atomic():
             if by_id:

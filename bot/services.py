@@ -18,6 +18,7 @@ from bot.authz import Authorizer
 from bot.config import Config
 from bot.crypto import Cipher
 from bot.workers import Workers
+from storage import queries
 from storage.db import Store
 
 if TYPE_CHECKING:
@@ -78,7 +79,19 @@ def build_services(
         cipher=cipher,
         slack=slack,
         workers=workers or Workers(config.workers),
-        authz=Authorizer(config.admins, slack),
+        authz=Authorizer(
+            config.admins,
+            slack,
+            on_refusal=lambda user, action, target, rule: queries.add_audit(
+                store.db,
+                actor=user or "unknown",
+                action=f"{action}.refused",
+                target=target,
+                outcome="refused",
+                detail={"rule": rule},
+            ),
+            list_for_everyone=config.list_for_everyone,
+        ),
         http=http,
         clock=clock,
     )

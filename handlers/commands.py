@@ -30,7 +30,10 @@ def register(app: App, services: Services) -> None:
             ack(**blocks.help_message())
             return
         try:
-            services.authz.require_admin(user)
+            if parsed.verb == "list":
+                services.authz.require_lister(user)
+            else:
+                services.authz.require_admin(user, parsed.verb, parsed.name)
             if parsed.verb == "create":
                 flow_id = services.create.begin(
                     requester=user, channel_id=command.get("channel_id", ""), command=parsed

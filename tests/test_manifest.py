@@ -22,6 +22,7 @@ EXPECTED_BOT_SCOPES = {
     "chat:write.public",  # posting to channels the bot has not joined
     "im:write",  # conversations.open for the device-code DM fallback
     "users:read",  # users.info
+    "users:read.email",  # VEEAM_SA_REQUIRE_EMAIL_MATCH compares the profile email
     "usergroups:read",  # usergroups.users.list for admin groups in VEEAM_SA_ADMINS
 }
 

@@ -58,8 +58,8 @@ BOT_USER_ID = "U0BOT"
 BOT_ID = "B0BOT"
 BOT_NAME = "veeam-sa"
 DEFAULT_SCOPES = (
-    "commands,chat:write,im:write,users:read,users:read.email,"
-    "usergroups:read,channels:read,groups:read"
+    "commands,chat:write,chat:write.public,im:write,users:read,users:read.email,"
+    "usergroups:read"
 )
 
 # Fields whose form-encoded value is JSON (slack_sdk serialises them with json.dumps).
