@@ -444,8 +444,8 @@ class VBAzureClient:
                 continue
             if status == 403:
                 raise self._error(
-                    f"{_FORBIDDEN} (user {self._username!r}; give it the Portal Administrator "
-                    "role in VBAzure)",
+                    f"{_FORBIDDEN} (user {self._username!r}; in VBAzure give it an administrator "
+                    "role, such as Portal Administrator)",
                     kind="forbidden",
                     response=response,
                     secret=secret,

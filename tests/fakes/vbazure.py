@@ -1,0 +1,932 @@
+"""An in-process double of a Veeam Backup for Microsoft Azure (VBAzure) appliance.
+
+One real HTTPS server on loopback speaks the parts of the appliance REST API the bot uses,
+closely enough that a client written from Veeam's reference works against it::
+
+    ca = TestCA()
+    with VBAzureDouble(ca) as dbl:
+        http = ca.httpx_client()
+        token = http.post(f"{dbl.url}/api/oauth2/token",
+                          data={"grant_type": "Password", "username": "veeam-admin",
+                                "password": "P@ss"}).json()["access_token"]
+        http.get(f"{dbl.url}/api/v8.1/accounts/azure/service",
+                 headers={"Authorization": f"Bearer {token}"})
+
+Endpoints
+    ``POST /api/oauth2/token``  form ``grant_type=Password&username=&password=`` or
+    ``grant_type=Refresh_token&refresh_token=`` (grant types are matched case-insensitively).
+    ``POST /api/{ver}/accounts/azure/service/saveByApp``
+    ``PUT  /api/{ver}/accounts/azure/service/updateByApp/{accountId}``
+    ``GET  /api/{ver}/accounts/azure/service`` (``Offset``/``Limit`` paging)
+    ``GET  /api/{ver}/accounts/azure/service/{accountId}``
+    ``GET  /api/{ver}/operations/{operationId}``
+
+Knobs: ``users`` ({"veeam-admin": "P@ss"}), ``mfa_users`` (users whose password grant only
+yields an MFA token), ``token_lifetime`` (3600 s), ``refresh_lifetime`` (14 days),
+``versions`` ({"v8", "v8.1"}), ``async_save`` (False: saveByApp/updateByApp answer 200 with
+the account id; True: 202 with an asynchronous operation), ``operation_polls`` (2 polls
+report ``Running`` before the outcome), ``fail_operations`` (operations end in ``Error``),
+``page_size`` (most accounts per page, 100), ``expiration_date`` (given to new accounts).
+
+Scripting: ``fault``, ``hang``, ``set_cloud_state``, ``set_expiration_date``,
+``revoke_access_tokens``, ``revoke_refresh_tokens``, ``advance`` / ``now``.
+
+State: ``accounts`` (id -> dict with the secret, for assertions), ``operations``,
+``events`` (``Event(time, method, path, account_id, client_secret)``, times from
+``time.monotonic()`` so they can be ordered against other doubles), ``grants`` (grant types
+seen by the token endpoint, lower-cased), ``internal_errors``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import socket
+import sys
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, NamedTuple
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from tests.fakes.tls import TestCA
+
+DEFAULT_USERNAME = "veeam-admin"
+DEFAULT_PASSWORD = "P@ss"
+
+#: ``AzureAccountPurpose`` values of the v8 / v8.1 REST API.
+ACCOUNT_PURPOSES = frozenset(
+    {
+        "None",
+        "WorkerManagement",
+        "Repository",
+        "Unknown",
+        "VirtualMachineBackup",
+        "VirtualMachineRestore",
+        "AzureSqlBackup",
+        "AzureSqlRestore",
+        "AzureFiles",
+        "VnetBackup",
+        "VnetRestore",
+        "CosmosBackup",
+        "CosmosRestore",
+    }
+)
+ENVIRONMENTS = frozenset({"Global", "China", "USGovernment", "Germany"})
+
+_GUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
+_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
+_PROBLEM_TYPES = {
+    400: "https://tools.ietf.org/html/rfc7231#section-6.5.1",
+    401: "https://tools.ietf.org/html/rfc7235#section-3.1",
+    403: "https://tools.ietf.org/html/rfc7231#section-6.5.3",
+    404: "https://tools.ietf.org/html/rfc7231#section-6.5.4",
+    409: "https://tools.ietf.org/html/rfc7231#section-6.5.8",
+    415: "https://tools.ietf.org/html/rfc7231#section-6.5.13",
+    429: "https://tools.ietf.org/html/rfc6585#section-4",
+    500: "https://tools.ietf.org/html/rfc7231#section-6.6.1",
+    502: "https://tools.ietf.org/html/rfc7231#section-6.6.3",
+    503: "https://tools.ietf.org/html/rfc7231#section-6.6.4",
+    504: "https://tools.ietf.org/html/rfc7231#section-6.6.5",
+}
+_TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    415: "Unsupported Media Type",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# --------------------------------------------------------------------------- records
+
+
+class Event(NamedTuple):
+    """One request as the appliance saw it."""
+
+    time: float  # time.monotonic() when the request arrived
+    method: str
+    path: str
+    account_id: str | None
+    client_secret: str | None
+
+
+@dataclass
+class Fault:
+    method: str | None
+    path_regex: re.Pattern
+    status: int
+    body: Any
+    times: int
+    retry_after: float | None = None
+    hits: int = 0
+
+
+@dataclass
+class Hang:
+    path_regex: re.Pattern
+    seconds: float
+    times: int
+    after_processing: bool
+    hits: int = 0
+
+
+@dataclass
+class _Token:
+    value: str
+    username: str
+    expires: float
+
+
+@dataclass
+class _Operation:
+    id: str
+    started: float
+    polls_left: int
+    fail: bool
+    apply: Any  # callable() -> result, run once on success
+    account_id: str
+    status: str = "Running"
+    result: Any = None
+    error: dict | None = None
+
+
+@dataclass
+class _Resp:
+    status: int
+    body: Any = None
+    headers: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Req:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: Any
+    content_type: str
+    match: re.Match | None = None
+    user: str | None = None
+    account_id: str | None = None
+    client_secret: str | None = None
+
+
+# --------------------------------------------------------------------------- HTTP plumbing
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    timeout = 30
+    server: _Server
+
+    def setup(self) -> None:
+        self.request.settimeout(self.timeout)
+        self.request.do_handshake()  # in this worker thread, not the accept loop
+        super().setup()
+
+    def log_message(self, format, *args):  # noqa: A002 - stdlib signature
+        pass
+
+    def _dispatch(self) -> None:
+        self.server.double._serve(self)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _dispatch
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, double: VBAzureDouble, ssl_context) -> None:
+        self.double = double
+        self.ssl_context = ssl_context
+        self._open: set = set()
+        self._open_lock = threading.Lock()
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+    def get_request(self):
+        sock, addr = self.socket.accept()
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            tls = self.ssl_context.wrap_socket(
+                sock, server_side=True, do_handshake_on_connect=False
+            )
+        except OSError:
+            sock.close()
+            raise
+        with self._open_lock:
+            self._open.add(tls)
+        return tls, addr
+
+    def shutdown_request(self, request) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def handle_error(self, request, client_address) -> None:
+        # TLS failures and clients hanging up are the client's business, not a bug here.
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError | EOFError):
+            return
+        with self.double.lock:
+            self.double.internal_errors.append(traceback.format_exc())
+
+    def drop_connections(self) -> None:
+        with self._open_lock:
+            conns = list(self._open)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+# --------------------------------------------------------------------------- the double
+
+
+class VBAzureDouble:
+    """A VBAzure appliance on one loopback HTTPS port; see the module docstring."""
+
+    def __init__(self, ca: TestCA) -> None:
+        self.ca = ca
+        self.lock = threading.RLock()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self.url = ""
+
+        # knobs
+        self.users: dict[str, str] = {DEFAULT_USERNAME: DEFAULT_PASSWORD}
+        self.mfa_users: set[str] = set()
+        self.token_lifetime: int = 3600
+        self.refresh_lifetime: int = 14 * 86400
+        self.versions: set[str] = {"v8", "v8.1"}
+        self.async_save = False
+        self.operation_polls = 2
+        self.fail_operations = False
+        self.page_size = 100
+        self.expiration_date: str | None = None
+
+        # clock offset (see now/advance)
+        self._offset = 0.0
+
+        # state
+        self.accounts: dict[str, dict[str, Any]] = {}
+        self.operations: dict[str, _Operation] = {}
+        self.events: list[Event] = []
+        self.grants: list[str] = []
+        self.faults: list[Fault] = []
+        self.hangs: list[Hang] = []
+        self.internal_errors: list[str] = []
+        self._access: dict[str, _Token] = {}
+        self._refresh: dict[str, _Token] = {}
+
+        api = r"^/api/(?P<ver>[^/]+)"
+        self._routes: list[tuple[str, re.Pattern, Any]] = [
+            ("POST", re.compile(r"^/api/oauth2/token$", re.I), self._token),
+            (
+                "POST",
+                re.compile(api + r"/accounts/azure/service/saveByApp$", re.I),
+                self._save,
+            ),
+            (
+                "PUT",
+                re.compile(api + r"/accounts/azure/service/updateByApp/(?P<id>[^/]+)$", re.I),
+                self._update,
+            ),
+            ("GET", re.compile(api + r"/accounts/azure/service$", re.I), self._list),
+            ("GET", re.compile(api + r"/accounts/azure/service/(?P<id>[^/]+)$", re.I), self._get),
+            ("GET", re.compile(api + r"/operations/(?P<id>[^/]+)$", re.I), self._operation),
+        ]
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> VBAzureDouble:
+        if self._server is not None:
+            return self
+        self._stopping.clear()
+        self._server = _Server(self, self.ca.server_context())
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.01},
+            name="vbazure-double",
+            daemon=True,
+        )
+        self._thread.start()
+        self.url = f"https://127.0.0.1:{self._server.server_address[1]}"
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        self._stopping.set()  # wakes hanging handlers
+        stopper = threading.Thread(target=server.shutdown, daemon=True)
+        stopper.start()
+        stopper.join(timeout=5)
+        server.drop_connections()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> VBAzureDouble:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ clock
+
+    def now(self) -> float:
+        """The double's clock for token expiry: ``time.monotonic()`` plus ``advance``s."""
+        return time.monotonic() + self._offset
+
+    def advance(self, seconds: float) -> None:
+        with self.lock:
+            self._offset += seconds
+
+    # ------------------------------------------------------------------ scripting
+
+    def fault(
+        self,
+        method: str | None,
+        path_regex: str,
+        status: int,
+        times: int = 1,
+        body: Any = None,
+        retry_after: float | None = None,
+    ) -> Fault:
+        """The next ``times`` requests whose method matches (None or "*" = any) and whose
+        path matches ``path_regex`` (re.search, query excluded) get ``status`` with ``body``
+        (default: an RFC 7807 problem document). Faults apply before authentication."""
+        f = Fault(
+            None if method in (None, "*") else method.upper(),
+            re.compile(path_regex),
+            status,
+            body,
+            times,
+            retry_after,
+        )
+        with self.lock:
+            self.faults.append(f)
+        return f
+
+    def hang(
+        self, path_regex: str, seconds: float, times: int = 1, after_processing: bool = False
+    ) -> Hang:
+        """The next ``times`` requests matching ``path_regex`` stall for ``seconds`` and then
+        lose their connection without an answer. With ``after_processing`` the request is
+        carried out first and only the answer is lost (the ambiguous kind of timeout)."""
+        h = Hang(re.compile(path_regex), seconds, times, after_processing)
+        with self.lock:
+            self.hangs.append(h)
+        return h
+
+    def set_cloud_state(self, account_id: str, state: str) -> None:
+        with self.lock:
+            self.accounts[account_id]["cloudState"] = state
+
+    def set_expiration_date(self, account_id: str, value: str | None) -> None:
+        with self.lock:
+            self.accounts[account_id]["expirationDate"] = value
+
+    def revoke_access_tokens(self) -> None:
+        """Forget every access token (the next API call with one gets 401)."""
+        with self.lock:
+            self._access.clear()
+
+    def revoke_refresh_tokens(self) -> None:
+        with self.lock:
+            self._refresh.clear()
+
+    def events_for(self, path_regex: str, method: str | None = None) -> list[Event]:
+        rx = re.compile(path_regex)
+        with self.lock:
+            return [
+                e
+                for e in self.events
+                if rx.search(e.path) and (method is None or e.method == method.upper())
+            ]
+
+    def add_account(self, name: str, **fields: Any) -> str:
+        """Put an account straight into the appliance (as if added through its UI)."""
+        account_id = str(uuid.uuid4())
+        record = {
+            "id": account_id,
+            "name": name,
+            "description": "",
+            "applicationId": str(uuid.uuid4()),
+            "tenantId": str(uuid.uuid4()),
+            "clientSecret": "",
+            "environment": "Global",
+            "purposes": ["VirtualMachineBackup"],
+            "subscriptions": [],
+            "cloudState": "Valid",
+            "expirationDate": self.expiration_date,
+        }
+        record.update(fields)
+        with self.lock:
+            self.accounts[account_id] = record
+        return account_id
+
+    # ------------------------------------------------------------------ request handling
+
+    def _serve(self, h: _Handler) -> None:
+        arrived = time.monotonic()
+        split = urlsplit(h.path)
+        path = unquote(split.path)
+        query = {k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
+        headers = {k.lower(): v for k, v in h.headers.items()}
+        length = int(headers.get("content-length") or 0)
+        raw = h.rfile.read(length) if length else b""
+        ctype = headers.get("content-type", "").lower()
+        body: Any = None
+        if raw:
+            text = raw.decode("utf-8", errors="replace")
+            if "application/x-www-form-urlencoded" in ctype:
+                body = {k: v[-1] for k, v in parse_qs(text, keep_blank_values=True).items()}
+            elif "json" in ctype:
+                try:
+                    body = json.loads(text)
+                except ValueError:
+                    body = _BAD_JSON
+            else:
+                body = text
+        req = _Req(h.command, path, query, headers, body, ctype)
+
+        hang = self._take_hang(path)
+        if hang is not None and not hang.after_processing:
+            self._record(arrived, req)
+            self._stopping.wait(hang.seconds)
+            self._drop(h)
+            return
+
+        try:
+            with self.lock:
+                resp = self._fault_response(req) or self._route(req)
+        except Exception:  # a bug in the double: keep it for the test to see
+            tb = traceback.format_exc()
+            with self.lock:
+                self.internal_errors.append(tb)
+            resp = self._problem(500, "The double failed; see internal_errors.", req)
+        self._record(arrived, req)
+
+        if hang is not None:
+            self._stopping.wait(hang.seconds)
+            self._drop(h)
+            return
+        self._write(h, resp)
+
+    def _record(self, arrived: float, req: _Req) -> None:
+        with self.lock:
+            self.events.append(
+                Event(arrived, req.method, req.path, req.account_id, req.client_secret)
+            )
+
+    def _take_hang(self, path: str) -> Hang | None:
+        with self.lock:
+            for hg in self.hangs:
+                if hg.times > 0 and hg.path_regex.search(path):
+                    hg.times -= 1
+                    hg.hits += 1
+                    return hg
+        return None
+
+    @staticmethod
+    def _drop(h: _Handler) -> None:
+        h.close_connection = True
+        try:
+            h.request.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    @staticmethod
+    def _write(h: _Handler, resp: _Resp) -> None:
+        headers = dict(resp.headers)
+        ctype = headers.pop("Content-Type", None)
+        if resp.body is None:
+            payload = b""
+        else:
+            payload = json.dumps(resp.body).encode()
+            ctype = ctype or "application/json; charset=utf-8"
+        try:
+            h.send_response(resp.status)
+            if ctype:
+                h.send_header("Content-Type", ctype)
+            for k, v in headers.items():
+                h.send_header(k, str(v))
+            h.send_header("Content-Length", str(len(payload)))
+            if payload:
+                # one write for head and body: no Nagle / delayed-ACK stall between them
+                h._headers_buffer.append(b"\r\n" + payload)
+                h.flush_headers()
+            else:
+                h.end_headers()
+            h.wfile.flush()
+        except OSError:
+            h.close_connection = True
+
+    def _fault_response(self, req: _Req) -> _Resp | None:
+        for f in self.faults:
+            if (
+                f.times > 0
+                and (f.method is None or f.method == req.method)
+                and f.path_regex.search(req.path)
+            ):
+                f.times -= 1
+                f.hits += 1
+                if f.body is None:
+                    resp = self._problem(f.status, f"Injected fault {f.status}.", req)
+                else:
+                    resp = _Resp(f.status, f.body)
+                    if isinstance(f.body, dict) and "title" in f.body:
+                        resp.headers["Content-Type"] = "application/problem+json; charset=utf-8"
+                if f.retry_after is not None:
+                    resp.headers["Retry-After"] = str(f.retry_after)
+                return resp
+        return None
+
+    def _route(self, req: _Req) -> _Resp:
+        path_matched = False
+        for method, rx, handler in self._routes:
+            m = rx.match(req.path)
+            if m is None:
+                continue
+            path_matched = True
+            if method != req.method:
+                continue
+            req.match = m
+            if "ver" in m.groupdict():
+                if m.group("ver") not in self.versions:
+                    return self._problem(
+                        404, f"API version {m.group('ver')} is not supported.", req
+                    )
+                denied = self._authenticate(req)
+                if denied is not None:
+                    return denied
+            return handler(req)
+        if path_matched:
+            return self._problem(405, f"{req.method} is not allowed here.", req)
+        return self._problem(404, "The requested resource was not found.", req)
+
+    @staticmethod
+    def _problem(status: int, detail: str, req: _Req | None, title: str | None = None) -> _Resp:
+        return _Resp(
+            status,
+            {
+                "type": _PROBLEM_TYPES.get(status, "about:blank"),
+                "title": title or _TITLES.get(status, "Error"),
+                "status": status,
+                "detail": detail,
+                "instance": req.path if req is not None else None,
+            },
+            {"Content-Type": "application/problem+json; charset=utf-8"},
+        )
+
+    def _authenticate(self, req: _Req) -> _Resp | None:
+        auth = req.headers.get("authorization", "")
+        if not auth.lower().startswith("bearer "):
+            return self._problem(401, "The Authorization header does not contain a token.", req)
+        tok = self._access.get(auth[7:].strip())
+        if tok is None or tok.expires <= self.now():
+            return self._problem(401, "The access token is invalid or has expired.", req)
+        req.user = tok.username
+        return None
+
+    # ------------------------------------------------------------------ token endpoint
+
+    def _token_error(self, description: str) -> _Resp:
+        return _Resp(400, {"error": "invalid_grant", "error_description": description})
+
+    def _token(self, req: _Req) -> _Resp:
+        if "application/x-www-form-urlencoded" not in req.content_type or not isinstance(
+            req.body, dict
+        ):
+            return self._problem(415, "Send the token request as a form.", req)
+        form: dict[str, str] = req.body
+        grant = (form.get("grant_type") or "").lower()
+        self.grants.append(grant)
+        if grant == "password":
+            username = form.get("username") or form.get("Username") or ""
+            password = form.get("password") or form.get("Password") or ""
+            if username not in self.users or self.users[username] != password:
+                return self._token_error("The user name or password is incorrect.")
+            if username in self.mfa_users:
+                return _Resp(200, {"mfa_enabled": True, "mfa_token": secrets.token_urlsafe(24)})
+            return _Resp(200, self._issue(username), {"Cache-Control": "no-store"})
+        if grant == "refresh_token":
+            old = self._refresh.pop(form.get("refresh_token") or "", None)
+            if old is None or old.expires <= self.now():
+                return self._token_error("The refresh token is invalid or has expired.")
+            if old.username not in self.users:
+                return self._token_error("The user no longer exists.")
+            return _Resp(200, self._issue(old.username), {"Cache-Control": "no-store"})
+        return _Resp(400, {"error": "unsupported_grant_type"})
+
+    def _issue(self, username: str) -> dict:
+        now = self.now()
+        access = _Token(secrets.token_urlsafe(32), username, now + self.token_lifetime)
+        refresh = _Token(secrets.token_urlsafe(32), username, now + self.refresh_lifetime)
+        self._access[access.value] = access
+        self._refresh[refresh.value] = refresh
+        wall = time.time()
+        return {
+            "access_token": access.value,
+            "token_type": "bearer",
+            "refresh_token": refresh.value,
+            "expires_in": int(self.token_lifetime),
+            ".issued": _iso(wall),
+            ".expires": _iso(wall + self.token_lifetime),
+            "username": username,
+            "mfa_enabled": False,
+        }
+
+    # ------------------------------------------------------------------ service accounts
+
+    def _validate(self, req: _Req) -> tuple[dict, dict] | _Resp:
+        if "json" not in req.content_type:
+            return self._problem(415, "The request body must be application/json.", req)
+        body = req.body
+        if body is _BAD_JSON or not isinstance(body, dict):
+            return self._problem(400, "The request body is not a JSON object.", req)
+        info = body.get("accountInfo")
+        login = body.get("clientLoginParameters")
+        if not isinstance(info, dict):
+            return self._problem(400, "The accountInfo field is required.", req)
+        if not isinstance(login, dict):
+            return self._problem(400, "The clientLoginParameters field is required.", req)
+        if isinstance(login.get("clientSecret"), str):
+            req.client_secret = login["clientSecret"]
+        name = info.get("name")
+        if not isinstance(name, str) or not name:
+            return self._problem(400, "The accountInfo.name field is required.", req)
+        if not _NAME_RE.match(name):
+            return self._problem(
+                400,
+                "The account name may hold at most 255 Latin letters, digits, '_' and '-'.",
+                req,
+            )
+        if info.get("description") is not None and not isinstance(info["description"], str):
+            return self._problem(400, "The accountInfo.description field must be a string.", req)
+        for key in ("applicationId", "tenantId"):
+            value = login.get(key)
+            if not isinstance(value, str) or not value:
+                return self._problem(
+                    400, f"The clientLoginParameters.{key} field is required.", req
+                )
+            if not _GUID_RE.match(value):
+                return self._problem(
+                    400, f"The clientLoginParameters.{key} field must be a GUID.", req
+                )
+        if login.get("azureEnvironment") not in ENVIRONMENTS:
+            return self._problem(
+                400,
+                "The clientLoginParameters.azureEnvironment field must be one of "
+                + ", ".join(sorted(ENVIRONMENTS))
+                + ".",
+                req,
+            )
+        if not isinstance(login.get("clientSecret"), str) or not login["clientSecret"]:
+            return self._problem(
+                400, "The clientLoginParameters.clientSecret field is required.", req
+            )
+        purposes = login.get("azureAccountPurposes")
+        if purposes is not None:
+            if not isinstance(purposes, list) or not all(
+                isinstance(p, str) and p in ACCOUNT_PURPOSES for p in purposes
+            ):
+                return self._problem(
+                    400,
+                    "The clientLoginParameters.azureAccountPurposes field holds an unknown value.",
+                    req,
+                )
+        subs = login.get("subscriptions")
+        if subs is not None:
+            if not isinstance(subs, list) or not all(
+                isinstance(s, str) and _GUID_RE.match(s) for s in subs
+            ):
+                return self._problem(
+                    400, "The clientLoginParameters.subscriptions field must hold GUIDs.", req
+                )
+        return info, login
+
+    def _answer_write(self, req: _Req, account_id: str, apply) -> _Resp:
+        if not self.async_save:
+            return _Resp(200, apply())
+        op = _Operation(
+            str(uuid.uuid4()),
+            time.time(),
+            max(0, int(self.operation_polls)),
+            bool(self.fail_operations),
+            apply,
+            account_id,
+        )
+        self.operations[op.id] = op
+        return _Resp(202, self._operation_json(op, req.match.group("ver") if req.match else "v8.1"))
+
+    def _save(self, req: _Req) -> _Resp:
+        checked = self._validate(req)
+        if isinstance(checked, _Resp):
+            return checked
+        info, login = checked
+        if any(a["name"].lower() == info["name"].lower() for a in self.accounts.values()):
+            return self._problem(
+                400, f"A service account named '{info['name']}' already exists.", req
+            )
+        account_id = str(uuid.uuid4())
+        req.account_id = account_id
+        record = {
+            "id": account_id,
+            "name": info["name"],
+            "description": info.get("description") or "",
+            "applicationId": login["applicationId"].lower(),
+            "tenantId": login["tenantId"].lower(),
+            "clientSecret": login["clientSecret"],
+            "environment": login["azureEnvironment"],
+            "purposes": list(login.get("azureAccountPurposes") or []),
+            "subscriptions": [s.lower() for s in login.get("subscriptions") or []],
+            "cloudState": "Valid",
+            "expirationDate": self.expiration_date,
+        }
+
+        def apply() -> str:
+            self.accounts[account_id] = record
+            return account_id
+
+        return self._answer_write(req, account_id, apply)
+
+    def _update(self, req: _Req) -> _Resp:
+        assert req.match is not None
+        account_id = req.match.group("id")
+        req.account_id = account_id
+        if account_id not in self.accounts:
+            self._validate(req)  # still note the secret that was sent, for the events
+            return self._problem(404, f"Service account {account_id} was not found.", req)
+        checked = self._validate(req)
+        if isinstance(checked, _Resp):
+            return checked
+        info, login = checked
+        if any(
+            a["name"].lower() == info["name"].lower() and a["id"] != account_id
+            for a in self.accounts.values()
+        ):
+            return self._problem(
+                409, f"A service account named '{info['name']}' already exists.", req
+            )
+
+        def apply() -> str:
+            record = self.accounts[account_id]
+            record.update(
+                name=info["name"],
+                description=info.get("description") or "",
+                applicationId=login["applicationId"].lower(),
+                tenantId=login["tenantId"].lower(),
+                clientSecret=login["clientSecret"],
+                environment=login["azureEnvironment"],
+                purposes=list(login.get("azureAccountPurposes") or record["purposes"]),
+                subscriptions=[s.lower() for s in login.get("subscriptions") or []],
+                cloudState="Valid",
+            )
+            return account_id
+
+        return self._answer_write(req, account_id, apply)
+
+    def _account_json(self, record: dict, ver: str) -> dict:
+        base = f"{self.url}/api/{ver}"
+        return {
+            # The appliance names the id ``accountId`` (``AzureAccount`` schema); the
+            # client adds an ``id`` alias.
+            "accountId": record["id"],
+            "applicationId": record["applicationId"],
+            "name": record["name"],
+            "description": record["description"],
+            "region": record["environment"],
+            "tenantId": record["tenantId"],
+            "tenantName": None,
+            "accountOrigin": "ImportedSecret",
+            "expirationDate": record["expirationDate"],
+            "accountState": "Created",
+            "cloudState": record["cloudState"],
+            "purposes": list(record["purposes"]),
+            "subscriptionIds": list(record["subscriptions"]),
+            "_links": {
+                "self": {"href": f"{base}/accounts/azure/service/{record['id']}"},
+            },
+        }
+
+    def _list(self, req: _Req) -> _Resp:
+        assert req.match is not None
+        q = {k.lower(): v for k, v in req.query.items()}
+        try:
+            offset = max(0, int(q.get("offset") or 0))
+            limit = int(q.get("limit") or -1)
+        except ValueError:
+            return self._problem(400, "Offset and Limit must be whole numbers.", req)
+        if limit < 0 or limit > self.page_size:
+            limit = self.page_size
+        records = sorted(self.accounts.values(), key=lambda a: a["name"].lower())
+        page = records[offset : offset + limit]
+        ver = req.match.group("ver")
+        return _Resp(
+            200,
+            {
+                "offset": offset,
+                "limit": limit,
+                "totalCount": len(records),
+                "results": [self._account_json(a, ver) for a in page],
+                "_links": {
+                    "self": {
+                        "href": f"{self.url}/api/{ver}/accounts/azure/service"
+                        f"?offset={offset}&limit={limit}"
+                    }
+                },
+            },
+        )
+
+    def _get(self, req: _Req) -> _Resp:
+        assert req.match is not None
+        account_id = req.match.group("id")
+        req.account_id = account_id
+        record = self.accounts.get(account_id)
+        if record is None:
+            return self._problem(404, f"Service account {account_id} was not found.", req)
+        return _Resp(200, self._account_json(record, req.match.group("ver")))
+
+    # ------------------------------------------------------------------ operations
+
+    def _operation_json(self, op: _Operation, ver: str) -> dict:
+        return {
+            "id": op.id,
+            "startTime": _iso(op.started),
+            "status": op.status,
+            "result": op.result,
+            "error": op.error,
+            "_links": [
+                {
+                    "rel": "self",
+                    "href": f"{self.url}/api/{ver}/operations/{op.id}",
+                    "method": "GET",
+                }
+            ],
+        }
+
+    def _operation(self, req: _Req) -> _Resp:
+        assert req.match is not None
+        op = self.operations.get(req.match.group("id"))
+        if op is None:
+            return self._problem(404, "The operation was not found.", req)
+        req.account_id = op.account_id
+        if op.status == "Running":
+            if op.polls_left > 0:
+                op.polls_left -= 1
+            elif op.fail:
+                op.status = "Error"
+                op.error = {
+                    "type": _PROBLEM_TYPES[400],
+                    "title": "Service account validation failed",
+                    "status": 400,
+                    "detail": "The application could not sign in to Microsoft Entra ID "
+                    "with the given client secret.",
+                    "instance": req.path,
+                }
+            else:
+                op.status = "Success"
+                op.result = op.apply()
+        return _Resp(200, self._operation_json(op, req.match.group("ver")))
+
+
+class _BadJson:
+    def __repr__(self) -> str:
+        return "<malformed JSON>"
+
+
+_BAD_JSON = _BadJson()
+
+
+__all__ = [
+    "ACCOUNT_PURPOSES",
+    "DEFAULT_PASSWORD",
+    "DEFAULT_USERNAME",
+    "ENVIRONMENTS",
+    "Event",
+    "Fault",
+    "Hang",
+    "VBAzureDouble",
+]
