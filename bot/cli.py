@@ -101,6 +101,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="check the configuration and reach Slack, Microsoft and the appliance "
         "(exit 0: all passed, 1: a check failed, 2: the configuration does not load)",
     )
+    scan = sub.add_parser("scan", help="run the expiry scan once and print what it posted")
+    scan.add_argument(
+        "--dry-run", action="store_true", help="print what would be posted; post nothing"
+    )
+    audit = sub.add_parser("audit", help="print the audit trail")
+    audit.add_argument("--account", help="only rows about this account")
+    audit.add_argument(
+        "--since", help="only rows at or after this ISO date/time (UTC unless given)"
+    )
+    audit.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    sub.add_parser("rotate-key", help="re-encrypt stored secrets and device codes under a new key")
+    secret = sub.add_parser("secret", help="host-only access to stored secrets")
+    secret_sub = secret.add_subparsers(dest="secret_command", required=True)
+    show = secret_sub.add_parser("show", help="print an account's current client secret (audited)")
+    show.add_argument("name")
+    show.add_argument("--yes", action="store_true", help="skip the confirmation prompt")
     args = parser.parse_args(argv)
     if args.command in (None, "run"):
         return run()
@@ -108,6 +124,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bot import doctor
 
         return doctor.main()
+    from bot import ops
+
+    if args.command == "scan":
+        return ops.scan(args.dry_run)
+    if args.command == "audit":
+        return ops.audit(args.account, args.since, args.json)
+    if args.command == "rotate-key":
+        return ops.rotate_key()
+    if args.command == "secret":
+        return ops.secret_show(args.name, args.yes)
     parser.error(f"unknown command {args.command}")
     return EXIT_CONFIG
 
