@@ -13,14 +13,11 @@ import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
-from typing import TYPE_CHECKING
 
 from slack_sdk.errors import SlackApiError
 
 from bot.errors import ConfigError, StorageError, VeeamSAError
-
-if TYPE_CHECKING:
-    from bot.config import Config
+from bot.logs import configure_logging
 
 log = logging.getLogger("veeam_sa")
 
@@ -33,20 +30,6 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
-def _setup_logging(config: Config) -> None:
-    from bot.logs import register_secret, setup_logging
-
-    setup_logging(config.log_level, config.log_format)
-    for value in (
-        config.slack_bot_token,
-        config.slack_app_token,
-        config.slack_signing_secret,
-        config.encryption_key,
-        config.veeam_password,
-    ):
-        register_secret(value)
-
-
 def run(stop: threading.Event | None = None) -> int:
     """Run the bot until SIGTERM/SIGINT (or until `stop` is set)."""
     from bot.config import load_config
@@ -56,7 +39,7 @@ def run(stop: threading.Event | None = None) -> int:
         config = load_config()
     except ConfigError as exc:
         return _fail(str(exc), EXIT_CONFIG)
-    _setup_logging(config)
+    configure_logging(config)
 
     stop = stop or threading.Event()
 

@@ -28,6 +28,7 @@ from slack_sdk.errors import SlackApiError
 from bot import blocks
 from bot.errors import CommandError, NotAuthorised, SignInError
 from bot.grammar import Command
+from bot.logs import register_secret
 from bot.messages import sign_in_failure
 from bot.notify import Notifier
 from bot.services import Services
@@ -235,6 +236,8 @@ class CreateFlows:
             return
         with self._lock:
             self._sessions[flow_id] = session
+        register_secret(str(device.get("device_code", "")))
+        register_secret(str(device.get("user_code", "")))  # for the requester's eyes, not the logs
         encrypted = self.services.cipher.encrypt(dump_flow(device))
         moved = queries.transition_flow(
             self._db,
@@ -308,6 +311,8 @@ class CreateFlows:
             self.drop_session(flow_id)
             return
         device = json.loads(self.services.cipher.decrypt(flow["device_flow"]))
+        register_secret(str(device.get("device_code", "")))  # after a restart, too
+        register_secret(str(device.get("user_code", "")))
         if self._now() > float(device.get("expires_at", 0)):
             self.expire(flow_id)
             return

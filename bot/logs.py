@@ -144,3 +144,18 @@ def setup_logging(
     root.addHandler(handler)
     root.setLevel(getattr(logging, level, logging.INFO))
     return handler
+
+
+def configure_logging(config: Any, stream: TextIO | None = None) -> logging.Handler:
+    """Logging for a running bot: level and format from the configuration, and every
+    configured credential registered for masking."""
+    handler = setup_logging(config.log_level, config.log_format, stream)
+    for value in (
+        config.slack_bot_token,
+        config.slack_app_token,
+        config.slack_signing_secret,
+        config.encryption_key,
+        config.veeam_password,
+    ):
+        register_secret(value)
+    return handler

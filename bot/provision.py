@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from bot import blocks
 from bot.arm import ArmClient, assignment_name
-from bot.errors import MicrosoftError, SignInError, VeeamSAError
+from bot.errors import CommandError, MicrosoftError, SignInError, VeeamSAError
 from bot.graph import GraphClient
 from bot.logs import register_secret_value as register
 from bot.messages import microsoft_failure, sign_in_failure
@@ -127,7 +127,9 @@ class Provisioner:
         self.check(flow_id)
 
     def recheck(self, flow_id: str, user: str) -> None:
-        flow = self._flow(flow_id)
+        flow = queries.get_flow(self._db, flow_id)
+        if flow is None:
+            raise CommandError("That creation does not exist (any more).")
         self.services.authz.require_requester_or_admin(
             user, flow["requester"], "recheck", flow["name"]
         )

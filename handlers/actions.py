@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from slack_bolt import Ack, App, Respond
@@ -47,6 +48,12 @@ def register(app: App, services: Services) -> None:
 
     register_create(app, services)
     register_renew(app, services)
+
+    @app.action(re.compile(".*"))
+    def on_unknown_action(ack: Ack, action: dict[str, Any]) -> None:
+        # Registered last: a button from an older message, or a forged payload.
+        ack()
+        log.info("ignored an unknown action %r", str(action.get("action_id"))[:80])
 
 
 def register_renew(app: App, services: Services) -> None:
@@ -99,11 +106,9 @@ def register_create(app: App, services: Services) -> None:
                 response_type="ephemeral",
                 replace_original=False,
             )
-        except AssertionError:
+        except CommandError as exc:
             respond(
-                **blocks.error_message(
-                    "That creation does not exist (any more).", with_help_hint=False
-                ),
+                **blocks.error_message(str(exc), with_help_hint=False),
                 response_type="ephemeral",
                 replace_original=False,
             )

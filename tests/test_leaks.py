@@ -1,0 +1,100 @@
+"""Nothing secret leaks: create and renew end to end at DEBUG, then scan everything the bot
+emitted — every Slack call, every log line, stderr, the database file bytes."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from bot import expiry, ids
+from bot.logs import configure_logging
+from tests.fakes.microsoft import DEFAULT_SUBSCRIPTIONS, MicrosoftDouble
+from tests.fakes.slack import SlackDouble
+from tests.harness import ADMIN, Bot
+from tests.test_provision import sign_in
+from tests.test_renew import approve_next, wait_renew
+
+SUB = DEFAULT_SUBSCRIPTIONS[0][0]
+
+
+def database_bytes(path: Path) -> bytes:
+    data = b""
+    for suffix in ("", "-wal", "-shm"):
+        part = path.with_name(path.name + suffix)
+        if part.exists():
+            data += part.read_bytes()
+    return data
+
+
+def test_create_and_renew_leak_nothing(
+    env: dict[str, str], slack: SlackDouble, ms: MicrosoftDouble, capfd: pytest.CaptureFixture[str]
+) -> None:
+    logs = io.StringIO()
+    bot = Bot({**env, "VEEAM_SA_LOG_LEVEL": "DEBUG"}, slack, ms)
+    configure_logging(bot.config, logs)
+    try:
+        sign_in(bot, f"create prod --subscription {SUB}")
+        bot.wait_state("prod", "done", timeout=30)
+        bot.wait_thread("prod", "is ready")
+        account = next(bot.db.table("accounts").rows)
+        secret = next(bot.db.table("secrets").rows)
+        end = datetime.fromisoformat(secret["end_at"])
+        expiry.scan(
+            bot.store, bot.services.slack, bot.config, end - timedelta(days=3), sleep=lambda s: None
+        )
+        ts = str(slack.calls_to("chat.postMessage")[-1].response["ts"])
+        bot.click(ids.ACTION_RENEW, str(account["id"]), user=ADMIN, message_ts=ts)
+        approve_next(bot, 2)
+        wait_renew(bot, "done")
+        slack.wait_for(
+            lambda c: c.method == "chat.postMessage" and "Renewed." in c.args.get("text", "")
+        )
+    finally:
+        bot.close()
+        logging.getLogger().handlers.clear()
+
+    passwords = [
+        p.secret_text for a in ms.applications + ms.deleted_applications for p in a.passwords
+    ]
+    secrets = {
+        "client secret": passwords,
+        "device code": [f.device_code for f in ms.flows],
+        "access token": list(ms.access_tokens),
+        "refresh token": list(ms.refresh_tokens),
+        "Slack token": [bot.config.slack_bot_token, bot.config.slack_signing_secret],
+    }
+    # the renewed secret is in use; the first one was removed — both must be nowhere
+    assert len(secrets["client secret"]) == 1
+    old = bot.cipher.decrypt(
+        next(bot.store.db.table("secrets").rows_where("state = 'retired'"))["ciphertext"]
+    )
+    secrets["client secret"].append(old)
+    assert len(secrets["device code"]) == 2 and secrets["access token"] and secrets["refresh token"]
+
+    slack_calls = [json.dumps({"method": c.method, "args": c.args}) for c in slack.calls]
+    log_text = logs.getvalue()
+    captured = capfd.readouterr()
+    assert "DEBUG" in log_text  # the scan covers a real DEBUG log
+    db = database_bytes(bot.store.path)
+    for kind, values in secrets.items():
+        for value in values:
+            assert value, kind
+            assert all(value not in call for call in slack_calls), f"{kind} reached Slack"
+            assert value not in log_text, f"{kind} reached the log"
+            assert value not in captured.out + captured.err, f"{kind} reached stdout/stderr"
+            assert value.encode() not in db, f"{kind} is in the database file in plain text"
+
+    # the user code went only to the person who signed in
+    for flow in ms.flows:
+        for call in slack.calls:
+            if flow.user_code in json.dumps(call.args):
+                addressed = call.args.get("user") == ADMIN or call.args.get(
+                    "channel"
+                ) == slack.dm_channel(ADMIN)
+                assert call.method in ("chat.postEphemeral", "chat.postMessage") and addressed, call
+        assert flow.user_code not in log_text
