@@ -433,6 +433,7 @@ class Provisioner:
         now = self.services.clock()
         end = now + timedelta(days=self.services.config.secret_days)
         created = graph.add_password(object_id, f"veeam-sa {now.date().isoformat()}", end)
+        crash_point("after_add_password")  # issued by Graph, not yet stored: the unknowable case
         row = {
             "account_id": account_id,
             "key_id": created["keyId"],

@@ -192,6 +192,7 @@ class Renewals:
             now = self.services.clock()
             end = now + timedelta(days=self.services.config.secret_days)
             created = graph.add_password(object_id, f"veeam-sa {now.date().isoformat()}", end)
+            crash_point("renew_after_add_password")
             end_at = iso_utc(created.get("endDateTime")) or end.astimezone(UTC).isoformat(
                 timespec="seconds"
             )

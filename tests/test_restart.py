@@ -156,3 +156,78 @@ def test_crash_mid_provisioning_resumes_without_duplicates(
         conn.close()
     assert live == [(apps[0].passwords[0].key_id,)]
     assert accounts == [("active",)]
+
+
+def test_crash_after_graph_issued_an_unstored_secret(
+    env: dict[str, str], slack: SlackDouble, ms: MicrosoftDouble, tmp_path: Path, procs: list[BotProcess]
+) -> None:
+    db = Path(env["VEEAM_SA_DB"])
+    first = launch(env, tmp_path, procs, VEEAM_SA_CRASH_AT="after_add_password")
+    create(first, slack, f"create prod --subscription {SUB}")
+    wait_until(lambda: len(ms.flows) == 1, what="device flow")
+    ms.approve(ms.flows[0].user_code)
+    assert first.proc is not None and first.proc.wait(30) == -9
+    assert len(ms.applications[0].passwords) == 1  # issued, but the bot never stored it
+
+    launch(env, tmp_path, procs)
+    wait_until(lambda: len(ms.flows) == 2, what="second device flow")
+    ms.approve(ms.flows[1].user_code)
+    wait_until(lambda: flow_row(db, "prod").get("state") == "done", timeout=40, what="creation to finish")
+    app = ms.applications[0]
+    assert len(ms.applications) == 1 and len(app.passwords) == 1
+    conn = sqlite3.connect(db)
+    try:
+        live = conn.execute("SELECT key_id FROM secrets WHERE state = 'active'").fetchall()
+    finally:
+        conn.close()
+    assert live == [(app.passwords[0].key_id,)]  # the unknowable one was replaced, not kept
+
+
+@pytest.mark.parametrize("step", ["renew_after_add_password", "after_new_secret"])
+def test_crash_mid_renewal_ends_with_one_live_secret(
+    env: dict[str, str],
+    slack: SlackDouble,
+    ms: MicrosoftDouble,
+    tmp_path: Path,
+    procs: list[BotProcess],
+    step: str,
+) -> None:
+    db = Path(env["VEEAM_SA_DB"])
+    first = launch(env, tmp_path, procs)
+    create(first, slack, f"create prod --subscription {SUB}")
+    wait_until(lambda: len(ms.flows) == 1, what="device flow")
+    ms.approve(ms.flows[0].user_code)
+    wait_until(lambda: flow_row(db, "prod").get("state") == "done", timeout=30, what="creation")
+    old_key = ms.applications[0].passwords[0].key_id
+    assert first.terminate() == 0
+
+    second = launch(env, tmp_path, procs, VEEAM_SA_CRASH_AT=step)
+    body = slash_command_body("renew prod", response_url=slack.response_url())
+    assert "Renewing" in post_signed(f"{second.url}/slack/events", body, SIGNING_SECRET).text
+    wait_until(lambda: len(ms.flows) == 2, what="renewal sign-in")
+    ms.approve(ms.flows[1].user_code)
+    assert second.proc is not None and second.proc.wait(30) == -9
+
+    launch(env, tmp_path, procs)
+    wait_until(lambda: len(ms.flows) == 3, what="sign-in after the crash")
+    ms.approve(ms.flows[2].user_code)
+
+    def renewed() -> bool:
+        conn = sqlite3.connect(db)
+        try:
+            row = conn.execute("SELECT state FROM flows WHERE kind = 'renew'").fetchone()
+        finally:
+            conn.close()
+        return bool(row and row[0] == "done")
+
+    wait_until(renewed, timeout=40, what="renewal to finish")
+    app = ms.applications[0]
+    assert len(ms.applications) == 1
+    assert [p.key_id for p in app.passwords] != [old_key] and len(app.passwords) == 1
+    conn = sqlite3.connect(db)
+    try:
+        states = dict(conn.execute("SELECT key_id, state FROM secrets").fetchall())
+    finally:
+        conn.close()
+    assert states[old_key] == "retired"
+    assert [k for k, s in states.items() if s == "active"] == [app.passwords[0].key_id]
