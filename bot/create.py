@@ -144,9 +144,8 @@ class CreateFlows:
     def begin(self, *, requester: str, channel_id: str, command: Command) -> str:
         """Record a new create flow; refuse a name that is managed or already in flight."""
         assert command.name is not None
-        db = self._db
         flow_id = uuid.uuid4().hex
-        with db.atomic():
+        with self.services.store.quick() as db, db.atomic():
             if queries.get_account(db, command.name) is not None:
                 raise CommandError(
                     f"`{command.name}` is already a managed service account. "

@@ -39,6 +39,12 @@ class StorageError(VeeamSAError):
     """The database cannot be opened, migrated or written."""
 
 
+DATABASE_UNAVAILABLE = (
+    "The bot cannot write its database right now (it is locked or read-only). Nothing was changed; "
+    "try again in a moment, or ask the operator to check VEEAM_SA_DB."
+)
+
+
 class CommandError(VeeamSAError):
     """A slash command the bot cannot act on; the message is shown to the user as is."""
 

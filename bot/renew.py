@@ -76,8 +76,7 @@ class Renewals:
     ) -> str:
         """Record a renewal; raises `CommandError` / `NotAuthorised` with what to tell the user."""
         self.services.authz.require_admin(requester, "renew", account_ref or None)
-        db = self._db
-        with db.atomic():
+        with self.services.store.quick() as db, db.atomic():
             if by_id:
                 account = (
                     queries.get_account_by_id(db, int(account_ref))

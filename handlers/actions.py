@@ -1,18 +1,52 @@
-"""Buttons and menus: re-authorise every click, ack, delegate, render."""
+"""Buttons and menus: re-authorise every click, ack, delegate, render.
+
+Every click is acknowledged first; what the services refuse (`NotAuthorised`,
+`CommandError`) or cannot do (database locked) comes back to the clicker only.
+"""
 
 from __future__ import annotations
 
 import logging
 import re
+import sqlite3
+from collections.abc import Callable
 from typing import Any
 
 from slack_bolt import Ack, App, Respond
 
 from bot import blocks, ids
-from bot.errors import CommandError, NotAuthorised
+from bot.errors import DATABASE_UNAVAILABLE, CommandError, NotAuthorised, StorageError
 from bot.services import Services
 
 log = logging.getLogger(__name__)
+
+
+def _user(body: dict[str, Any]) -> str:
+    return str((body.get("user") or {}).get("id", ""))
+
+
+def _value(action: dict[str, Any]) -> str:
+    return str(action.get("value") or "")
+
+
+def _private(respond: Respond, payload: dict[str, Any]) -> None:
+    respond(**payload, response_type="ephemeral", replace_original=False)
+
+
+def _answer(respond: Respond, work: Callable[[], str | None]) -> None:
+    """Run `work`; show its refusal (or the text it returns) to the clicker only."""
+    try:
+        text = work()
+    except NotAuthorised as exc:
+        _private(respond, blocks.refusal_message(exc.rule))
+    except CommandError as exc:
+        _private(respond, blocks.error_message(str(exc), with_help_hint=False))
+    except (sqlite3.Error, StorageError):
+        log.exception("database error while handling a button")
+        _private(respond, blocks.error_message(DATABASE_UNAVAILABLE, with_help_hint=False))
+    else:
+        if text:
+            _private(respond, blocks.error_message(text, with_help_hint=False))
 
 
 def register(app: App, services: Services) -> None:
@@ -21,118 +55,59 @@ def register(app: App, services: Services) -> None:
         # A link button still sends an interaction; Slack wants it acknowledged.
         ack()
 
-    @app.action(ids.ACTION_CANCEL_FLOW)
-    def on_cancel(ack: Ack, body: dict[str, Any], action: dict[str, Any], respond: Respond) -> None:
-        ack()
-        user = (body.get("user") or {}).get("id", "")
-        flow_id = str(action.get("value") or "")
-        try:
-            flow = services.create.cancel(flow_id, user)
-        except NotAuthorised as exc:
-            respond(
-                **blocks.refusal_message(exc.rule),
-                response_type="ephemeral",
-                replace_original=False,
-            )
-            return
-        except CommandError as exc:
-            respond(
-                **blocks.error_message(str(exc), with_help_hint=False),
-                response_type="ephemeral",
-                replace_original=False,
-            )
-            return
-        respond(
-            **blocks.note(f"Cancelled the sign-in for `{flow['name']}`."), replace_original=True
-        )
-
-    register_create(app, services)
-    register_renew(app, services)
-
-    @app.action(re.compile(".*"))
-    def on_unknown_action(ack: Ack, action: dict[str, Any]) -> None:
-        # Registered last: a button from an older message, or a forged payload.
-        ack()
-        log.info("ignored an unknown action %r", str(action.get("action_id"))[:80])
-
-
-def register_renew(app: App, services: Services) -> None:
-    @app.action(ids.ACTION_RENEW)
-    def on_renew(ack: Ack, body: dict[str, Any], action: dict[str, Any], respond: Respond) -> None:
-        ack()
-        user = (body.get("user") or {}).get("id", "")
-        container = body.get("container") or {}
-        try:
-            flow_id = services.renew.begin(
-                requester=user,
-                account_ref=str(action.get("value") or ""),
-                by_id=True,
-                channel_id=container.get("channel_id") or (body.get("channel") or {}).get("id"),
-                thread_ts=container.get("message_ts"),
-            )
-        except NotAuthorised as exc:
-            respond(
-                **blocks.refusal_message(exc.rule),
-                response_type="ephemeral",
-                replace_original=False,
-            )
-            return
-        except CommandError as exc:
-            respond(
-                **blocks.error_message(str(exc), with_help_hint=False),
-                response_type="ephemeral",
-                replace_original=False,
-            )
-            return
-        services.workers.submit(services.create.start, flow_id)
-
-
-def register_create(app: App, services: Services) -> None:
     @app.action(ids.ACTION_CHOOSE_SUBSCRIPTIONS)
     def on_choose(ack: Ack) -> None:
         ack()  # the choice is read from the message state when Create is pressed
+
+    @app.action(ids.ACTION_CANCEL_FLOW)
+    def on_cancel(ack: Ack, body: dict[str, Any], action: dict[str, Any], respond: Respond) -> None:
+        ack()
+
+        def cancel() -> None:
+            flow = services.create.cancel(_value(action), _user(body))
+            respond(
+                **blocks.note(f"Cancelled the sign-in for `{flow['name']}`."), replace_original=True
+            )
+
+        _answer(respond, cancel)
 
     @app.action(ids.ACTION_RECHECK)
     def on_recheck(
         ack: Ack, body: dict[str, Any], action: dict[str, Any], respond: Respond
     ) -> None:
         ack()
-        user = (body.get("user") or {}).get("id", "")
-        try:
-            services.provision.recheck(str(action.get("value") or ""), user)
-        except NotAuthorised as exc:
-            respond(
-                **blocks.refusal_message(exc.rule),
-                response_type="ephemeral",
-                replace_original=False,
-            )
-        except CommandError as exc:
-            respond(
-                **blocks.error_message(str(exc), with_help_hint=False),
-                response_type="ephemeral",
-                replace_original=False,
-            )
+        _answer(respond, lambda: services.provision.recheck(_value(action), _user(body)))
 
     @app.action(ids.ACTION_CREATE)
     def on_create(ack: Ack, body: dict[str, Any], action: dict[str, Any], respond: Respond) -> None:
         ack()
-        user = (body.get("user") or {}).get("id", "")
-        selected = _selected_options(body)
-        try:
-            refusal = services.provision.choose(str(action.get("value") or ""), user, selected)
-        except NotAuthorised as exc:
-            respond(
-                **blocks.refusal_message(exc.rule),
-                response_type="ephemeral",
-                replace_original=False,
+        _answer(
+            respond,
+            lambda: services.provision.choose(_value(action), _user(body), _selected_options(body)),
+        )
+
+    @app.action(ids.ACTION_RENEW)
+    def on_renew(ack: Ack, body: dict[str, Any], action: dict[str, Any], respond: Respond) -> None:
+        ack()
+        container = body.get("container") or {}
+
+        def renew() -> None:
+            flow_id = services.renew.begin(
+                requester=_user(body),
+                account_ref=_value(action),
+                by_id=True,
+                channel_id=container.get("channel_id") or (body.get("channel") or {}).get("id"),
+                thread_ts=container.get("message_ts"),
             )
-            return
-        if refusal:
-            respond(
-                **blocks.error_message(refusal, with_help_hint=False),
-                response_type="ephemeral",
-                replace_original=False,
-            )
+            services.workers.submit(services.create.start, flow_id)
+
+        _answer(respond, renew)
+
+    @app.action(re.compile(".*"))
+    def on_unknown_action(ack: Ack, action: dict[str, Any]) -> None:
+        # Registered last: a button from an older message, or a forged payload.
+        ack()
+        log.info("ignored an unknown action %r", str(action.get("action_id"))[:80])
 
 
 def _selected_options(body: dict[str, Any]) -> list[str]:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 from typing import Any
 
 from slack_bolt import Ack, App
 
 from bot import blocks, ids
 from bot.accounts import account_view, account_views
-from bot.errors import CommandError, NotAuthorised
+from bot.errors import DATABASE_UNAVAILABLE, CommandError, NotAuthorised, StorageError
 from bot.grammar import parse
 from bot.services import Services
 from storage.queries import audit_rows
@@ -81,3 +82,6 @@ def register(app: App, services: Services) -> None:
             ack(**blocks.refusal_message(exc.rule))
         except CommandError as exc:
             ack(**blocks.error_message(str(exc), with_help_hint=False))
+        except (sqlite3.Error, StorageError):
+            log.exception("database error while handling /veeam-sa %s", parsed.verb)
+            ack(**blocks.error_message(DATABASE_UNAVAILABLE, with_help_hint=False))

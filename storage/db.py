@@ -78,6 +78,17 @@ class Store:
                 self._all.add(db)
         return db
 
+    @contextlib.contextmanager
+    def quick(self, seconds: float = 2.0) -> Iterator[Database]:
+        """This thread's connection, waiting at most `seconds` for a lock: for writes on
+        Slack's 3-second ack path, which must fail fast rather than wait."""
+        db = self.db
+        db.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
+        try:
+            yield db
+        finally:
+            db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+
     def ping(self) -> bool:
         """True when the database answers a trivial query (for /healthz)."""
         try:
