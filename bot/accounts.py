@@ -33,7 +33,21 @@ def _view(
     view["end_ts"] = end.timestamp() if end else None
     view["days_left"] = days_left(end, now) if end else None
     view["status"] = _status(end, now, warn) if account["state"] == "active" else account["state"]
+    view["appliance_flag"] = _appliance_flag(account, end)
     return view
+
+
+def _appliance_flag(account: dict[str, Any], end: datetime | None) -> str | None:
+    """Where the appliance's view disagrees with the bot's records, say how; else None."""
+    state = account.get("appliance_state")
+    if account.get("handoff") == "failed":
+        return "hand-off to Veeam failed: `/veeam-sa sync` retries it"
+    if state and state != "Valid":
+        return f"Veeam reports {state}"
+    expiry = account.get("appliance_expiry")
+    if expiry and end is not None and abs((parse_time(expiry) - end).total_seconds()) > 86400:
+        return f"Veeam expects the secret to expire {expiry[:10]}, the bot {end.date().isoformat()}"
+    return None
 
 
 def account_views(store: Store, now: datetime, warn_days: tuple[int, ...]) -> list[dict[str, Any]]:

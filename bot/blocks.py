@@ -27,7 +27,8 @@ def _context(text: str) -> dict[str, Any]:
 
 def help_message() -> Payload:
     grammar = "\n".join(
-        f"`{USAGE[v]}`" for v in ("create", "list", "show", "renew", "cancel", "help")
+        f"`{USAGE[v]}`"
+        for v in ("create", "list", "show", "renew", "cancel", "sync", "import", "help")
     )
     examples = (
         "*Examples*\n"
@@ -78,6 +79,7 @@ STEP_LABELS: dict[str, str] = {
     "principal": "Create the service principal",
     "secret": "Add the client secret",
     "roles": "Assign roles",
+    "handoff": "Hand the secret to Veeam",
 }
 STEP_ICONS = {
     "todo": ":white_circle:",
@@ -97,6 +99,8 @@ def slack_date(ts: float, fallback: str) -> str:
 def checklist(steps: dict[str, str]) -> str:
     lines = []
     for key, label in STEP_LABELS.items():
+        if key == "handoff" and key not in steps:
+            continue  # only with a VBAzure appliance configured
         status = steps.get(key, "todo")
         lines.append(f"{STEP_ICONS.get(status, STEP_ICONS['todo'])} {label}")
     return "\n".join(lines)
@@ -406,6 +410,10 @@ def account_list(rows: list[dict[str, Any]]) -> Payload:
             else "no secret held"
         )
         subs = ", ".join(f"`{s}`" for s in row.get("subscriptions") or []) or "—"
+        if row.get("appliance_state"):
+            subs += f" · Veeam: {row['appliance_state']}"
+        if row.get("appliance_flag"):
+            subs += f"\n      :warning: {row['appliance_flag']}"
         lines.append(
             f"{icons.get(row['status'], '')} *`{row['name']}`* · {row['status']} · "
             f"secret `{row.get('hint') or '—'}…` {when}\n"
@@ -446,6 +454,18 @@ def account_detail(account: dict[str, Any], history: list[dict[str, Any]]) -> Pa
         f"Tenant {account.get('tenant_name') or ''} `{account.get('tenant_id')}`",
         f"Created by <@{account.get('created_by')}> on {str(account.get('created_at'))[:10]}",
     ]
+    if account.get("appliance_id"):
+        lines.append(
+            f"Veeam appliance account `{account['appliance_id']}`: "
+            f"{account.get('appliance_state') or 'not checked yet'}"
+            + (
+                f", secret expires {str(account.get('appliance_expiry'))[:10]}"
+                if account.get("appliance_expiry")
+                else ""
+            )
+        )
+    if account.get("appliance_flag"):
+        lines.append(f":warning: {account['appliance_flag']}")
     if account.get("end_at"):
         lines.append(
             f"Secret `{account.get('hint')}…` expires {slack_date(account['end_ts'], account['end_at'][:10])}"

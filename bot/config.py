@@ -100,6 +100,8 @@ class Config:
     log_format: str = "text"
     list_for_everyone: bool = False
     require_email_match: bool = False
+    veeam_api_version: str = "v8.1"
+    veeam_purposes: tuple[str, ...] = ()
 
     @property
     def socket_mode(self) -> bool:
@@ -344,6 +346,23 @@ def load_config(
             "VEEAM_URL, VEEAM_USERNAME and VEEAM_PASSWORD go together; set all three or none",
         )
     veeam_url = _https_url("VEEAM_URL", veeam["VEEAM_URL"]) if veeam["VEEAM_URL"] else None
+    veeam_api_version = get("VEEAM_API_VERSION") or "v8.1"
+    if not re.match(r"^v\d+(\.\d+)*$", veeam_api_version):
+        raise ConfigError("VEEAM_API_VERSION", f"must look like v8.1 (got {veeam_api_version!r})")
+    from bot.vbazure import AZURE_ACCOUNT_PURPOSES, DEFAULT_PURPOSES
+
+    purposes = tuple(
+        p.strip()
+        for p in (get("VEEAM_PURPOSES") or ",".join(DEFAULT_PURPOSES)).split(",")
+        if p.strip()
+    )
+    unknown = [p for p in purposes if p not in AZURE_ACCOUNT_PURPOSES]
+    if unknown or not purposes:
+        raise ConfigError(
+            "VEEAM_PURPOSES",
+            f"names unknown purposes {unknown}" if unknown else "is empty",
+            "use values from: " + ", ".join(sorted(AZURE_ACCOUNT_PURPOSES)),
+        )
 
     cert_file = get("SSL_CERT_FILE")
     if cert_file is not None and not Path(cert_file).is_file():
@@ -393,6 +412,8 @@ def load_config(
         list_for_everyone=_bool(
             "VEEAM_SA_LIST_FOR_EVERYONE", get("VEEAM_SA_LIST_FOR_EVERYONE") or "false"
         ),
+        veeam_api_version=veeam_api_version,
+        veeam_purposes=purposes,
         require_email_match=_bool(
             "VEEAM_SA_REQUIRE_EMAIL_MATCH", get("VEEAM_SA_REQUIRE_EMAIL_MATCH") or "false"
         ),

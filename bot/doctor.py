@@ -122,6 +122,8 @@ SETTINGS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "log_format": ("VEEAM_SA_LOG_FORMAT", _plain),
     "list_for_everyone": ("VEEAM_SA_LIST_FOR_EVERYONE", lambda v: "true" if v else "false"),
     "require_email_match": ("VEEAM_SA_REQUIRE_EMAIL_MATCH", lambda v: "true" if v else "false"),
+    "veeam_api_version": ("VEEAM_API_VERSION", _plain),
+    "veeam_purposes": ("VEEAM_PURPOSES", _joined),
 }
 
 

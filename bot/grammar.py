@@ -5,6 +5,8 @@
 /veeam-sa show NAME
 /veeam-sa renew NAME
 /veeam-sa cancel
+/veeam-sa sync NAME
+/veeam-sa import
 /veeam-sa help
 """
 
@@ -20,7 +22,7 @@ from bot.errors import CommandError
 MAX_TEXT = 4000
 MAX_NAME = 255
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
-SUBCOMMANDS = ("create", "list", "show", "renew", "cancel", "help")
+SUBCOMMANDS = ("create", "list", "show", "renew", "cancel", "sync", "import", "help")
 
 USAGE = {
     "create": "/veeam-sa create NAME [--subscription ID]... [--description TEXT]",
@@ -28,6 +30,8 @@ USAGE = {
     "show": "/veeam-sa show NAME",
     "renew": "/veeam-sa renew NAME",
     "cancel": "/veeam-sa cancel",
+    "sync": "/veeam-sa sync NAME",
+    "import": "/veeam-sa import",
     "help": "/veeam-sa help",
 }
 
@@ -83,13 +87,13 @@ def parse(text: str) -> Command:
             + ", ".join(f"`{s}`" for s in SUBCOMMANDS)
             + "."
         )
-    if verb in ("list", "cancel", "help"):
+    if verb in ("list", "cancel", "import", "help"):
         if rest:
             raise _usage_error(
                 verb, f"`{verb}` takes no arguments (got `{_clip(' '.join(rest))}`)."
             )
         return Command(verb)
-    if verb in ("show", "renew"):
+    if verb in ("show", "renew", "sync"):
         if len(rest) != 1:
             raise _usage_error(verb, f"`{verb}` takes exactly one NAME.")
         if rest[0].startswith("-"):

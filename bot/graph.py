@@ -30,6 +30,7 @@ def _not_yet_visible(error: MicrosoftError) -> bool:
 
 class GraphClient(MicrosoftApi):
     service = "Microsoft Graph"
+    metric_label = "graph"
 
     #: How long to wait for a just-created object to become visible.
     replication_budget = 60.0
@@ -137,6 +138,18 @@ class GraphClient(MicrosoftApi):
             if exc.status == 404 or "No password credential" in str(exc):
                 return
             raise
+
+    def find_by_app_id(self, app_id: str) -> dict[str, Any] | None:
+        try:
+            return dict(self.get_json(f"/v1.0/applications(appId='{quote(app_id, safe='')}')"))
+        except MicrosoftError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def passwords(self, object_id: str) -> list[dict[str, Any]]:
+        app = self._retry_visible(lambda: self.get_application(object_id))
+        return [dict(p) for p in app.get("passwordCredentials") or []]
 
     def password_key_ids(self, object_id: str) -> list[str]:
         app = self._retry_visible(lambda: self.get_application(object_id))

@@ -30,9 +30,11 @@ from bot import blocks
 from bot.arm import ArmClient, assignment_name
 from bot.errors import CommandError, MicrosoftError, SignInError, VeeamSAError
 from bot.graph import GraphClient
+from bot.handoff import hand_off
 from bot.logs import register_secret_value as register
 from bot.messages import microsoft_failure, sign_in_failure
 from bot.signin import Identity, Session
+from bot.vbazure import ApplianceError
 from storage import queries
 
 if TYPE_CHECKING:
@@ -379,8 +381,16 @@ class Provisioner:
         roles: dict[str, list[str]] = {}
         for (sub, role), _outcome in zip(pairs, outcomes, strict=True):
             roles.setdefault(sub, []).append(role.name)
+        queries.update_account(self._db, account_id, roles=json.dumps(roles))
+        self.flows.set_step(flow_id, "roles", "done")
+        crash_point("after_roles")
+
+        # 5. hand the secret to the VBAzure appliance (when one is configured)
+        where = "kept encrypted in the bot's database; never shown in Slack"
+        if self.services.appliance is not None:
+            where = self._hand_off(flow, account_id, stored) or where
         with self._db.atomic():
-            queries.update_account(self._db, account_id, roles=json.dumps(roles), state="active")
+            queries.update_account(self._db, account_id, state="active")
             queries.add_audit(
                 self._db,
                 actor=flow["requester"],
@@ -400,10 +410,6 @@ class Provisioner:
             )
         self.flows.drop_session(flow_id)
         flow = self._flow(flow_id)
-        data = self.flows.data(flow)
-        data.setdefault("steps", {})["roles"] = "done"
-        self.flows.save_data(flow_id, data)
-        flow["data"] = json.dumps(data)
         end = datetime.fromisoformat(stored["end_at"].replace("Z", "+00:00"))
         tenant = identity.get("tenant_name") or ""
         summary = [
@@ -415,10 +421,36 @@ class Provisioner:
             + "\n".join(f"• `{sub}`: {', '.join(names)}" for sub, names in roles.items()),
             f"*Client secret:* `{stored['hint']}…` expires "
             + blocks.slack_date(end.timestamp(), end.date().isoformat())
-            + " — kept encrypted in the bot's database; never shown in Slack.",
+            + f" — {where}.",
         ]
         self.flows.render_parent(flow, outcome=":white_check_mark: Created.", summary=summary)
         self._thread(flow, f":white_check_mark: Service account `{flow['name']}` is ready.")
+
+    def _hand_off(
+        self, flow: dict[str, Any], account_id: int, stored: dict[str, Any]
+    ) -> str | None:
+        """Register the new account with the appliance. A failure leaves the (valid) Azure
+        account in place and says how to retry; returns where the secret went, or None."""
+        self.flows.set_step(flow["id"], "handoff", "running")
+        account = queries.get_account_by_id(self._db, account_id)
+        assert account is not None
+        try:
+            appliance_id = hand_off(
+                self.services,
+                account,
+                self.services.cipher.decrypt(stored["ciphertext"]),
+                flow["requester"],
+            )
+        except ApplianceError as exc:
+            self.flows.set_step(flow["id"], "handoff", "failed")
+            self._thread(
+                flow,
+                f":warning: The Azure side of `{flow['name']}` is ready, but handing it to Veeam failed: "
+                f"{exc}. Retry with `/veeam-sa sync {flow['name']}` once the appliance is reachable.",
+            )
+            return None
+        self.flows.set_step(flow["id"], "handoff", "done")
+        return f"handed to the Veeam appliance (account `{appliance_id}`) and kept encrypted in the bot's database"
 
     def _ensure_secret(
         self, graph: GraphClient, flow: dict[str, Any], account_id: int, object_id: str

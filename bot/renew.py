@@ -31,11 +31,14 @@ import httpx
 
 from bot import blocks
 from bot.errors import CommandError, MicrosoftError, SignInError, VeeamSAError
+from bot.expiry import parse_time
 from bot.graph import GraphClient
+from bot.handoff import appliance_text, hand_off
 from bot.logs import register_secret_value as register
 from bot.messages import microsoft_failure, sign_in_failure
 from bot.provision import crash_point, iso_utc
 from bot.signin import Identity, Session
+from bot.vbazure import ApplianceError
 from storage import queries
 
 if TYPE_CHECKING:
@@ -156,7 +159,7 @@ class Renewals:
                     f"{account['tenant_id']}. Sign in with an account of that tenant",
                 )
             self._renew(flow, account, session)
-        except (MicrosoftError, SignInError, SecretProofFailed) as exc:
+        except (MicrosoftError, SignInError, SecretProofFailed, ApplianceError) as exc:
             self._fail(flow, account, exc)
 
     def _graph(self, session: Session) -> GraphClient:
@@ -169,6 +172,14 @@ class Renewals:
     def _renew(self, flow: dict[str, Any], account: dict[str, Any], session: Session) -> None:
         graph = self._graph(session)
         object_id = account["app_object_id"]
+        if not object_id:  # imported from the appliance: only the client id is known
+            found = graph.find_by_app_id(account["app_id"])
+            if found is None:
+                raise SecretProofFailed(
+                    f"no application with client id {account['app_id']} in this tenant"
+                )
+            object_id = str(found["id"])
+            queries.update_account(self._db, account["id"], app_object_id=object_id)
         known = {
             s["key_id"]
             for s in self._db.table("secrets").rows_where("account_id = ?", [account["id"]])
@@ -184,9 +195,11 @@ class Renewals:
             new = pending[-1]
         else:
             # 0. a password Graph issued before a crash but the bot never stored is unknowable
-            for key_id in graph.password_key_ids(object_id):
-                if key_id not in known:
-                    graph.remove_password(object_id, key_id)
+            # (an imported account's passwords are all unknown to the bot: leave them be)
+            if not account.get("imported"):
+                for key_id in graph.password_key_ids(object_id):
+                    if key_id not in known:
+                        graph.remove_password(object_id, key_id)
             # 1. add the new secret; store it encrypted before anything else
             now = self.services.clock()
             end = now + timedelta(days=self.services.config.secret_days)
@@ -222,16 +235,25 @@ class Renewals:
         try:
             self._prove(account, self.services.cipher.decrypt(new["ciphertext"]))
         except SecretProofFailed:
-            try:
-                graph.remove_password(object_id, new["key_id"])
-            except MicrosoftError:
-                log.warning("could not remove the unproven new secret of %s", account["name"])
-            queries.set_secret_state(self._db, [new["id"]], "retired")
+            self._discard(graph, object_id, new, account)
             raise
 
+        # 3b. hand the new secret to the appliance before the old one goes
+        if self.services.appliance is not None:
+            try:
+                hand_off(
+                    self.services,
+                    account,
+                    self.services.cipher.decrypt(new["ciphertext"]),
+                    flow["requester"],
+                )
+            except ApplianceError:
+                self._discard(graph, object_id, new, account)
+                raise
+
         # 4. retire the old secret(s)
-        for secret in old:
-            graph.remove_password(object_id, secret["key_id"])
+        for key_id in self._old_key_ids(graph, object_id, old, new):
+            graph.remove_password(object_id, key_id)
         with self._db.atomic():
             queries.set_secret_state(self._db, [s["id"] for s in old], "retired")
             queries.set_secret_state(self._db, [new["id"]], "active")
@@ -266,6 +288,37 @@ class Renewals:
                 f":white_check_mark: Renewed. The new secret `{new['hint']}…` is in use; the old one is removed."
             ),
         )
+
+    def _discard(
+        self, graph: GraphClient, object_id: str, new: dict[str, Any], account: dict[str, Any]
+    ) -> None:
+        try:
+            graph.remove_password(object_id, new["key_id"])
+        except MicrosoftError:
+            log.warning("could not remove the unused new secret of %s", account["name"])
+        queries.set_secret_state(self._db, [new["id"]], "retired")
+
+    @staticmethod
+    def _old_key_ids(
+        graph: GraphClient, object_id: str, old: list[dict[str, Any]], new: dict[str, Any]
+    ) -> list[str]:
+        """Graph key ids of the secrets being replaced. An imported account's old secret is
+        known only by the expiry the appliance reported: match Graph's passwords on it."""
+        keys = [s["key_id"] for s in old if not s["key_id"].startswith("appliance:")]
+        placeholders = [
+            parse_time(s["end_at"]) for s in old if s["key_id"].startswith("appliance:")
+        ]
+        if placeholders:
+            for password in graph.passwords(object_id):
+                key_id = str(password.get("keyId"))
+                end = password.get("endDateTime")
+                if key_id == new["key_id"] or not end:
+                    continue
+                if any(
+                    abs((parse_time(str(end)) - p).total_seconds()) <= 86400 for p in placeholders
+                ):
+                    keys.append(key_id)
+        return keys
 
     def _prove(self, account: dict[str, Any], secret: str) -> None:
         """The client-credentials grant with the new secret, retried while it propagates."""
@@ -306,6 +359,8 @@ class Renewals:
     def _fail(self, flow: dict[str, Any], account: dict[str, Any], error: VeeamSAError) -> None:
         if isinstance(error, MicrosoftError):
             reason = microsoft_failure(error)
+        elif isinstance(error, ApplianceError):
+            reason = appliance_text(error)
         elif isinstance(error, SignInError):
             reason = sign_in_failure(error) if error.kind != "other" else str(error)
         else:

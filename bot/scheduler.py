@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from bot import expiry
+from bot import expiry, handoff
 from bot.services import Services
 
 log = logging.getLogger(__name__)
@@ -21,6 +21,11 @@ JOB_ID = "expiry-scan"
 
 
 def run_scan(services: Services) -> expiry.ScanResult:
+    if services.appliance is not None:
+        try:
+            handoff.refresh(services, services.clock())
+        except Exception:  # noqa: BLE001 - the appliance being down must not stop the warnings
+            log.warning("could not read the appliance's accounts", exc_info=True)
     result = expiry.scan(services.store, services.slack, services.config, services.clock())
     log.info(
         "expiry scan: %d due, %d posted (%d digests), %d failed, decided in %.3fs",

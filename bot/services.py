@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from bot.create import CreateFlows
     from bot.provision import Provisioner
     from bot.renew import Renewals
+    from bot.vbazure import VBAzureClient
 
 
 def utcnow() -> datetime:
@@ -41,6 +42,7 @@ class Services:
     authz: Authorizer
     http: httpx.Client
     clock: Callable[[], datetime] = field(default=utcnow)
+    appliance: VBAzureClient | None = None
     create: CreateFlows = field(init=False)
     provision: Provisioner = field(init=False)
     renew: Renewals = field(init=False)
@@ -95,6 +97,9 @@ def build_services(
         http=http,
         clock=clock,
     )
+    from bot.handoff import make_client
+
+    services.appliance = make_client(services)
     services.create = CreateFlows(services, DeviceSignIn(config, http), Notifier(slack))
     services.provision = Provisioner(services.create)
     services.renew = Renewals(services.create)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from functools import partial
 from typing import Any
 
-from slack_bolt import Ack, App
+from slack_bolt import Ack, App, Respond
 
-from bot import blocks, ids
+from bot import appliance_jobs, blocks, ids
 from bot.accounts import account_view, account_views
 from bot.errors import DATABASE_UNAVAILABLE, CommandError, NotAuthorised, StorageError
 from bot.grammar import parse
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 
 def register(app: App, services: Services) -> None:
     @app.command(ids.COMMAND)
-    def on_command(ack: Ack, command: dict[str, Any]) -> None:
+    def on_command(ack: Ack, command: dict[str, Any], respond: Respond) -> None:
         user = command.get("user_id", "")
         try:
             parsed = parse(command.get("text") or "")
@@ -78,6 +79,23 @@ def register(app: App, services: Services) -> None:
                 )
                 ack(**blocks.note(f"Renewing `{parsed.name}`: the sign-in code comes only to you."))
                 services.workers.submit(services.create.start, flow_id)
+            elif parsed.verb in ("sync", "import"):
+                if services.appliance is None:
+                    raise CommandError(
+                        "No Veeam appliance is configured (set VEEAM_URL, VEEAM_USERNAME and VEEAM_PASSWORD)."
+                    )
+                if parsed.verb == "sync":
+                    assert parsed.name is not None
+                    ack(**blocks.note(f"Handing `{parsed.name}` to the Veeam appliance…"))
+                    job = partial(appliance_jobs.sync, services, parsed.name, user)
+                else:
+                    ack(
+                        **blocks.note("Looking for appliance accounts the bot does not manage yet…")
+                    )
+                    job = partial(
+                        appliance_jobs.import_all, services, user, command.get("channel_id")
+                    )
+                services.workers.submit(lambda: respond(**job(), response_type="ephemeral"))
         except NotAuthorised as exc:
             ack(**blocks.refusal_message(exc.rule))
         except CommandError as exc:

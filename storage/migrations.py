@@ -7,7 +7,7 @@ from sqlite_utils import Database, Migrations
 migrations = Migrations("veeam-sa")
 
 #: Name of the newest migration: `doctor` reports a database short of it as out of date.
-LATEST = "m004_notice_digests_and_meta"
+LATEST = "m005_appliance"
 
 
 @migrations()
@@ -132,3 +132,15 @@ def m003_audit_append_only(db: Database) -> None:
 def m004_notice_digests_and_meta(db: Database) -> None:
     db.table("notices").add_column("digest", int, not_null_default=0)
     db.table("meta").create({"key": str, "value": str}, pk="key")
+
+
+@migrations()
+def m005_appliance(db: Database) -> None:
+    accounts = db.table("accounts")
+    accounts.add_column("appliance_id", str)
+    accounts.add_column("handoff", str)  # done | failed | None (no appliance)
+    accounts.add_column("appliance_state", str)  # the appliance's cloudState, as last seen
+    accounts.add_column("appliance_expiry", str)
+    accounts.add_column("appliance_checked_at", str)
+    accounts.add_column("imported", int, not_null_default=0)
+    accounts.create_index(["app_id"])

@@ -1,0 +1,202 @@
+"""Handing service accounts to the VBAzure appliance, and keeping the bot's view in sync.
+
+When `VEEAM_URL` is configured, a created account is registered with `saveByApp` and a
+renewed secret is pushed with `updateByApp` before the old secret is removed. Nothing here
+runs without `VEEAM_URL`. The secret goes from the encrypted store straight into the
+appliance's request body; it is never returned, logged or put in an error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from bot.expiry import parse_time
+from bot.vbazure import AZURE_ENVIRONMENTS, ApplianceError, VBAzureClient
+from storage import queries
+
+if TYPE_CHECKING:
+    from bot.services import Services
+
+log = logging.getLogger(__name__)
+
+#: Appliance `cloudState` values that mean all is well.
+HEALTHY = frozenset({"Valid"})
+
+
+def make_client(services: Services) -> VBAzureClient | None:
+    config = services.config
+    if not (config.veeam_url and config.veeam_username and config.veeam_password):
+        return None
+    return VBAzureClient(
+        config.veeam_url,
+        config.veeam_username,
+        config.veeam_password,
+        services.http,
+        api_version=config.veeam_api_version,
+    )
+
+
+def hand_off(services: Services, account: dict[str, Any], secret_text: str, actor: str) -> str:
+    """Register the account with the appliance (or update it); returns the appliance id.
+    Raises `ApplianceError`; records the outcome on the account either way."""
+    appliance = services.appliance
+    assert appliance is not None
+    config = services.config
+    kwargs = {
+        "name": account["name"],
+        "description": account.get("description") or f"Created by veeam-sa for {account['name']}",
+        "application_id": account["app_id"],
+        "tenant_id": account["tenant_id"],
+        "client_secret": secret_text,
+        "subscriptions": json.loads(account.get("subscriptions") or "[]"),
+        "purposes": list(config.veeam_purposes),
+        "environment": AZURE_ENVIRONMENTS.get(config.cloud, "Global"),
+    }
+    db = services.store.db
+    try:
+        if account.get("appliance_id"):
+            appliance.update_by_app(account["appliance_id"], **kwargs)
+            appliance_id = str(account["appliance_id"])
+        else:
+            appliance_id = appliance.save_by_app(**kwargs)
+    except ApplianceError as exc:
+        with db.atomic():
+            queries.update_account(db, account["id"], handoff="failed")
+            queries.add_audit(
+                db,
+                actor=actor,
+                action="appliance.handoff",
+                target=account["name"],
+                outcome="failed",
+                detail={"kind": exc.kind, "status": exc.status},
+            )
+        raise
+    with db.atomic():
+        queries.update_account(db, account["id"], appliance_id=appliance_id, handoff="done")
+        queries.add_audit(
+            db,
+            actor=actor,
+            action="appliance.handoff",
+            target=account["name"],
+            outcome="ok",
+            detail={"appliance_id": appliance_id, "update": bool(account.get("appliance_id"))},
+        )
+    return appliance_id
+
+
+def appliance_text(error: ApplianceError) -> str:
+    return f"the Veeam appliance refused or could not be reached: {error}"
+
+
+def refresh(services: Services, now: datetime) -> int:
+    """Read every appliance account and record its state on the matching managed account."""
+    appliance = services.appliance
+    if appliance is None:
+        return 0
+    accounts = appliance.list_accounts()
+    db = services.store.db
+    seen = 0
+    stamp = queries.utcnow_iso(now)
+    with db.atomic():
+        for item in accounts:
+            app_id = str(item.get("applicationId") or "").lower()
+            if not app_id:
+                continue
+            for account in db.table("accounts").rows_where(
+                "lower(app_id) = ? AND state = 'active'", [app_id]
+            ):
+                queries.update_account(
+                    db,
+                    account["id"],
+                    appliance_id=account.get("appliance_id") or item.get("id"),
+                    appliance_state=item.get("cloudState"),
+                    appliance_expiry=item.get("expirationDate"),
+                    appliance_checked_at=stamp,
+                )
+                seen += 1
+    return seen
+
+
+def import_accounts(
+    services: Services, actor: str, channel: str | None, now: datetime
+) -> list[str]:
+    """Adopt appliance accounts the bot does not manage yet, so their expiry is watched.
+
+    The bot gets no secret for them; a renewal then adds a new one. The expiry the appliance
+    reports stands in for the secret until then.
+    """
+    appliance = services.appliance
+    assert appliance is not None
+    db = services.store.db
+    adopted: list[str] = []
+    for item in appliance.list_accounts():
+        app_id = str(item.get("applicationId") or "").lower()
+        if not app_id or next(
+            db.table("accounts").rows_where("lower(app_id) = ? AND state = 'active'", [app_id]),
+            None,
+        ):
+            continue
+        name = _free_name(db, str(item.get("name") or f"imported-{app_id[:8]}"))
+        expiry = item.get("expirationDate")
+        end = parse_time(expiry) if expiry else now + timedelta(days=services.config.secret_days)
+        with db.atomic():
+            account_id = queries.insert_account(
+                db,
+                {
+                    "name": name,
+                    "description": item.get("description"),
+                    "tenant_id": item.get("tenantId"),
+                    "app_id": app_id,
+                    "subscriptions": json.dumps(
+                        [str(s).lower() for s in item.get("subscriptions") or []]
+                    ),
+                    "roles": json.dumps({}),
+                    "created_by": actor,
+                    "created_at": queries.utcnow_iso(now),
+                    "channel_id": channel,
+                    "alert_channel_id": services.config.alert_channel or channel,
+                    "state": "active",
+                    "appliance_id": item.get("id"),
+                    "appliance_state": item.get("cloudState"),
+                    "appliance_expiry": expiry,
+                    "appliance_checked_at": queries.utcnow_iso(now),
+                    "handoff": "done",
+                    "imported": 1,
+                },
+            )
+            queries.insert_secret(
+                db,
+                {
+                    "account_id": account_id,
+                    "key_id": f"appliance:{item.get('id')}",
+                    "hint": "",
+                    "end_at": end.astimezone(UTC).isoformat(timespec="seconds"),
+                    "created_at": queries.utcnow_iso(now),
+                    "ciphertext": None,
+                    "state": "active",
+                },
+            )
+            queries.add_audit(
+                db,
+                actor=actor,
+                action="appliance.import",
+                target=name,
+                outcome="ok",
+                detail={"app_id": app_id, "appliance_id": item.get("id")},
+            )
+        adopted.append(name)
+    return adopted
+
+
+def _free_name(db: Any, wanted: str) -> str:
+    import re
+
+    base = re.sub(r"[^A-Za-z0-9_-]", "-", wanted)[:240] or "imported"
+    name, n = base, 1
+    while queries.get_account(db, name) is not None:
+        n += 1
+        name = f"{base}-{n}"
+    return name

@@ -1,0 +1,153 @@
+"""The VBAzure appliance as the secret's consumer: hand-off on create, update on renew
+before the old secret goes, sync after an outage, import of appliance-only accounts."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from bot import expiry, ids
+from tests.fakes.microsoft import DEFAULT_SUBSCRIPTIONS, DEFAULT_TENANT_ID, MicrosoftDouble
+from tests.fakes.slack import SlackDouble
+from tests.fakes.tls import TestCA
+from tests.fakes.vbazure import DEFAULT_PASSWORD, DEFAULT_USERNAME, VBAzureDouble
+from tests.harness import ADMIN, Bot
+from tests.test_provision import sign_in
+from tests.test_renew import alert, approve_next, wait_renew
+
+SUB = DEFAULT_SUBSCRIPTIONS[0][0]
+
+
+@pytest.fixture
+def vb(ca: TestCA) -> Iterator[VBAzureDouble]:
+    with VBAzureDouble(ca) as dbl:
+        yield dbl
+
+
+@pytest.fixture
+def vbot(env: dict[str, str], slack: SlackDouble, ms: MicrosoftDouble, vb: VBAzureDouble) -> Iterator[Bot]:
+    instance = Bot(
+        {**env, "VEEAM_URL": vb.url, "VEEAM_USERNAME": DEFAULT_USERNAME, "VEEAM_PASSWORD": DEFAULT_PASSWORD},
+        slack,
+        ms,
+    )
+    yield instance
+    instance.close()
+
+
+def created(bot: Bot, name: str = "prod") -> dict:
+    sign_in(bot, f"create {name} --subscription {SUB}")
+    bot.wait_state(name, "done", timeout=30)
+    bot.wait_thread(name, "is ready")
+    return dict(next(bot.db.table("accounts").rows_where("name = ?", [name])))
+
+
+def test_create_hands_the_same_secret_to_the_appliance(
+    vbot: Bot, ms: MicrosoftDouble, vb: VBAzureDouble, slack: SlackDouble
+) -> None:
+    account = created(vbot)
+    app = ms.application(app_id=account["app_id"])
+    [held] = vb.accounts.values()
+    assert held["clientSecret"] == app.passwords[0].secret_text
+    assert held["applicationId"] == app.app_id and held["tenantId"] == DEFAULT_TENANT_ID
+    assert held["subscriptions"] == [SUB] and held["name"] == "prod"
+    assert account["appliance_id"] == held["id"] and account["handoff"] == "done"
+    parent = slack.message(account["channel_id"], vbot.flow("prod")["parent_ts"])
+    text = json.dumps(parent["blocks"])
+    assert "Hand the secret to Veeam" in text and held["id"] in text
+    assert all(app.passwords[0].secret_text not in json.dumps(c.args) for c in slack.calls)
+
+
+def test_renewal_updates_the_appliance_before_the_old_secret_goes(
+    vbot: Bot, ms: MicrosoftDouble, vb: VBAzureDouble
+) -> None:
+    account = created(vbot)
+    app = ms.application(app_id=account["app_id"])
+    old_key = app.passwords[0].key_id
+    ts = alert(vbot, account)
+    vbot.click(ids.ACTION_RENEW, str(account["id"]), user=ADMIN, message_ts=ts)
+    approve_next(vbot, 2)
+    wait_renew(vbot, "done")
+
+    new = app.passwords[0]
+    assert new.key_id != old_key and len(app.passwords) == 1
+    [held] = vb.accounts.values()
+    assert held["clientSecret"] == new.secret_text
+    offset = time.time() - time.monotonic()
+    [update] = vb.events_for(r"updateByApp", "PUT")
+    [removal] = [r for r in ms.requests if r.path.endswith("/removePassword") and r.body.get("keyId") == old_key]
+    assert update.time + offset < removal.time, "the appliance got the new secret after the old one was removed"
+
+
+def test_appliance_failure_on_renew_keeps_the_old_secret(vbot: Bot, ms: MicrosoftDouble, vb: VBAzureDouble) -> None:
+    account = created(vbot)
+    app = ms.application(app_id=account["app_id"])
+    old = app.passwords[0]
+    vb.fault("PUT", r"updateByApp", 403, times=5)
+    assert "Renewing" in vbot.command("renew prod")
+    approve_next(vbot, 2)
+    flow = wait_renew(vbot, "failed")
+    assert [p.key_id for p in app.passwords] == [old.key_id]
+    assert next(iter(vb.accounts.values()))["clientSecret"] == old.secret_text
+    replies = [m.get("text", "") for m in vbot.slack.thread(flow["channel_id"], flow["parent_ts"])]
+    assert any("Veeam appliance" in r and "old secret is still in place" in r for r in replies), replies
+
+
+def test_appliance_down_during_create_then_sync(vbot: Bot, ms: MicrosoftDouble, vb: VBAzureDouble, slack: SlackDouble) -> None:
+    vb.fault("POST", r"saveByApp", 503, times=10)
+    account = created(vbot)
+    assert account["state"] == "active" and account["handoff"] == "failed"
+    assert len(ms.applications) == 1  # the Azure side stays: it is valid
+    assert vb.accounts == {}
+    assert "/veeam-sa sync prod" in vbot.wait_thread("prod", "handing it to Veeam failed")
+    assert "hand-off to Veeam failed" in vbot.command("list")
+
+    vb.faults.clear()
+    mark = slack.mark()
+    assert "Handing `prod`" in vbot.command("sync prod")
+    reply = slack.wait_for("response_url", after=mark, timeout=10)
+    assert "registered with the Veeam appliance" in json.dumps(reply.args)
+    [held] = vb.accounts.values()
+    assert held["clientSecret"] == ms.application(app_id=account["app_id"]).passwords[0].secret_text
+
+
+def test_import_brings_appliance_accounts_under_watch(vbot: Bot, vb: VBAzureDouble, slack: SlackDouble) -> None:
+    soon = (datetime.now(UTC) + timedelta(days=5)).isoformat(timespec="seconds")
+    vb.add_account("legacy-backup", expirationDate=soon, tenantId=DEFAULT_TENANT_ID)
+    mark = slack.mark()
+    vbot.command("import")
+    reply = slack.wait_for("response_url", after=mark, timeout=10)
+    assert "legacy-backup" in json.dumps(reply.args)
+    account = next(vbot.db.table("accounts").rows_where("name = 'legacy-backup'"))
+    assert account["imported"] == 1
+    result = expiry.scan(vbot.store, vbot.services.slack, vbot.config, datetime.now(UTC), sleep=lambda s: None)
+    assert [d.account["name"] for d in result.due] == ["legacy-backup"] and result.posted == 1
+    mark = slack.mark()
+    vbot.command("import")
+    assert "already managed" in json.dumps(slack.wait_for("response_url", after=mark, timeout=10).args)
+
+
+def test_appliance_state_shows_in_list_and_disagreement_is_flagged(
+    vbot: Bot, vb: VBAzureDouble
+) -> None:
+    account = created(vbot)
+    vb.set_cloud_state(account["appliance_id"], "InvalidClientSecret")
+    from bot.scheduler import run_scan
+
+    run_scan(vbot.services)
+    listing = vbot.command("list")
+    assert "Veeam: InvalidClientSecret" in listing and "Veeam reports InvalidClientSecret" in listing
+    assert "InvalidClientSecret" in vbot.command("show prod")
+
+
+def test_without_an_appliance_nothing_of_this_runs(bot: Bot, ms: MicrosoftDouble) -> None:
+    account = created(bot)
+    assert account["handoff"] is None and account["appliance_id"] is None
+    assert "No Veeam appliance is configured" in bot.command("sync prod")
+    assert "No Veeam appliance is configured" in bot.command("import")
+    flow = bot.flow("prod")
+    assert "Hand the secret to Veeam" not in json.dumps(bot.slack.message(flow["channel_id"], flow["parent_ts"]))
