@@ -29,9 +29,16 @@ def vb(ca: TestCA) -> Iterator[VBAzureDouble]:
 
 
 @pytest.fixture
-def vbot(env: dict[str, str], slack: SlackDouble, ms: MicrosoftDouble, vb: VBAzureDouble) -> Iterator[Bot]:
+def vbot(
+    env: dict[str, str], slack: SlackDouble, ms: MicrosoftDouble, vb: VBAzureDouble
+) -> Iterator[Bot]:
     instance = Bot(
-        {**env, "VEEAM_URL": vb.url, "VEEAM_USERNAME": DEFAULT_USERNAME, "VEEAM_PASSWORD": DEFAULT_PASSWORD},
+        {
+            **env,
+            "VEEAM_URL": vb.url,
+            "VEEAM_USERNAME": DEFAULT_USERNAME,
+            "VEEAM_PASSWORD": DEFAULT_PASSWORD,
+        },
         slack,
         ms,
     )
@@ -79,11 +86,19 @@ def test_renewal_updates_the_appliance_before_the_old_secret_goes(
     assert held["clientSecret"] == new.secret_text
     offset = time.time() - time.monotonic()
     [update] = vb.events_for(r"updateByApp", "PUT")
-    [removal] = [r for r in ms.requests if r.path.endswith("/removePassword") and r.body.get("keyId") == old_key]
-    assert update.time + offset < removal.time, "the appliance got the new secret after the old one was removed"
+    [removal] = [
+        r
+        for r in ms.requests
+        if r.path.endswith("/removePassword") and r.body.get("keyId") == old_key
+    ]
+    assert update.time + offset < removal.time, (
+        "the appliance got the new secret after the old one was removed"
+    )
 
 
-def test_appliance_failure_on_renew_keeps_the_old_secret(vbot: Bot, ms: MicrosoftDouble, vb: VBAzureDouble) -> None:
+def test_appliance_failure_on_renew_keeps_the_old_secret(
+    vbot: Bot, ms: MicrosoftDouble, vb: VBAzureDouble
+) -> None:
     account = created(vbot)
     app = ms.application(app_id=account["app_id"])
     old = app.passwords[0]
@@ -94,10 +109,14 @@ def test_appliance_failure_on_renew_keeps_the_old_secret(vbot: Bot, ms: Microsof
     assert [p.key_id for p in app.passwords] == [old.key_id]
     assert next(iter(vb.accounts.values()))["clientSecret"] == old.secret_text
     replies = [m.get("text", "") for m in vbot.slack.thread(flow["channel_id"], flow["parent_ts"])]
-    assert any("Veeam appliance" in r and "old secret is still in place" in r for r in replies), replies
+    assert any("Veeam appliance" in r and "old secret is still in place" in r for r in replies), (
+        replies
+    )
 
 
-def test_appliance_down_during_create_then_sync(vbot: Bot, ms: MicrosoftDouble, vb: VBAzureDouble, slack: SlackDouble) -> None:
+def test_appliance_down_during_create_then_sync(
+    vbot: Bot, ms: MicrosoftDouble, vb: VBAzureDouble, slack: SlackDouble
+) -> None:
     vb.fault("POST", r"saveByApp", 503, times=10)
     account = created(vbot)
     assert account["state"] == "active" and account["handoff"] == "failed"
@@ -115,7 +134,9 @@ def test_appliance_down_during_create_then_sync(vbot: Bot, ms: MicrosoftDouble, 
     assert held["clientSecret"] == ms.application(app_id=account["app_id"]).passwords[0].secret_text
 
 
-def test_import_brings_appliance_accounts_under_watch(vbot: Bot, vb: VBAzureDouble, slack: SlackDouble) -> None:
+def test_import_brings_appliance_accounts_under_watch(
+    vbot: Bot, vb: VBAzureDouble, slack: SlackDouble
+) -> None:
     soon = (datetime.now(UTC) + timedelta(days=5)).isoformat(timespec="seconds")
     vb.add_account("legacy-backup", expirationDate=soon, tenantId=DEFAULT_TENANT_ID)
     mark = slack.mark()
@@ -124,11 +145,15 @@ def test_import_brings_appliance_accounts_under_watch(vbot: Bot, vb: VBAzureDoub
     assert "legacy-backup" in json.dumps(reply.args)
     account = next(vbot.db.table("accounts").rows_where("name = 'legacy-backup'"))
     assert account["imported"] == 1
-    result = expiry.scan(vbot.store, vbot.services.slack, vbot.config, datetime.now(UTC), sleep=lambda s: None)
+    result = expiry.scan(
+        vbot.store, vbot.services.slack, vbot.config, datetime.now(UTC), sleep=lambda s: None
+    )
     assert [d.account["name"] for d in result.due] == ["legacy-backup"] and result.posted == 1
     mark = slack.mark()
     vbot.command("import")
-    assert "already managed" in json.dumps(slack.wait_for("response_url", after=mark, timeout=10).args)
+    assert "already managed" in json.dumps(
+        slack.wait_for("response_url", after=mark, timeout=10).args
+    )
 
 
 def test_appliance_state_shows_in_list_and_disagreement_is_flagged(
@@ -140,7 +165,9 @@ def test_appliance_state_shows_in_list_and_disagreement_is_flagged(
 
     run_scan(vbot.services)
     listing = vbot.command("list")
-    assert "Veeam: InvalidClientSecret" in listing and "Veeam reports InvalidClientSecret" in listing
+    assert (
+        "Veeam: InvalidClientSecret" in listing and "Veeam reports InvalidClientSecret" in listing
+    )
     assert "InvalidClientSecret" in vbot.command("show prod")
 
 
@@ -150,4 +177,6 @@ def test_without_an_appliance_nothing_of_this_runs(bot: Bot, ms: MicrosoftDouble
     assert "No Veeam appliance is configured" in bot.command("sync prod")
     assert "No Veeam appliance is configured" in bot.command("import")
     flow = bot.flow("prod")
-    assert "Hand the secret to Veeam" not in json.dumps(bot.slack.message(flow["channel_id"], flow["parent_ts"]))
+    assert "Hand the secret to Veeam" not in json.dumps(
+        bot.slack.message(flow["channel_id"], flow["parent_ts"])
+    )
