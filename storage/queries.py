@@ -7,11 +7,14 @@ secrets stay as ciphertext here (the service layer holds the `Cipher`).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlite_utils import Database
+
+audit_log = logging.getLogger("veeam_sa.audit")
 
 TERMINAL_FLOW_STATES = frozenset({"done", "failed", "cancelled", "expired", "rolled_back"})
 
@@ -40,6 +43,22 @@ def add_audit(
     now: datetime | None = None,
 ) -> int:
     table = db.table("audit")
+    details = detail or {}
+    # Every audited step is also a log event, carrying the flow, user, account and
+    # correlation id as structured fields (JSON logs show them as keys).
+    audit_log.info(
+        "%s %s: %s",
+        action,
+        target or "-",
+        outcome,
+        extra={
+            "flow": details.get("flow"),
+            "user": actor,
+            "account": target,
+            "correlation_id": correlation_id or details.get("correlation_id"),
+            "step": action,
+        },
+    )
     table.insert(
         {
             "at": utcnow_iso(now),
@@ -47,7 +66,7 @@ def add_audit(
             "action": action,
             "target": target,
             "outcome": outcome,
-            "detail": json.dumps(detail or {}, sort_keys=True),
+            "detail": json.dumps(details, sort_keys=True),
             "correlation_id": correlation_id,
         }
     )

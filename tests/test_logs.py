@@ -66,3 +66,31 @@ def test_handler_scrubs_messages_args_and_exceptions_as_json() -> None:
     assert lines[0]["flow"] == "f1" and lines[0]["user"] == "U1"
     assert "ValueError" in lines[1]["exception"]
     logging.getLogger().handlers.clear()
+
+
+def test_audited_steps_are_log_events_with_their_fields(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from storage import queries
+    from storage.db import open_store
+
+    stream = io.StringIO()
+    setup_logging("INFO", "json", stream)
+    store = open_store(tmp_path / "veeam-sa.db")
+    queries.add_audit(
+        store.db,
+        actor="U0ADMIN",
+        action="sign_in.failed",
+        target="prod",
+        outcome="mfa",
+        detail={"flow": "f-1", "correlation_id": "c-1"},
+    )
+    store.close()
+    logging.getLogger().handlers.clear()
+    [event] = [
+        json.loads(line) for line in stream.getvalue().splitlines() if "sign_in.failed" in line
+    ]
+    assert (event["flow"], event["user"], event["account"], event["correlation_id"]) == (
+        "f-1",
+        "U0ADMIN",
+        "prod",
+        "c-1",
+    )
