@@ -44,6 +44,7 @@ def assignment_name(key: str, subscription: str, role_definition_id: str) -> str
 
 class ArmClient(MicrosoftApi):
     service = "Azure Resource Manager"
+    metric_label = "arm"
 
     #: How long to retry PrincipalNotFound for a just-created service principal.
     principal_budget = 180.0

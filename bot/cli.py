@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -31,7 +32,10 @@ def _fail(message: str, code: int) -> int:
 
 
 def run(stop: threading.Event | None = None) -> int:
-    """Run the bot until SIGTERM/SIGINT (or until `stop` is set)."""
+    """Run the bot until SIGTERM/SIGINT (or until `stop` is set), then stop gracefully:
+    running steps finish, flows stay resumable, and the process exits 0 within about
+    `STOP_TIMEOUT_S` seconds (logging what was still running if it had to give up).
+    A second signal exits at once."""
     from bot.config import load_config
     from bot.runtime import Runtime
 
@@ -44,7 +48,11 @@ def run(stop: threading.Event | None = None) -> int:
     stop = stop or threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("received %s, shutting down", signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if stop.is_set():
+            log.warning("received %s again: exiting without waiting", name)
+            _exit_now(EXIT_RUNTIME)
+        log.info("received %s, shutting down", name)
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -64,11 +72,34 @@ def run(stop: threading.Event | None = None) -> int:
         )
     except VeeamSAError as exc:
         return _fail(str(exc), EXIT_RUNTIME)
+    from bot.runtime import STOP_TIMEOUT_S
+
     try:
         stop.wait()
     finally:
-        runtime.stop()
+        # Insurance: whatever hangs, the process is gone a little after the bound.
+        watchdog = threading.Timer(STOP_TIMEOUT_S + 10, _exit_now, args=(0, "stop hung"))
+        watchdog.daemon = True
+        watchdog.start()
+        left = runtime.stop(STOP_TIMEOUT_S)
+        watchdog.cancel()
+    if left:
+        log.warning(
+            "stopped after %.0fs without waiting for: %s (they resume on the next start)",
+            STOP_TIMEOUT_S,
+            "; ".join(left),
+        )
+        # Their threads would hold the interpreter open at exit: leave without them.
+        _exit_now(0)
+    log.info("stopped")
     return 0
+
+
+def _exit_now(code: int, reason: str | None = None) -> None:
+    if reason:
+        log.error("exiting: %s", reason)
+    logging.shutdown()
+    os._exit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

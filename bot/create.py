@@ -25,7 +25,7 @@ from typing import Any
 
 from slack_sdk.errors import SlackApiError
 
-from bot import blocks
+from bot import blocks, metrics
 from bot.errors import CommandError, NotAuthorised, SignInError
 from bot.grammar import Command
 from bot.logs import register_secret
@@ -322,7 +322,8 @@ class CreateFlows:
                 session = self.signin.new_session()
                 with self._lock:
                     self._sessions[flow_id] = session
-            result = self.signin.poll(session, device)
+            with metrics.SIGNIN_POLL_SECONDS.time():
+                result = self.signin.poll(session, device)
         except SignInError as exc:
             self.fail(flow_id, exc)
             return

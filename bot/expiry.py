@@ -162,7 +162,10 @@ def scan(
     started = monotonic()
     due = decide(store, config, now)
     result = ScanResult(due=due, decided_in=monotonic() - started)
-    if dry_run or not due:
+    if dry_run:
+        return result
+    if not due:
+        queries.set_meta(store.db, "last_scan_at", queries.utcnow_iso(now))
         return result
     db = store.db
     for item in due:

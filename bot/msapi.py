@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from bot import metrics
 from bot.errors import MicrosoftError, Throttled, Unreachable
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,8 @@ log = logging.getLogger(__name__)
 
 class MicrosoftApi:
     service = "Microsoft"
+    #: The `service` label of `veeam_sa_microsoft_requests_total`.
+    metric_label = "microsoft"
 
     def __init__(
         self,
@@ -64,9 +67,11 @@ class MicrosoftApi:
                     method, self.url(path), json=json, params=params, headers=send_headers
                 )
             except httpx.HTTPError as exc:
+                metrics.microsoft_request(self.metric_label, None)
                 last = Unreachable(self.service, type(exc).__name__)
                 wait = min(2.0 ** (attempt - 1), self._max_wait)
             else:
+                metrics.microsoft_request(self.metric_label, response.status_code)
                 if response.status_code in ok:
                     return response
                 error = self.error(response)

@@ -1,7 +1,9 @@
-"""The HTTP listener: `GET /healthz` in both modes, `POST /slack/events` in HTTP mode.
+"""The HTTP listener: `GET /healthz` and `GET /metrics` in both modes, `POST /slack/events`
+in HTTP mode.
 
 A stdlib threading server: each request gets a thread, and Bolt answers within Slack's
-3 seconds because listeners only ack and hand long work to `bot.workers`.
+3 seconds because listeners only ack and hand long work to `bot.workers`. `stop()` stops
+accepting first, then waits (bounded) for the requests already being answered.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -18,6 +21,9 @@ from slack_bolt import App, BoltRequest
 log = logging.getLogger(__name__)
 
 MAX_BODY = 1_000_000
+
+#: `GET /metrics`: returns the exposition body and its content type.
+MetricsSource = Callable[[], tuple[bytes, str]]
 
 
 class Health:
@@ -40,7 +46,34 @@ class Health:
         return database and slack, body
 
 
-def _handler_class(app: App | None, health: Health) -> type[BaseHTTPRequestHandler]:
+class _InFlight:
+    """Counts requests being answered, so that `stop()` can let them finish."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._count = 0
+
+    def __enter__(self) -> None:
+        with self._cond:
+            self._count += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self._count -= 1
+            self._cond.notify_all()
+
+    def wait(self, timeout: float) -> int:
+        """Wait until no request is in flight; return how many still are."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._count and (remaining := deadline - time.monotonic()) > 0:
+                self._cond.wait(remaining)
+            return self._count
+
+
+def _handler_class(
+    app: App | None, health: Health, metrics: MetricsSource | None, in_flight: _InFlight
+) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "veeam-sa"
         sys_version = ""
@@ -63,13 +96,26 @@ def _handler_class(app: App | None, health: Health) -> type[BaseHTTPRequestHandl
             self.wfile.write(body)
 
         def do_GET(self) -> None:  # noqa: N802 - stdlib name
-            if self.path.split("?", 1)[0] == "/healthz":
+            path = self.path.split("?", 1)[0]
+            if path == "/healthz":
                 ok, body = health.check()
                 self._send(200 if ok else 503, json.dumps(body).encode())
+            elif path == "/metrics" and metrics is not None:
+                try:
+                    text, content_type = metrics()
+                except Exception:  # noqa: BLE001 - a scrape must not kill the listener
+                    log.exception("cannot render /metrics")
+                    self._send(500, b'{"error": "metrics_failed"}')
+                    return
+                self._send(200, text, {"Content-Type": content_type})
             else:
                 self._send(404, b'{"error": "not_found"}')
 
         def do_POST(self) -> None:  # noqa: N802 - stdlib name
+            with in_flight:
+                self._post()
+
+        def _post(self) -> None:
             if app is None or self.path.split("?", 1)[0] != "/slack/events":
                 self._send(404, b'{"error": "not_found"}')
                 return
@@ -96,8 +142,19 @@ def _handler_class(app: App | None, health: Health) -> type[BaseHTTPRequestHandl
 
 
 class HttpServer:
-    def __init__(self, port: int, app: App | None, health: Health, host: str = "0.0.0.0") -> None:  # noqa: S104
-        self._server = ThreadingHTTPServer((host, port), _handler_class(app, health))
+    def __init__(
+        self,
+        port: int,
+        app: App | None,
+        health: Health,
+        host: str = "0.0.0.0",  # noqa: S104
+        *,
+        metrics: MetricsSource | None = None,
+    ) -> None:
+        self._in_flight = _InFlight()
+        self._server = ThreadingHTTPServer(
+            (host, port), _handler_class(app, health, metrics, self._in_flight)
+        )
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="veeam-sa-http", daemon=True
@@ -110,6 +167,9 @@ class HttpServer:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> int:
+        """Stop accepting, close the listening socket, then give the Slack requests being
+        answered up to `timeout` seconds; return how many were still running."""
         self._server.shutdown()
         self._server.server_close()
+        return self._in_flight.wait(timeout)

@@ -4,6 +4,10 @@ Handlers ack and hand work to `Workers`: `submit` runs a job on a bounded thread
 `call_later` schedules one for later. A single timer thread keeps a heap of due jobs
 and feeds them to the pool, so hundreds of pending sign-ins cost one heap entry each —
 not a thread or a sleep loop per flow. The thread count is `size + 1`, whatever the load.
+
+`shutdown()` first stops the timer (no new polls are started), refuses new jobs, drops
+the ones not started yet, and lets the running ones finish: a flow is left between two
+steps, in the state its row says, and the next start resumes it from there.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -44,14 +49,29 @@ class Workers:
         self._seq = itertools.count()
         self._cond = threading.Condition()
         self._stopping = False
+        #: Jobs submitted to the pool and not finished, with a description for the log.
+        self._live: dict[Future[Any], str] = {}
         self._timer = threading.Thread(target=self._run_timer, name="veeam-sa-timer", daemon=True)
         self._timer.start()
 
     # -- public ---------------------------------------------------------------------------
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
-        """Run `fn(*args)` on the pool; exceptions are logged, not lost."""
-        future = self._pool.submit(self._guarded, fn, *args)
+        """Run `fn(*args)` on the pool; exceptions are logged, not lost.
+
+        Once `shutdown()` has begun the job is not run: the returned future is cancelled
+        (the flow it belongs to is still in the database and is resumed on the next start).
+        """
+        with self._cond:
+            stopping = self._stopping
+        if not stopping:
+            try:
+                return self._submit(fn, args)
+            except RuntimeError:  # the pool shut down between the check and the submit
+                pass
+        log.info("shutting down: not starting %s", _describe(fn, args))
+        future: Future[Any] = Future()
+        future.cancel()
         return future
 
     def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> Scheduled:
@@ -68,16 +88,45 @@ class Workers:
         with self._cond:
             return sum(1 for _, _, item in self._heap if not item.cancelled)
 
-    def shutdown(self, wait: bool = True) -> None:
-        """Stop taking scheduled jobs; let running ones finish when `wait`."""
+    def running(self) -> list[str]:
+        """Descriptions of the jobs submitted and not finished yet."""
+        with self._cond:
+            return [name for future, name in self._live.items() if not future.done()]
+
+    def quiesce(self) -> None:
+        """Start nothing new: stop the timer, forget the scheduled jobs and refuse new ones.
+        Jobs already handed to the pool go on."""
         with self._cond:
             self._stopping = True
             self._heap.clear()
             self._cond.notify_all()
-        self._timer.join(timeout=5)
-        self._pool.shutdown(wait=wait, cancel_futures=True)
+        if self._timer is not threading.current_thread():
+            self._timer.join(timeout=5)
+
+    def shutdown(self, wait: bool = True, timeout: float | None = None) -> list[str]:
+        """`quiesce()`, drop the jobs not started, and (when `wait`) let the running ones
+        finish, for at most `timeout` seconds. Returns the jobs still running when it gave
+        up (empty when everything finished)."""
+        self.quiesce()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if wait:
+            with self._cond:
+                live = list(self._live)
+            wait_futures(live, timeout=timeout)
+        return self.running()
 
     # -- internals ------------------------------------------------------------------------
+
+    def _submit(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Future[Any]:
+        future = self._pool.submit(self._guarded, fn, *args)
+        with self._cond:
+            self._live[future] = _describe(fn, args)
+        future.add_done_callback(self._forget)
+        return future
+
+    def _forget(self, future: Future[Any]) -> None:
+        with self._cond:
+            self._live.pop(future, None)
 
     @staticmethod
     def _guarded(fn: Callable[..., Any], *args: Any) -> Any:
@@ -98,6 +147,13 @@ class Workers:
                 _, _, item = heapq.heappop(self._heap)
             if not item.cancelled:
                 try:
-                    self._pool.submit(self._guarded, item.fn, *item.args)
+                    self._submit(item.fn, item.args)
                 except RuntimeError:  # pool shut down under us
                     return
+
+
+def _describe(fn: Callable[..., Any], args: tuple[Any, ...]) -> str:
+    """`CreateFlows.poll('3f2a…')`: plain ids are shown, anything else only by its type."""
+    name = getattr(fn, "__qualname__", None) or type(fn).__name__
+    shown = [repr(a)[:40] if isinstance(a, str | int) else type(a).__name__ for a in args]
+    return f"{name}({', '.join(shown)})"
