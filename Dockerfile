@@ -18,11 +18,13 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
+COPY requirements.lock ./
+RUN pip install -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY bot/ bot/
 COPY handlers/ handlers/
 COPY storage/ storage/
-RUN pip install .
+RUN pip install --no-deps .
 
 # ---- runtime: the venv only, run as an unprivileged user ----
 FROM python:3.11-slim-bookworm
