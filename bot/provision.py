@@ -39,6 +39,7 @@ from storage import queries
 
 if TYPE_CHECKING:
     from bot.create import CreateFlows
+    from bot.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,50 @@ def both(first: Callable[[], A], second: Callable[[], B]) -> tuple[A, B]:
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="veeam-sa-fanout") as pool:
         later = pool.submit(second)
         return first(), later.result()
+
+
+def add_secret(
+    services: Services,
+    graph: GraphClient,
+    object_id: str,
+    flow: dict[str, Any],
+    account_id: int,
+    state: str,
+    crash_step: str,
+) -> dict[str, Any]:
+    """Add a password with an explicit end date and store it, encrypted, at once.
+
+    The row keeps what Graph returned (a tenant policy may shorten the lifetime). Between
+    Graph's answer and the insert lies the one moment a crash loses a secret: the callers
+    remove passwords they do not know before adding one.
+    """
+    now = services.clock()
+    end = now + timedelta(days=services.config.secret_days)
+    created = graph.add_password(object_id, f"veeam-sa {now.date().isoformat()}", end)
+    crash_point(crash_step)  # issued by Graph, not yet stored: the unknowable case
+    row = {
+        "account_id": account_id,
+        "key_id": created["keyId"],
+        "hint": created.get("hint") or "",
+        "end_at": iso_utc(created.get("endDateTime"))
+        or end.astimezone(UTC).isoformat(timespec="seconds"),
+        "created_at": queries.utcnow_iso(now),
+        "ciphertext": services.cipher.encrypt(register(created["secretText"])),
+        "state": state,
+    }
+    created.clear()  # drop the plaintext as early as possible
+    db = services.store.db
+    with db.atomic():
+        row["id"] = queries.insert_secret(db, row)
+        queries.add_audit(
+            db,
+            actor=flow["requester"],
+            action="azure.secret",
+            target=flow["name"],
+            outcome="created",
+            detail={"flow": flow["id"], "key_id": row["key_id"], "end_at": row["end_at"]},
+        )
+    return row
 
 
 class Provisioner:
@@ -462,32 +507,9 @@ class Provisioner:
         # A password Graph issued before a crash, but never stored, is unknowable: remove it.
         for key_id in graph.password_key_ids(object_id):
             graph.remove_password(object_id, key_id)
-        now = self.services.clock()
-        end = now + timedelta(days=self.services.config.secret_days)
-        created = graph.add_password(object_id, f"veeam-sa {now.date().isoformat()}", end)
-        crash_point("after_add_password")  # issued by Graph, not yet stored: the unknowable case
-        row = {
-            "account_id": account_id,
-            "key_id": created["keyId"],
-            "hint": created.get("hint") or "",
-            "end_at": iso_utc(created.get("endDateTime"))
-            or end.astimezone(UTC).isoformat(timespec="seconds"),
-            "created_at": queries.utcnow_iso(now),
-            "ciphertext": self.services.cipher.encrypt(register(created["secretText"])),
-            "state": "active",
-        }
-        created.clear()  # drop the plaintext as early as possible
-        with self._db.atomic():
-            row["id"] = queries.insert_secret(self._db, row)
-            queries.add_audit(
-                self._db,
-                actor=flow["requester"],
-                action="azure.secret",
-                target=flow["name"],
-                outcome="created",
-                detail={"flow": flow["id"], "key_id": row["key_id"], "end_at": row["end_at"]},
-            )
-        return row
+        return add_secret(
+            self.services, graph, object_id, flow, account_id, "active", "after_add_password"
+        )
 
     # -- failure -----------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -34,9 +34,8 @@ from bot.errors import CommandError, MicrosoftError, SignInError, VeeamSAError
 from bot.expiry import parse_time
 from bot.graph import GraphClient
 from bot.handoff import appliance_text, hand_off
-from bot.logs import register_secret_value as register
 from bot.messages import microsoft_failure, sign_in_failure
-from bot.provision import crash_point, iso_utc
+from bot.provision import add_secret, crash_point
 from bot.signin import Identity, Session
 from bot.vbazure import ApplianceError
 from storage import queries
@@ -201,33 +200,15 @@ class Renewals:
                     if key_id not in known:
                         graph.remove_password(object_id, key_id)
             # 1. add the new secret; store it encrypted before anything else
-            now = self.services.clock()
-            end = now + timedelta(days=self.services.config.secret_days)
-            created = graph.add_password(object_id, f"veeam-sa {now.date().isoformat()}", end)
-            crash_point("renew_after_add_password")
-            end_at = iso_utc(created.get("endDateTime")) or end.astimezone(UTC).isoformat(
-                timespec="seconds"
+            new = add_secret(
+                self.services,
+                graph,
+                object_id,
+                flow,
+                account["id"],
+                "pending",
+                "renew_after_add_password",
             )
-            new = {
-                "account_id": account["id"],
-                "key_id": created["keyId"],
-                "hint": created.get("hint") or "",
-                "end_at": end_at,
-                "created_at": queries.utcnow_iso(now),
-                "ciphertext": self.services.cipher.encrypt(register(created["secretText"])),
-                "state": "pending",
-            }
-            created.clear()
-            with self._db.atomic():
-                new["id"] = queries.insert_secret(self._db, new)
-                queries.add_audit(
-                    self._db,
-                    actor=flow["requester"],
-                    action="azure.secret",
-                    target=account["name"],
-                    outcome="created",
-                    detail={"flow": flow["id"], "key_id": new["key_id"], "end_at": end_at},
-                )
         crash_point("after_new_secret")
 
         # 2. hand-off: the encrypted store already holds it (the appliance comes here too).
