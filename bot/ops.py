@@ -5,11 +5,13 @@ Each returns an exit status; problems are one line on stderr.
 
 from __future__ import annotations
 
+import functools
 import getpass
 import json
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TextIO
+from typing import Any, TextIO
 
 from bot.config import Config, load_config
 from bot.crypto import (
@@ -34,9 +36,30 @@ def _err(text: str) -> None:
     print(f"veeam-sa-bot: {text}", file=sys.stderr)
 
 
-def _setup() -> tuple[Config, Store]:
-    config = load_config()
-    return config, open_store(config.db_path)
+def operator_command(fn: Callable[..., int]) -> Callable[..., int]:
+    """Load the configuration and open the database for `fn(config, store, ...)`; a bad
+    setting exits 2 and an unusable database 1, each with one line on stderr."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> int:
+        try:
+            config = load_config()
+            store = open_store(config.db_path)
+        except ConfigError as exc:
+            _err(str(exc))
+            return 2
+        except StorageError as exc:
+            _err(str(exc))
+            return 1
+        try:
+            return fn(config, store, *args, **kwargs)
+        except StorageError as exc:
+            _err(str(exc))
+            return 1
+        finally:
+            store.close()
+
+    return run
 
 
 def _host_actor() -> str:
@@ -46,118 +69,96 @@ def _host_actor() -> str:
         return "host"
 
 
-def scan(dry_run: bool) -> int:
+@operator_command
+def scan(config: Config, store: Store, dry_run: bool) -> int:
     from bot import expiry
     from bot.slack import make_web_client
 
-    try:
-        config, store = _setup()
-    except (ConfigError, StorageError) as exc:
-        _err(str(exc))
-        return 2 if isinstance(exc, ConfigError) else 1
-    try:
-        now = datetime.now(UTC)
-        if dry_run:
-            due = expiry.decide(store, config, now)
-        else:
-            result = expiry.scan(store, make_web_client(config), config, now)
-            due = result.due
-        for item in due:
-            label = "expired" if item.threshold == 0 else f"{item.threshold}-day warning"
-            _out(
-                f"{'would post' if dry_run else 'due'}: {item.account['name']} — {label}, "
-                f"expires {item.end_at.isoformat(timespec='minutes')} — to {item.channel}"
+    now = datetime.now(UTC)
+    if dry_run:
+        due = expiry.decide(store, config, now)
+    else:
+        result = expiry.scan(store, make_web_client(config), config, now)
+        due = result.due
+    for item in due:
+        label = "expired" if item.threshold == 0 else f"{item.threshold}-day warning"
+        _out(
+            f"{'would post' if dry_run else 'due'}: {item.account['name']} — {label}, "
+            f"expires {item.end_at.isoformat(timespec='minutes')} — to {item.channel}"
+        )
+    if dry_run:
+        _out(f"{len(due)} warning(s) due; nothing posted (--dry-run)")
+    else:
+        _out(
+            f"{len(due)} warning(s) due; posted {result.posted} message(s) "
+            f"({result.digests} digest(s)); {result.failed} failed"
+        )
+        return 1 if result.failed else 0
+    return 0
+
+
+@operator_command
+def audit(
+    config: Config, store: Store, account: str | None, since: str | None, as_json: bool
+) -> int:
+    if since is not None:
+        try:
+            since = datetime.fromisoformat(since).astimezone(UTC).isoformat(timespec="seconds")
+        except ValueError:
+            _err(
+                f"--since wants an ISO date or time such as 2026-11-30 or 2026-11-30T08:00 (got {since!r})"
             )
-        if dry_run:
-            _out(f"{len(due)} warning(s) due; nothing posted (--dry-run)")
+            return 2
+    for row in queries.audit_rows(store.db, target=account, since=since):
+        if as_json:
+            row = dict(row)
+            row["detail"] = json.loads(row.get("detail") or "{}")
+            _out(json.dumps(row, sort_keys=True))
         else:
             _out(
-                f"{len(due)} warning(s) due; posted {result.posted} message(s) "
-                f"({result.digests} digest(s)); {result.failed} failed"
+                f"{row['at']}  {row['actor']:<12} {row['action']:<24} {row['target'] or '-':<24} "
+                f"{row['outcome']}  {row['detail']}"
             )
-            return 1 if result.failed else 0
-        return 0
-    finally:
-        store.close()
+    return 0
 
 
-def audit(account: str | None, since: str | None, as_json: bool) -> int:
-    try:
-        _, store = _setup()
-    except (ConfigError, StorageError) as exc:
-        _err(str(exc))
-        return 2 if isinstance(exc, ConfigError) else 1
-    try:
-        if since is not None:
-            try:
-                since = datetime.fromisoformat(since).astimezone(UTC).isoformat(timespec="seconds")
-            except ValueError:
-                _err(
-                    f"--since wants an ISO date or time such as 2026-11-30 or 2026-11-30T08:00 (got {since!r})"
-                )
-                return 2
-        for row in queries.audit_rows(store.db, target=account, since=since):
-            if as_json:
-                row = dict(row)
-                row["detail"] = json.loads(row.get("detail") or "{}")
-                _out(json.dumps(row, sort_keys=True))
-            else:
-                _out(
-                    f"{row['at']}  {row['actor']:<12} {row['action']:<24} {row['target'] or '-':<24} "
-                    f"{row['outcome']}  {row['detail']}"
-                )
-        return 0
-    finally:
-        store.close()
-
-
-def rotate_key() -> int:
+@operator_command
+def rotate_key(config: Config, store: Store) -> int:
     """Re-encrypt every stored secret and device code under a new key."""
-    try:
-        config, store = _setup()
-    except (ConfigError, StorageError) as exc:
-        _err(str(exc))
-        return 2 if isinstance(exc, ConfigError) else 1
-    try:
-        if config.encryption_key is not None:
-            keys = split_keys(config.encryption_key)
-            if len(keys) < 2:
-                _err(
-                    "VEEAM_SA_ENCRYPTION_KEY holds one key: to rotate, set it to NEW,OLD (a new key first, "
-                    f"e.g. {new_key()[:6]}… from `python -c 'from cryptography.fernet import Fernet; "
-                    "print(Fernet.generate_key().decode())'`), restart the bot, run rotate-key, then set it to NEW"
-                )
-                return 2
-            cipher = Cipher(*keys)
-            count = _rewrap(store, cipher)
-            _out(
-                f"re-encrypted {count} value(s) under the first key; now set VEEAM_SA_ENCRYPTION_KEY to that key alone"
+    if config.encryption_key is not None:
+        keys = split_keys(config.encryption_key)
+        if len(keys) < 2:
+            _err(
+                "VEEAM_SA_ENCRYPTION_KEY holds one key: to rotate, set it to NEW,OLD (a new key first, "
+                f"e.g. {new_key()[:6]}… from `python -c 'from cryptography.fernet import Fernet; "
+                "print(Fernet.generate_key().decode())'`), restart the bot, run rotate-key, then set it to NEW"
             )
-            return 0
-        path = key_file_for(config.db_path)
-        if not path.exists():
-            load_or_create_key(config.db_path, None)
-            _out(f"no key yet: generated {path}")
-            return 0
-        old = read_key_file(path)
-        fresh = new_key()
-        write_key_file(path, [fresh, *old])  # readers can decrypt both while we rewrap
-        count = _rewrap(store, Cipher(fresh, *old))
-        write_key_file(path, [fresh])
-        _out(f"re-encrypted {count} value(s) under a new key in {path}; the old key is gone")
-        queries.add_audit(
-            store.db,
-            actor=_host_actor(),
-            action="key.rotated",
-            outcome="ok",
-            detail={"values": count},
+            return 2
+        cipher = Cipher(*keys)
+        count = _rewrap(store, cipher)
+        _out(
+            f"re-encrypted {count} value(s) under the first key; now set VEEAM_SA_ENCRYPTION_KEY to that key alone"
         )
         return 0
-    except StorageError as exc:
-        _err(str(exc))
-        return 1
-    finally:
-        store.close()
+    path = key_file_for(config.db_path)
+    if not path.exists():
+        load_or_create_key(config.db_path, None)
+        _out(f"no key yet: generated {path}")
+        return 0
+    old = read_key_file(path)
+    fresh = new_key()
+    write_key_file(path, [fresh, *old])  # readers can decrypt both while we rewrap
+    count = _rewrap(store, Cipher(fresh, *old))
+    write_key_file(path, [fresh])
+    _out(f"re-encrypted {count} value(s) under a new key in {path}; the old key is gone")
+    queries.add_audit(
+        store.db,
+        actor=_host_actor(),
+        action="key.rotated",
+        outcome="ok",
+        detail={"values": count},
+    )
+    return 0
 
 
 def _rewrap(store: Store, cipher: Cipher) -> int:
@@ -174,54 +175,50 @@ def _rewrap(store: Store, cipher: Cipher) -> int:
     return count
 
 
-def secret_show(name: str, yes: bool, stdin: TextIO | None = None) -> int:
+@operator_command
+def secret_show(
+    config: Config, store: Store, name: str, yes: bool, stdin: TextIO | None = None
+) -> int:
     """Print an account's current secret after a confirmation; leaves an audit row."""
     try:
-        config, store = _setup()
         cipher, _ = load_or_create_key(config.db_path, config.encryption_key)
-    except (ConfigError, StorageError) as exc:
+    except ConfigError as exc:
         _err(str(exc))
-        return 2 if isinstance(exc, ConfigError) else 1
-    try:
-        account = queries.get_account(store.db, name)
-        if account is None:
-            _err(f"there is no managed service account {name!r}")
-            return 1
-        secrets = queries.active_secrets(store.db, account["id"])
-        if not secrets or not secrets[-1].get("ciphertext"):
-            _err(f"the bot holds no secret for {name!r}")
-            return 1
-        if not yes:
-            print(
-                f"This prints the client secret of {account['name']}. Type the name to confirm: ",
-                end="",
-                file=sys.stderr,
-            )
-            answer = (stdin or sys.stdin).readline().strip()
-            if answer != account["name"]:
-                queries.add_audit(
-                    store.db,
-                    actor=_host_actor(),
-                    action="secret.show",
-                    target=account["name"],
-                    outcome="declined",
-                )
-                _err("not confirmed; nothing shown")
-                return 1
-        secret = secrets[-1]
-        value = cipher.decrypt(secret["ciphertext"])
-        queries.add_audit(
-            store.db,
-            actor=_host_actor(),
-            action="secret.show",
-            target=account["name"],
-            outcome="shown",
-            detail={"key_id": secret["key_id"]},
-        )
-        _out(value)
-        return 0
-    except StorageError as exc:
-        _err(str(exc))
+        return 2
+    account = queries.get_account(store.db, name)
+    if account is None:
+        _err(f"there is no managed service account {name!r}")
         return 1
-    finally:
-        store.close()
+    secrets = queries.active_secrets(store.db, account["id"])
+    if not secrets or not secrets[-1].get("ciphertext"):
+        _err(f"the bot holds no secret for {name!r}")
+        return 1
+    if not yes:
+        print(
+            f"This prints the client secret of {account['name']}. Type the name to confirm: ",
+            end="",
+            file=sys.stderr,
+        )
+        answer = (stdin or sys.stdin).readline().strip()
+        if answer != account["name"]:
+            queries.add_audit(
+                store.db,
+                actor=_host_actor(),
+                action="secret.show",
+                target=account["name"],
+                outcome="declined",
+            )
+            _err("not confirmed; nothing shown")
+            return 1
+    secret = secrets[-1]
+    value = cipher.decrypt(secret["ciphertext"])
+    queries.add_audit(
+        store.db,
+        actor=_host_actor(),
+        action="secret.show",
+        target=account["name"],
+        outcome="shown",
+        detail={"key_id": secret["key_id"]},
+    )
+    _out(value)
+    return 0
