@@ -106,6 +106,7 @@ def test_appliance_failure_on_renew_keeps_the_old_secret(
     assert "Renewing" in vbot.command("renew prod")
     approve_next(vbot, 2)
     flow = wait_renew(vbot, "failed")
+    vbot.slack.wait_for(lambda c: "old secret is still in place" in c.args.get("text", ""))
     assert [p.key_id for p in app.passwords] == [old.key_id]
     assert next(iter(vb.accounts.values()))["clientSecret"] == old.secret_text
     replies = [m.get("text", "") for m in vbot.slack.thread(flow["channel_id"], flow["parent_ts"])]

@@ -161,6 +161,7 @@ def test_unproven_new_secret_keeps_the_old_one(bot: Bot, ms: MicrosoftDouble) ->
     assert "Renewing `prod`" in bot.command("renew prod")
     approve_next(bot, 2)
     wait_renew(bot, "failed")
+    bot.slack.wait_for(lambda c: "old secret is still in place" in c.args.get("text", ""))
     assert [p.key_id for p in app.passwords] == [old_key]
     states = {s["key_id"]: s["state"] for s in bot.db.table("secrets").rows}
     assert states[old_key] == "active"
