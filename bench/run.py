@@ -58,6 +58,8 @@ AZURE_CLI_SEQUENTIAL = 7
 #:   6 every role assignment (all at once)
 MINIMAL_SEQUENTIAL = 6
 
+NO_PY_SPY = "--profile: py-spy is not installed (`.venv/bin/pip install py-spy`); no profile."
+
 READY = "is ready"
 SIGNED_IN = "Signed in as"
 
@@ -277,45 +279,46 @@ class Bench:
             yield slack, ms_dbl
 
     @contextmanager
-    def profile(self, child: Child, phase: str, seconds: float) -> Iterator[None]:
-        """With --profile: sample the child with py-spy for `seconds` while the body runs."""
+    def profile(self, child: Child, phase: str) -> Iterator[None]:
+        """With --profile: sample the child with py-spy while the body runs."""
         spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
         if not self.args.profile or not Path(spy).exists():
-            if self.args.profile:
-                self.notes.append("--profile: py-spy is not installed; no profile taken.")
+            if self.args.profile and not self.notes.count(NO_PY_SPY):
+                self.notes.append(NO_PY_SPY)
             yield
             return
         out_dir = Path(self.args.profile)
         out_dir.mkdir(parents=True, exist_ok=True)
         raw = out_dir / f"{phase}.txt"
-        proc = subprocess.Popen(
-            [
-                spy,
-                "record",
-                "--pid",
-                str(child.pid),
-                "--duration",
-                str(max(1, int(seconds))),
-                "--rate",
-                "200",
-                "--format",
-                "raw",
-                "--output",
-                str(raw),
-                "--nonblocking",
-                "--threads",
-                *(["--gil"] if self.args.profile_gil else ["--idle"]),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=(out_dir / f"{phase}.py-spy.log").open("wb"),
-        )
+        with (out_dir / f"{phase}.py-spy.log").open("wb") as err:
+            proc = subprocess.Popen(
+                [
+                    spy,
+                    "record",
+                    "--pid",
+                    str(child.pid),
+                    "--rate",
+                    "200",
+                    "--format",
+                    "raw",
+                    "--output",
+                    str(raw),
+                    "--nonblocking",
+                    "--threads",
+                    *(["--gil"] if self.args.profile_gil else ["--idle"]),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
         try:
             yield
         finally:
+            proc.send_signal(signal.SIGINT)  # py-spy writes its output and exits
             try:
-                proc.wait(seconds + 30)
+                proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait(10)
             if raw.exists():
                 self.notes.append(f"profile of the bot during {phase}: {raw}")
 
@@ -452,7 +455,7 @@ def phase_ack(b: Bench) -> None:
             "seed": args.seed,
         }
         est = args.acks * (args.ack_gap + 0.05) + 60
-        with b.profile(bot, "ack", min(est, args.acks * args.ack_gap + 5)):
+        with b.profile(bot, "ack"):
             done = subprocess.run(
                 [sys.executable, "-m", "bench.ackload"],
                 input=json.dumps(job).encode(),
@@ -510,13 +513,14 @@ def phase_pending(b: Bench) -> None:
             threads_before = max(threads_before, thread_count(bot.pid))
             time.sleep(0.2)
         log(f"pending: creating {args.flows - warm} more pending sign-ins")
-        create_flows(bot, slack, names[warm:])
-        wait_pending(slack, ms_dbl, args.flows, timeout=60 + args.flows * 0.3)
+        with b.profile(bot, "pending-create"):
+            create_flows(bot, slack, names[warm:])
+            wait_pending(slack, ms_dbl, args.flows, timeout=60 + args.flows * 0.3)
         time.sleep(args.interval + 1)  # every flow has been scheduled at least once
         log(f"pending: {args.flows} sign-ins pending; measuring for {args.window:g} s")
         threads_max = 0
         start = time.time()
-        with b.profile(bot, "pending", args.window):
+        with b.profile(bot, "pending"):
             while time.time() - start < args.window:
                 threads_max = max(threads_max, thread_count(bot.pid))
                 time.sleep(0.5)
@@ -565,7 +569,7 @@ def phase_pending(b: Bench) -> None:
                 f"({rss_before / 1024:.1f} → {rss_after / 1024:.1f} MiB; idle "
                 f"{rss_idle / 1024:.1f} MiB)",
                 f"{per_flow:.1f} KiB",
-                "— (a flow row + encrypted device state is < 2 KiB)",
+                "—",
                 "— (none set)",
                 "info",
             )
@@ -601,7 +605,7 @@ def phase_sign_in(b: Bench, bot: Child, slack: SlackDouble, ms_dbl: MicrosoftDou
                 seen[code] = call.at
         cursor = len(calls)
 
-    with b.profile(bot, "sign-in", args.interval * 2 + 2):
+    with b.profile(bot, "sign-in"):
         for code in chosen:
             approved[code] = time.time()
             ms_dbl.approve(code)
@@ -649,7 +653,7 @@ def phase_provision(b: Bench) -> None:
         log(f"provision: {args.prov_reps} creates each with 1 and 3 subscriptions")
         with (
             httpx.Client(trust_env=False, timeout=30.0) as client,
-            b.profile(bot, "provision", args.prov_reps * 2 * 3),
+            b.profile(bot, "provision"),
         ):
             for rep in range(args.prov_reps + 1):  # the first round warms up
                 for n in (1, 3):
