@@ -16,7 +16,7 @@ def sync(services: Services, name: str, user: str) -> dict[str, Any]:
     """Retry the hand-off of an account's current secret to the appliance."""
     db = services.store.db
     account = queries.get_account(db, name)
-    if account is None:
+    if account is None or account["state"] != "active":
         return blocks.error_message(
             f"There is no managed service account `{name}`.", with_help_hint=False
         )

@@ -28,7 +28,7 @@ from slack_sdk.errors import SlackApiError
 from bot import blocks, metrics
 from bot.errors import CommandError, NotAuthorised, SignInError
 from bot.grammar import Command
-from bot.logs import register_secret
+from bot.logs import forget, register_secret
 from bot.messages import sign_in_failure
 from bot.notify import Notifier
 from bot.services import Services
@@ -78,6 +78,7 @@ class CreateFlows:
         with self._lock:
             self._sessions.pop(flow_id, None)
             self._transient.pop(flow_id, None)
+        forget(flow_id)
 
     @staticmethod
     def data(flow: dict[str, Any]) -> dict[str, Any]:
@@ -146,10 +147,17 @@ class CreateFlows:
         assert command.name is not None
         flow_id = uuid.uuid4().hex
         with self.services.store.quick() as db, db.atomic():
-            if queries.get_account(db, command.name) is not None:
+            existing = queries.get_account(db, command.name)
+            if existing is not None and existing["state"] == "active":
                 raise CommandError(
                     f"`{command.name}` is already a managed service account. "
                     f"To get it a new secret, use `/veeam-sa renew {command.name}`."
+                )
+            if existing is not None:
+                raise CommandError(
+                    f"`{command.name}` has an unfinished creation ({existing['state']}); "
+                    f"`/veeam-sa show {command.name}` says what exists. Pick another name, or remove "
+                    f"application `{existing.get('app_id')}` in Entra first."
                 )
             running = queries.open_flow_for_name(db, command.name)
             if running is not None:
@@ -235,8 +243,10 @@ class CreateFlows:
             return
         with self._lock:
             self._sessions[flow_id] = session
-        register_secret(str(device.get("device_code", "")))
-        register_secret(str(device.get("user_code", "")))  # for the requester's eyes, not the logs
+        register_secret(str(device.get("device_code", "")), owner=flow_id)
+        register_secret(
+            str(device.get("user_code", "")), owner=flow_id
+        )  # the requester's, not the logs
         encrypted = self.services.cipher.encrypt(dump_flow(device))
         moved = queries.transition_flow(
             self._db,
@@ -310,8 +320,8 @@ class CreateFlows:
             self.drop_session(flow_id)
             return
         device = json.loads(self.services.cipher.decrypt(flow["device_flow"]))
-        register_secret(str(device.get("device_code", "")))  # after a restart, too
-        register_secret(str(device.get("user_code", "")))
+        register_secret(str(device.get("device_code", "")), owner=flow_id)  # after a restart, too
+        register_secret(str(device.get("user_code", "")), owner=flow_id)
         if self._now() > float(device.get("expires_at", 0)):
             self.expire(flow_id)
             return

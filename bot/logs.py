@@ -42,23 +42,36 @@ _KEYED = re.compile(
     """
 )
 
-_known: set[str] = set()
+# Exact values to mask: credentials for the life of the process, and each flow's device and
+# user codes for the life of that flow (`forget` drops them), so the set stays as small as
+# the number of flows in progress. Matching is a substring test per value: no pattern is
+# rebuilt when a value comes or goes.
+_known: dict[str, set[str | None]] = {}
+_owned: dict[str, set[str]] = {}
 _known_lock = threading.Lock()
-_known_re: re.Pattern[str] | None = None
 
 
-def register_secret(value: str | None) -> None:
-    """Mask this exact value wherever it appears in a log record from now on."""
-    global _known_re
+def register_secret(value: str | None, owner: str | None = None) -> None:
+    """Mask this exact value wherever it appears in a log record, until `forget(owner)`
+    (values without an owner are kept for good)."""
     if not value or len(value) < 6:
         return
     with _known_lock:
-        if value in _known:
-            return
-        _known.add(value)
-        _known_re = re.compile(
-            "|".join(re.escape(v) for v in sorted(_known, key=len, reverse=True))
-        )
+        _known.setdefault(value, set()).add(owner)
+        if owner is not None:
+            _owned.setdefault(owner, set()).add(value)
+
+
+def forget(owner: str) -> None:
+    """Stop masking the values registered for `owner` (its flow has ended)."""
+    with _known_lock:
+        for value in _owned.pop(owner, set()):
+            owners = _known.get(value)
+            if owners is None:
+                continue
+            owners.discard(owner)
+            if not owners:
+                del _known[value]
 
 
 def register_secret_value(value: str) -> str:
@@ -68,9 +81,10 @@ def register_secret_value(value: str) -> str:
 
 
 def redact(text: str) -> str:
-    known = _known_re
-    if known is not None:
-        text = known.sub(MASK, text)
+    with _known_lock:
+        hits = [v for v in _known if v in text]
+    for value in sorted(hits, key=len, reverse=True):
+        text = text.replace(value, MASK)
     text = _KEYED.sub(lambda m: m.group(1) + MASK, text)
     for pattern in _PATTERNS:
         text = pattern.sub(MASK, text)

@@ -42,7 +42,6 @@ def add_audit(
     correlation_id: str | None = None,
     now: datetime | None = None,
 ) -> int:
-    table = db.table("audit")
     details = detail or {}
     # Every audited step is also a log event, carrying the flow, user, account and
     # correlation id as structured fields (JSON logs show them as keys).
@@ -59,18 +58,20 @@ def add_audit(
             "step": action,
         },
     )
-    table.insert(
-        {
-            "at": utcnow_iso(now),
-            "actor": actor,
-            "action": action,
-            "target": target,
-            "outcome": outcome,
-            "detail": json.dumps(details, sort_keys=True),
-            "correlation_id": correlation_id,
-        }
+    # Plain SQL: this runs on Slack's ack path, where sqlite-utils' table checks cost time.
+    cursor = db.execute(
+        "INSERT INTO audit (at, actor, action, target, outcome, detail, correlation_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [
+            utcnow_iso(now),
+            actor,
+            action,
+            target,
+            outcome,
+            json.dumps(details, sort_keys=True),
+            correlation_id,
+        ],
     )
-    return _pk(table.last_pk)
+    return _pk(cursor.lastrowid)
 
 
 def audit_rows(
@@ -95,7 +96,14 @@ def audit_rows(
 
 
 def insert_flow(db: Database, row: dict[str, Any]) -> None:
-    db.table("flows").insert(row)
+    columns = list(row)
+    unknown = set(columns) - _FLOW_COLUMNS - {"id", "kind", "created_at"}
+    if unknown:
+        raise ValueError(f"not flow columns: {sorted(unknown)}")
+    db.execute(
+        f"INSERT INTO flows ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})",  # noqa: S608 - checked
+        [row[c] for c in columns],
+    )
 
 
 def get_flow(db: Database, flow_id: str) -> dict[str, Any] | None:
@@ -160,14 +168,11 @@ def open_flows(db: Database) -> list[dict[str, Any]]:
 
 def open_flow_for_name(db: Database, name: str) -> dict[str, Any] | None:
     placeholders = ",".join("?" for _ in TERMINAL_FLOW_STATES)
-    rows = list(
-        db.table("flows").rows_where(
-            f"name = ? COLLATE NOCASE AND state NOT IN ({placeholders})",
-            [name, *sorted(TERMINAL_FLOW_STATES)],
-            limit=1,
-        )
+    return _one(
+        db,
+        f"SELECT * FROM flows WHERE name = ? COLLATE NOCASE AND state NOT IN ({placeholders}) LIMIT 1",  # noqa: S608
+        [name, *sorted(TERMINAL_FLOW_STATES)],
     )
-    return rows[0] if rows else None
 
 
 def open_flows_of(db: Database, requester: str) -> list[dict[str, Any]]:
@@ -184,13 +189,21 @@ def open_flows_of(db: Database, requester: str) -> list[dict[str, Any]]:
 # -- accounts and secrets ----------------------------------------------------------------
 
 
+def _one(db: Database, sql: str, params: list[Any]) -> dict[str, Any] | None:
+    cursor = db.execute(sql, params)
+    row = cursor.fetchone()
+    if row is None:
+        return None
+    return dict(zip([c[0] for c in cursor.description], row, strict=True))
+
+
 def get_account(db: Database, name: str) -> dict[str, Any] | None:
-    rows = list(
-        db.table("accounts").rows_where(
-            "name = ? COLLATE NOCASE AND state = 'active'", [name], limit=1
-        )
+    """The account of that name, whatever its state, unless it was rolled back."""
+    return _one(
+        db,
+        "SELECT * FROM accounts WHERE name = ? COLLATE NOCASE AND state != 'rolled_back' LIMIT 1",
+        [name],
     )
-    return rows[0] if rows else None
 
 
 def get_account_by_id(db: Database, account_id: int) -> dict[str, Any] | None:

@@ -94,3 +94,15 @@ def test_audited_steps_are_log_events_with_their_fields(tmp_path) -> None:  # ty
         "prod",
         "c-1",
     )
+
+
+def test_flow_values_are_forgotten_with_their_flow() -> None:
+    from bot import logs
+
+    for n in range(1000):
+        register_secret(f"user-code-{n:05d}", owner=f"flow-{n}")
+    assert redact("code user-code-00042 here") == f"code {MASK} here"
+    for n in range(1000):
+        logs.forget(f"flow-{n}")
+    assert not any(v.startswith("user-code-") for v in logs._known)
+    assert redact("code user-code-00042 here") == "code user-code-00042 here"

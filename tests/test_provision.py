@@ -267,3 +267,12 @@ def test_secret_days_setting_is_honoured(
         assert end - datetime.now(UTC) < timedelta(days=days, hours=1)
     finally:
         bot.close()
+
+
+def test_an_unfinished_creation_blocks_its_name(bot: Bot) -> None:
+    bot.db.table("accounts").insert(
+        {"name": "half", "app_id": "app-half", "state": "orphaned", "created_at": "2026-11-30T00:00:00+00:00"}
+    )
+    answer = bot.command("create HALF")
+    assert "unfinished creation (orphaned)" in answer and "app-half" in answer
+    assert bot.db.table("flows").count == 0
