@@ -392,7 +392,7 @@ class CreateFlows:
                     who=f"{identity.upn} (your Slack email is {email or 'not visible to the bot'})",
                 )
                 return
-        tenant_name = self._tenant_name(session)
+        tenant_name = self._tenant_name_and_warm_up(session)
         identity.tenant_name = tenant_name
         data = self.data(flow)
         data["identity"] = {
@@ -446,21 +446,31 @@ class CreateFlows:
         email = profile.get("email")
         return str(email) if email else None
 
-    def _tenant_name(self, session: Session) -> str | None:
-        """The tenant's display name from Graph; None when it can't be read (not fatal)."""
+    def _tenant_name_and_warm_up(self, session: Session) -> str | None:
+        """The tenant's display name from Graph (None when it can't be read: it is decoration),
+        fetched while the ARM token is obtained alongside, since the checks need it next."""
         from bot.graph import GraphClient
+        from bot.provision import both
 
-        try:
-            graph = GraphClient(
-                self.services.config.graph_url,
-                self.signin.http,
-                lambda: self.signin.token(session, self.services.config.graph_scope),
-                attempts=2,
-            )
-            return graph.organization_name()
-        except Exception:  # noqa: BLE001 - the name is decoration; sign-in already succeeded
-            log.info("could not read the tenant's display name", exc_info=True)
-            return None
+        config = self.services.config
+
+        def tenant_name() -> str | None:
+            try:
+                token = self.signin.token(session, config.graph_scope)  # from the sign-in: no call
+                graph = GraphClient(config.graph_url, self.signin.http, lambda: token, attempts=2)
+                return graph.organization_name()
+            except Exception:  # noqa: BLE001 - the name is decoration; sign-in already succeeded
+                log.info("could not read the tenant's display name", exc_info=True)
+                return None
+
+        def warm_up() -> None:
+            try:
+                self.signin.token(session, config.arm_scope)
+            except Exception:  # noqa: BLE001 - the checks ask again and report what fails
+                log.info("could not get an ARM token yet", exc_info=True)
+
+        name, _ = both(tenant_name, warm_up)
+        return name
 
     # -- endings ---------------------------------------------------------------------------
 

@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 
-FANOUT = 8
+FANOUT = 16
 POST_SIGN_IN = ("signed_in", "blocked", "choosing")
 
 
@@ -218,8 +218,7 @@ class Provisioner:
             tenant = data.get("identity", {}).get("tenant_id")
 
             def app_check() -> tuple[bool | None, str]:
-                policy = graph.allowed_to_create_apps()
-                roles = graph.app_registration_roles()
+                policy, roles = both(graph.allowed_to_create_apps, graph.app_registration_roles)
                 if roles:
                     return True, "holds " + ", ".join(roles)
                 if policy:
@@ -243,13 +242,16 @@ class Provisioner:
                     if not tenant or str(s.get("tenantId", tenant)).lower() == tenant.lower()
                 ]
 
-            (app_right, app_reason), visible = both(app_check, visible_subscriptions)
-            wanted = data.get("subscriptions") or []
-            by_id = {s["id"]: s for s in visible}
-            targets = [by_id[s] for s in wanted if s in by_id] if wanted else visible
-
             def sub_check(sub: dict[str, Any]) -> dict[str, Any]:
-                ok = arm.can_assign_roles(sub["id"])
+                try:
+                    ok = arm.can_assign_roles(sub["id"])
+                except MicrosoftError as exc:
+                    if exc.status not in (401, 403, 404):
+                        raise
+                    # ARM answers so for a subscription the account cannot see (no role on it,
+                    # or another tenant's).
+                    reason = "this account cannot see the subscription (wrong tenant, or no access)"
+                    return {**sub, "ok": False, "reason": reason}
                 reason = (
                     "can assign roles"
                     if ok
@@ -258,17 +260,18 @@ class Provisioner:
                 )
                 return {**sub, "ok": ok, "reason": reason}
 
-            results = parallel(sub_check, targets)
-            missing = [s for s in wanted if s not in by_id]
-            results += [
-                {
-                    "id": s,
-                    "name": None,
-                    "ok": False,
-                    "reason": "this account cannot see the subscription (wrong tenant, or no access)",
-                }
-                for s in missing
-            ]
+            wanted = data.get("subscriptions") or []
+            if wanted:
+                # Named subscriptions: their permissions answer whether they are visible too,
+                # so everything is checked at once.
+                (app_right, app_reason), results = both(
+                    app_check,
+                    lambda: parallel(sub_check, [{"id": s, "name": None} for s in wanted]),
+                )
+                visible = data.get("visible", [])
+            else:
+                (app_right, app_reason), visible = both(app_check, visible_subscriptions)
+                results = parallel(sub_check, visible)
         except (MicrosoftError, SignInError) as exc:
             self._stop(flow_id, exc, created=False)
             return
@@ -306,9 +309,7 @@ class Provisioner:
             return
         if not wanted:
             chooser = blocks.subscription_chooser(
-                flow_id=flow_id,
-                requester=flow["requester"],
-                subscriptions=parallel(sub_check, visible),
+                flow_id=flow_id, requester=flow["requester"], subscriptions=results
             )
             self._show(flow, data, "chooser_ts", chooser)
             self.flows.save_data(flow_id, data)
@@ -359,6 +360,7 @@ class Provisioner:
         self.flows.set_step(flow_id, "application", "running")
         app = graph.upsert_application(unique_name, flow["name"], data.get("description"))
         account_id = flow.get("account_id")
+        resumed = account_id is not None  # a crash may have left an unknown password behind
         with self._db.atomic():
             if account_id is None:
                 account_id = queries.insert_account(
@@ -401,7 +403,7 @@ class Provisioner:
             return str(sp["id"])
 
         def secret() -> dict[str, Any]:
-            return self._ensure_secret(graph, flow, account_id, app["id"])
+            return self._ensure_secret(graph, flow, account_id, app["id"], resumed)
 
         sp_id, stored = both(principal, secret)
         self.flows.set_step(flow_id, "principal", "done")
@@ -498,15 +500,20 @@ class Provisioner:
         return f"handed to the Veeam appliance (account `{appliance_id}`) and kept encrypted in the bot's database"
 
     def _ensure_secret(
-        self, graph: GraphClient, flow: dict[str, Any], account_id: int, object_id: str
+        self,
+        graph: GraphClient,
+        flow: dict[str, Any],
+        account_id: int,
+        object_id: str,
+        resumed: bool,
     ) -> dict[str, Any]:
         """The account's one live secret: reuse the stored one, else add (and store) a new one."""
         existing = queries.active_secrets(self._db, account_id)
         if existing:
             return existing[-1]
-        # A password Graph issued before a crash, but never stored, is unknowable: remove it.
-        for key_id in graph.password_key_ids(object_id):
-            graph.remove_password(object_id, key_id)
+        if resumed:  # a password Graph issued before a crash, but never stored, is unknowable
+            for key_id in graph.password_key_ids(object_id):
+                graph.remove_password(object_id, key_id)
         return add_secret(
             self.services, graph, object_id, flow, account_id, "active", "after_add_password"
         )

@@ -32,9 +32,9 @@ def wait_flow(ms: MicrosoftDouble, count: int = 1, timeout: float = 10.0):  # ty
 
 
 def start(bot: Bot, name: str = "prod-backup", extra: str = f" --subscription {SUB}"):  # type: ignore[no-untyped-def]
+    before = len(bot.ms.flows)
     answer = bot.command(f"create {name}{extra}")
     assert "Starting" in answer
-    before = len(bot.ms.flows)
     device = wait_flow(bot.ms, before + 1)
     bot.wait_state(name, "awaiting_sign_in")
     return device
