@@ -47,27 +47,53 @@ class Authorizer:
         self._ttl = ttl
         self._clock = clock
         self._cache: dict[str, tuple[float, frozenset[str]]] = {}
+        self._refreshing: set[str] = set()
         self._lock = threading.Lock()
 
-    def _members(self, group: str) -> frozenset[str]:
-        now = self._clock()
-        with self._lock:
-            cached = self._cache.get(group)
-            if cached is not None and now - cached[0] < self._ttl:
-                return cached[1]
+    def _fetch(self, group: str) -> frozenset[str] | None:
         try:
             response = self._client.usergroups_users_list(usergroup=group)
-            members = frozenset(response.get("users") or [])
-        except SlackApiError as exc:
-            log.warning(
-                "cannot read members of user group %s (%s); treating as empty",
-                group,
-                exc.response.get("error"),
+        except (SlackApiError, OSError) as exc:
+            error = (
+                exc.response.get("error") if isinstance(exc, SlackApiError) else type(exc).__name__
             )
-            return frozenset()
+            log.warning("cannot read members of user group %s (%s)", group, error)
+            return None
+        members = frozenset(response.get("users") or [])
         with self._lock:
-            self._cache[group] = (now, members)
+            self._cache[group] = (self._clock(), members)
         return members
+
+    def _refresh_later(self, group: str) -> None:
+        with self._lock:
+            if group in self._refreshing:
+                return
+            self._refreshing.add(group)
+
+        def refresh() -> None:
+            try:
+                self._fetch(group)
+            finally:
+                with self._lock:
+                    self._refreshing.discard(group)
+
+        threading.Thread(target=refresh, name="veeam-sa-authz-refresh", daemon=True).start()
+
+    def _members(self, group: str) -> frozenset[str]:
+        """The group's members. A stale answer is served while a refresh runs beside it, so
+        only the very first lookup of a group waits for Slack; a failed first lookup denies."""
+        with self._lock:
+            cached = self._cache.get(group)
+        if cached is not None:
+            if self._clock() - cached[0] >= self._ttl:
+                self._refresh_later(group)
+            return cached[1]
+        return self._fetch(group) or frozenset()
+
+    def warm(self) -> None:
+        """Read every admin group once (at start-up, off Slack's ack path)."""
+        for group in self._groups:
+            self._fetch(group)
 
     def is_admin(self, user_id: str) -> bool:
         if not user_id:

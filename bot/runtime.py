@@ -76,6 +76,7 @@ class Runtime:
         if socket_handler is not None:
             socket_handler.connect()
             log.info("connected to Slack in Socket Mode")
+        services.authz.warm()
         services.create.resume_all()
         scheduler = start_scheduler(services)
         return cls(
