@@ -9,6 +9,7 @@ from tests.fakes.microsoft import MicrosoftDouble
 from tests.fakes.slack import SlackDouble
 from tests.fakes.tls import TestCA
 from tests.harness import Bot, bot_env
+from tests.process import BotProcess
 
 
 @pytest.fixture(autouse=True)
@@ -59,3 +60,12 @@ def bot(env: dict[str, str], slack: SlackDouble, ms: MicrosoftDouble) -> Iterato
     instance = Bot(env, slack, ms)
     yield instance
     instance.close()
+
+
+@pytest.fixture
+def procs() -> Iterator[list[BotProcess]]:
+    """Bot processes a test starts; killed at the end whatever happened."""
+    started: list[BotProcess] = []
+    yield started
+    for proc in started:
+        proc.kill()

@@ -4,7 +4,6 @@ database, and the Slack and Microsoft request counters."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -27,14 +26,6 @@ from tests.process import BotProcess, free_port
 from tests.test_restart import SUB, create, flow_row, launch, wait_until
 
 NOW = datetime(2030, 6, 1, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def procs() -> Iterator[list[BotProcess]]:
-    started: list[BotProcess] = []
-    yield started
-    for proc in started:
-        proc.kill()
 
 
 def samples(text: str) -> list[tuple[str, dict[str, str], float]]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +42,6 @@ def wait_until(predicate: Any, timeout: float = 20.0, what: str = "condition") -
 
 def thread_has(slack: SlackDouble, fragment: str) -> bool:
     return any(fragment in (m.get("text") or "") for m in slack.messages())
-
-
-@pytest.fixture
-def procs() -> Iterator[list[BotProcess]]:
-    started: list[BotProcess] = []
-    yield started
-    for proc in started:
-        proc.kill()
 
 
 def launch(

@@ -6,10 +6,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from bot.runtime import STOP_TIMEOUT_S
 from bot.workers import Workers
@@ -20,14 +17,6 @@ from tests.process import BotProcess
 from tests.test_restart import SUB, create, flow_row, launch, thread_has, wait_until
 
 TOKEN_PATH = r"/oauth2/v2\.0/token$"
-
-
-@pytest.fixture
-def procs() -> Iterator[list[BotProcess]]:
-    started: list[BotProcess] = []
-    yield started
-    for proc in started:
-        proc.kill()
 
 
 def polls(ms: MicrosoftDouble) -> int:
