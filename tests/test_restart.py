@@ -108,7 +108,7 @@ def test_sign_in_that_expired_while_down_is_closed(
     assert ms.applications == []
 
 
-@pytest.mark.parametrize("step", ["after_application", "after_secret"])
+@pytest.mark.parametrize("step", ["after_application", "after_secret", "after_roles"])
 def test_crash_mid_provisioning_resumes_without_duplicates(
     env: dict[str, str],
     slack: SlackDouble,
