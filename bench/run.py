@@ -279,8 +279,10 @@ class Bench:
             yield slack, ms_dbl
 
     @contextmanager
-    def profile(self, child: Child, phase: str) -> Iterator[None]:
-        """With --profile: sample the child with py-spy while the body runs."""
+    def profile(self, child: Child | int, phase: str) -> Iterator[None]:
+        """With --profile: sample the child (or the process `child`) with py-spy while the
+        body runs."""
+        pid = child if isinstance(child, int) else child.pid
         spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
         if not self.args.profile or not Path(spy).exists():
             if self.args.profile and not self.notes.count(NO_PY_SPY):
@@ -296,7 +298,7 @@ class Bench:
                     spy,
                     "record",
                     "--pid",
-                    str(child.pid),
+                    str(pid),
                     "--rate",
                     "200",
                     "--format",
@@ -320,7 +322,8 @@ class Bench:
                 proc.kill()
                 proc.wait(10)
             if raw.exists():
-                self.notes.append(f"profile of the bot during {phase}: {raw}")
+                who = "the benchmark process" if isinstance(child, int) else "the bot"
+                self.notes.append(f"profile of {who} during {phase}: {raw}")
 
 
 # --------------------------------------------------------------------------- slack helpers
@@ -716,6 +719,111 @@ def phase_provision(b: Bench) -> None:
     )
 
 
+def phase_expiry(b: Bench) -> None:
+    """Rows 6 and 7: `bot.expiry.decide` and `scan` over a large database (bench/expiry.py,
+    in its own process so that the product code comes from `--source`)."""
+    args = b.args
+    where = Path(tempfile.mkdtemp(prefix="expiry-", dir=args.db_dir)) if args.db_dir else None
+    if where is not None:
+        b.cleanup.append(where)
+    path = (where or b.dir("expiry")) / "veeam-sa.db"
+    job = {
+        "path": str(path),
+        "accounts": args.expiry_accounts,
+        "due": args.expiry_due,
+        "announced": args.expiry_announced,
+        "channels": args.expiry_channels,
+        "reps": args.expiry_reps,
+        "scan_timeout": args.scan_timeout,
+        "slack_latency": args.slack_latency,
+        "seed": args.seed,
+    }
+    log(
+        f"expiry: {args.expiry_accounts} accounts, {args.expiry_due} due over "
+        f"{args.expiry_channels} channels"
+    )
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": os.pathsep.join(dict.fromkeys([str(b.source), str(ROOT)])),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.expiry"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=ROOT,
+        env=env,
+    )
+    # Bounded: building scales with the accounts (about 7 s per 100,000 on 2 cores).
+    limit = 120 + args.expiry_accounts / 1000 + args.expiry_reps * 10 + args.scan_timeout
+    with b.profile(proc.pid, "expiry"):
+        try:
+            out, _ = proc.communicate(json.dumps(job).encode(), timeout=limit)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise RuntimeError(f"bench.expiry did not finish within {limit:.0f} s") from None
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench.expiry exited with {proc.returncode}")
+    res = json.loads(out)
+    built, scan = res["built"], res["scan"]
+    dec_med, dec_max = statistics.median(res["decide"]["times"]), max(res["decide"]["times"])
+    flo_med, flo_max = statistics.median(res["floor"]["times"]), max(res["floor"]["times"])
+    per_channel = built["due_per_channel"]
+    b.rows.append(
+        Row(
+            f"Expiry decide: `bot.expiry.decide` over {built['accounts']:,} accounts with one "
+            f"active secret each — {built['due']:,} due over {len(built['channels'])} "
+            f"channels, {built['announced']:,} inside the {res['horizon_days']}-day horizon "
+            f"already announced, {built['far']:,} beyond it (SQLite file "
+            f"{built['size_bytes'] / 2**20:.0f} MiB, built in {built['seconds']:.1f} s); "
+            f"median (max) of {len(res['decide']['times'])}",
+            f"{ms(dec_med)} (max {ms(dec_max)}); {res['decide']['due']:,} due",
+            f"{ms(flo_med)} (max {ms(flo_max)}): bare `SELECT id, end_at FROM secrets WHERE "
+            f"state='active' AND end_at <= horizon` ({res['floor']['rows']:,} rows)",
+            "≤ 1 s",
+            verdict(dec_med <= 1.0 and res["decide"]["due"] == built["due"]),
+        )
+    )
+    pace = scan["pace"]
+    size = scan["digest_size"]
+    fewest = sum(math.ceil(n / size) for n in per_channel.values())
+    most = max((math.ceil(n / size) for n in per_channel.values()), default=0)
+    if not scan["finished"]:
+        figure = f"did not finish within {args.scan_timeout:g} s"
+        ok = False
+    elif scan["error"]:
+        figure = f"failed: {scan['error'][:200]}"
+        ok = False
+    else:
+        gap = pace["min_gap"]
+        closest = "one post per channel" if math.isinf(gap) else f"closest {gap:.3f} s apart"
+        figure = (
+            f"{secs(scan['wall'])} wall (decide {ms(scan['decided_in'])}); {scan['posted']} "
+            f"messages ({scan['digests']} digests) for {scan['due']:,} warnings, "
+            f"{scan['failed']} failed; max {pace['rate']:.3f} msg/s per channel ({closest}; "
+            f"at most {pace['max_in_window']} in any 1 s)"
+        )
+        ok = (
+            scan["digests"] > 0
+            and scan["failed"] == 0
+            and scan["posted"] == pace["posts"]
+            and pace["rate"] <= 1.0
+        )
+    b.rows.append(
+        Row(
+            "Expiry scan: `bot.expiry.scan`, same database, real pacing, Slack double; due per "
+            f"channel {'/'.join(str(n) for n in per_channel.values())}; rate from the times the "
+            "double recorded the posts (`Call.at`)",
+            figure,
+            f"{fewest} messages (⌈due per channel / {size}⌉ digests), {1 / scan['gap']:g} msg/s "
+            f"per channel: {(most - 1) * scan['gap']:.1f} s of pacing if channels are paced "
+            "side by side",
+            "≤ 1 msg/s per channel, with digests",
+            f"{pace['rate']:.3f} msg/s → {verdict(ok)}" if scan["finished"] else verdict(ok),
+        )
+    )
+
+
 def _ready_or_failed(slack: SlackDouble, name: str) -> Call | str | None:
     """The "is ready" post of flow `name`, or the text of its failure, or None (yet)."""
     for call in slack.calls:
@@ -820,10 +928,29 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     p.add_argument("--slack-latency", type=float, default=0.0, help="Slack double latency (s)")
     p.add_argument("--settle", type=float, default=1.0, help="idle time before reading RSS (s)")
+    p.add_argument(
+        "--expiry-accounts", type=int, default=100_000, help="expiry rows: accounts in the database"
+    )
+    p.add_argument(
+        "--expiry-due", type=int, default=1000, help="expiry rows: secrets with a warning due"
+    )
+    p.add_argument(
+        "--expiry-announced",
+        type=int,
+        default=2000,
+        help="expiry rows: secrets inside the horizon whose warning was already posted",
+    )
+    p.add_argument(
+        "--expiry-channels", type=int, default=3, help="expiry rows: alert channels (≥ 1)"
+    )
+    p.add_argument("--expiry-reps", type=int, default=3, help="expiry rows: timed decides")
+    p.add_argument(
+        "--scan-timeout", type=float, default=120.0, help="expiry rows: limit for the scan (s)"
+    )
     p.add_argument("--seed", type=int, default=1, help="random seed (request order, sampling)")
     p.add_argument(
         "--only",
-        choices=["startup", "ack", "pending", "provision"],
+        choices=["startup", "ack", "pending", "provision", "expiry"],
         action="append",
         help="run only these phases (repeatable); default all",
     )
@@ -857,6 +984,7 @@ PHASES: dict[str, Callable[[Bench], None]] = {
     "ack": phase_ack,
     "pending": phase_pending,
     "provision": phase_provision,
+    "expiry": phase_expiry,
 }
 
 
@@ -870,7 +998,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ca = TestCA()
     b = Bench(args=args, ca=ca, workdir=workdir, load_start=load_average())
     wanted = args.only or list(PHASES)
-    order = ["ack", "pending", "provision", "startup"]
+    order = ["ack", "pending", "provision", "startup", "expiry"]
     try:
         for name in order:
             if name in wanted:
@@ -883,7 +1011,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         b.stop_all()
         ca.close()
-    b.rows.append(Row("Expiry scan (placeholder)", "not yet measured", "—", "—", "—"))
     text = report(b, started, argv)
     print(text)
     out = Path(args.out)
