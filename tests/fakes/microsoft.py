@@ -24,9 +24,7 @@ import hashlib
 import json
 import re
 import secrets
-import socket
 import string
-import sys
 import threading
 import time
 import traceback
@@ -34,11 +32,10 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
-from tests.fakes.tls import TestCA
+from tests.fakes.tls import TestCA, TLSHandler, TLSServer
 
 # --------------------------------------------------------------------------- constants
 
@@ -619,72 +616,13 @@ class _Req:
         return self.match.group(name)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    timeout = 60
-    server: _Server
-
-    def setup(self):
-        self.request.settimeout(self.timeout)
-        self.request.do_handshake()  # in this worker thread, not the accept loop
-        super().setup()
-
-    def log_message(self, format, *args):  # noqa: A002 - stdlib signature
-        pass
-
-    def _dispatch(self):
-        self.server.double._serve(self)
-
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _dispatch
+_Handler = TLSHandler
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, double: MicrosoftDouble, name: str, ssl_context):
-        self.double = double
+class _Server(TLSServer):
+    def __init__(self, double: MicrosoftDouble, name: str, ssl_context: Any) -> None:
         self.name = name
-        self.ssl_context = ssl_context
-        self._open: set = set()
-        self._open_lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), _Handler)
-
-    def get_request(self):
-        sock, addr = self.socket.accept()
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            tls = self.ssl_context.wrap_socket(
-                sock, server_side=True, do_handshake_on_connect=False
-            )
-        except OSError:
-            sock.close()
-            raise
-        with self._open_lock:
-            self._open.add(tls)
-        return tls, addr
-
-    def shutdown_request(self, request):
-        with self._open_lock:
-            self._open.discard(request)
-        super().shutdown_request(request)
-
-    def handle_error(self, request, client_address):
-        # TLS failures and clients hanging up are not the double's business; anything
-        # else is a bug in the double and is kept for the test to see.
-        exc = sys.exc_info()[1]
-        if isinstance(exc, OSError | EOFError):
-            return
-        with self.double.lock:
-            self.double.internal_errors.append(traceback.format_exc())
-
-    def drop_connections(self):
-        with self._open_lock:
-            conns = list(self._open)
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        super().__init__(double, ssl_context)
 
 
 # --------------------------------------------------------------------------- the double

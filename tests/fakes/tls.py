@@ -8,9 +8,15 @@ the same way whatever the machine's CA environment says.
 from __future__ import annotations
 
 import os
+import socket
 import ssl
+import sys
 import tempfile
+import threading
+import traceback
 import weakref
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import httpx
 import trustme
@@ -83,3 +89,75 @@ class TestCA:
             self._finalizer()
             self._finalizer = None
             self._pem_path = None
+
+
+class TLSHandler(BaseHTTPRequestHandler):
+    """Hands every request to ``server.double._serve(handler)``; TLS handshake in the worker."""
+
+    protocol_version = "HTTP/1.1"
+    timeout = 60
+    server: TLSServer
+
+    def setup(self) -> None:
+        self.request.settimeout(self.timeout)
+        self.request.do_handshake()  # in this worker thread, not the accept loop
+        super().setup()
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        pass
+
+    def _dispatch(self) -> None:
+        self.server.double._serve(self)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _dispatch
+
+
+class TLSServer(ThreadingHTTPServer):
+    """An HTTPS server on 127.0.0.1 for a test double (``double`` has ``_serve``, ``lock``
+    and ``internal_errors``), tracking open connections so a test can drop them."""
+
+    daemon_threads = True
+
+    def __init__(self, double: Any, ssl_context: ssl.SSLContext) -> None:
+        self.double = double
+        self.ssl_context = ssl_context
+        self._open: set[Any] = set()
+        self._open_lock = threading.Lock()
+        super().__init__(("127.0.0.1", 0), TLSHandler)
+
+    def get_request(self) -> tuple[Any, Any]:
+        sock, addr = self.socket.accept()
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            tls = self.ssl_context.wrap_socket(
+                sock, server_side=True, do_handshake_on_connect=False
+            )
+        except OSError:
+            sock.close()
+            raise
+        with self._open_lock:
+            self._open.add(tls)
+        return tls, addr
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # TLS failures and clients hanging up are the client's business; anything else is
+        # a bug in the double and is kept for the test to see.
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError | EOFError):
+            return
+        with self.double.lock:
+            self.double.internal_errors.append(traceback.format_exc())
+
+    def drop_connections(self) -> None:
+        with self._open_lock:
+            conns = list(self._open)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass

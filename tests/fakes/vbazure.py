@@ -43,18 +43,16 @@ import json
 import re
 import secrets
 import socket
-import sys
 import threading
 import time
 import traceback
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from tests.fakes.tls import TestCA
+from tests.fakes.tls import TestCA, TLSHandler, TLSServer
 
 DEFAULT_USERNAME = "veeam-admin"
 DEFAULT_PASSWORD = "P@ss"
@@ -191,70 +189,10 @@ class _Req:
 # --------------------------------------------------------------------------- HTTP plumbing
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    timeout = 30
-    server: _Server
-
-    def setup(self) -> None:
-        self.request.settimeout(self.timeout)
-        self.request.do_handshake()  # in this worker thread, not the accept loop
-        super().setup()
-
-    def log_message(self, format, *args):  # noqa: A002 - stdlib signature
-        pass
-
-    def _dispatch(self) -> None:
-        self.server.double._serve(self)
-
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _dispatch
+_Handler = TLSHandler
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, double: VBAzureDouble, ssl_context) -> None:
-        self.double = double
-        self.ssl_context = ssl_context
-        self._open: set = set()
-        self._open_lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), _Handler)
-
-    def get_request(self):
-        sock, addr = self.socket.accept()
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            tls = self.ssl_context.wrap_socket(
-                sock, server_side=True, do_handshake_on_connect=False
-            )
-        except OSError:
-            sock.close()
-            raise
-        with self._open_lock:
-            self._open.add(tls)
-        return tls, addr
-
-    def shutdown_request(self, request) -> None:
-        with self._open_lock:
-            self._open.discard(request)
-        super().shutdown_request(request)
-
-    def handle_error(self, request, client_address) -> None:
-        # TLS failures and clients hanging up are the client's business, not a bug here.
-        exc = sys.exc_info()[1]
-        if isinstance(exc, OSError | EOFError):
-            return
-        with self.double.lock:
-            self.double.internal_errors.append(traceback.format_exc())
-
-    def drop_connections(self) -> None:
-        with self._open_lock:
-            conns = list(self._open)
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+_Server = TLSServer
 
 
 # --------------------------------------------------------------------------- the double
