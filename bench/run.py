@@ -750,7 +750,7 @@ def phase_expiry(b: Bench) -> None:
         [sys.executable, "-m", "bench.expiry"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-        cwd=ROOT,
+        cwd=b.dir("expiry"),  # not ROOT: `-m` puts the working directory first on sys.path
         env=env,
     )
     # Bounded: building scales with the accounts (about 7 s per 100,000 on 2 cores).
