@@ -140,11 +140,15 @@ class Pacer:
         self._last: dict[str, float] = {}
 
     def wait(self, channel: str) -> None:
+        """Sleep until the channel may take the next post."""
         last = self._last.get(channel)
         if last is not None:
             pause = self._gap - (self._clock() - last)
             if pause > 0:
                 self._sleep(pause)
+
+    def posted(self, channel: str) -> None:
+        """Slack has the post: the gap counts from now (building and sending took time)."""
         self._last[channel] = self._clock()
 
 
@@ -217,6 +221,7 @@ def _post_single(
     pacer.wait(item.channel)
     try:
         response = slack.chat_postMessage(channel=item.channel, **blocks.expiry_warning(item, now))
+        pacer.posted(item.channel)
     except SlackApiError as exc:
         log.warning(
             "could not post the expiry warning for %s: %s",
@@ -244,6 +249,7 @@ def _post_follow_up(
             thread_ts=first.get("ts"),
             **blocks.expiry_warning(item, now, follow_up=True),
         )
+        pacer.posted(channel)
     except SlackApiError as exc:
         log.warning(
             "could not post the expiry follow-up for %s: %s",
@@ -282,6 +288,7 @@ def _post_digest(
     pacer.wait(channel)
     try:
         response = slack.chat_postMessage(channel=channel, **blocks.expiry_digest(items, now))
+        pacer.posted(channel)
     except SlackApiError as exc:
         log.warning("could not post an expiry digest to %s: %s", channel, exc.response.get("error"))
         _release(store, items)

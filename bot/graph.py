@@ -103,14 +103,25 @@ class GraphClient(MicrosoftApi):
         """The application's service principal, created if missing (waits out replication)."""
 
         def create() -> dict[str, Any]:
+            # Create first (the usual case: a fresh application); a 409 means it exists.
+            try:
+                return dict(
+                    self.request("POST", "/v1.0/servicePrincipals", json={"appId": app_id}).json()
+                )
+            except MicrosoftError as exc:
+                if exc.status != 409:
+                    raise
             existing = self.get_json(
                 "/v1.0/servicePrincipals", params={"$filter": f"appId eq '{app_id}'"}
             ).get("value", [])
-            if existing:
-                return dict(existing[0])
-            return dict(
-                self.request("POST", "/v1.0/servicePrincipals", json={"appId": app_id}).json()
-            )
+            if not existing:
+                raise MicrosoftError(
+                    self.service,
+                    404,
+                    "Request_ResourceNotFound",
+                    "service principal not visible yet",
+                )
+            return dict(existing[0])
 
         return self._retry_visible(create)
 

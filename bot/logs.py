@@ -48,6 +48,8 @@ _KEYED = re.compile(
 # rebuilt when a value comes or goes.
 _known: dict[str, set[str | None]] = {}
 _owned: dict[str, set[str]] = {}
+_short_known: set[str] = set()
+_long_known: set[str] = set()
 _known_lock = threading.Lock()
 
 
@@ -58,6 +60,7 @@ def register_secret(value: str | None, owner: str | None = None) -> None:
         return
     with _known_lock:
         _known.setdefault(value, set()).add(owner)
+        (_short_known if _is_short(value) else _long_known).add(value)
         if owner is not None:
             _owned.setdefault(owner, set()).add(value)
 
@@ -72,17 +75,30 @@ def forget(owner: str) -> None:
             owners.discard(owner)
             if not owners:
                 del _known[value]
+                _short_known.discard(value)
+                _long_known.discard(value)
 
 
-def register_secret_value(value: str) -> str:
-    """`register_secret`, returning the value: `encrypt(register(secret_text))`."""
-    register_secret(value)
+def register_secret_value(value: str, owner: str | None = None) -> str:
+    """`register_secret`, returning the value: `encrypt(register(secret_text, flow_id))`."""
+    register_secret(value, owner)
     return value
+
+
+_SHORT = re.compile(r"[A-Za-z0-9]{6,16}")
+
+
+def _is_short(value: str) -> bool:
+    return _SHORT.fullmatch(value) is not None
 
 
 def redact(text: str) -> str:
     with _known_lock:
-        hits = [v for v in _known if v in text]
+        # Short alphanumeric values (user codes) are found by one scan of the text and a set
+        # lookup, so their cost does not grow with the number of flows in progress; the few
+        # others (credentials, client secrets) by a substring test each.
+        hits = {m.group(0) for m in _SHORT.finditer(text) if m.group(0) in _short_known}
+        hits.update(v for v in _long_known if v in text)
     for value in sorted(hits, key=len, reverse=True):
         text = text.replace(value, MASK)
     text = _KEYED.sub(lambda m: m.group(1) + MASK, text)

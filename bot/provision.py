@@ -104,7 +104,8 @@ def add_secret(
         "end_at": iso_utc(created.get("endDateTime"))
         or end.astimezone(UTC).isoformat(timespec="seconds"),
         "created_at": queries.utcnow_iso(now),
-        "ciphertext": services.cipher.encrypt(register(created["secretText"])),
+        # Masked in logs while the flow runs; the client-secret pattern covers it after.
+        "ciphertext": services.cipher.encrypt(register(created["secretText"], flow["id"])),
         "state": state,
     }
     created.clear()  # drop the plaintext as early as possible

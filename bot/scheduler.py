@@ -27,6 +27,7 @@ def run_scan(services: Services) -> expiry.ScanResult:
         except Exception:  # noqa: BLE001 - the appliance being down must not stop the warnings
             log.warning("could not read the appliance's accounts", exc_info=True)
     result = expiry.scan(services.store, services.slack, services.config, services.clock())
+    services.store.checkpoint()
     log.info(
         "expiry scan: %d due, %d posted (%d digests), %d failed, decided in %.3fs",
         len(result.due),
