@@ -115,7 +115,8 @@ class CreateFlows:
             return
         payload = self.parent_payload(flow, outcome, summary)
         if payload is not None:
-            self.notifier.update(flow["channel_id"], flow["parent_ts"], payload)
+            final = outcome is not None or summary is not None
+            self.notifier.update_latest(flow["channel_id"], flow["parent_ts"], payload, wait=final)
 
     def set_step(
         self, flow_id: str, step: str, status: str, outcome: str | None = None

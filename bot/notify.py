@@ -7,6 +7,8 @@ A thin layer over the `WebClient`: it takes payloads from `bot.blocks` and retur
 from __future__ import annotations
 
 import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from slack_sdk import WebClient
@@ -18,6 +20,44 @@ log = logging.getLogger(__name__)
 class Notifier:
     def __init__(self, client: WebClient) -> None:
         self._client = client
+        # Status edits of a flow's parent message: sent in the background, newest wins, one
+        # sender per message so an older edit never lands after a newer one.
+        self._latest: dict[tuple[str, str], dict[str, Any]] = {}
+        self._busy: set[tuple[str, str]] = set()
+        self._cond = threading.Condition()
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="veeam-sa-slack")
+
+    def update_latest(
+        self, channel: str, ts: str, payload: dict[str, Any], wait: bool = False
+    ) -> None:
+        """Edit a status message without holding up the flow; with `wait`, return once this
+        edit (or a newer one) has been sent."""
+        key = (channel, ts)
+        with self._cond:
+            self._latest[key] = payload
+            if key in self._busy:
+                if wait:
+                    self._cond.wait_for(lambda: key not in self._busy, timeout=10)
+                return
+            self._busy.add(key)
+        if wait:
+            self._drain(key)
+        else:
+            self._pool.submit(self._drain, key)
+
+    def _drain(self, key: tuple[str, str]) -> None:
+        while True:
+            with self._cond:
+                payload = self._latest.pop(key, None)
+                if payload is None:
+                    self._busy.discard(key)
+                    self._cond.notify_all()
+                    return
+            self.update(key[0], key[1], payload)
+
+    def close(self) -> None:
+        """Send the edits still queued, then stop."""
+        self._pool.shutdown(wait=True)
 
     def post(self, channel: str, payload: dict[str, Any], thread_ts: str | None = None) -> str:
         response = self._client.chat_postMessage(

@@ -143,6 +143,7 @@ class Runtime:
             # Something still runs and may use them: leave the client and the database
             # open; the process exits and SQLite's journal keeps the file consistent.
             return left
+        self.services.create.notifier.close()  # the last status edits
         self.services.http.close()
         self.services.store.close()
         return []
