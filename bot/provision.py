@@ -292,13 +292,12 @@ class Provisioner:
         )
         self._show(flow, data, "prereq_ts", payload)
         if blocked:
-            self.flows.save_data(flow_id, data)
-            queries.transition_flow(self._db, flow_id, ["checking"], "blocked")
-            self.flows.set_step(
+            self._park(
                 flow_id,
-                "checks",
+                data,
+                "blocked",
                 "failed",
-                outcome=":warning: Waiting for the missing rights (Recheck in the thread).",
+                ":warning: Waiting for the missing rights (Recheck in the thread).",
             )
             self.flows.audit(
                 flow,
@@ -313,18 +312,26 @@ class Provisioner:
                 flow_id=flow_id, requester=flow["requester"], subscriptions=results
             )
             self._show(flow, data, "chooser_ts", chooser)
-            self.flows.save_data(flow_id, data)
-            queries.transition_flow(self._db, flow_id, ["checking"], "choosing")
-            self.flows.set_step(
+            self._park(
                 flow_id,
-                "checks",
+                data,
+                "choosing",
                 "running",
-                outcome=":point_down: Choose the subscriptions in the thread.",
+                ":point_down: Choose the subscriptions in the thread.",
             )
             return
         self.flows.save_data(flow_id, data)
         self.flows.set_step(flow_id, "checks", "done")
         self.provision(flow_id)
+
+    def _park(
+        self, flow_id: str, data: dict[str, Any], state: str, checks: str, outcome: str
+    ) -> None:
+        """Leave the checks waiting for a person (Recheck, or the subscription choice)."""
+        if queries.transition_flow(
+            self._db, flow_id, ["checking"], state, data=json.dumps(data, sort_keys=True)
+        ):
+            self.flows.set_step(flow_id, "checks", checks, outcome=outcome)
 
     def _show(
         self, flow: dict[str, Any], data: dict[str, Any], key: str, payload: dict[str, Any]
