@@ -69,3 +69,8 @@ def account_view(
         return None
     secrets = queries.active_secrets(store.db, account["id"])
     return _view(account, secrets[-1] if secrets else None, now, warn_days)
+
+
+def account_history(store: Store, name: str) -> list[dict[str, Any]]:
+    """The audit rows about an account, oldest first."""
+    return queries.audit_rows(store.db, target=name)

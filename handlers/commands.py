@@ -10,11 +10,10 @@ from typing import Any
 from slack_bolt import Ack, App, Respond
 
 from bot import appliance_jobs, blocks, ids
-from bot.accounts import account_view, account_views
+from bot.accounts import account_history, account_view, account_views
 from bot.errors import DATABASE_UNAVAILABLE, CommandError, NotAuthorised, StorageError
 from bot.grammar import parse
 from bot.services import Services
-from storage.queries import audit_rows
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +62,7 @@ def register(app: App, services: Services) -> None:
                 )
                 if view is None:
                     raise CommandError(f"There is no managed service account `{parsed.name}`.")
-                ack(
-                    **blocks.account_detail(
-                        view, audit_rows(services.store.db, target=view["name"])
-                    )
-                )
+                ack(**blocks.account_detail(view, account_history(services.store, view["name"])))
             elif parsed.verb == "renew":
                 assert parsed.name is not None
                 flow_id = services.renew.begin(
