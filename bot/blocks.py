@@ -161,7 +161,7 @@ def device_code_message(
                     {
                         "type": "button",
                         "action_id": ids.ACTION_OPEN_DEVICE_LOGIN,
-                        "text": {"type": "plain_text", "text": "Open microsoft.com/devicelogin"},
+                        "text": {"type": "plain_text", "text": sign_in_label(verification_uri)},
                         "url": verification_uri,
                         "style": "primary",
                     },
@@ -180,6 +180,32 @@ def device_code_message(
             ),
         ],
     }
+
+
+def sign_in_label(verification_uri: str) -> str:
+    """The sign-in button's label, from the address the server gave (each cloud has its own:
+    microsoft.com/devicelogin, …/deviceloginus, …/deviceloginchina)."""
+    shown = verification_uri.split("://", 1)[-1].rstrip("/")
+    label = f"Open {shown}"
+    return label if len(label) <= 75 else label[:74] + "…"  # Block Kit: button text ≤ 75
+
+
+def code_delivery_note(requester: str, where: str) -> str:
+    """The thread's word on the sign-in code, without the code."""
+    if where == "ephemeral":
+        return (
+            f":lock: Waiting for <@{requester}> to sign in — the code was sent to them privately "
+            "(a message only they can see, in this channel)."
+        )
+    if where == "dm":
+        return (
+            f":lock: Waiting for <@{requester}> to sign in — the code was sent to them "
+            "in a direct message."
+        )
+    return (
+        f":warning: <@{requester}>, I could not deliver your sign-in code privately. "
+        "Cancel with `/veeam-sa cancel` and try again."
+    )
 
 
 def note(text: str) -> Payload:

@@ -276,9 +276,7 @@ class CreateFlows:
             purpose="renew" if flow["kind"] == "renew" else "create",
         )
         try:
-            where = self.notifier.to_user(
-                flow["channel_id"], flow["requester"], payload, flow.get("parent_ts")
-            )
+            where = self.notifier.to_user(flow["channel_id"], flow["requester"], payload)
         except SlackApiError as exc:
             log.warning(
                 "could not deliver the sign-in code for flow %s: %s",
@@ -286,30 +284,16 @@ class CreateFlows:
                 exc.response.get("error"),
             )
             where = "undelivered"
-        if where == "dm":
-            self.notifier.thread(
-                flow["channel_id"],
-                flow.get("parent_ts"),
-                blocks.note(
-                    f"<@{flow['requester']}>, I sent you the sign-in code in a direct message."
-                ),
-            )
-        elif where == "undelivered":
-            self.notifier.thread(
-                flow["channel_id"],
-                flow.get("parent_ts"),
-                blocks.note(
-                    f"<@{flow['requester']}>, I could not deliver your sign-in code privately. "
-                    "Cancel with `/veeam-sa cancel` and try again."
-                ),
-            )
+        self.notifier.thread(
+            flow["channel_id"],
+            flow.get("parent_ts"),
+            blocks.note(blocks.code_delivery_note(flow["requester"], where)),
+        )
         return where
 
     def _tell_requester_directly(self, flow: dict[str, Any], text: str) -> None:
         try:
-            self.notifier.to_user(
-                flow["channel_id"], flow["requester"], blocks.error_message(text), None
-            )
+            self.notifier.to_user(flow["channel_id"], flow["requester"], blocks.error_message(text))
         except SlackApiError:
             log.warning("could not tell %s that flow %s failed", flow["requester"], flow["id"])
 

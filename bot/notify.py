@@ -86,14 +86,16 @@ class Notifier:
                 exc.response.get("error"),
             )
 
-    def to_user(
-        self, channel: str, user: str, payload: dict[str, Any], thread_ts: str | None
-    ) -> str:
-        """Show `payload` to `user` only: ephemeral in the thread, else a DM. Returns where."""
+    def to_user(self, channel: str, user: str, payload: dict[str, Any]) -> str:
+        """Show `payload` to `user` only, somewhere Slack displays it: an ephemeral message in
+        the channel itself, else a DM. Returns where ("ephemeral" or "dm").
+
+        Never in a thread: Slack answers ok to an ephemeral in a thread without replies and
+        shows nothing ("Ephemeral messages in threads are only shown if there is already an
+        active thread", chat.postEphemeral reference).
+        """
         try:
-            self._client.chat_postEphemeral(
-                channel=channel, user=user, thread_ts=thread_ts, **payload
-            )
+            self._client.chat_postEphemeral(channel=channel, user=user, **payload)
             return "ephemeral"
         except SlackApiError as exc:
             log.info(
@@ -103,5 +105,7 @@ class Notifier:
                 exc.response.get("error"),
             )
         opened = self._client.conversations_open(users=user)
-        self._client.chat_postMessage(channel=opened["channel"]["id"], **payload)
+        self._client.chat_postMessage(
+            channel=opened["channel"]["id"], unfurl_links=False, unfurl_media=False, **payload
+        )
         return "dm"

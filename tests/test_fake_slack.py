@@ -413,3 +413,49 @@ def test_socket_mode_ack_payload_and_reconnect(dbl: SlackDouble) -> None:
         assert len(dbl.calls_to("apps.connections.open")) == 2
         ack = dbl.socket_send("slash_commands", slash_command_payload("help"))
         assert ack["payload"]["text"].startswith("Usage")
+
+
+def test_threaded_ephemeral_hidden_until_the_thread_is_active(
+    dbl: SlackDouble, client: WebClient
+) -> None:
+    """Slack answers ok to an ephemeral in a thread with no replies, and shows nothing."""
+    parent = client.chat_postMessage(channel="C0OPS", text="parent")["ts"]
+    hidden = client.chat_postEphemeral(
+        channel="C0OPS", user="U0ADMIN", text="code ABCD", thread_ts=parent
+    )
+    assert hidden["ok"]
+    assert dbl.ephemerals(user="U0ADMIN")[0]["shown"] is False
+    assert dbl.seen_by("U0ADMIN") == []
+
+    client.chat_postMessage(channel="C0OPS", text="a reply", thread_ts=parent)
+    client.chat_postEphemeral(channel="C0OPS", user="U0ADMIN", text="code EFGH", thread_ts=parent)
+    client.chat_postEphemeral(channel="C0OPS", user="U0ADMIN", text="in the channel")
+    assert [m["text"] for m in dbl.seen_by("U0ADMIN")] == ["code EFGH", "in the channel"]
+
+    # a thread that does not exist is no more active than an empty one
+    client.chat_postEphemeral(
+        channel="C0OPS", user="U0ADMIN", text="nowhere", thread_ts="1600000000.000100"
+    )
+    assert "nowhere" not in [m["text"] for m in dbl.seen_by("U0ADMIN")]
+
+
+def test_threaded_ephemeral_through_response_url_follows_the_same_rule(
+    dbl: SlackDouble, client: WebClient
+) -> None:
+    parent = client.chat_postMessage(channel="C0OPS", text="parent")["ts"]
+    url = dbl.response_url(channel="C0OPS", user="U0ADMIN", thread_ts=parent)
+    WebhookClient(url).send(text="hidden")
+    assert dbl.seen_by("U0ADMIN") == []
+    WebhookClient(dbl.response_url(channel="C0OPS", user="U0ADMIN")).send(text="shown")
+    assert [m["text"] for m in dbl.seen_by("U0ADMIN")] == ["shown"]
+
+
+def test_ephemeral_to_a_non_member_is_refused(dbl: SlackDouble, client: WebClient) -> None:
+    dbl.channel_members["C0ALERTS"] = {"U0OTHER"}
+    with pytest.raises(SlackApiError) as err:
+        client.chat_postEphemeral(channel="C0ALERTS", user="U0ADMIN", text="x")
+    assert err.value.response["error"] == "user_not_in_channel"
+    client.chat_postEphemeral(channel="C0ALERTS", user="U0OTHER", text="y")
+    dm = client.conversations_open(users="U0ADMIN")["channel"]["id"]
+    client.chat_postMessage(channel=dm, text="by DM")
+    assert [m["where"] for m in dbl.seen_by("U0ADMIN")] == ["dm"]

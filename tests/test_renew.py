@@ -95,9 +95,11 @@ def test_renew_button_rotates_the_secret(bot: Bot, ms: MicrosoftDouble, slack: S
     message = slack.message(CHANNEL, ts)
     assert "renewed by <@U0ADMIN>" in json.dumps(message["blocks"])
     assert not any(b["type"] == "actions" for b in message["blocks"])
-    # the code went only to the clicker, in the alert's thread
-    ephemeral = slack.calls_to("chat.postEphemeral")[-1]
-    assert ephemeral.args["user"] == ADMIN and ephemeral.args["thread_ts"] == ts
+    # the code went only to the clicker, somewhere Slack shows it (the alert had no replies)
+    code = ms.flows[1].user_code
+    assert [m["where"] for m in slack.seen_by(ADMIN) if code in m["text"]] == ["ephemeral"]
+    assert all(code not in json.dumps(m) for m in slack.messages())
+    assert any("Waiting for <@U0ADMIN>" in m["text"] for m in slack.thread(CHANNEL, ts))
     assert all(new.secret_text not in json.dumps(c.args) for c in slack.calls)
     actions = [r["action"] for r in bot.db.table("audit").rows]
     assert "renew.requested" in actions and "renew.completed" in actions
@@ -184,3 +186,25 @@ def test_list_and_show(bot: Bot) -> None:
     assert "create.completed" in detail and "azure.secret" in detail
     assert "only the bot's admins" in bot.command("list", user=OTHER)
     assert "no managed service account `beta`" in bot.command("show beta")
+
+
+def test_renewal_code_reaches_a_clicker_outside_the_alert_channel(
+    bot: Bot, ms: MicrosoftDouble, slack: SlackDouble
+) -> None:
+    """The clicker may not be a member of the alert channel: the code then goes by DM."""
+    account = managed(bot)
+    ts = alert(bot, account)
+    slack.channel_members[CHANNEL] = {OTHER}
+    status, _ = bot.click(ids.ACTION_RENEW, str(account["id"]), user=ADMIN, message_ts=ts)
+    assert status == 200
+    deadline = time.monotonic() + 10
+    while len(ms.flows) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    code = ms.flows[1].user_code
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any(
+        code in m["text"] for m in slack.seen_by(ADMIN)
+    ):
+        time.sleep(0.02)
+    assert [m["where"] for m in slack.seen_by(ADMIN) if code in m["text"]] == ["dm"]
+    assert any("direct message" in m["text"] for m in slack.thread(CHANNEL, ts))

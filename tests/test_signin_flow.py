@@ -44,12 +44,18 @@ def test_happy_path_code_only_to_requester(
     bot: Bot, slack: SlackDouble, ms: MicrosoftDouble
 ) -> None:
     device = start(bot)
-    ephemeral = slack.wait_for("chat.postEphemeral", user=ADMIN)
-    assert device.user_code in ephemeral.args["text"]
-    assert ephemeral.args["thread_ts"] == bot.flow("prod-backup")["parent_ts"]
-    buttons = [e for b in ephemeral.args["blocks"] if b["type"] == "actions" for e in b["elements"]]
+    slack.wait_for("chat.postEphemeral", user=ADMIN)
+    # Slack displayed the code to the requester (a threaded ephemeral to a fresh thread is not)
+    (shown,) = [m for m in slack.seen_by(ADMIN) if device.user_code in m["text"]]
+    assert shown["where"] == "ephemeral" and shown["channel"] == CHANNEL
+    buttons = [e for b in shown["blocks"] if b["type"] == "actions" for e in b["elements"]]
     assert buttons[0]["url"] == "https://microsoft.com/devicelogin"
+    assert buttons[0]["text"]["text"] == "Open microsoft.com/devicelogin"
     assert buttons[1]["action_id"] == ids.ACTION_CANCEL_FLOW
+    # the public thread says whom it waits for, without the code
+    waiting = bot.wait_thread("prod-backup", "Waiting for")
+    assert f"<@{ADMIN}>" in waiting and "privately" in waiting
+    assert device.user_code not in waiting
 
     parent = slack.calls_to("chat.postMessage")[0]
     assert parent.args["channel"] == CHANNEL

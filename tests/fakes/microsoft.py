@@ -660,6 +660,9 @@ class MicrosoftDouble:
         # knobs
         self.device_expires_in = 900
         self.device_interval = 5
+        #: Each cloud's sign-in page: …/devicelogin (public), …/deviceloginus (US Gov),
+        #: …/deviceloginchina (21Vianet).
+        self.verification_uri = "https://microsoft.com/devicelogin"
         self.access_token_lifetime = 3599
         self.refresh_token_lifetime = 90 * 86400
         self.page_size = 100
@@ -1490,7 +1493,7 @@ class MicrosoftDouble:
         if self._flow_scripts:
             flow.script = self._flow_scripts.pop(0)
         self.flows.append(flow)
-        verification_uri = "https://microsoft.com/devicelogin"
+        verification_uri = self.verification_uri
         return _Resp(
             200,
             {

@@ -148,6 +148,9 @@ class SlackDouble:
         self.users: dict[str, dict[str, Any]] = _default_users()
         self.usergroups: dict[str, list[str]] = {}
         self.channels: dict[str, dict[str, Any]] = {}
+        #: ``{channel_id: {user_ids}}``; a channel listed here has exactly these members
+        #: (others get ``user_not_in_channel`` from chat.postEphemeral); unlisted: everyone.
+        self.channel_members: dict[str, set[str]] = {}
 
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
@@ -337,16 +340,48 @@ class SlackDouble:
         ]
 
     def ephemerals(
-        self, channel: str | None = None, user: str | None = None
+        self, channel: str | None = None, user: str | None = None, *, shown: bool | None = None
     ) -> list[dict[str, Any]]:
-        """Ephemeral messages (``chat.postEphemeral`` and ephemeral response_url posts)."""
+        """Ephemeral messages (``chat.postEphemeral`` and ephemeral response_url posts).
+
+        Each carries ``shown``: False for one Slack accepted but never displayed (a threaded
+        ephemeral to a thread with no replies); pass ``shown=True`` for the displayed ones.
+        """
         with self._lock:
             return [
                 _copy(e)
                 for e in self._ephemerals
                 if (channel is None or e["channel"] == channel)
                 and (user is None or e["user"] == user)
+                and (shown is None or e["shown"] == shown)
             ]
+
+    def seen_by(self, user: str) -> list[dict[str, Any]]:
+        """What Slack actually displayed to ``user`` alone: the ephemerals it showed them and
+        the bot's messages in their DM, oldest first (``text``, ``blocks``, ``where``)."""
+        dm = self.dm_channel(user)
+        with self._lock:
+            seen = [
+                {**_copy(e), "where": "ephemeral"}
+                for e in self._ephemerals
+                if e["user"] == user and e["shown"]
+            ]
+            seen += [
+                {**_copy(m), "where": "dm"}
+                for m in self._messages.values()
+                if m["channel"] == dm and not m["deleted"]
+            ]
+        return sorted(seen, key=lambda m: float(m["ts"]))
+
+    def _ephemeral_shown(self, channel: str, thread_ts: str | None) -> bool:
+        """Slack's chat.postEphemeral reference: "Ephemeral messages in threads are only shown
+        if there is already an active thread." (https://api.slack.com/methods/chat.postEphemeral)
+        A thread is active once its parent has a reply; to any other thread Slack still answers
+        ok and displays nothing."""
+        if not thread_ts:
+            return True
+        parent = self._messages.get((channel, thread_ts))
+        return bool(parent is not None and not parent["deleted"] and parent.get("reply_count"))
 
     @property
     def views(self) -> list[dict[str, Any]]:
@@ -736,6 +771,7 @@ class SlackDouble:
                     channel, {**body, "thread_ts": body.get("thread_ts") or link["thread_ts"]}
                 )
             else:
+                thread_ts = body.get("thread_ts") or link["thread_ts"]
                 self._ephemerals.append(
                     {
                         "channel": channel,
@@ -743,7 +779,8 @@ class SlackDouble:
                         "ts": self._next_ts(),
                         "text": body.get("text", ""),
                         "blocks": body.get("blocks") or [],
-                        "thread_ts": body.get("thread_ts") or link["thread_ts"],
+                        "thread_ts": thread_ts,
+                        "shown": self._ephemeral_shown(channel, thread_ts),
                     }
                 )
         return 200, {"ok": True}
@@ -860,8 +897,14 @@ class SlackDouble:
         user = args.get("user")
         if not isinstance(user, str) or not _USER_ID.match(user):
             raise _SlackError("user_not_found")
+        members = self.channel_members.get(channel)
+        if members is not None and user not in members:
+            # "user_not_in_channel: Intended recipient is not in the specified channel."
+            # (https://api.slack.com/methods/chat.postEphemeral#errors)
+            raise _SlackError("user_not_in_channel")
         self._check_content(args)
         ts = self._next_ts()
+        thread_ts = str(args["thread_ts"]) if args.get("thread_ts") else None
         self._ephemerals.append(
             {
                 "channel": channel,
@@ -869,7 +912,8 @@ class SlackDouble:
                 "ts": ts,
                 "text": args.get("text") or "",
                 "blocks": args.get("blocks") or [],
-                "thread_ts": str(args["thread_ts"]) if args.get("thread_ts") else None,
+                "thread_ts": thread_ts,
+                "shown": self._ephemeral_shown(channel, thread_ts),
             }
         )
         return {"message_ts": ts}
