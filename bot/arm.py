@@ -52,6 +52,14 @@ class ArmClient(MicrosoftApi):
     def subscriptions(self) -> list[dict[str, Any]]:
         return self.paged("/subscriptions", "nextLink", params={"api-version": SUBSCRIPTIONS_API})
 
+    def tenant_name(self, tenant_id: str) -> str | None:
+        """The display name of `tenant_id` among the tenants the caller can see."""
+        for tenant in self.paged("/tenants", "nextLink", params={"api-version": SUBSCRIPTIONS_API}):
+            if str(tenant.get("tenantId", "")).lower() == tenant_id.lower():
+                name = tenant.get("displayName")
+                return str(name) if name else None
+        return None
+
     def permissions(self, subscription: str) -> list[dict[str, Any]]:
         return self.paged(
             f"/subscriptions/{subscription}/providers/Microsoft.Authorization/permissions",

@@ -74,6 +74,7 @@ def refusal_message(rule: str) -> Payload:
 
 STEP_LABELS: dict[str, str] = {
     "sign_in": "Sign in to Microsoft",
+    "sign_in_again": "Sign in once more (the tenant asks for it)",
     "checks": "Check permissions",
     "application": "Create the application",
     "principal": "Create the service principal",
@@ -99,8 +100,8 @@ def slack_date(ts: float, fallback: str) -> str:
 def checklist(steps: dict[str, str]) -> str:
     lines = []
     for key, label in STEP_LABELS.items():
-        if key == "handoff" and key not in steps:
-            continue  # only with a VBAzure appliance configured
+        if key in ("handoff", "sign_in_again") and key not in steps:
+            continue  # only with a VBAzure appliance / a tenant that asks for a second sign-in
         status = steps.get(key, "todo")
         lines.append(f"{STEP_ICONS.get(status, STEP_ICONS['todo'])} {label}")
     return "\n".join(lines)
@@ -142,8 +143,10 @@ def device_code_message(
     flow_id: str,
     name: str,
     purpose: str = "create",
+    again: str | None = None,
 ) -> Payload:
-    """The sign-in code: for the requester's eyes only (ephemeral or DM)."""
+    """The sign-in code: for the requester's eyes only (ephemeral or DM). `again` names the
+    resource of a further sign-in the tenant asked for."""
     from bot import ids
 
     expiry = slack_date(expires_at, "in 15 minutes")
@@ -151,8 +154,9 @@ def device_code_message(
         "text": f"Sign in to Microsoft with code {user_code} at {verification_uri} (expires {expiry}).",
         "blocks": [
             _section(
-                f"*Sign in to Microsoft to {purpose} `{name}`*\n"
-                f"Open the link and enter this code (it expires {expiry}):"
+                f"*Sign in to Microsoft to {purpose} `{name}`*"
+                + (f" — once more, for {again}" if again else "")
+                + f"\nOpen the link and enter this code (it expires {expiry}):"
             ),
             _section(f"```{user_code}```"),
             {

@@ -26,13 +26,21 @@ from typing import Any
 from slack_sdk.errors import SlackApiError
 
 from bot import blocks, metrics
+from bot.arm import ArmClient
 from bot.errors import CommandError, NotAuthorised, SignInError
 from bot.grammar import Command
 from bot.logs import forget, register_secret
-from bot.messages import sign_in_failure
+from bot.messages import sign_in_failure, support_suffix
 from bot.notify import Notifier
 from bot.services import Services
-from bot.signin import DeviceSignIn, Identity, Session, TransientError, dump_flow
+from bot.signin import (
+    DeviceSignIn,
+    Identity,
+    Session,
+    TransientError,
+    dump_flow,
+    needs_interaction,
+)
 from storage import queries
 
 log = logging.getLogger(__name__)
@@ -41,6 +49,17 @@ SIGN_IN_STATES = ("starting", "awaiting_sign_in")
 POST_SIGN_IN_STATES = ("signed_in", "checking", "blocked", "choosing", "provisioning", "renewing")
 CANCELLABLE_AFTER_SIGN_IN = ("signed_in", "blocked", "choosing")
 TRANSIENT_BACKOFF_CAP = 30.0
+#: Further sign-ins a tenant may ask for (MFA or consent per resource) before the flow fails.
+MAX_EXTRA_SIGN_INS = 2
+
+
+class _NeedsSignIn(Exception):
+    """A resource's silent token needs the person again."""
+
+    def __init__(self, scope: str, error: SignInError) -> None:
+        self.scope = scope
+        self.error = error
+        super().__init__(scope)
 
 
 class CreateFlows:
@@ -235,7 +254,7 @@ class CreateFlows:
         flow_id = flow["id"]
         try:
             session = self.signin.new_session()
-            device = self.signin.initiate(session)
+            device = self.signin.initiate(session, self.data(flow).get("sign_in_scope"))
         except SignInError as exc:
             self.fail(flow_id, exc)
             return
@@ -264,7 +283,9 @@ class CreateFlows:
         self.audit(flow, "sign_in.started", "pending", delivered=where)
         self.services.workers.call_later(int(device.get("interval", 5)), self.poll, flow_id)
 
-    def _send_code(self, flow: dict[str, Any], device: dict[str, Any]) -> str:
+    def _send_code(
+        self, flow: dict[str, Any], device: dict[str, Any], again: str | None = None
+    ) -> str:
         payload = blocks.device_code_message(
             user_code=str(device["user_code"]),
             verification_uri=str(
@@ -274,6 +295,7 @@ class CreateFlows:
             flow_id=flow["id"],
             name=flow["name"],
             purpose="renew" if flow["kind"] == "renew" else "create",
+            again=again,
         )
         try:
             where = self.notifier.to_user(flow["channel_id"], flow["requester"], payload)
@@ -359,27 +381,38 @@ class CreateFlows:
 
     def _signed_in(self, flow: dict[str, Any], identity: Identity, session: Session) -> None:
         flow_id = flow["id"]
-        if identity.personal and not self.services.config.allow_personal_accounts:
-            self.fail(
-                flow_id,
-                SignInError("personal", "personal Microsoft account"),
-                who=f"{identity.name} ({identity.upn})",
-            )
-            return
-        if self.services.config.require_email_match:
-            email = self._slack_email(flow["requester"])
-            if not email or email.lower() != identity.upn.lower():
+        data = self.data(flow)
+        first = data.get("first_identity")
+        if first is not None:
+            # a further sign-in the tenant asked for: it must be the same person
+            if (first["object_id"], first["tenant_id"]) != (
+                identity.object_id,
+                identity.tenant_id,
+            ):
                 self.fail(
                     flow_id,
                     SignInError(
-                        "email_mismatch", "signed-in account does not match the Slack profile"
+                        "other_person",
+                        "the second sign-in was made with another account",
                     ),
-                    who=f"{identity.upn} (your Slack email is {email or 'not visible to the bot'})",
+                    who=f"{identity.upn} (first sign-in: {first['upn']})",
                 )
                 return
-        tenant_name = self._tenant_name_and_warm_up(session)
+        elif not self._acceptable(flow, identity):
+            return
+        try:
+            tenant_name = self._tokens_and_tenant_name(session, identity)
+        except _NeedsSignIn as need:
+            if int(data.get("extra_sign_ins", 0)) < MAX_EXTRA_SIGN_INS:
+                self._sign_in_again(flow, identity, session, need.scope, need.error)
+            else:
+                self.fail(flow_id, need.error)
+            return
+        except SignInError as exc:
+            self.fail(flow_id, exc)
+            return
         identity.tenant_name = tenant_name
-        data = self.data(flow)
+        data = self.data(queries.get_flow(self._db, flow_id) or flow)
         data["identity"] = {
             "upn": identity.upn,
             "name": identity.name,
@@ -387,7 +420,11 @@ class CreateFlows:
             "tenant_name": tenant_name,
             "object_id": identity.object_id,
         }
-        data.setdefault("steps", {})["sign_in"] = "done"
+        data.pop("sign_in_scope", None)
+        steps = data.setdefault("steps", {})
+        steps["sign_in"] = "done"
+        if "sign_in_again" in steps:
+            steps["sign_in_again"] = "done"
         moved = queries.transition_flow(
             self._db,
             flow_id,
@@ -406,6 +443,7 @@ class CreateFlows:
             "ok",
             entra_upn=identity.upn,
             tenant_id=identity.tenant_id,
+            sign_ins=1 + int(data.get("extra_sign_ins", 0)),
         )
         tenant = (
             f"{tenant_name} (`{identity.tenant_id}`)" if tenant_name else f"`{identity.tenant_id}`"
@@ -420,6 +458,133 @@ class CreateFlows:
         if self.on_signed_in is not None:
             self.on_signed_in(flow_id, identity, session)
 
+    def _acceptable(self, flow: dict[str, Any], identity: Identity) -> bool:
+        """Refuse personal accounts (unless allowed) and, when required, another's account."""
+        flow_id = flow["id"]
+        if identity.personal and not self.services.config.allow_personal_accounts:
+            self.fail(
+                flow_id,
+                SignInError("personal", "personal Microsoft account"),
+                who=f"{identity.name} ({identity.upn})",
+            )
+            return False
+        if self.services.config.require_email_match:
+            email = self._slack_email(flow["requester"])
+            if not email or email.lower() != identity.upn.lower():
+                self.fail(
+                    flow_id,
+                    SignInError(
+                        "email_mismatch", "signed-in account does not match the Slack profile"
+                    ),
+                    who=f"{identity.upn} (your Slack email is {email or 'not visible to the bot'})",
+                )
+                return False
+        return True
+
+    def _sign_in_again(
+        self,
+        flow: dict[str, Any],
+        identity: Identity,
+        session: Session,
+        scope: str,
+        error: SignInError,
+    ) -> None:
+        """The tenant wants the person again for `scope` (MFA or consent for that resource
+        alone): a further device code, for that resource, to the same person, in the same
+        way — a normal step of the flow, shown in the checklist."""
+        flow_id = flow["id"]
+        data = self.data(flow)
+        data["first_identity"] = data.get("first_identity") or {
+            "upn": identity.upn,
+            "object_id": identity.object_id,
+            "tenant_id": identity.tenant_id,
+        }
+        data["sign_in_scope"] = scope
+        data["extra_sign_ins"] = int(data.get("extra_sign_ins", 0)) + 1
+        steps = data.setdefault("steps", {})
+        steps["sign_in"] = "done"
+        steps["sign_in_again"] = "running"
+        try:
+            device = self.signin.initiate(session, scope)
+        except SignInError as exc:
+            self.fail(flow_id, exc)
+            return
+        register_secret(str(device.get("device_code", "")), owner=flow_id)
+        register_secret(str(device.get("user_code", "")), owner=flow_id)
+        if not queries.transition_flow(
+            self._db,
+            flow_id,
+            ["awaiting_sign_in"],
+            "awaiting_sign_in",
+            device_flow=self.services.cipher.encrypt(dump_flow(device)),
+            expires_at=str(device.get("expires_at")),
+            data=json.dumps(data, sort_keys=True),
+        ):
+            self.drop_session(flow_id)
+            return
+        flow = queries.get_flow(self._db, flow_id) or flow
+        resource = self.signin.resource_name(scope)
+        reason = (
+            "multi-factor authentication"
+            if error.kind == "mfa"
+            else ("consent" if error.kind == "consent" else "a fresh sign-in")
+        )
+        self.audit(
+            flow,
+            "sign_in.again",
+            "pending",
+            resource=resource,
+            aadsts=error.aadsts,
+            correlation_id=error.correlation_id,
+        )
+        self.notifier.thread(
+            flow["channel_id"],
+            flow.get("parent_ts"),
+            blocks.note(
+                f":closed_lock_with_key: Signed in as {identity.upn}, but the tenant asks for "
+                f"{reason} to reach {resource}{support_suffix(error.aadsts, error.correlation_id)}. "
+                "One more sign-in is needed."
+            ),
+        )
+        self.render_parent(flow)
+        self._send_code(flow, device, again=resource)
+        self.services.workers.call_later(int(device.get("interval", 5)), self.poll, flow_id)
+
+    def _tokens_and_tenant_name(self, session: Session, identity: Identity) -> str | None:
+        """Every token the flow needs (silently, each resource side by side), and the tenant's
+        display name (None when it can't be read: it is decoration). Raises `_NeedsSignIn`
+        when a resource needs the person again, `SignInError` when it refuses otherwise."""
+        config = self.services.config
+        signin = self.signin
+
+        def fetch(scope: str) -> SignInError | None:
+            try:
+                signin.token(session, scope)
+                return None
+            except SignInError as exc:
+                return exc
+
+        def tenant_name() -> str | None:
+            try:
+                token = signin.token(session, signin.sign_in_scope)  # the sign-in's own
+                arm = ArmClient(config.arm_url, signin.http, lambda: token, attempts=2)
+                return arm.tenant_name(identity.tenant_id)
+            except Exception:  # noqa: BLE001 - the name is decoration; sign-in already succeeded
+                log.info("could not read the tenant's display name", exc_info=True)
+                return None
+
+        from bot.provision import both
+
+        others = [scope for scope in signin.scopes if scope != signin.sign_in_scope]
+        name, errors = both(tenant_name, lambda: [fetch(scope) for scope in others])
+        for scope, error in zip(others, errors, strict=True):
+            if error is None:
+                continue
+            if needs_interaction(error):
+                raise _NeedsSignIn(scope, error)
+            raise error
+        return name
+
     def _slack_email(self, user: str) -> str | None:
         try:
             profile = self.services.slack.users_info(user=user)["user"].get("profile") or {}
@@ -430,32 +595,6 @@ class CreateFlows:
             return None
         email = profile.get("email")
         return str(email) if email else None
-
-    def _tenant_name_and_warm_up(self, session: Session) -> str | None:
-        """The tenant's display name from Graph (None when it can't be read: it is decoration),
-        fetched while the ARM token is obtained alongside, since the checks need it next."""
-        from bot.graph import GraphClient
-        from bot.provision import both
-
-        config = self.services.config
-
-        def tenant_name() -> str | None:
-            try:
-                token = self.signin.token(session, config.graph_scope)  # from the sign-in: no call
-                graph = GraphClient(config.graph_url, self.signin.http, lambda: token, attempts=2)
-                return graph.organization_name()
-            except Exception:  # noqa: BLE001 - the name is decoration; sign-in already succeeded
-                log.info("could not read the tenant's display name", exc_info=True)
-                return None
-
-        def warm_up() -> None:
-            try:
-                self.signin.token(session, config.arm_scope)
-            except Exception:  # noqa: BLE001 - the checks ask again and report what fails
-                log.info("could not get an ARM token yet", exc_info=True)
-
-        name, _ = both(tenant_name, warm_up)
-        return name
 
     # -- endings ---------------------------------------------------------------------------
 

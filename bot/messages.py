@@ -41,6 +41,8 @@ SIGN_IN_ADVICE: dict[str, str] = {
     "cancelled": "The sign-in was cancelled.",
     "email_mismatch": "The account that signed in is not yours: VEEAM_SA_REQUIRE_EMAIL_MATCH requires the "
     "Microsoft sign-in name to equal your Slack profile's email. Nothing was changed; sign in as yourself.",
+    "other_person": "The second sign-in was made with another account than the first. Nothing "
+    "was changed; run the command again and sign in both times with the same account.",
     "no_session": "The sign-in session was lost (the bot restarted). Run the command again.",
 }
 

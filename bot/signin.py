@@ -6,7 +6,14 @@ let one throttled poll hold back everybody else's. The application lives in memo
 the length of one flow and is dropped with it; refresh tokens are never persisted.
 
 `poll()` makes exactly one request to the token endpoint and classifies the answer; the
-caller (bot.create) schedules the next poll. MSAL's flow dict is plain JSON, so it is
+caller (bot.create) schedules the next poll.
+
+The device code is for Azure management (ARM), and the Graph token follows silently: a
+Conditional Access policy that requires MFA for "Windows Azure Service Management API" (as
+Microsoft recommends) is then met on the sign-in page, where the person can do MFA — a
+silent ARM token after a Graph sign-in would fail with AADSTS50076 instead. Azure CLI signs
+in the same way round. When a silent token still needs the person (`needs_interaction`), the
+caller asks them for one more code for that resource. MSAL's flow dict is plain JSON, so it is
 persisted (encrypted: it holds the device code) and a restarted bot resumes polling.
 """
 
@@ -16,6 +23,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,6 +114,15 @@ def _aadsts(result: dict[str, Any]) -> int | None:
     return None
 
 
+#: Silent-token failures that one more sign-in by the same person can clear: MFA or consent
+#: demanded for that resource alone (Conditional Access per resource).
+INTERACTION_KINDS = frozenset({"mfa", "consent"})
+
+
+def needs_interaction(error: SignInError) -> bool:
+    return error.kind in INTERACTION_KINDS or error.error == "interaction_required"
+
+
 def classify(result: dict[str, Any]) -> SignInError:
     """Turn an MSAL error dict into a `SignInError` (the description is not kept: it may
     echo request data)."""
@@ -130,9 +147,31 @@ def classify(result: dict[str, Any]) -> SignInError:
 class DeviceSignIn:
     """Starts and polls device-code sign-ins against the configured authority."""
 
-    def __init__(self, config: Config, http: httpx.Client) -> None:
+    def __init__(
+        self,
+        config: Config,
+        http: httpx.Client,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self._config = config
         self.http = http
+        self._sleep = sleep
+        #: How long a silent token may keep failing on the network (or 429/5xx) before the
+        #: flow is failed as unreachable.
+        self.transient_budget = 30.0
+
+    @property
+    def sign_in_scope(self) -> str:
+        """What the device code is for: Azure management first (see the module docstring)."""
+        return self._config.arm_scope
+
+    @property
+    def scopes(self) -> tuple[str, ...]:
+        """Every resource a flow needs a token for."""
+        return (self._config.arm_scope, self._config.graph_scope)
+
+    def resource_name(self, scope: str) -> str:
+        return "Azure management" if scope == self._config.arm_scope else "Microsoft Graph"
 
     def new_session(self) -> Session:
         """A fresh MSAL application; reads the authority's OpenID configuration (network)."""
@@ -161,10 +200,11 @@ class DeviceSignIn:
             raise TransientError(type(exc).__name__) from None
         return Session(app=app)
 
-    def initiate(self, session: Session) -> dict[str, Any]:
-        """Ask for a device code; returns MSAL's flow dict (holds the device code)."""
+    def initiate(self, session: Session, scope: str | None = None) -> dict[str, Any]:
+        """Ask for a device code for `scope` (default: Azure management); returns MSAL's
+        flow dict (holds the device code)."""
         try:
-            flow = session.app.initiate_device_flow(scopes=[self._config.graph_scope])
+            flow = session.app.initiate_device_flow(scopes=[scope or self.sign_in_scope])
         except (httpx.HTTPError, ValueError, msal.exceptions.MsalError) as exc:
             raise SignInError(
                 "unreachable", f"could not reach Microsoft sign-in ({type(exc).__name__})"
@@ -209,18 +249,40 @@ class DeviceSignIn:
         raise classify(result)
 
     def token(self, session: Session, scope: str) -> str:
-        """An access token for `scope` for the signed-in account (silently, from memory)."""
+        """An access token for `scope` for the signed-in account (from memory, else silently
+        with the refresh token). Network failures, 429 and 5xx are retried within
+        `transient_budget`, then raised as `SignInError("unreachable")`; a refusal is raised
+        as a classified `SignInError` (see `needs_interaction`)."""
         if session.account is None:
             raise SignInError("no_session", "The sign-in session is gone; sign in again.")
-        try:
-            result = session.app.acquire_token_silent([scope], account=session.account)
-        except (httpx.HTTPError, ValueError, msal.exceptions.MsalServiceError) as exc:
-            raise TransientError(type(exc).__name__) from None
-        if not result or "access_token" not in result:
-            raise classify(
-                result or {"error": "no_token", "error_description": "no token in the cache"}
-            )
-        return str(result["access_token"])
+        deadline = time.monotonic() + self.transient_budget
+        delay = 0.5
+        while True:
+            try:
+                result = session.app.acquire_token_silent_with_error(
+                    [scope], account=session.account
+                )
+                problem = None
+            except (httpx.HTTPError, ValueError, msal.exceptions.MsalServiceError) as exc:
+                result, problem = None, type(exc).__name__
+            if result and "access_token" in result:
+                return str(result["access_token"])
+            if result is None and problem is None:
+                raise SignInError("no_session", "no token in the cache; sign in again")
+            if result is not None and not (
+                result.get("error") in ("temporarily_unavailable", "server_error")
+                or _throttled(result)
+            ):
+                raise classify(result)
+            problem = problem or str(result.get("error") if result else "error")
+            if time.monotonic() + delay > deadline:
+                raise SignInError(
+                    "unreachable",
+                    f"could not get a token for {self.resource_name(scope)} ({problem})",
+                )
+            log.info("silent token for %s failed (%s); retrying", self.resource_name(scope), problem)
+            self._sleep(delay)
+            delay = min(delay * 2, 8.0)
 
 
 class TransientError(Exception):

@@ -402,6 +402,30 @@ def test_refresh_errors_are_scriptable(dbl, make_app):
     assert app.acquire_token_silent([f"{dbl.arm_url}/.default"], account=account) is None
 
 
+def test_conditional_access_mfa_for_azure_management(dbl, make_app):
+    """MFA required for Azure management only: a Graph sign-in cannot reach ARM silently;
+    an ARM sign-in does MFA on the sign-in page, and Graph then follows silently."""
+    dbl.tenants[DEFAULT_TENANT_ID].mfa_required_for = {"arm"}
+    dbl.script_next_flow(["approve"])
+    app = make_app()
+    flow = app.initiate_device_flow(scopes=[f"{dbl.graph_url}/.default"])
+    assert "access_token" in poll(app, flow)
+    result = app.acquire_token_silent_with_error(
+        [f"{dbl.arm_url}/.default"], account=app.get_accounts()[0]
+    )
+    assert result["error_codes"] == [50076]
+    assert "797f4846-ba00-4fd7-ba43-dac1f8f63013" in result["error_description"]
+
+    dbl.script_next_flow(["approve"])
+    app = make_app()
+    flow = app.initiate_device_flow(scopes=[f"{dbl.arm_url}/.default"])
+    assert "access_token" in poll(app, flow)
+    graph = app.acquire_token_silent_with_error(
+        [f"{dbl.graph_url}/.default"], account=app.get_accounts()[0]
+    )
+    assert "access_token" in graph
+
+
 def test_revoked_sessions_fail_refresh(dbl, make_app):
     dbl.script_next_flow(["approve"])
     app = make_app()

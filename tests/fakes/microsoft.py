@@ -24,6 +24,7 @@ import hashlib
 import json
 import re
 import secrets
+import socket
 import string
 import threading
 import time
@@ -95,6 +96,11 @@ ROLE_ASSIGNMENT_DELETE = "Microsoft.Authorization/roleAssignments/delete"
 ROLE_ASSIGNMENT_READ = "Microsoft.Authorization/roleAssignments/read"
 
 _GUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
+#: First-party resource application ids, as named in Conditional Access errors.
+_RESOURCE_APP_IDS = {
+    "arm": "797f4846-ba00-4fd7-ba43-dac1f8f63013",  # Windows Azure Service Management API
+    "graph": "00000003-0000-0000-c000-000000000000",  # Microsoft Graph
+}
 _RESERVED_SCOPES = frozenset({"openid", "profile", "offline_access", "email"})
 _USER_CODE_ALPHABET = string.ascii_uppercase + string.digits
 _SECRET_ALPHABET = string.ascii_letters + string.digits + "~._-"
@@ -385,6 +391,9 @@ class Tenant:
     allowed_to_create_apps: bool = True
     policy_forbidden: bool = False
     personal: bool = False
+    #: Conditional Access "require multifactor authentication" per resource audience
+    #: ("arm" = Windows Azure Service Management API, "graph" = Microsoft Graph).
+    mfa_required_for: set[str] = field(default_factory=set)
 
     @property
     def default_domain(self) -> str:
@@ -546,6 +555,9 @@ class RefreshToken:
     issued_at: float
     expires_at: float
     revoked: bool = False
+    #: The sign-in behind it satisfied MFA; the claim travels with the session to every
+    #: resource redeemed from it (Entra: the refresh token carries the MFA claim).
+    mfa: bool = False
 
 
 @dataclass
@@ -774,6 +786,7 @@ class MicrosoftDouble:
         domain: str | None = None,
         allowed_to_create_apps: bool = True,
         extra_domains: Iterable[str] = (),
+        mfa_required_for: Iterable[str] = (),
     ) -> Tenant:
         tenant_id = (tenant_id or str(uuid.uuid4())).lower()
         domain = domain or re.sub(r"[^a-z0-9]", "", display_name.lower()) + ".onmicrosoft.com"
@@ -783,6 +796,7 @@ class MicrosoftDouble:
                 display_name,
                 [domain, *extra_domains],
                 allowed_to_create_apps=allowed_to_create_apps,
+                mfa_required_for=set(mfa_required_for),
             )
             self.tenants[tenant_id] = tenant
         return tenant
@@ -971,7 +985,8 @@ class MicrosoftDouble:
     ) -> Fault:
         """The next ``times`` requests to ``server`` ("login"|"graph"|"arm") whose method
         matches (None or "*" = any) and whose path matches ``path_regex`` (re.search,
-        query excluded) get this response. ``body`` defaults to a Microsoft-style error."""
+        query excluded) get this response. ``body`` defaults to a Microsoft-style error.
+        ``status`` 0: the connection is dropped without an answer (a network failure)."""
         if server not in ("login", "graph", "arm"):
             raise ValueError(server)
         f = Fault(
@@ -1043,7 +1058,8 @@ class MicrosoftDouble:
 
     def script_refresh(self, steps: list) -> None:
         """Script the next refresh-token grants, one step each, then back to normal.
-        Steps: ``"ok"``, ``("aadsts", code[, extra])``, ``("http", status, retry_after)``."""
+        Steps: ``"ok"``, ``("aadsts", code[, extra])``, ``("http", status, retry_after)``,
+        ``"drop"`` (the connection drops without an answer)."""
         with self.lock:
             self._refresh_script.extend(_normalise_step(s) for s in steps)
 
@@ -1115,6 +1131,13 @@ class MicrosoftDouble:
             self.requests.append(recorded)
         if self.latency:
             time.sleep(self.latency)
+        if resp.status == 0:  # a fault of status 0: the connection drops without an answer
+            h.close_connection = True
+            try:
+                h.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return
         self._write(h, resp)
 
     @staticmethod
@@ -1577,6 +1600,8 @@ class MicrosoftDouble:
                 return self._scripted_aadsts(req, step, flow)
             elif kind == "http":
                 return self._scripted_http(req, step)
+            elif kind == "drop":
+                return _Resp(0)
         if flow.state == "pending":
             return self._aad_error(req, 70016)
         if flow.state == "declined":
@@ -1599,7 +1624,13 @@ class MicrosoftDouble:
         if isinstance(aud, _Resp):
             return aud
         flow.state = "redeemed"
-        return self._issue_user_tokens(req, user, flow.client_id, flow.scope, aud[0], aud[1])
+        # The sign-in page asks for MFA when a Conditional Access policy requires it for the
+        # resource this sign-in is for; the person completes it there.
+        tenant = self.tenants.get(user.tid)
+        mfa = bool(tenant and aud[0] in tenant.mfa_required_for)
+        return self._issue_user_tokens(
+            req, user, flow.client_id, flow.scope, aud[0], aud[1], mfa=mfa
+        )
 
     def _tenant_mismatch(self, req, segment: str, user: User, client_id: str) -> _Resp | None:
         resolved = self._resolve_tenant(segment)
@@ -1676,6 +1707,7 @@ class MicrosoftDouble:
         scopes: list[str],
         audience: str,
         res_scopes: list[str],
+        mfa: bool = False,
     ) -> _Resp:
         now = int(self.now())
         tid = user.tid
@@ -1700,6 +1732,7 @@ class MicrosoftDouble:
                 client_id,
                 now,
                 now + self.refresh_token_lifetime,
+                mfa=mfa,
             )
             self.refresh_tokens[rt.token] = rt
             body["refresh_token"] = rt.token
@@ -1775,6 +1808,8 @@ class MicrosoftDouble:
                 return self._scripted_aadsts(req, step, None)
             if step[0] == "http":
                 return self._scripted_http(req, step)
+            if step[0] == "drop":  # the connection drops without an answer
+                return _Resp(0)
         form = req.form
         rt = self.refresh_tokens.get(form.get("refresh_token", ""))
         if rt is None or rt.client_id != form.get("client_id"):
@@ -1794,7 +1829,15 @@ class MicrosoftDouble:
         aud = self._audience_of(scopes, req, seg)
         if isinstance(aud, _Resp):
             return aud
-        return self._issue_user_tokens(req, rt.user, rt.client_id, scopes, aud[0], aud[1])
+        tenant = self.tenants.get(rt.tenant_id)
+        if tenant is not None and aud[0] in tenant.mfa_required_for and not rt.mfa:
+            # Conditional Access requiring MFA for this resource, on a session that did not
+            # do MFA: AADSTS50076 "you must use multi-factor authentication to access
+            # '<resource app id>'" as a refresh answer (seen in Azure/azure-cli#31300).
+            return self._aad_error(req, 50076, resource=_RESOURCE_APP_IDS[aud[0]])
+        return self._issue_user_tokens(
+            req, rt.user, rt.client_id, scopes, aud[0], aud[1], mfa=rt.mfa
+        )
 
     # ---- client credentials grant
 
@@ -3284,6 +3327,7 @@ _STEP_KINDS = {
     "bad_code",
     "aadsts",
     "http",
+    "drop",
     "ok",
 }
 
