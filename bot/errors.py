@@ -17,6 +17,8 @@ secret, token or device code: the constructors take only what is safe to show.
 
 from __future__ import annotations
 
+import re
+
 
 class VeeamSAError(Exception):
     """Base of every error the bot raises on purpose."""
@@ -110,3 +112,16 @@ class Unreachable(MicrosoftError):
 
     def __init__(self, service: str, message: str, status: int = 0) -> None:
         super().__init__(service, status, "Unreachable", message)
+
+
+#: Graph's refusals of a client secret by an app management policy. Graph refuses a secret
+#: the policy does not allow; it never shortens one.
+POLICY_LIFETIME = "CredentialInvalidLifetimeAsPerAppPolicy"
+POLICY_NO_SECRETS = "CredentialTypeNotAllowedAsPerAppPolicy"
+_POLICY_ID = re.compile(r"policy '([0-9A-Fa-f-]{36})'")
+
+
+def policy_id(error: MicrosoftError) -> str | None:
+    """The app management policy an `addPassword` refusal names."""
+    found = _POLICY_ID.search(str(error))
+    return found.group(1).lower() if found else None

@@ -2,25 +2,55 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
 from bot.errors import MicrosoftError
 from bot.msapi import MicrosoftApi
 
-#: Directory roles that may register applications whatever the tenant setting says.
+#: Built-in directory roles that may register applications whatever the tenant setting says:
+#: those holding microsoft.directory/applications/create or createAsOwner (Global
+#: Administrator through applications/allProperties/allTasks), per Microsoft's Entra
+#: built-in roles reference.
 APP_REGISTRATION_ROLES: dict[str, str] = {
     "cf1c38e5-3621-4004-a7cb-879624dced7c": "Application Developer",
     "9b895d92-2cd3-44c7-9d02-a6ac2d5ea5c3": "Application Administrator",
     "158c047a-c907-4556-b7ef-446551a6b5f7": "Cloud Application Administrator",
     "62e90394-69f5-4237-9190-012177145e10": "Global Administrator",
+    "8ac3fc64-6eca-42ea-9e69-59f4c7b60eb2": "Hybrid Identity Administrator",
 }
 
 #: Graph error codes that mean "this new object has not replicated yet".
 NOT_YET_VISIBLE = ("Request_ResourceNotFound", "NoBackingApplicationObject", "ResourceNotFound")
+
+
+#: The tenant default app management policy's id.
+DEFAULT_APP_POLICY_ID = "00000000-0000-0000-0000-000000000000"
+
+_DURATION = re.compile(
+    r"^P(?:(?P<y>\d+(?:\.\d+)?)Y)?(?:(?P<mo>\d+(?:\.\d+)?)M)?(?:(?P<w>\d+(?:\.\d+)?)W)?"
+    r"(?:(?P<d>\d+(?:\.\d+)?)D)?(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<mi>\d+(?:\.\d+)?)M)?"
+    r"(?:(?P<s>\d+(?:\.\d+)?)S)?)?$"
+)
+
+
+def iso_duration(value: object) -> timedelta | None:
+    """An ISO-8601 duration (`P90D`, `P4DT12H30M5S`, `P1Y`) as a timedelta; years count 365
+    days and months 30, so a cap is never overestimated by more than a day."""
+    found = _DURATION.match(str(value or ""))
+    if not found or not any(found.groupdict().values()):
+        return None
+    n = {k: float(v) if v else 0.0 for k, v in found.groupdict().items()}
+    return timedelta(
+        days=n["y"] * 365 + n["mo"] * 30 + n["w"] * 7 + n["d"],
+        hours=n["h"],
+        minutes=n["mi"],
+        seconds=n["s"],
+    )
 
 
 def _not_yet_visible(error: MicrosoftError) -> bool:
@@ -64,6 +94,33 @@ class GraphClient(MicrosoftApi):
             if template in APP_REGISTRATION_ROLES:
                 names.append(APP_REGISTRATION_ROLES[template])
         return sorted(set(names))
+
+    def password_max_lifetime(self, policy: str | None = None) -> timedelta | None:
+        """The longest client secret an app management policy allows: the policy named (a
+        custom one assigned to the application) or the tenant default. None when there is no
+        such cap or the signed-in account may not read the policy (403: privileged roles
+        only)."""
+        if policy and policy != DEFAULT_APP_POLICY_ID:
+            path, key = f"/v1.0/policies/appManagementPolicies/{policy}", "restrictions"
+        else:
+            path, key = "/v1.0/policies/defaultAppManagementPolicy", "applicationRestrictions"
+        try:
+            found = self.get_json(path)
+        except MicrosoftError as exc:
+            if exc.status in (400, 401, 403, 404):
+                return None
+            raise
+        if not isinstance(found, dict) or found.get("isEnabled") is False:
+            return None
+        restrictions = found.get(key) or {}
+        for item in restrictions.get("passwordCredentials") or []:
+            if (
+                isinstance(item, dict)
+                and item.get("restrictionType") == "passwordLifetime"
+                and item.get("state", "enabled") == "enabled"
+            ):
+                return iso_duration(item.get("maxLifetime"))
+        return None
 
     # -- applications ------------------------------------------------------------------------
 

@@ -7,7 +7,15 @@ device code ever reaches these functions.
 
 from __future__ import annotations
 
-from bot.errors import MicrosoftError, SignInError
+from typing import Any
+
+from bot.errors import (
+    POLICY_LIFETIME,
+    POLICY_NO_SECRETS,
+    MicrosoftError,
+    SignInError,
+    policy_id,
+)
 
 SIGN_IN_ADVICE: dict[str, str] = {
     "declined": "The sign-in was declined at Microsoft's prompt. Run `/veeam-sa create` again "
@@ -67,7 +75,36 @@ def sign_in_failure(error: SignInError) -> str:
     return advice + support_suffix(error.aadsts, error.correlation_id)
 
 
+def secret_policy_note(limit: dict[str, Any], wanted_days: int) -> str:
+    """Why a client secret lasts less than asked: the tenant's app management policy."""
+    policy = f" (`{limit['policy']}`)" if limit.get("policy") else ""
+    days = int(limit["days"])
+    if limit.get("read"):
+        return (
+            f"The tenant's app management policy{policy} allows client secrets of at most "
+            f"{days} days, so this one lasts {days} days instead of {wanted_days}."
+        )
+    return (
+        f"The tenant's app management policy{policy} refused a {wanted_days}-day client secret; "
+        f"the longest it accepted is {days} days, so this one lasts {days} days."
+    )
+
+
 def microsoft_failure(error: MicrosoftError) -> str:
+    policy = policy_id(error)
+    named = f" (`{policy}`)" if policy else ""
+    if error.code == POLICY_NO_SECRETS:
+        return (
+            f"The tenant's app management policy{named} does not allow client secrets on "
+            "applications, and Veeam Backup for Microsoft Azure signs in with one. Ask a tenant "
+            "admin to exempt this application from the policy (or to allow client secrets), then "
+            "try again."
+        )
+    if error.code == POLICY_LIFETIME:
+        return (
+            f"The tenant's app management policy{named} refused every client secret lifetime the "
+            "bot tried, down to one day. Ask a tenant admin which lifetime the policy allows."
+        )
     if error.status == 403:
         head = f"{error.service} refused the request: the signed-in account lacks the right ({error.code})."
     elif error.status == 429:

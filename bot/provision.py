@@ -28,11 +28,18 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from bot import blocks
 from bot.arm import ArmClient, assignment_name
-from bot.errors import CommandError, MicrosoftError, SignInError, VeeamSAError
+from bot.errors import (
+    POLICY_LIFETIME,
+    CommandError,
+    MicrosoftError,
+    SignInError,
+    VeeamSAError,
+    policy_id,
+)
 from bot.graph import GraphClient
 from bot.handoff import hand_off
 from bot.logs import register_secret_value as register
-from bot.messages import microsoft_failure, sign_in_failure
+from bot.messages import microsoft_failure, secret_policy_note, sign_in_failure
 from bot.signin import Identity, Session
 from bot.vbazure import ApplianceError
 from storage import queries
@@ -78,6 +85,49 @@ def both(first: Callable[[], A], second: Callable[[], B]) -> tuple[A, B]:
         return first(), later.result()
 
 
+#: Lifetimes tried, longest first, when a tenant policy refuses the requested one and the
+#: policy itself cannot be read.
+STEP_DOWN_DAYS = (180, 90, 60, 30, 14, 7, 1)
+#: Kept below a policy's cap, so clocks a little apart never make Graph refuse it.
+POLICY_MARGIN = timedelta(minutes=10)
+
+
+def add_password_within_policy(
+    graph: GraphClient, object_id: str, display_name: str, now: datetime, wanted: timedelta
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Add a password ending `wanted` from `now`, or — when the tenant's app management
+    policy refuses that lifetime (Graph does not shorten it) — the longest the policy allows:
+    its cap when the signed-in account may read the policy, else the longest of
+    `STEP_DOWN_DAYS` Graph accepts. Returns Graph's answer and, when shortened, what limited
+    it (`policy`, `days`, `read`). A policy that forbids secrets raises as Graph answered."""
+    try:
+        return graph.add_password(object_id, display_name, now + wanted), None
+    except MicrosoftError as exc:
+        if exc.code != POLICY_LIFETIME:
+            raise
+        refused = exc
+    policy = policy_id(refused)
+    cap = graph.password_max_lifetime(policy)
+    tries: list[timedelta] = []
+    if cap is not None and cap < wanted:
+        tries.append(cap - POLICY_MARGIN if cap > 2 * POLICY_MARGIN else cap)
+    ceiling = min(wanted, cap) if cap is not None else wanted
+    tries += [timedelta(days=d) for d in STEP_DOWN_DAYS if timedelta(days=d) < ceiling]
+    for lifetime in tries:
+        try:
+            created = graph.add_password(object_id, display_name, now + lifetime)
+        except MicrosoftError as exc:
+            if exc.code != POLICY_LIFETIME:
+                raise
+            continue
+        return created, {
+            "policy": policy,
+            "days": max(1, round(lifetime.total_seconds() / 86400)),
+            "read": cap is not None,
+        }
+    raise refused
+
+
 def add_secret(
     services: Services,
     graph: GraphClient,
@@ -89,14 +139,22 @@ def add_secret(
 ) -> dict[str, Any]:
     """Add a password with an explicit end date and store it, encrypted, at once.
 
-    The row keeps what Graph returned (a tenant policy may shorten the lifetime). Between
-    Graph's answer and the insert lies the one moment a crash loses a secret: the callers
-    remove passwords they do not know before adding one.
+    The row keeps what Graph returned. A tenant app management policy may allow less than
+    `VEEAM_SA_SECRET_DAYS`: then the secret lasts as long as the policy allows, and the
+    returned row says so under `policy_limit` (not stored). Between Graph's answer and the
+    insert lies the one moment a crash loses a secret: the callers remove passwords they do
+    not know before adding one.
     """
     now = services.clock()
-    end = now + timedelta(days=services.config.secret_days)
-    created = graph.add_password(object_id, f"veeam-sa {now.date().isoformat()}", end)
+    created, limit = add_password_within_policy(
+        graph,
+        object_id,
+        f"veeam-sa {now.date().isoformat()}",
+        now,
+        timedelta(days=services.config.secret_days),
+    )
     crash_point(crash_step)  # issued by Graph, not yet stored: the unknowable case
+    end = now + timedelta(days=limit["days"] if limit else services.config.secret_days)
     row = {
         "account_id": account_id,
         "key_id": created["keyId"],
@@ -118,8 +176,15 @@ def add_secret(
             action="azure.secret",
             target=flow["name"],
             outcome="created",
-            detail={"flow": flow["id"], "key_id": row["key_id"], "end_at": row["end_at"]},
+            detail={
+                "flow": flow["id"],
+                "key_id": row["key_id"],
+                "end_at": row["end_at"],
+                **({"policy_limit": limit} if limit else {}),
+            },
         )
+    if limit:
+        row["policy_limit"] = limit
     return row
 
 
@@ -416,6 +481,13 @@ class Provisioner:
         sp_id, stored = both(principal, secret)
         self.flows.set_step(flow_id, "principal", "done")
         self.flows.set_step(flow_id, "secret", "done")
+        policy_note = (
+            secret_policy_note(stored["policy_limit"], config.secret_days)
+            if stored.get("policy_limit")
+            else ""
+        )
+        if policy_note:
+            self._thread(flow, f":hourglass: {policy_note}")
         crash_point("after_secret")
 
         # 4. role assignments on every subscription
@@ -476,7 +548,8 @@ class Provisioner:
             + "\n".join(f"• `{sub}`: {', '.join(names)}" for sub, names in roles.items()),
             f"*Client secret:* `{stored['hint']}…` expires "
             + blocks.slack_date(end.timestamp(), end.date().isoformat())
-            + f" — {where}.",
+            + f" — {where}."
+            + (f" {policy_note}" if policy_note else ""),
         ]
         self.flows.render_parent(flow, outcome=":white_check_mark: Created.", summary=summary)
         self._thread(flow, f":white_check_mark: Service account `{flow['name']}` is ready.")

@@ -34,7 +34,7 @@ from bot.errors import CommandError, MicrosoftError, SignInError, VeeamSAError
 from bot.expiry import parse_time
 from bot.graph import GraphClient
 from bot.handoff import appliance_text, hand_off
-from bot.messages import microsoft_failure, sign_in_failure
+from bot.messages import microsoft_failure, secret_policy_note, sign_in_failure
 from bot.provision import add_secret, crash_point
 from bot.signin import Identity, Session
 from bot.vbazure import ApplianceError
@@ -210,6 +210,15 @@ class Renewals:
                 "renew_after_add_password",
             )
         crash_point("after_new_secret")
+        if new.get("policy_limit"):
+            self.notifier.thread(
+                flow["channel_id"],
+                flow.get("parent_ts"),
+                blocks.note(
+                    ":hourglass: "
+                    + secret_policy_note(new["policy_limit"], self.services.config.secret_days)
+                ),
+            )
 
         # 2. hand-off: the encrypted store already holds it (the appliance comes here too).
         # 3. prove it can obtain a token before the old one goes

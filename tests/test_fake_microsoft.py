@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 
 import httpx
 import msal
@@ -663,18 +663,30 @@ def test_application_lifecycle(dbl, http):
     ).days
     assert 729 <= years <= 731
 
-    dbl.max_secret_days = 180
+    # a tenant app management policy capping secrets at 180 days refuses longer ones (Graph
+    # does not shorten them) and accepts one within the cap
+    dbl.tenants[DEFAULT_TENANT_ID].password_max_days = 180
     r = http.post(
         f"{g}/applications/{app['id']}/addPassword",
         headers=bearer(token),
         json={"passwordCredential": {"endDateTime": "2099-01-01T00:00:00Z"}},
     )
-    clamped = r.json()
-    days = (
-        datetime.fromisoformat(clamped["endDateTime"])
-        - datetime.fromisoformat(clamped["startDateTime"])
-    ).days
-    assert days == 180
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert error["code"] == "CredentialInvalidLifetimeAsPerAppPolicy"
+    assert error["message"] == (
+        "Credential lifetime exceeds the max value allowed as per assigned policy "
+        "'00000000-0000-0000-0000-000000000000'."
+    )
+    assert error["details"][0]["code"] == "InvalidKeyEndDate"
+    within = datetime.fromtimestamp(dbl.now() + 179 * 86400, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    r = http.post(
+        f"{g}/applications/{app['id']}/addPassword",
+        headers=bearer(token),
+        json={"passwordCredential": {"endDateTime": within}},
+    )
+    assert r.status_code == 200
+    dbl.tenants[DEFAULT_TENANT_ID].password_max_days = None
 
     listed = http.get(f"{g}/applications/{app['id']}", headers=bearer(token)).json()
     assert len(listed["passwordCredentials"]) == 3
@@ -994,3 +1006,34 @@ def test_script_an_existing_flow_and_expire_by_hand(dbl, make_app):
     assert poll(app, second)["error"] == "expired_token"
     with pytest.raises(ValueError):
         dbl.script_next_flow(["approve", "nonsense"])
+
+
+def test_app_management_policy_blocks_and_reads(dbl, http):
+    """Tenant default app management policy: no client secrets at all; the policy itself is
+    readable by privileged roles only (403 for others, like any policy read)."""
+    g = dbl.graph_url + "/v1.0"
+    admin = dbl.token_for(ALICE_UPN, "graph")
+    app = http.post(
+        f"{g}/applications", headers=bearer(admin), json={"displayName": "p"}
+    ).json()
+    tenant = dbl.tenants[DEFAULT_TENANT_ID]
+    tenant.passwords_blocked = True
+    tenant.password_max_days = 30
+    r = http.post(f"{g}/applications/{app['id']}/addPassword", headers=bearer(admin), json={})
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "CredentialTypeNotAllowedAsPerAppPolicy"
+    assert dbl.application(object_id=app["id"]).passwords == []
+
+    policy = http.get(f"{g}/policies/defaultAppManagementPolicy", headers=bearer(admin)).json()
+    assert policy["isEnabled"] is True
+    kinds = {
+        r["restrictionType"]: r for r in policy["applicationRestrictions"]["passwordCredentials"]
+    }
+    assert kinds["passwordLifetime"]["maxLifetime"] == "P30D"
+    assert kinds["passwordAddition"]["state"] == "enabled"
+
+    dbl.add_user("dev@contoso.onmicrosoft.com", directory_roles=[APPLICATION_DEVELOPER])
+    dev = dbl.token_for("dev@contoso.onmicrosoft.com", "graph")
+    denied = http.get(f"{g}/policies/defaultAppManagementPolicy", headers=bearer(dev))
+    assert denied.status_code == 403
+    assert denied.json()["error"]["code"] == "Authorization_RequestDenied"

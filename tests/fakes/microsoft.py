@@ -58,6 +58,8 @@ APPLICATION_ADMINISTRATOR = "9b895d92-2cd3-44c7-9d02-a6ac2d5ea5c3"
 CLOUD_APPLICATION_ADMINISTRATOR = "158c047a-c907-4556-b7ef-446551a6b5f7"
 APPLICATION_DEVELOPER = "cf1c38e5-3621-4004-a7cb-879624dced7c"
 GLOBAL_READER = "f2ef992c-3afb-46b9-b7cf-a126ee74c451"
+HYBRID_IDENTITY_ADMINISTRATOR = "8ac3fc64-6eca-42ea-9e69-59f4c7b60eb2"
+SECURITY_READER = "5d6b6bb7-de71-4623-b4af-96380a352509"
 USER_ADMINISTRATOR = "fe930be7-5e62-47db-91af-98c3a49a38b1"
 PRIVILEGED_ROLE_ADMINISTRATOR = "e8611ab8-c189-46e8-94e1-60213ab1f814"
 
@@ -67,16 +69,31 @@ DIRECTORY_ROLE_NAMES = {
     CLOUD_APPLICATION_ADMINISTRATOR: "Cloud Application Administrator",
     APPLICATION_DEVELOPER: "Application Developer",
     GLOBAL_READER: "Global Reader",
+    HYBRID_IDENTITY_ADMINISTRATOR: "Hybrid Identity Administrator",
+    SECURITY_READER: "Security Reader",
     USER_ADMINISTRATOR: "User Administrator",
     PRIVILEGED_ROLE_ADMINISTRATOR: "Privileged Role Administrator",
 }
+#: Built-in roles holding microsoft.directory/applications/create (or createAsOwner, or
+#: Global Administrator's applications/allProperties/allTasks): they register applications
+#: whatever "Users can register applications" says (Entra built-in roles reference).
 APP_CREATOR_ROLES = frozenset(
     {
         GLOBAL_ADMINISTRATOR,
         APPLICATION_ADMINISTRATOR,
         CLOUD_APPLICATION_ADMINISTRATOR,
         APPLICATION_DEVELOPER,
+        HYBRID_IDENTITY_ADMINISTRATOR,
     }
+)
+#: The tenant default app management policy's id.
+DEFAULT_APP_POLICY_ID = "00000000-0000-0000-0000-000000000000"
+#: Directory roles that may read the tenant default app management policy: Graph's "Get
+#: tenantAppManagementPolicy" names Global Reader the least privileged; the built-in roles
+#: reference gives policies read to these (application admins hold only applicationPolicies
+#: read, so the double refuses them: it must not be kinder than Graph).
+APP_POLICY_READER_ROLES = frozenset(
+    {GLOBAL_ADMINISTRATOR, GLOBAL_READER, SECURITY_READER, USER_ADMINISTRATOR}
 )
 APP_MANAGER_ROLES = frozenset(
     {GLOBAL_ADMINISTRATOR, APPLICATION_ADMINISTRATOR, CLOUD_APPLICATION_ADMINISTRATOR}
@@ -394,6 +411,10 @@ class Tenant:
     #: Conditional Access "require multifactor authentication" per resource audience
     #: ("arm" = Windows Azure Service Management API, "graph" = Microsoft Graph).
     mfa_required_for: set[str] = field(default_factory=set)
+    #: The tenant default app management policy for applications' client secrets:
+    #: `passwordLifetime` (max days) and `passwordAddition` (no client secrets at all).
+    password_max_days: float | None = None
+    passwords_blocked: bool = False
 
     @property
     def default_domain(self) -> str:
@@ -647,7 +668,7 @@ class MicrosoftDouble:
 
     Knobs (per instance): ``device_expires_in`` (900), ``device_interval`` (5),
     ``access_token_lifetime`` (3599), ``page_size`` (100), ``replication_delay`` (0),
-    ``new_secret_delay`` (0), ``max_secret_days`` (None), ``latency`` (0.0),
+    ``new_secret_delay`` (0), ``latency`` (0.0),
     ``unknown_clients`` (set of client ids answered with AADSTS700016).
 
     Scripting: ``approve``, ``decline``, ``expire``, ``script_next_flow``, ``script_flow``,
@@ -680,7 +701,6 @@ class MicrosoftDouble:
         self.page_size = 100
         self.replication_delay = 0
         self.new_secret_delay = 0
-        self.max_secret_days: int | None = None
         self.latency = 0.0
         self.unknown_clients: set[str] = set()
 
@@ -1991,6 +2011,11 @@ class MicrosoftDouble:
                 self._g_member_of,
             ),
             ("GET", re.compile(v + r"/policies/authorizationPolicy/?$"), self._g_policy),
+            (
+                "GET",
+                re.compile(v + r"/policies/defaultAppManagementPolicy/?$"),
+                self._g_app_management_policy,
+            ),
             ("POST", re.compile(v + r"/applications/?$"), self._g_create_app),
             ("GET", re.compile(v + r"/applications/?$"), self._g_list_apps),
             ("GET", re.compile(v + r"/applications" + key + r"$"), self._g_get_app),
@@ -2565,8 +2590,9 @@ class MicrosoftDouble:
             )
         if end is None:
             end = _plus_years(start, 2)
-        if self.max_secret_days is not None:
-            end = min(end, start + self.max_secret_days * 86400)
+        refused = self._app_policy_refusal(req, start, end)
+        if refused is not None:
+            return refused
         if end <= start:
             return self._graph_error(
                 400,
@@ -2590,6 +2616,86 @@ class MicrosoftDouble:
             {
                 "@odata.context": self._ctx("microsoft.graph.passwordCredential"),
                 **self._pwd_json(pwd, True),
+            },
+        )
+
+    def _app_policy_refusal(self, req: _Req, start: float, end: float) -> _Resp | None:
+        """The tenant's app management policy refuses a password it does not allow; Graph
+        never shortens one. Shapes as reported by Graph users (e.g.
+        OfficeDev/microsoft-365-agents-toolkit#10998): 400 with code
+        CredentialInvalidLifetimeAsPerAppPolicy, details InvalidKeyEndDate, and the message
+        naming the policy; CredentialTypeNotAllowedAsPerAppPolicy when secrets are blocked."""
+        tenant = self.tenants.get(req.token.tenant_id)
+        if tenant is None:
+            return None
+        if tenant.passwords_blocked:
+            message = (
+                "Credential type not allowed as per assigned policy "
+                f"'{DEFAULT_APP_POLICY_ID}'."
+            )
+            return self._graph_error(
+                400,
+                "CredentialTypeNotAllowedAsPerAppPolicy",
+                message,
+                details=[{"code": "InvalidKeyType", "message": message, "target": "Type"}],
+            )
+        if tenant.password_max_days is not None and end - start > tenant.password_max_days * 86400:
+            message = (
+                "Credential lifetime exceeds the max value allowed as per assigned policy "
+                f"'{DEFAULT_APP_POLICY_ID}'."
+            )
+            return self._graph_error(
+                400,
+                "CredentialInvalidLifetimeAsPerAppPolicy",
+                message,
+                details=[{"code": "InvalidKeyEndDate", "message": message, "target": "EndDate"}],
+            )
+        return None
+
+    def _g_app_management_policy(self, req: _Req) -> _Resp:
+        """GET /policies/defaultAppManagementPolicy (tenantAppManagementPolicy): readable
+        only by privileged directory roles; others get 403 as for any policy read."""
+        tenant = self.tenants.get(req.token.tenant_id)
+        user = req.token.user
+        if tenant is None or user is None or not (user.directory_roles & APP_POLICY_READER_ROLES):
+            return self._graph_error(
+                403,
+                "Authorization_RequestDenied",
+                "Insufficient privileges to complete the operation.",
+            )
+        restrictions = []
+        if tenant.passwords_blocked:
+            restrictions.append(
+                {
+                    "restrictionType": "passwordAddition",
+                    "state": "enabled",
+                    "maxLifetime": None,
+                    "restrictForAppsCreatedAfterDateTime": "2019-01-01T00:00:00Z",
+                }
+            )
+        if tenant.password_max_days is not None:
+            restrictions.append(
+                {
+                    "restrictionType": "passwordLifetime",
+                    "state": "enabled",
+                    "maxLifetime": f"P{int(tenant.password_max_days)}D",
+                    "restrictForAppsCreatedAfterDateTime": "2019-01-01T00:00:00Z",
+                }
+            )
+        return self._g_ok(
+            200,
+            {
+                "@odata.context": self._ctx("policies/defaultAppManagementPolicy/$entity"),
+                "id": DEFAULT_APP_POLICY_ID,
+                "displayName": "Default app management tenant policy",
+                "description": "Default tenant policy that enforces app management restrictions "
+                "on applications and service principals.",
+                "isEnabled": bool(restrictions),
+                "applicationRestrictions": {
+                    "passwordCredentials": restrictions,
+                    "keyCredentials": [],
+                },
+                "servicePrincipalRestrictions": {"passwordCredentials": [], "keyCredentials": []},
             },
         )
 
@@ -3453,6 +3559,10 @@ __all__ = [
     "Fault",
     "GLOBAL_ADMINISTRATOR",
     "GLOBAL_READER",
+    "HYBRID_IDENTITY_ADMINISTRATOR",
+    "SECURITY_READER",
+    "DEFAULT_APP_POLICY_ID",
+    "APP_POLICY_READER_ROLES",
     "KEY_VAULT_CRYPTO_USER",
     "MSA_TENANT_ID",
     "MicrosoftDouble",
