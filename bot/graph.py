@@ -58,6 +58,18 @@ def _not_yet_visible(error: MicrosoftError) -> bool:
     return error.status in (400, 404) and any(code in text for code in NOT_YET_VISIBLE)
 
 
+#: What creating a service principal answers while its application is not replicated yet;
+#: Azure CLI's create_service_principal_for_rbac retries the same three (the 403 form too).
+_SP_NOT_YET = (" does not reference ", " does not exist ", "must in the local tenant")
+
+
+def _principal_not_yet_possible(error: MicrosoftError) -> bool:
+    text = str(error)
+    return _not_yet_visible(error) or (
+        error.status in (400, 403, 404) and any(part in text for part in _SP_NOT_YET)
+    )
+
+
 class GraphClient(MicrosoftApi):
     service = "Microsoft Graph"
     metric_label = "graph"
@@ -180,7 +192,7 @@ class GraphClient(MicrosoftApi):
                 )
             return dict(existing[0])
 
-        return self._retry_visible(create)
+        return self._retry_visible(create, _principal_not_yet_possible)
 
     def add_password(self, object_id: str, display_name: str, end: datetime) -> dict[str, Any]:
         body = {
@@ -225,7 +237,11 @@ class GraphClient(MicrosoftApi):
 
     # -- replication -------------------------------------------------------------------------
 
-    def _retry_visible(self, call: Callable[[], Any]) -> Any:
+    def _retry_visible(
+        self,
+        call: Callable[[], Any],
+        not_yet: Callable[[MicrosoftError], bool] = _not_yet_visible,
+    ) -> Any:
         """Retry `call` while Graph says a just-created object does not exist yet."""
         deadline = time.monotonic() + self.replication_budget
         delay = 0.5
@@ -233,7 +249,7 @@ class GraphClient(MicrosoftApi):
             try:
                 return call()
             except MicrosoftError as exc:
-                if not _not_yet_visible(exc) or time.monotonic() + delay > deadline:
+                if not not_yet(exc) or time.monotonic() + delay > deadline:
                     raise
             self._sleep(delay)
             delay = min(delay * 2, 8.0)

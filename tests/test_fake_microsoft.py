@@ -1037,3 +1037,26 @@ def test_app_management_policy_blocks_and_reads(dbl, http):
     denied = http.get(f"{g}/policies/defaultAppManagementPolicy", headers=bearer(dev))
     assert denied.status_code == 403
     assert denied.json()["error"]["code"] == "Authorization_RequestDenied"
+
+
+@pytest.mark.parametrize(
+    ("form", "status", "fragment"),
+    [
+        ("no_backing", 400, "does not reference a valid application object"),
+        ("local_tenant", 403, "must in the local tenant"),
+        ("not_exist", 404, " does not exist "),
+    ],
+)
+def test_service_principal_before_replication(dbl, http, form, status, fragment):
+    dbl.replication_delay = 1
+    dbl.sp_replication_form = form
+    graph = dbl.token_for()
+    app = create_app(http, dbl, graph)
+    post = lambda: http.post(  # noqa: E731
+        f"{dbl.graph_url}/v1.0/servicePrincipals",
+        headers=bearer(graph),
+        json={"appId": app["appId"]},
+    )
+    first = post()
+    assert first.status_code == status and fragment in first.json()["error"]["message"]
+    assert post().status_code == 201

@@ -298,3 +298,15 @@ def test_unreadable_setting_without_a_role_does_not_block(bot: Bot, ms: Microsof
     thread = bot.slack.thread(flow["channel_id"], flow["parent_ts"])
     prereq = next(m for m in thread if m.get("text", "").startswith("Prerequisites"))
     assert "could not read the tenant setting" in json.dumps(prereq["blocks"])
+
+
+@pytest.mark.parametrize("form", ["local_tenant", "not_exist"])
+def test_service_principal_waits_out_replication_forms(
+    bot: Bot, ms: MicrosoftDouble, form: str
+) -> None:
+    """The 403 and 404 forms Graph gives for a not-yet-replicated application are retried."""
+    ms.replication_delay = 2
+    ms.sp_replication_form = form
+    sign_in(bot, f"create repl-{form.replace('_', '-')} --subscription {SUB1}")
+    bot.wait_state(f"repl-{form.replace('_', '-')}", "done", timeout=60)
+    assert_provisioned(bot, ms, f"repl-{form.replace('_', '-')}", [SUB1])

@@ -700,6 +700,9 @@ class MicrosoftDouble:
         self.refresh_token_lifetime = 90 * 86400
         self.page_size = 100
         self.replication_delay = 0
+        #: How POST /servicePrincipals refuses an application not replicated yet:
+        #: "no_backing" (400), "local_tenant" (403), "not_exist" (404).
+        self.sp_replication_form = "no_backing"
         self.new_secret_delay = 0
         self.latency = 0.0
         self.unknown_clients: set[str] = set()
@@ -2779,16 +2782,7 @@ class MicrosoftDouble:
             None,
         )
         if app is None or not self._visible(app):
-            msg = (
-                f"The appId '{app_id}' of the service principal does not reference a valid "
-                "application object."
-            )
-            return self._graph_error(
-                400,
-                "Request_BadRequest",
-                msg,
-                details=[{"code": "NoBackingApplicationObject", "message": msg, "target": "appId"}],
-            )
+            return self._sp_without_application(app_id)
         if not self._caller_can_manage(req, app):
             return self._denied()
         if any(s.app_id == app_id and s.tenant_id == app.tenant_id for s in self._sps.values()):
@@ -2813,6 +2807,36 @@ class MicrosoftDouble:
         )
         self._sps[sp.id] = sp
         return self._g_ok(201, self._sp_json(sp))
+
+    def _sp_without_application(self, app_id: str) -> _Resp:
+        """What Graph answers to a service principal for an application it cannot see (yet).
+        Seen in the wild, and each retried by Azure CLI's create_service_principal_for_rbac
+        (' does not reference ', ' does not exist ', 'must in the local tenant'); the form is
+        the double's `sp_replication_form`."""
+        if self.sp_replication_form == "local_tenant":
+            return self._graph_error(
+                403,
+                "Authorization_RequestDenied",
+                "When using this permission, the backing application of the service principal "
+                "being created must in the local tenant",
+            )
+        if self.sp_replication_form == "not_exist":
+            return self._graph_error(
+                404,
+                "Request_ResourceNotFound",
+                f"Resource '{app_id}' does not exist or one of its queried reference-property "
+                "objects are not present.",
+            )
+        msg = (
+            f"The appId '{app_id}' of the service principal does not reference a valid "
+            "application object."
+        )
+        return self._graph_error(
+            400,
+            "Request_BadRequest",
+            msg,
+            details=[{"code": "NoBackingApplicationObject", "message": msg, "target": "appId"}],
+        )
 
     def _find_sp(self, req: _Req) -> ServicePrincipal | _Resp:
         tenant = req.token.tenant_id
