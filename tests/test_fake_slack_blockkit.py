@@ -506,3 +506,22 @@ def test_every_transport_checks_blocks(client: WebClient, dbl: SlackDouble, tran
     assert not ok
     expected = "invalid_arguments" if transport.startswith("views.") else "invalid_blocks"
     assert error == expected
+
+
+def test_socket_mode_ack_payloads_are_checked() -> None:
+    from slack_bolt import App
+
+    from tests.fakes.slack_requests import slash_command_payload
+
+    with SlackDouble() as double:
+        app = App(client=WebClient(token=BOT_TOKEN, base_url=double.api_url), signing_secret="s")
+
+        @app.command("/veeam-sa")
+        def on_command(ack, command):  # noqa: ANN001
+            ack(text="t", blocks=VALID if command["text"] == "good" else INVALID)
+
+        with double.socket_mode(app):
+            ack = double.socket_send("slash_commands", slash_command_payload("good"))
+            assert ack["payload"]["blocks"] == VALID
+            with pytest.raises(AssertionError, match="invalid_blocks"):
+                double.socket_send("slash_commands", slash_command_payload("bad"))

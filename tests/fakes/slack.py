@@ -506,7 +506,15 @@ class SlackDouble:
                         f"received: {self.socket_received!r}"
                     )
                 self._cond.wait(remaining)
-            return dict(self._acks[eid])
+            ack = dict(self._acks[eid])
+        # An ack's payload is shown like a message: Slack holds it to Block Kit's rules and
+        # shows the user an error instead of an invalid one.
+        answer = ack.get("payload")
+        if self.validate_blocks and isinstance(answer, dict) and "blocks" in answer:
+            refused = block_errors(answer["blocks"], "message")
+            if refused:
+                raise AssertionError(f"Slack would refuse this ack (invalid_blocks): {refused}")
+        return ack
 
     def socket_disconnect_all(self, mode: str = "close") -> None:
         """Drop every Socket Mode connection.
