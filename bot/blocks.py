@@ -13,6 +13,7 @@ from bot.grammar import USAGE
 Payload = dict[str, Any]
 
 MAX_SECTION_TEXT = 3000
+MAX_BUTTON_TEXT = 75
 
 
 def _section(text: str) -> dict[str, Any]:
@@ -321,8 +322,8 @@ def _renew_button(account_id: int, name: str) -> dict[str, Any]:
 
     return {
         "type": "button",
-        "action_id": ids.ACTION_RENEW,
-        "text": {"type": "plain_text", "text": f"Renew {name}"[:75]},
+        "action_id": ids.renew_action(account_id),
+        "text": {"type": "plain_text", "text": f"Renew {name}"[:MAX_BUTTON_TEXT]},
         "value": str(account_id),
         "style": "primary",
     }
@@ -362,34 +363,78 @@ def expiry_warning(item: Any, now: Any, follow_up: bool = False) -> Payload:
 
 DIGEST_BUTTONS = 25  # an actions block holds at most 25 elements
 DIGEST_LINES = 10
+MAX_MESSAGE_BLOCKS = 50  # Block Kit: at most 50 blocks in a message
+
+
+def _digest_line(item: Any) -> str:
+    account = item.account
+    state = "*expired*" if item.threshold == 0 else _when(item.days_left)
+    return (
+        f"*`{account['name']}`* — {state} "
+        f"({slack_date(item.end_at.timestamp(), item.end_at.date().isoformat())}) · "
+        f"app `{account.get('app_id')}` · by <@{account.get('created_by')}>"
+    )
+
+
+def _pack_lines(lines: list[str]) -> list[str]:
+    """Lines joined into section texts of at most DIGEST_LINES lines and MAX_SECTION_TEXT
+    characters, so that no line is cut off."""
+    sections: list[str] = []
+    chunk: list[str] = []
+    for line in lines:
+        if chunk and (
+            len(chunk) == DIGEST_LINES or len("\n".join([*chunk, line])) > MAX_SECTION_TEXT
+        ):
+            sections.append("\n".join(chunk))
+            chunk = []
+        chunk.append(line)
+    if chunk:
+        sections.append("\n".join(chunk))
+    return sections
+
+
+def _digest_groups(items: list[Any]) -> list[list[Any]]:
+    ordered = sorted(items, key=lambda i: i.end_at)
+    return [ordered[s : s + DIGEST_BUTTONS] for s in range(0, len(ordered), DIGEST_BUTTONS)]
+
+
+def digest_pages(items: list[Any], max_items: int) -> list[list[Any]]:
+    """`items` split into digests that each fit one message: at most `max_items` accounts
+    and MAX_MESSAGE_BLOCKS blocks, soonest expiry first."""
+    pages: list[list[Any]] = []
+    page: list[Any] = []
+    used = 1  # the heading
+    for group in _digest_groups(items):
+        size = len(_pack_lines([_digest_line(i) for i in group])) + 1  # sections + buttons
+        if page and (used + size > MAX_MESSAGE_BLOCKS or len(page) + len(group) > max_items):
+            pages.append(page)
+            page, used = [], 1
+        page += group
+        used += size
+    if page:
+        pages.append(page)
+    return pages
 
 
 def expiry_digest(items: list[Any], now: Any) -> Payload:
     """Many accounts due at once: one message, a line per account, and their Renew buttons
-    in groups of 25 (Block Kit's limit per actions block)."""
-    ordered = sorted(items, key=lambda i: i.end_at)
+    in groups of 25 (Block Kit's limit per actions block). Each button's action_id names its
+    account, as action_ids must be unique within a block; `digest_pages` decides how many
+    accounts one message can hold."""
+    buttoned: set[int] = set()
     blocks: list[dict[str, Any]] = [
         _section(f":warning: *{len(items)} client secrets need renewing.* Soonest first:")
     ]
-    for start in range(0, len(ordered), DIGEST_BUTTONS):
-        group = ordered[start : start + DIGEST_BUTTONS]
-        lines = []
+    for number, group in enumerate(_digest_groups(items)):
+        blocks += [_section(text) for text in _pack_lines([_digest_line(i) for i in group])]
+        buttons = []
         for item in group:
-            account = item.account
-            state = "*expired*" if item.threshold == 0 else _when(item.days_left)
-            lines.append(
-                f"*`{account['name']}`* — {state} "
-                f"({slack_date(item.end_at.timestamp(), item.end_at.date().isoformat())}) · "
-                f"app `{account.get('app_id')}` · by <@{account.get('created_by')}>"
-            )
-        for first in range(0, len(lines), DIGEST_LINES):
-            blocks.append(_section("\n".join(lines[first : first + DIGEST_LINES])))
-        blocks.append(
-            {
-                "type": "actions",
-                "elements": [_renew_button(int(i.account["id"]), i.account["name"]) for i in group],
-            }
-        )
+            account_id = int(item.account["id"])
+            if account_id not in buttoned:  # one button per account, even with two secrets due
+                buttoned.add(account_id)
+                buttons.append(_renew_button(account_id, item.account["name"]))
+        if buttons:
+            blocks.append({"type": "actions", "block_id": f"renew-{number}", "elements": buttons})
     return {"text": f"{len(items)} client secrets need renewing", "blocks": blocks}
 
 

@@ -34,7 +34,7 @@ from storage.db import Store
 log = logging.getLogger(__name__)
 
 DIGEST_AFTER = 5
-DIGEST_SIZE = 250  # accounts per digest message: 10 groups of 25 stay within 50 blocks
+DIGEST_SIZE = 250  # at most this many accounts per digest; fewer when long lines need more blocks
 CHANNEL_GAP_S = 1.0
 
 
@@ -182,10 +182,8 @@ def scan(
         fresh = [i for i in items if i.first_notice is None]
         follow_ups = [i for i in items if i.first_notice is not None]
         if len(fresh) > DIGEST_AFTER:
-            for start in range(0, len(fresh), DIGEST_SIZE):
-                _post_digest(
-                    store, slack, channel, fresh[start : start + DIGEST_SIZE], now, pacer, result
-                )
+            for page in blocks.digest_pages(fresh, DIGEST_SIZE):
+                _post_digest(store, slack, channel, page, now, pacer, result)
         else:
             for item in fresh:
                 _post_single(store, slack, item, now, pacer, result)

@@ -1,4 +1,12 @@
-"""Slack action and callback ids, in one place."""
+"""Slack action and callback ids, in one place.
+
+Block Kit wants an element's `action_id` unique within its block, so buttons that repeat in
+one block (a digest's Renew buttons) carry their subject in the id: `renew_action(7)` is
+`veeam_sa.renew:7`, matched by `RENEW_ACTION`. The bare `ACTION_RENEW` still matches, for
+buttons on messages posted before the suffix existed.
+"""
+
+import re
 
 COMMAND = "/veeam-sa"
 
@@ -8,3 +16,9 @@ ACTION_RECHECK = "veeam_sa.create.recheck"
 ACTION_CHOOSE_SUBSCRIPTIONS = "veeam_sa.create.subscriptions"
 ACTION_CREATE = "veeam_sa.create.confirm"
 ACTION_RENEW = "veeam_sa.renew"
+RENEW_ACTION = re.compile(r"\A" + re.escape(ACTION_RENEW) + r"(?::\d{1,18})?\Z")
+
+
+def renew_action(account_id: int) -> str:
+    """The Renew button's action_id for one account."""
+    return f"{ACTION_RENEW}:{int(account_id)}"

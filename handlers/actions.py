@@ -86,7 +86,7 @@ def register(app: App, services: Services) -> None:
             lambda: services.provision.choose(_value(action), _user(body), _selected_options(body)),
         )
 
-    @app.action(ids.ACTION_RENEW)
+    @app.action(ids.RENEW_ACTION)
     def on_renew(ack: Ack, body: dict[str, Any], action: dict[str, Any], respond: Respond) -> None:
         ack()
         container = body.get("container") or {}

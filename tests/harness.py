@@ -23,6 +23,7 @@ from bot.crypto import Cipher
 from bot.services import Services, build_services, utcnow
 from bot.slack import make_web_client
 from storage.db import open_store
+from tests.fakes.blockkit import block_errors
 from tests.fakes.microsoft import MicrosoftDouble
 from tests.fakes.slack import BOT_TOKEN, SlackDouble
 from tests.fakes.slack_requests import block_action_body, sign, slash_command_body
@@ -95,6 +96,10 @@ class Bot:
         if not body:
             return ""
         payload = json.loads(body)
+        # The answer goes back to Slack in the HTTP response; Slack applies Block Kit's rules
+        # to it as to any message.
+        refused = block_errors(payload["blocks"]) if "blocks" in payload else []
+        assert not refused, f"Slack would refuse this answer (invalid_blocks): {refused}"
         return str(payload.get("text", "")) + "\n" + json.dumps(payload.get("blocks", []))
 
     def click(

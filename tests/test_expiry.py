@@ -12,13 +12,18 @@ from cryptography.fernet import Fernet
 from slack_sdk import WebClient
 from slack_sdk.models.blocks import Block
 
-from bot import blocks, expiry
+from bot import blocks, expiry, ids, scheduler
 from bot.accounts import account_views
 from bot.config import Config, load_config
 from bot.crypto import Cipher
+from bot.services import utcnow
 from storage import queries
 from storage.db import Store, open_store
+from tests.fakes.blockkit import block_errors
+from tests.fakes.microsoft import MicrosoftDouble
 from tests.fakes.slack import BOT_TOKEN, SlackDouble
+from tests.harness import CHANNEL, Bot
+from tests.test_renew import approve_next, managed, wait_renew
 
 NOW = datetime(2027, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -205,6 +210,89 @@ def test_fifty_due_in_one_channel_make_a_digest(
     assert {b["value"] for b in buttons} == {str(a["id"]) for a in store.db.table("accounts").rows}
     [b.to_dict() for b in Block.parse_all(digest)]
     assert run(store, client, config, NOW + timedelta(hours=1)).posted == 0
+
+
+def test_sixty_due_make_one_digest_that_slack_accepts_and_whose_buttons_renew(
+    env: dict[str, str], slack: SlackDouble, ms: MicrosoftDouble
+) -> None:
+    shift = [timedelta(0)]
+    bot = Bot(env, slack, ms, clock=lambda: utcnow() + shift[0])
+    try:
+        account = managed(bot)
+        app = ms.application(app_id=account["app_id"])
+        old_key = app.passwords[0].key_id
+        secret = queries.active_secrets(bot.db, account["id"])[0]
+        end = expiry.parse_time(secret["end_at"])
+        for n in range(59):  # due just before the real account, which comes last
+            add_account(bot.store, f"due-{n:02d}", end - timedelta(minutes=59 - n))
+
+        shift[0] = (end - timedelta(days=6)) - utcnow()
+        result = scheduler.run_scan(bot.services)  # the scheduler's job function
+        shift[0] = timedelta(0)
+        assert (result.digests, result.posted, result.failed) == (1, 1, 0)
+        [post] = slack.calls_to("chat.postMessage", channel=CHANNEL)[-1:]
+        assert post.ok and "60 client secrets need renewing" in post.args["text"]
+        digest = slack.message(CHANNEL, str(post.response["ts"]))
+        assert block_errors(digest["blocks"]) == []
+        text = json.dumps(digest["blocks"])
+        assert all(f"`due-{n:02d}`" in text for n in range(59)) and "`prod`" in text
+        buttons = [
+            (block, element)
+            for block in digest["blocks"]
+            if block["type"] == "actions"
+            for element in block["elements"]
+        ]
+        assert len(buttons) == 60
+        assert {e["value"] for _, e in buttons} == {
+            str(a["id"]) for a in bot.db.table("accounts").rows
+        }
+        assert all(ids.RENEW_ACTION.search(e["action_id"]) for _, e in buttons)
+
+        block, renew = next((b, e) for b, e in buttons if e["value"] == str(account["id"]))
+        assert block is not buttons[0][0]  # a button in a later group of the digest
+        status, _ = bot.click(
+            renew["action_id"],
+            renew["value"],
+            message_ts=digest["ts"],
+            block_id=block["block_id"],
+            button_text=renew["text"]["text"],
+        )
+        assert status == 200
+        approve_next(bot, 2)
+        flow = wait_renew(bot, "done", name="prod")
+        assert flow["parent_ts"] == digest["ts"]
+        assert [p.key_id for p in app.passwords] != [old_key]
+        assert bot.db.table("flows").count_where("kind = 'renew'") == 1
+    finally:
+        bot.close()
+
+
+def test_digests_split_where_long_lines_need_more_blocks() -> None:
+    long_name = "n" * 255
+    items = [
+        expiry.Due(
+            secret_id=n,
+            threshold=7,
+            days_left=5,
+            end_at=NOW + timedelta(days=5, minutes=n),
+            account={
+                "id": n,
+                "name": f"{long_name[:-4]}{n:04d}",
+                "app_id": "3f2e1d0c-4b5a-4c6d-8e7f-9a0b1c2d3e4f",
+                "created_by": "U0ADMIN0001",
+            },
+            hint="abc",
+            channel="C0OPS",
+        )
+        for n in range(expiry.DIGEST_SIZE)
+    ]
+    pages = blocks.digest_pages(items, expiry.DIGEST_SIZE)
+    assert len(pages) > 1 and sum(len(p) for p in pages) == len(items)
+    for page in pages:
+        payload = blocks.expiry_digest(page, NOW)
+        assert block_errors(payload["blocks"]) == []
+        text = json.dumps(payload["blocks"])
+        assert all(item.account["name"] in text for item in page)  # no line was cut off
 
 
 def test_posts_to_one_channel_are_paced(store: Store, client: WebClient, config: Config) -> None:
