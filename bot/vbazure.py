@@ -180,6 +180,7 @@ class VBAzureClient:
         max_wait: float = 30.0,
         operation_timeout: float = 600.0,
         page_size: int = 100,
+        poll_interval: float = 1.0,
     ) -> None:
         url = base_url.strip().rstrip("/")
         if url.lower().endswith("/api"):
@@ -197,6 +198,8 @@ class VBAzureClient:
         self._max_wait = max_wait
         self._operation_timeout = operation_timeout
         self._page_size = max(1, page_size)
+        #: First wait between polls of an operation (doubling up to 5 s).
+        self.poll_interval = poll_interval
         self._lock = threading.RLock()
         self._access: str | None = None
         self._refresh: str | None = None
@@ -386,7 +389,7 @@ class VBAzureClient:
             raise self._error("the appliance answered 202 without an operation", secret=secret)
         op_id = str(operation["id"])
         deadline = self._clock() + self._operation_timeout
-        interval = 1.0
+        interval = self.poll_interval
         while str(operation.get("status") or "Pending") in RUNNING_STATES:
             if self._clock() >= deadline:
                 raise ApplianceError(
@@ -396,7 +399,7 @@ class VBAzureClient:
                     kind="timeout",
                 )
             self._sleep(interval)
-            interval = min(interval * 2, 5.0)
+            interval = min(interval * 2, max(5.0, self.poll_interval))
             operation = self._api(
                 "GET", f"operations/{quote(op_id, safe='')}", secret=secret
             ).json()
