@@ -22,7 +22,11 @@ def _status(end: datetime | None, now: datetime, warn_days: tuple[int, ...]) -> 
 
 
 def _view(
-    account: dict[str, Any], secret: dict[str, Any] | None, now: datetime, warn: tuple[int, ...]
+    account: dict[str, Any],
+    secret: dict[str, Any] | None,
+    now: datetime,
+    warn: tuple[int, ...],
+    retiring: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     view = dict(account)
     view["subscriptions"] = json.loads(account.get("subscriptions") or "[]")
@@ -34,6 +38,17 @@ def _view(
     view["days_left"] = days_left(end, now) if end else None
     view["status"] = _status(end, now, warn) if account["state"] == "active" else account["state"]
     view["appliance_flag"] = _appliance_flag(account, end)
+    # Old secrets still live after a renewal without an appliance: Veeam may still use them.
+    view["retiring"] = [
+        {
+            "id": old["id"],
+            "hint": old.get("hint") or "",
+            "end_at": old["end_at"],
+            "end_ts": parse_time(old["end_at"]).timestamp(),
+            "days_left": days_left(parse_time(old["end_at"]), now),
+        }
+        for old in retiring or []
+    ]
     return view
 
 
@@ -54,9 +69,15 @@ def account_views(store: Store, now: datetime, warn_days: tuple[int, ...]) -> li
     """Every managed account with its newest live secret, soonest expiry first."""
     db = store.db
     latest: dict[int, dict[str, Any]] = {}
-    for secret in db.table("secrets").rows_where("state = 'active'", order_by="end_at"):
+    for secret in queries.live_secrets(db):
         latest[secret["account_id"]] = secret  # ordered by end_at: the last one wins
-    views = [_view(a, latest.get(a["id"]), now, warn_days) for a in queries.list_accounts(db)]
+    retiring: dict[int, list[dict[str, Any]]] = {}
+    for old in queries.retiring_secrets(db):
+        retiring.setdefault(old["account_id"], []).append(old)
+    views = [
+        _view(a, latest.get(a["id"]), now, warn_days, retiring.get(a["id"]))
+        for a in queries.list_accounts(db)
+    ]
     far = float("inf")
     return sorted(views, key=lambda v: (v["end_ts"] if v["end_ts"] is not None else far, v["name"]))
 
@@ -68,7 +89,13 @@ def account_view(
     if account is None:
         return None
     secrets = queries.active_secrets(store.db, account["id"])
-    return _view(account, secrets[-1] if secrets else None, now, warn_days)
+    return _view(
+        account,
+        secrets[-1] if secrets else None,
+        now,
+        warn_days,
+        queries.retiring_secrets(store.db, account["id"]),
+    )
 
 
 def account_history(store: Store, name: str) -> list[dict[str, Any]]:

@@ -42,15 +42,25 @@ def sync(services: Services, name: str, user: str) -> dict[str, Any]:
 
 def import_all(services: Services, user: str, channel: str | None) -> dict[str, Any]:
     try:
-        adopted = import_accounts(services, user, channel, services.clock())
+        adopted, skipped = import_accounts(services, user, channel, services.clock())
     except ApplianceError as exc:
         return blocks.error_message(
             f"Nothing was imported: {appliance_text(exc)}.", with_help_hint=False
         )
+    left = (
+        " Left alone (they sign in with a certificate, and the bot renews client secrets): "
+        + ", ".join(f"`{n}`" for n in skipped)
+        + "."
+        if skipped
+        else ""
+    )
     if not adopted:
-        return blocks.note("Every service account on the Veeam appliance is already managed here.")
+        return blocks.note(
+            "Every service account on the Veeam appliance is already managed here." + left
+        )
     names = ", ".join(f"`{n}`" for n in adopted)
     return blocks.note(
         f":inbox_tray: Now watching {len(adopted)} account(s) from the appliance: {names}. "
-        "Their expiry is warned about like any other; renewing one gives it a new secret."
+        "Their expiry is warned about like any other; renewing one gives it a new secret and "
+        "keeps the subscriptions and purposes the appliance holds for it." + left
     )

@@ -29,13 +29,14 @@ def _context(text: str) -> dict[str, Any]:
 def help_message() -> Payload:
     grammar = "\n".join(
         f"`{USAGE[v]}`"
-        for v in ("create", "list", "show", "renew", "cancel", "sync", "import", "help")
+        for v in ("create", "list", "show", "renew", "retire", "cancel", "sync", "import", "help")
     )
     examples = (
         "*Examples*\n"
         "• `/veeam-sa create prod-backup --subscription 11111111-2222-3333-4444-555555555555`\n"
         '• `/veeam-sa create dr-site --description "DR copy jobs"` — pick subscriptions after sign-in\n'
         "• `/veeam-sa renew prod-backup`\n"
+        "• `/veeam-sa retire prod-backup` — after a renewal, once Veeam has the new secret\n"
         "• `/veeam-sa list`"
     )
     about = (
@@ -445,12 +446,112 @@ def renew_parent(*, name: str, requester: str, outcome: str | None = None) -> Pa
     return {"text": text, "blocks": [_section(text)]}
 
 
-def renewed_alert(*, name: str, by: str, end_ts: float, end_date: str, hint: str) -> Payload:
+def renewed_alert(
+    *, name: str, by: str, end_ts: float, end_date: str, hint: str, old_removed: bool = True
+) -> Payload:
     text = (
         f":white_check_mark: *`{name}`* was renewed by <@{by}>; the new secret `{hint}…` expires "
-        f"{slack_date(end_ts, end_date)}; the old secret was removed."
+        f"{slack_date(end_ts, end_date)}; "
+        + (
+            "the old secret was removed."
+            if old_removed
+            else "the old secret stays live until Veeam has the new one (see the thread)."
+        )
     )
     return {"text": f"{name} renewed by <@{by}>", "blocks": [_section(text)]}
+
+
+def renewed_keep_old(
+    *,
+    name: str,
+    new_hint: str,
+    new_end_ts: float,
+    new_end_date: str,
+    old: list[dict[str, Any]],
+) -> Payload:
+    """Renewed without an appliance: where the new secret is, how to give it to Veeam, and
+    the button that removes the old secret once Veeam has the new one."""
+    from bot import ids
+
+    olds = ", ".join(
+        f"`{o['hint'] or '?'}…` (expires {slack_date(o['end_ts'], o['end_at'][:10])})" for o in old
+    )
+    head = (
+        f":white_check_mark: Renewed. The new secret `{new_hint}…` of *`{name}`* works (it "
+        f"obtained a token) and expires {slack_date(new_end_ts, new_end_date)}.\n"
+        f":warning: The old secret {olds} is *still live*: Veeam keeps using it until you give "
+        "it the new one, and removing it before then stops Veeam's backups."
+    )
+    steps = (
+        "*Put the new secret into Veeam*\n"
+        f"1. On the bot's host run `veeam-sa-bot secret show {name}`: it prints the new secret "
+        "(the bot never shows it in Slack).\n"
+        f"2. In Veeam Backup for Microsoft Azure open *Service Accounts*, select `{name}`, "
+        "choose *Edit* and paste it at the *Secret* step.\n"
+        f"3. Then press the button (or run `/veeam-sa retire {name}`): the bot signs you in "
+        "and removes the old secret in Entra."
+    )
+    button = {
+        "type": "button",
+        "action_id": ids.ACTION_RETIRE_OLD_SECRET,
+        "text": {"type": "plain_text", "text": "Veeam has the new secret — remove the old one"},
+        "value": str(old[0]["id"]),
+        "style": "danger",
+        "confirm": {
+            "title": {"type": "plain_text", "text": "Remove the old secret?"},
+            "text": {
+                "type": "mrkdwn",
+                "text": f"Only if Veeam already holds the new secret of `{name}`: "
+                "a Veeam still using the old one stops backing up.",
+            },
+            "confirm": {"type": "plain_text", "text": "Remove it"},
+            "deny": {"type": "plain_text", "text": "Not yet"},
+        },
+    }
+    return {
+        "text": f"{name} renewed; the old secret stays live until Veeam has the new one",
+        "blocks": [
+            _section(head),
+            _section(steps),
+            {"type": "actions", "elements": [button]},
+            _context("Only the bot's admins may remove it; it is audited."),
+        ],
+    }
+
+
+def retired_old(*, name: str, by: str, hints: list[str], new_hint: str | None) -> Payload:
+    """The renewal's message once the old secret is gone (its button removed)."""
+    olds = ", ".join(f"`{h or '?'}…`" for h in hints) or "the old secret"
+    text = (
+        f":white_check_mark: <@{by}> confirmed that Veeam has the new secret of *`{name}`*; "
+        f"the old secret {olds} was removed in Entra."
+        + (f" Only the new secret `{new_hint}…` remains." if new_hint else "")
+    )
+    return {"text": f"Old secret of {name} removed by <@{by}>", "blocks": [_section(text)]}
+
+
+def retire_parent(*, name: str, requester: str, outcome: str | None = None) -> Payload:
+    text = f"Removing the old client secret of `{name}` — requested by <@{requester}>"
+    if outcome:
+        text += f"\n{outcome}"
+    return {"text": text, "blocks": [_section(text)]}
+
+
+def retiring_reminder(
+    *, name: str, hint: str, end_ts: float, end_date: str, expired: bool
+) -> Payload:
+    """Once: the old secret, kept live after a renewal, is itself about to expire."""
+    when = "has expired" if expired else f"expires {slack_date(end_ts, end_date)}"
+    text = (
+        f":hourglass: The old secret `{hint or '?'}…` of *`{name}`* is still live and {when}. "
+        "If Veeam still uses it, its backups stop then: put the new secret into Veeam "
+        f"(`veeam-sa-bot secret show {name}`, then Service Accounts → Edit → Secret) and "
+        f"remove the old one with `/veeam-sa retire {name}`."
+    )
+    return {
+        "text": f"The old secret of {name} is still live and {when}",
+        "blocks": [_section(text)],
+    }
 
 
 # -- list and show -----------------------------------------------------------------------
@@ -489,6 +590,8 @@ def account_list(rows: list[dict[str, Any]]) -> Payload:
             subs += f" · Veeam: {row['appliance_state']}"
         if row.get("appliance_flag"):
             subs += f"\n      :warning: {row['appliance_flag']}"
+        for old in row.get("retiring") or []:
+            subs += f"\n      :hourglass: {_retiring_line(row['name'], old)}"
         lines.append(
             f"{icons.get(row['status'], '')} *`{row['name']}`* · {row['status']} · "
             f"secret `{row.get('hint') or '—'}…` {when}\n"
@@ -520,6 +623,14 @@ def account_list(rows: list[dict[str, Any]]) -> Payload:
     return {"text": f"{len(rows)} managed service accounts", "blocks": blocks}
 
 
+def _retiring_line(name: str, old: dict[str, Any]) -> str:
+    return (
+        f"old secret `{old.get('hint') or '?'}…` (expires "
+        f"{slack_date(old['end_ts'], old['end_at'][:10])}) still live, retire it after "
+        f"updating Veeam: `/veeam-sa retire {name}`"
+    )
+
+
 def account_detail(account: dict[str, Any], history: list[dict[str, Any]]) -> Payload:
     subs = account.get("subscriptions") or []
     roles = account.get("roles") or {}
@@ -545,6 +656,8 @@ def account_detail(account: dict[str, Any], history: list[dict[str, Any]]) -> Pa
         lines.append(
             f"Secret `{account.get('hint')}…` expires {slack_date(account['end_ts'], account['end_at'][:10])}"
         )
+    for old in account.get("retiring") or []:
+        lines.append(f":hourglass: {_retiring_line(account['name'], old)}")
     if subs:
         lines.append(
             "Roles:\n" + "\n".join(f"• `{s}`: {', '.join(roles.get(s, []))}" for s in subs)

@@ -46,7 +46,15 @@ from storage import queries
 log = logging.getLogger(__name__)
 
 SIGN_IN_STATES = ("starting", "awaiting_sign_in")
-POST_SIGN_IN_STATES = ("signed_in", "checking", "blocked", "choosing", "provisioning", "renewing")
+POST_SIGN_IN_STATES = (
+    "signed_in",
+    "checking",
+    "blocked",
+    "choosing",
+    "provisioning",
+    "renewing",
+    "retiring",
+)
 CANCELLABLE_AFTER_SIGN_IN = ("signed_in", "blocked", "choosing")
 TRANSIENT_BACKOFF_CAP = 30.0
 #: Further sign-ins a tenant may ask for (MFA or consent per resource) before the flow fails.
@@ -60,6 +68,8 @@ class _NeedsSignIn(Exception):
         self.scope = scope
         self.error = error
         super().__init__(scope)
+#: What the sign-in code is for, as the code's message says it ("to … `NAME`").
+PURPOSES = {"create": "create", "renew": "renew", "retire": "remove the old secret of"}
 
 
 class CreateFlows:
@@ -111,12 +121,11 @@ class CreateFlows:
     ) -> dict[str, Any] | None:
         """The flow's parent message; None for a renewal that lives in an alert's thread."""
         data = self.data(flow)
-        if flow["kind"] == "renew":
+        if flow["kind"] in ("renew", "retire"):
             if not data.get("own_parent"):
                 return None
-            return blocks.renew_parent(
-                name=flow["name"], requester=flow["requester"], outcome=outcome
-            )
+            parent = blocks.renew_parent if flow["kind"] == "renew" else blocks.retire_parent
+            return parent(name=flow["name"], requester=flow["requester"], outcome=outcome)
         return blocks.create_parent(
             name=flow["name"],
             requester=flow["requester"],
@@ -294,7 +303,7 @@ class CreateFlows:
             expires_at=float(device["expires_at"]),
             flow_id=flow["id"],
             name=flow["name"],
-            purpose="renew" if flow["kind"] == "renew" else "create",
+            purpose=PURPOSES.get(flow["kind"], "create"),
             again=again,
         )
         try:

@@ -11,6 +11,11 @@ crossed several thresholds while the bot was down gets one message, for the most
 Per channel, up to `DIGEST_AFTER` warnings are posted one by one; more become digests
 (one message listing many accounts, each with its Renew button). Posts to one channel are
 paced to Slack's one message per second.
+
+Only current secrets are warned about. An old secret kept live after a renewal without an
+appliance (`retiring`, until someone confirms Veeam has the new one) is not: its account's
+new secret is what the scan follows. If the old one is still there when it comes within the
+smallest threshold of its own end, the renewal's thread is told so once (`remind_retiring`).
 """
 
 from __future__ import annotations
@@ -168,6 +173,7 @@ def scan(
     result = ScanResult(due=due, decided_in=monotonic() - started)
     if dry_run:
         return result
+    result.posted += remind_retiring(store, slack, config, now, sleep=sleep, monotonic=monotonic)
     if not due:
         queries.set_meta(store.db, "last_scan_at", queries.utcnow_iso(now))
         return result
@@ -299,3 +305,57 @@ def _post_digest(
             )
     result.posted += 1
     result.digests += 1
+
+
+def remind_retiring(
+    store: Store,
+    slack: WebClient,
+    config: Config,
+    now: datetime,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> int:
+    """Say once, in the renewal's thread, that an old secret still kept live for Veeam is
+    about to reach its own end (within the smallest warning threshold). Returns the posts."""
+    db = store.db
+    horizon = (now + timedelta(days=min(config.warn_days))).astimezone(UTC)
+    pacer = Pacer(CHANNEL_GAP_S, sleep, monotonic)
+    posted = 0
+    for row in queries.retiring_due(db, horizon.isoformat(timespec="seconds")):
+        channel = (
+            row.get("retire_channel_id")
+            or config.alert_channel
+            or row.get("alert_channel_id")
+            or row.get("channel_id")
+        )
+        if not channel:
+            continue
+        if not queries.claim_notice(db, row["secret_id"], queries.RETIRING_REMINDER, channel, now):
+            continue
+        end = parse_time(row["end_at"])
+        pacer.wait(channel)
+        try:
+            response = slack.chat_postMessage(
+                channel=channel,
+                thread_ts=row.get("retire_thread_ts"),
+                **blocks.retiring_reminder(
+                    name=row["name"],
+                    hint=row.get("hint") or "",
+                    end_ts=end.timestamp(),
+                    end_date=end.date().isoformat(),
+                    expired=end <= now,
+                ),
+            )
+            pacer.posted(channel)
+        except SlackApiError as exc:
+            log.warning(
+                "could not remind about the old secret of %s: %s",
+                row["name"],
+                exc.response.get("error"),
+            )
+            queries.drop_notice(db, row["secret_id"], queries.RETIRING_REMINDER)
+            continue
+        queries.set_notice_ts(db, row["secret_id"], queries.RETIRING_REMINDER, str(response["ts"]))
+        posted += 1
+    return posted

@@ -4,6 +4,7 @@
 /veeam-sa list
 /veeam-sa show NAME
 /veeam-sa renew NAME
+/veeam-sa retire NAME
 /veeam-sa cancel
 /veeam-sa sync NAME
 /veeam-sa import
@@ -22,13 +23,14 @@ from bot.errors import CommandError
 MAX_TEXT = 4000
 MAX_NAME = 255
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
-SUBCOMMANDS = ("create", "list", "show", "renew", "cancel", "sync", "import", "help")
+SUBCOMMANDS = ("create", "list", "show", "renew", "retire", "cancel", "sync", "import", "help")
 
 USAGE = {
     "create": "/veeam-sa create NAME [--subscription ID]... [--description TEXT]",
     "list": "/veeam-sa list",
     "show": "/veeam-sa show NAME",
     "renew": "/veeam-sa renew NAME",
+    "retire": "/veeam-sa retire NAME",
     "cancel": "/veeam-sa cancel",
     "sync": "/veeam-sa sync NAME",
     "import": "/veeam-sa import",
@@ -93,7 +95,7 @@ def parse(text: str) -> Command:
                 verb, f"`{verb}` takes no arguments (got `{_clip(' '.join(rest))}`)."
             )
         return Command(verb)
-    if verb in ("show", "renew", "sync"):
+    if verb in ("show", "renew", "retire", "sync"):
         if len(rest) != 1:
             raise _usage_error(verb, f"`{verb}` takes exactly one NAME.")
         if rest[0].startswith("-"):

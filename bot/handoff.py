@@ -4,6 +4,10 @@ When `VEEAM_URL` is configured, a created account is registered with `saveByApp`
 renewed secret is pushed with `updateByApp` before the old secret is removed. Nothing here
 runs without `VEEAM_URL`. The secret goes from the encrypted store straight into the
 appliance's request body; it is never returned, logged or put in an error.
+
+`updateByApp` replaces the account's settings, so an update sends the subscriptions
+(`subscriptionIds`) and purposes the appliance holds for the account right now — read just
+before — and never an empty list. `VEEAM_PURPOSES` is only for accounts the bot creates.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from bot.expiry import parse_time
-from bot.vbazure import AZURE_ENVIRONMENTS, ApplianceError, VBAzureClient
+from bot.vbazure import AZURE_ENVIRONMENTS, ORIGIN_CERTIFICATE, ApplianceError, VBAzureClient
 from storage import queries
 
 if TYPE_CHECKING:
@@ -45,21 +49,30 @@ def hand_off(services: Services, account: dict[str, Any], secret_text: str, acto
     appliance = services.appliance
     assert appliance is not None
     config = services.config
-    kwargs = {
+    db = services.store.db
+    recorded = [str(s) for s in json.loads(account.get("subscriptions") or "[]")]
+    kwargs: dict[str, Any] = {
         "name": account["name"],
         "description": account.get("description") or f"Created by veeam-sa for {account['name']}",
         "application_id": account["app_id"],
         "tenant_id": account["tenant_id"],
         "client_secret": secret_text,
-        "subscriptions": json.loads(account.get("subscriptions") or "[]"),
+        "subscriptions": recorded,
         "purposes": list(config.veeam_purposes),
         "environment": AZURE_ENVIRONMENTS.get(config.cloud, "Global"),
     }
-    db = services.store.db
     try:
         if account.get("appliance_id"):
-            appliance.update_by_app(account["appliance_id"], **kwargs)
             appliance_id = str(account["appliance_id"])
+            held = appliance.get_account(appliance_id)
+            if held is None:
+                raise ApplianceError(
+                    f"the appliance has no service account {appliance_id!r} any more",
+                    kind="not_found",
+                    status=404,
+                )
+            kwargs.update(_held_settings(account, held, recorded, list(config.veeam_purposes)))
+            appliance.update_by_app(appliance_id, **kwargs)
         else:
             appliance_id = appliance.save_by_app(**kwargs)
     except ApplianceError as exc:
@@ -75,16 +88,51 @@ def hand_off(services: Services, account: dict[str, Any], secret_text: str, acto
             )
         raise
     with db.atomic():
-        queries.update_account(db, account["id"], appliance_id=appliance_id, handoff="done")
+        changes: dict[str, Any] = {"appliance_id": appliance_id, "handoff": "done"}
+        if kwargs["subscriptions"] != recorded:
+            changes["subscriptions"] = json.dumps(kwargs["subscriptions"])
+        queries.update_account(db, account["id"], **changes)
         queries.add_audit(
             db,
             actor=actor,
             action="appliance.handoff",
             target=account["name"],
             outcome="ok",
-            detail={"appliance_id": appliance_id, "update": bool(account.get("appliance_id"))},
+            detail={
+                "appliance_id": appliance_id,
+                "update": bool(account.get("appliance_id")),
+                "subscriptions": len(kwargs["subscriptions"]),
+                "purposes": list(kwargs["purposes"]),
+            },
         )
     return appliance_id
+
+
+def _held_settings(
+    account: dict[str, Any], held: dict[str, Any], recorded: list[str], configured: list[str]
+) -> dict[str, Any]:
+    """The subscriptions and purposes an update must send: what the appliance holds."""
+    subscriptions = [str(s).lower() for s in held.get("subscriptionIds") or [] if s]
+    if not subscriptions:
+        subscriptions = recorded
+    if not subscriptions:
+        raise ApplianceError(
+            f"the appliance reports no subscriptions for {account['name']!r} and the bot knows "
+            "none; an update would leave the account protecting nothing, so it was not sent. "
+            "Add its subscriptions in VBAzure (Service Accounts → Edit), then try again",
+            kind="problem",
+        )
+    purposes = [str(p) for p in held.get("purposes") or [] if p]
+    if not purposes and not account.get("imported"):
+        purposes = configured
+    if not purposes:
+        raise ApplianceError(
+            f"the appliance reports no purposes for {account['name']!r}; an update would "
+            "clear them, so it was not sent. Choose them in VBAzure (Service Accounts → Edit), "
+            "then try again",
+            kind="problem",
+        )
+    return {"subscriptions": subscriptions, "purposes": purposes}
 
 
 def appliance_text(error: ApplianceError) -> str:
@@ -105,9 +153,7 @@ def refresh(services: Services, now: datetime) -> int:
             app_id = str(item.get("applicationId") or "").lower()
             if not app_id:
                 continue
-            for account in db.table("accounts").rows_where(
-                "lower(app_id) = ? AND state = 'active'", [app_id]
-            ):
+            for account in queries.active_accounts_by_app_id(db, app_id):
                 queries.update_account(
                     db,
                     account["id"],
@@ -122,22 +168,26 @@ def refresh(services: Services, now: datetime) -> int:
 
 def import_accounts(
     services: Services, actor: str, channel: str | None, now: datetime
-) -> list[str]:
+) -> tuple[list[str], list[str]]:
     """Adopt appliance accounts the bot does not manage yet, so their expiry is watched.
+    Returns the names adopted and the names left alone (certificate accounts).
 
-    The bot gets no secret for them; a renewal then adds a new one. The expiry the appliance
-    reports stands in for the secret until then.
+    The bot gets no secret for them; a renewal then adds a new one and hands it over with the
+    subscriptions and purposes the appliance holds. The expiry the appliance reports stands
+    in for the secret until then. An account that signs in with a certificate is left alone:
+    the bot renews client secrets, and giving it one would change how Veeam signs it in.
     """
     appliance = services.appliance
     assert appliance is not None
     db = services.store.db
     adopted: list[str] = []
+    skipped: list[str] = []
     for item in appliance.list_accounts():
         app_id = str(item.get("applicationId") or "").lower()
-        if not app_id or next(
-            db.table("accounts").rows_where("lower(app_id) = ? AND state = 'active'", [app_id]),
-            None,
-        ):
+        if not app_id or queries.active_accounts_by_app_id(db, app_id):
+            continue
+        if item.get("accountOrigin") == ORIGIN_CERTIFICATE:
+            skipped.append(str(item.get("name") or app_id))
             continue
         name = _free_name(db, str(item.get("name") or f"imported-{app_id[:8]}"))
         expiry = item.get("expirationDate")
@@ -151,7 +201,7 @@ def import_accounts(
                     "tenant_id": item.get("tenantId"),
                     "app_id": app_id,
                     "subscriptions": json.dumps(
-                        [str(s).lower() for s in item.get("subscriptions") or []]
+                        [str(s).lower() for s in item.get("subscriptionIds") or []]
                     ),
                     "roles": json.dumps({}),
                     "created_by": actor,
@@ -185,10 +235,15 @@ def import_accounts(
                 action="appliance.import",
                 target=name,
                 outcome="ok",
-                detail={"app_id": app_id, "appliance_id": item.get("id")},
+                detail={
+                    "app_id": app_id,
+                    "appliance_id": item.get("id"),
+                    "origin": item.get("accountOrigin"),
+                    "purposes": item.get("purposes") or [],
+                },
             )
         adopted.append(name)
-    return adopted
+    return adopted, skipped
 
 
 def _free_name(db: Any, wanted: str) -> str:

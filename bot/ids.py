@@ -22,3 +22,6 @@ RENEW_ACTION = re.compile(r"\A" + re.escape(ACTION_RENEW) + r"(?::\d{1,18})?\Z")
 def renew_action(account_id: int) -> str:
     """The Renew button's action_id for one account."""
     return f"{ACTION_RENEW}:{int(account_id)}"
+
+
+ACTION_RETIRE_OLD_SECRET = "veeam_sa.renew.retire_old"

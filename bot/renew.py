@@ -11,10 +11,24 @@ the same sign-in as `create`, code only to them, in the alert's thread. Then:
 2. hand it to its consumer (the encrypted store; the appliance when configured);
 3. prove it: the client-credentials grant must return a token (retried briefly: a new
    secret takes seconds to work);
-4. only then remove the old password(s), and make the new one `active`.
+4. make the new one `active`, and retire the old password(s) only once their consumer holds
+   the new one:
+   - with a VBAzure appliance configured the bot handed it over itself (`updateByApp`), so
+     the old password(s) are removed at once;
+   - without one, a person copies secrets into Veeam (`veeam-sa-bot secret show`), so the old
+     password(s) stay live as `retiring`. The thread says where the new secret is and how to
+     put it into Veeam, with a "Veeam has the new secret — remove the old one" button; that
+     button (or `/veeam-sa retire NAME`) starts a *retire* flow:
+
+    starting ─▶ awaiting_sign_in ─▶ signed_in ─▶ retiring ─▶ done (old password removed)
+                                                     └──────▶ failed (it stays live)
+
+   The clicker signs in with a device code like a renewal (Graph tokens live for one flow
+   only), and only a secret that is `retiring` — a previous secret of a live account, kept
+   for Veeam — can be removed this way.
 
 Any failure before step 4 leaves the old secret in place and removes the unproven new one.
-One open renewal per account: a second click is told who is already renewing.
+One open renewal (or retirement) per account: a second click is told who is already at it.
 """
 
 from __future__ import annotations
@@ -28,6 +42,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import httpx
+from slack_sdk.errors import SlackApiError
 
 from bot import blocks
 from bot.errors import CommandError, MicrosoftError, SignInError, VeeamSAError
@@ -144,6 +159,9 @@ class Renewals:
 
     def on_signed_in(self, flow_id: str, identity: Identity, session: Session) -> None:
         flow = queries.get_flow(self._db, flow_id)
+        if flow is not None and flow["kind"] == "retire":
+            self._on_signed_in_to_retire(flow, identity, session)
+            return
         if flow is None or not queries.transition_flow(
             self._db, flow_id, ["signed_in"], "renewing"
         ):
@@ -241,11 +259,23 @@ class Renewals:
                 self._discard(graph, object_id, new, account)
                 raise
 
-        # 4. retire the old secret(s)
-        for key_id in self._old_key_ids(graph, object_id, old, new):
-            graph.remove_password(object_id, key_id)
+        # 4. retire the old secret(s): at once when the appliance holds the new one; else
+        # they stay live until someone confirms that Veeam has it.
+        keep_old = self.services.appliance is None and bool(old)
+        if not keep_old:
+            for key_id in self._old_key_ids(graph, object_id, old, new):
+                graph.remove_password(object_id, key_id)
         with self._db.atomic():
-            queries.set_secret_state(self._db, [s["id"] for s in old], "retired")
+            if keep_old:
+                queries.mark_retiring(
+                    self._db,
+                    [s["id"] for s in old],
+                    replaced_by=new["id"],
+                    channel_id=flow["channel_id"],
+                    thread_ts=flow.get("parent_ts"),
+                )
+            else:
+                queries.set_secret_state(self._db, [s["id"] for s in old], "retired")
             queries.set_secret_state(self._db, [new["id"]], "active")
             queries.add_audit(
                 self._db,
@@ -256,7 +286,10 @@ class Renewals:
                 detail={
                     "flow": flow["id"],
                     "new_key_id": new["key_id"],
-                    "removed": [s["key_id"] for s in old],
+                    "removed": [] if keep_old else [s["key_id"] for s in old],
+                    "kept_until_veeam_has_the_new_one": (
+                        [s["key_id"] for s in old] if keep_old else []
+                    ),
                 },
             )
             queries.transition_flow(self._db, flow["id"], ["renewing"], "done")
@@ -268,14 +301,235 @@ class Renewals:
             end_ts=end.timestamp(),
             end_date=end.date().isoformat(),
             hint=new["hint"],
+            old_removed=not keep_old,
         )
         if flow.get("parent_ts") and not json.loads(flow.get("data") or "{}").get("alert_digest"):
             self.notifier.update(flow["channel_id"], flow["parent_ts"], payload)
+        if keep_old:
+            self._offer_retirement(flow, account, new, old)
+            return
         self.notifier.thread(
             flow["channel_id"],
             flow.get("parent_ts"),
             blocks.note(
-                f":white_check_mark: Renewed. The new secret `{new['hint']}…` is in use; the old one is removed."
+                f":white_check_mark: Renewed. The new secret `{new['hint']}…` is in Veeam and in "
+                "use; the old one is removed."
+            ),
+        )
+
+    def _offer_retirement(
+        self,
+        flow: dict[str, Any],
+        account: dict[str, Any],
+        new: dict[str, Any],
+        old: list[dict[str, Any]],
+    ) -> None:
+        """Tell the thread where the new secret is and how to put it into Veeam, with the
+        button that removes the old secret once Veeam has the new one."""
+        end = parse_time(new["end_at"])
+        payload = blocks.renewed_keep_old(
+            name=account["name"],
+            new_hint=new["hint"],
+            new_end_ts=end.timestamp(),
+            new_end_date=end.date().isoformat(),
+            old=[
+                {
+                    "id": s["id"],
+                    "hint": s.get("hint") or "",
+                    "end_at": s["end_at"],
+                    "end_ts": parse_time(s["end_at"]).timestamp(),
+                }
+                for s in old
+            ],
+        )
+        try:
+            ts = self.notifier.post(flow["channel_id"], payload, thread_ts=flow.get("parent_ts"))
+        except SlackApiError as exc:
+            log.warning(
+                "could not post the retirement offer for %s: %s",
+                account["name"],
+                exc.response.get("error"),
+            )
+            return
+        queries.set_retire_message(self._db, [s["id"] for s in old], ts)
+
+    # -- retiring the old secret once Veeam has the new one ---------------------------------
+
+    def begin_retire(
+        self,
+        *,
+        requester: str,
+        channel_id: str | None,
+        secret_ref: str | None = None,
+        name: str | None = None,
+    ) -> str:
+        """Record a retire flow for one old secret (the button's value) or for every old
+        secret of an account (`/veeam-sa retire NAME`). Raises `CommandError` /
+        `NotAuthorised` with what to tell the user."""
+        self.services.authz.require_admin(requester, "retire", name or secret_ref or None)
+        with self.services.store.quick() as db, db.atomic():
+            if name is not None:
+                account = queries.get_account(db, name)
+                if account is None or account["state"] != "active":
+                    raise CommandError(f"There is no managed service account `{name}`.")
+                old = queries.retiring_secrets(db, account["id"])
+                if not old:
+                    raise CommandError(
+                        f"`{account['name']}` has no old secret waiting to be removed: its "
+                        "renewals already removed them (or it was never renewed here)."
+                    )
+                thread_ts = None
+            else:
+                secret = (
+                    queries.get_secret(db, int(secret_ref))
+                    if secret_ref and secret_ref.isdigit()
+                    else None
+                )
+                account = queries.get_account_by_id(db, secret["account_id"]) if secret else None
+                if (
+                    secret is None
+                    or account is None
+                    or account["state"] != "active"
+                    or secret["state"] != "retiring"
+                    or not secret.get("replaced_by")
+                ):
+                    raise CommandError(
+                        "That secret is not an old secret of a managed account waiting to be "
+                        "removed (it may be removed already); nothing was changed."
+                    )
+                old = [secret]
+                thread_ts = secret.get("retire_thread_ts")
+                channel_id = secret.get("retire_channel_id") or channel_id
+            running = queries.open_flow_for_name(db, account["name"])
+            if running is not None:
+                raise CommandError(
+                    f"<@{running['requester']}> is already working on `{account['name']}`; "
+                    "wait for that to finish."
+                )
+            flow_id = uuid.uuid4().hex
+            now = queries.utcnow_iso(self.services.clock())
+            queries.insert_flow(
+                db,
+                {
+                    "id": flow_id,
+                    "kind": "retire",
+                    "state": "starting",
+                    "name": account["name"],
+                    "account_id": account["id"],
+                    "requester": requester,
+                    "channel_id": channel_id
+                    or account.get("alert_channel_id")
+                    or account.get("channel_id"),
+                    "parent_ts": thread_ts,
+                    "data": json.dumps(
+                        {
+                            "own_parent": thread_ts is None,
+                            "secret_ids": [s["id"] for s in old],
+                            "steps": {"sign_in": "running"},
+                        }
+                    ),
+                    "created_at": now,
+                    "updated_at": now,
+                },
+            )
+            queries.add_audit(
+                db,
+                actor=requester,
+                action="retire.requested",
+                target=account["name"],
+                outcome="accepted",
+                detail={"flow": flow_id, "key_ids": [s["key_id"] for s in old]},
+            )
+        return flow_id
+
+    def _on_signed_in_to_retire(
+        self, flow: dict[str, Any], identity: Identity, session: Session
+    ) -> None:
+        if not queries.transition_flow(self._db, flow["id"], ["signed_in"], "retiring"):
+            return
+        account = queries.get_account_by_id(self._db, flow["account_id"])
+        assert account is not None
+        try:
+            if identity.tenant_id.lower() != str(account["tenant_id"]).lower():
+                raise SignInError(
+                    "other",
+                    f"that account is in tenant {identity.tenant_id}; `{account['name']}` lives in tenant "
+                    f"{account['tenant_id']}. Sign in with an account of that tenant",
+                )
+            self._retire(flow, account, session)
+        except (MicrosoftError, SignInError, SecretProofFailed) as exc:
+            self._fail_retire(flow, account, exc)
+
+    def _retire(self, flow: dict[str, Any], account: dict[str, Any], session: Session) -> None:
+        wanted = set(json.loads(flow.get("data") or "{}").get("secret_ids") or [])
+        # only what is still waiting: a secret retired meanwhile is left alone
+        old = [s for s in queries.retiring_secrets(self._db, account["id"]) if s["id"] in wanted]
+        current = queries.active_secrets(self._db, account["id"])
+        graph = self._graph(session)
+        object_id = account["app_object_id"]
+        if not object_id:
+            found = graph.find_by_app_id(account["app_id"])
+            if found is None:
+                raise SecretProofFailed(
+                    f"no application with client id {account['app_id']} in this tenant"
+                )
+            object_id = str(found["id"])
+            queries.update_account(self._db, account["id"], app_object_id=object_id)
+        keep = current[-1] if current else {"key_id": ""}
+        for key_id in self._old_key_ids(graph, object_id, old, keep):
+            if key_id not in {s["key_id"] for s in current}:
+                graph.remove_password(object_id, key_id)
+        with self._db.atomic():
+            queries.set_secret_state(self._db, [s["id"] for s in old], "retired")
+            queries.add_audit(
+                self._db,
+                actor=flow["requester"],
+                action="retire.completed",
+                target=account["name"],
+                outcome="ok",
+                detail={"flow": flow["id"], "removed": [s["key_id"] for s in old]},
+            )
+            queries.transition_flow(self._db, flow["id"], ["retiring"], "done")
+        self.flows.drop_session(flow["id"])
+        new_hint = current[-1].get("hint") if current else None
+        done = blocks.retired_old(
+            name=account["name"],
+            by=flow["requester"],
+            hints=[s.get("hint") or "" for s in old],
+            new_hint=new_hint,
+        )
+        for channel, ts in {
+            (s.get("retire_channel_id"), s.get("retire_ts"))
+            for s in old
+            if s.get("retire_channel_id") and s.get("retire_ts")
+        }:
+            self.notifier.update(str(channel), str(ts), done)
+        self.notifier.thread(flow["channel_id"], flow.get("parent_ts"), done)
+        self.flows.render_parent(
+            queries.get_flow(self._db, flow["id"]) or flow,
+            outcome=":white_check_mark: Old secret removed.",
+        )
+
+    def _fail_retire(
+        self, flow: dict[str, Any], account: dict[str, Any], error: VeeamSAError
+    ) -> None:
+        if isinstance(error, MicrosoftError):
+            reason = microsoft_failure(error)
+        elif isinstance(error, SignInError):
+            reason = sign_in_failure(error) if error.kind != "other" else str(error)
+        else:
+            reason = str(error)
+        queries.transition_flow(
+            self._db, flow["id"], ["retiring"], "failed", error=type(error).__name__
+        )
+        self.flows.drop_session(flow["id"])
+        self.flows.audit(flow, "retire.failed", "failed", reason=reason[:300])
+        self.notifier.thread(
+            flow["channel_id"],
+            flow.get("parent_ts"),
+            blocks.note(
+                f":x: The old secret of `{account['name']}` was not removed: {reason}\n"
+                f"It is still live; try again with the button or `/veeam-sa retire {account['name']}`."
             ),
         )
 

@@ -106,7 +106,7 @@ def build_services(
 
     def on_signed_in(flow_id: str, identity: Identity, session: Session) -> None:
         flow = services.store.db.table("flows").get(flow_id)
-        target = services.renew if flow["kind"] == "renew" else services.provision
+        target = services.renew if flow["kind"] in ("renew", "retire") else services.provision
         target.on_signed_in(flow_id, identity, session)
 
     services.create.on_signed_in = on_signed_in

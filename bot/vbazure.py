@@ -7,12 +7,20 @@ has to be typed into VBAzure's UI. What the client speaks (REST API v8 / v8.1):
   access token, its lifetime and a refresh token; ``grant_type=Refresh_token`` renews them.
   The access token is renewed 60 s before it expires, and once on a 401; when the refresh
   token is refused the client signs in with the password again.
+  The answer names the user's role in ``roleName`` (kept as ``role_name``).
 - ``POST /api/{ver}/accounts/azure/service/saveByApp`` and
   ``PUT /api/{ver}/accounts/azure/service/updateByApp/{accountId}`` answer 200 with the
-  account id as a JSON string, or 202 with an asynchronous operation that is polled at
-  ``GET /api/{ver}/operations/{id}`` until its status leaves ``Pending`` / ``Running``.
-- ``GET /api/{ver}/accounts/azure/service[/{accountId}]`` (``Offset`` / ``Limit`` paging,
-  ``results`` / ``totalCount``). Items carry ``accountId``; the client adds an ``id`` alias.
+  account id as a JSON string, or 202 with an asynchronous operation.
+- ``GET /api/{ver}/accounts/azure/service[/{accountId}]`` answer 200 with the page / the
+  account, or 202 with an asynchronous operation whose ``result`` is the page / the account.
+  Paging is ``Offset`` / ``Limit`` (query parameters are case-sensitive) over ``results``;
+  ``totalCount`` may be null, and then pages are read until a short or empty one. Items
+  carry ``accountId``, ``subscriptionIds`` and ``purposes``; the client adds an ``id`` alias.
+- An operation (``{"id", "startTime", "status", "result", "error", "_links"}``) is polled
+  at ``GET /api/{ver}/operations/{id}`` while its v8.1 ``JobStatus`` is ``Pending``,
+  ``Running``, ``RunningWithWarning``, ``RunningWithError`` or ``Canceling``. ``Success``
+  and ``Warning`` are done (a warning is logged, not a failure); ``Error``, ``Canceled``,
+  ``NeverExecuted``, ``Unknown`` (or anything else) failed, and ``error`` is a problem.
 
 Timeouts, connection errors, 429 and 5xx are retried a bounded number of times with backoff
 (``Retry-After`` honoured). ``saveByApp`` is not idempotent: after an answer that may have
@@ -26,8 +34,8 @@ Errors: every failure is an ``ApplianceError`` (a ``bot.errors.VeeamSAError``)::
                            (``kind``, ``status``, ``title``, ``detail``)
 
 Its text never carries the request body, the password, a token or a client secret: problem
-documents contribute only their ``title`` and ``detail``, and those are scrubbed of every
-secret the call knew about.
+documents contribute only their ``title``, ``detail``, per-field ``errors`` and ``traceId``,
+and those are scrubbed of every secret the call knew about.
 
 TLS: the caller passes an ``httpx.Client`` with certificate verification on (see
 ``bot.services.make_http_client``; ``SSL_CERT_FILE`` adds a private CA). A verification
@@ -98,17 +106,30 @@ AZURE_ENVIRONMENTS: dict[str, str] = {
     "AzureChinaCloud": "China",
 }
 
-#: Operation states that mean "not finished yet".
-RUNNING_STATES = frozenset({"Pending", "Running", "NotStarted", "Queued"})
+#: v8.1 ``JobStatus`` values of an operation that is still going.
+RUNNING_STATES = frozenset(
+    {"Pending", "Running", "RunningWithWarning", "RunningWithError", "Canceling"}
+)
+#: v8.1 ``JobStatus`` values of an operation that finished and did its work.
+DONE_STATES = frozenset({"Success", "Warning"})
+
+#: ``accountOrigin`` values of the v8.1 ``AzureAccountOrigin`` enum (note the spaces).
+ORIGIN_DEVICE = "Device Authentication"
+ORIGIN_CERTIFICATE = "Imported Certificate"
+ORIGIN_SECRET = "Imported Secret"
 
 _CREDENTIALS = "the appliance rejected VEEAM_USERNAME/VEEAM_PASSWORD"
 _FORBIDDEN = "the appliance user lacks the right to manage service accounts"
 _REDACTED = "[redacted]"
 _MAX_TEXT = 300
+_MAX_FIELDS = 10
 
 
 class ApplianceError(VeeamSAError):
     """The VBAzure appliance refused, failed, or could not be reached.
+
+    ``errors`` holds a problem document's per-field messages (``{field: [text, …]}``) and
+    ``trace_id`` its ``traceId``, both scrubbed like the text.
 
     ``kind`` is one of ``credentials`` (sign-in refused), ``mfa`` (the user has MFA on),
     ``forbidden`` (403), ``not_found`` (404), ``problem`` (another 4xx problem document),
@@ -128,11 +149,15 @@ class ApplianceError(VeeamSAError):
         detail: str | None = None,
         retryable: bool = False,
         retry_after: float | None = None,
+        errors: dict[str, list[str]] | None = None,
+        trace_id: str | None = None,
     ) -> None:
         self.kind = kind
         self.status = status
         self.title = title
         self.detail = detail
+        self.errors = errors or {}
+        self.trace_id = trace_id
         self.retryable = retryable
         self.retry_after = retry_after
         super().__init__(message)
@@ -155,6 +180,7 @@ class VBAzureClient:
         max_wait: float = 30.0,
         operation_timeout: float = 600.0,
         page_size: int = 100,
+        poll_interval: float = 1.0,
     ) -> None:
         url = base_url.strip().rstrip("/")
         if url.lower().endswith("/api"):
@@ -172,12 +198,16 @@ class VBAzureClient:
         self._max_wait = max_wait
         self._operation_timeout = operation_timeout
         self._page_size = max(1, page_size)
+        #: First wait between polls of an operation (doubling up to 5 s).
+        self.poll_interval = poll_interval
         self._lock = threading.RLock()
         self._access: str | None = None
         self._refresh: str | None = None
         self._renew_at = 0.0
         self._source = ""  # "password" or "refresh": how the current access token was got
         self._serial = 0  # counts sign-ins, to tell whether one happened during a call
+        #: The appliance user's role, as the token answer names it (``roleName``).
+        self.role_name: str | None = None
         #: Number of HTTP requests made.
         self.calls = 0
 
@@ -293,47 +323,59 @@ class VBAzureClient:
         items: list[dict[str, Any]] = []
         offset = 0
         for _ in range(10_000):
-            body = self._api(
-                "GET",
+            body = self._read(
                 "accounts/azure/service",
                 params={"Offset": str(offset), "Limit": str(self._page_size)},
-            ).json()
+            )
             if isinstance(body, list):
                 items.extend(body)
                 break
             if not isinstance(body, dict):
                 break
-            results = body.get("results") or []
+            results = [r for r in body.get("results") or [] if isinstance(r, dict)]
             items.extend(results)
             total = body.get("totalCount")
-            if not results or not isinstance(total, int) or len(items) >= total:
+            if not results:
                 break
+            if isinstance(total, int):
+                if len(items) >= total:
+                    break
+            else:  # totalCount is nullable: a page shorter than asked for is the last one
+                limit = body.get("limit")
+                asked = limit if isinstance(limit, int) and limit > 0 else self._page_size
+                if len(results) < min(asked, self._page_size):
+                    break
             offset += len(results)
-        return [_normalise(item) for item in items if isinstance(item, dict)]
+        return [_normalise(item) for item in items]
 
     def get_account(self, account_id: str) -> dict[str, Any] | None:
         """One service account, or None when the appliance does not know the id."""
         try:
-            body = self._api("GET", f"accounts/azure/service/{quote(account_id, safe='')}").json()
+            body = self._read(f"accounts/azure/service/{quote(account_id, safe='')}")
         except ApplianceError as exc:
             if exc.status == 404:
                 return None
             raise
         return _normalise(body) if isinstance(body, dict) else None
 
-    # ------------------------------------------------------------------ writes
+    # ------------------------------------------------------------------ reads and writes
+
+    def _read(self, path: str, params: dict[str, str] | None = None) -> Any:
+        """A GET whose answer is 200 with the body, or 202 with an operation whose
+        ``result`` is the body."""
+        response = self._api("GET", path, params=params)
+        if response.status_code == 202:
+            return self._wait(_json(response), None)
+        return _json(response)
 
     def _write_result(self, response: httpx.Response, secret: str) -> str:
         if response.status_code == 202:
-            return self._wait(_json(response), secret)
+            return _account_id(self._wait(_json(response), secret))
         body = _json(response)
-        if isinstance(body, str):
-            return body
-        if isinstance(body, dict):
-            found = body.get("accountId") or body.get("id") or body.get("result")
-            if isinstance(found, str):
-                return found
-        if response.status_code == 204:
+        found = _account_id(body)
+        if found:
+            return found
+        if response.status_code == 204 or body is None:
             return ""
         raise self._error(
             "the appliance answered without an account id",
@@ -341,14 +383,14 @@ class VBAzureClient:
             secret=secret,
         )
 
-    def _wait(self, operation: Any, secret: str) -> str:
-        """Poll an asynchronous operation until it finishes; its result is the account id."""
+    def _wait(self, operation: Any, secret: str | None) -> Any:
+        """Poll an asynchronous operation until it is done; returns its ``result``."""
         if not isinstance(operation, dict) or not operation.get("id"):
             raise self._error("the appliance answered 202 without an operation", secret=secret)
         op_id = str(operation["id"])
         deadline = self._clock() + self._operation_timeout
-        interval = 1.0
-        while str(operation.get("status") or "Running") in RUNNING_STATES:
+        interval = self.poll_interval
+        while str(operation.get("status") or "Pending") in RUNNING_STATES:
             if self._clock() >= deadline:
                 raise ApplianceError(
                     f"the appliance did not finish operation {op_id} within "
@@ -357,34 +399,35 @@ class VBAzureClient:
                     kind="timeout",
                 )
             self._sleep(interval)
-            interval = min(interval * 2, 5.0)
+            interval = min(interval * 2, max(5.0, self.poll_interval))
             operation = self._api(
                 "GET", f"operations/{quote(op_id, safe='')}", secret=secret
             ).json()
             if not isinstance(operation, dict):
                 raise self._error("the appliance answered an operation poll with no operation")
         status = str(operation.get("status"))
-        result = operation.get("result")
-        if status == "Success" or (status == "Warning" and result is not None):
+        if status in DONE_STATES:
             if status == "Warning":
                 log.warning("VBAzure operation %s finished with a warning", op_id)
-            if isinstance(result, str):
-                return result
-            if isinstance(result, dict):
-                found = result.get("accountId") or result.get("id")
-                if isinstance(found, str):
-                    return found
-            return ""
+            return operation.get("result")
         error = operation.get("error") if isinstance(operation.get("error"), dict) else {}
         assert isinstance(error, dict)
-        title = _text(error.get("title"))
-        detail = _text(error.get("detail"))
+        title, detail, errors, trace_id = _problem_fields(error)
+        message = f"the appliance operation ended in {status}"
+        if title:
+            message += f" {title}"
+        if detail:
+            message += f": {detail}"
+        if errors:
+            message += f" ({_errors_text(errors)})"
         raise self._error(
-            f"the appliance operation ended in {status}",
+            message,
             kind="operation",
             status=error.get("status") if isinstance(error.get("status"), int) else None,
             title=title,
             detail=detail,
+            errors=errors,
+            trace_id=trace_id,
             secret=secret,
         )
 
@@ -443,9 +486,10 @@ class VBAzureClient:
                 renewed += 1
                 continue
             if status == 403:
+                role = f", role {self.role_name!r}" if self.role_name else ""
                 raise self._error(
-                    f"{_FORBIDDEN} (user {self._username!r}; in VBAzure give it an administrator "
-                    "role, such as Portal Administrator)",
+                    f"{_FORBIDDEN} (user {self._username!r}{role}; in VBAzure give it an "
+                    "administrator role, such as Portal Administrator)",
                     kind="forbidden",
                     response=response,
                     secret=secret,
@@ -456,12 +500,14 @@ class VBAzureClient:
 
     def _problem(self, response: httpx.Response, path: str, secret: str | None) -> ApplianceError:
         status = response.status_code
-        title, detail = _problem_text(response)
+        title, detail, errors, trace_id = _problem_fields(_json(response))
         message = f"the appliance answered {status}"
         if title:
             message += f" {title}"
         if detail:
             message += f": {detail}"
+        if errors:
+            message += f" ({_errors_text(errors)})"
         if status == 404 and path in _COLLECTION_PATHS:
             message += f" (is API version {self.api_version!r} right for this appliance?)"
         return self._error(
@@ -470,6 +516,8 @@ class VBAzureClient:
             status=status,
             title=title,
             detail=detail,
+            errors=errors,
+            trace_id=trace_id,
             secret=secret,
         )
 
@@ -547,6 +595,8 @@ class VBAzureClient:
         self._renew_at = self._clock() + lifetime - min(60.0, lifetime / 2)
         self._source = source
         self._serial += 1
+        role = body.get("roleName")
+        self.role_name = role if isinstance(role, str) and role else self.role_name
 
     # ------------------------------------------------------------------ transport
 
@@ -634,11 +684,13 @@ class VBAzureClient:
         secret: str | None = None,
         retryable: bool = False,
         retry_after: float | None = None,
+        errors: dict[str, list[str]] | None = None,
+        trace_id: str | None = None,
     ) -> ApplianceError:
         if response is not None:
             status = response.status_code if status is None else status
             if title is None and detail is None:
-                title, detail = _problem_text(response)
+                title, detail, errors, trace_id = _problem_fields(_json(response))
         hidden = [self._password, self._access, self._refresh, secret]
         return ApplianceError(
             _scrub(message, hidden) or message,
@@ -648,6 +700,11 @@ class VBAzureClient:
             detail=_scrub(detail, hidden),
             retryable=retryable,
             retry_after=retry_after,
+            errors={
+                str(_scrub(k, hidden)): [str(_scrub(m, hidden)) for m in v]
+                for k, v in (errors or {}).items()
+            },
+            trace_id=_scrub(trace_id, hidden),
         )
 
 
@@ -709,13 +766,44 @@ def _text(value: Any) -> str | None:
 def _problem_text(response: httpx.Response) -> tuple[str | None, str | None]:
     """``title`` and ``detail`` of an RFC 7807 problem document (nothing else of the body)."""
     body = _json(response)
-    if not isinstance(body, dict):
-        return None, None
-    title = _text(body.get("title"))
-    detail = _text(body.get("detail"))
-    if title is None and detail is None and body.get("error"):
+    title, detail, _, _ = _problem_fields(body)
+    if title is None and detail is None and isinstance(body, dict) and body.get("error"):
         return _text(body.get("error")), _text(body.get("error_description"))
     return title, detail
+
+
+def _problem_fields(
+    body: Any,
+) -> tuple[str | None, str | None, dict[str, list[str]], str | None]:
+    """``title``, ``detail``, per-field ``errors`` and ``traceId`` of a problem document
+    (v8.1 ``ProblemDetails400`` and its kin); nothing else of the body is read."""
+    if not isinstance(body, dict):
+        return None, None, {}, None
+    errors: dict[str, list[str]] = {}
+    raw = body.get("errors")
+    if isinstance(raw, dict):
+        for field, messages in list(raw.items())[:_MAX_FIELDS]:
+            texts = messages if isinstance(messages, list) else [messages]
+            kept = [t for t in (_text(m) for m in texts[:3]) if t]
+            if kept:
+                errors[str(_text(field) or "request")] = kept
+    return _text(body.get("title")), _text(body.get("detail")), errors, _text(body.get("traceId"))
+
+
+def _errors_text(errors: dict[str, list[str]]) -> str:
+    """Per-field problems as one line: ``field: message; other: message``."""
+    return "; ".join(f"{field}: {' '.join(messages)}" for field, messages in errors.items())
+
+
+def _account_id(value: Any) -> str:
+    """The account id in a write's answer: a JSON string (v8.1), or an object naming it."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        found = value.get("accountId") or value.get("id") or value.get("result")
+        if isinstance(found, str):
+            return found
+    return ""
 
 
 def _oauth_reason(response: httpx.Response) -> str:
@@ -773,6 +861,11 @@ def _tls_reason(exc: BaseException) -> str:
 
 __all__ = [
     "AZURE_ACCOUNT_PURPOSES",
+    "DONE_STATES",
+    "ORIGIN_CERTIFICATE",
+    "ORIGIN_DEVICE",
+    "ORIGIN_SECRET",
+    "RUNNING_STATES",
     "AZURE_ENVIRONMENTS",
     "ApplianceError",
     "DEFAULT_API_VERSION",

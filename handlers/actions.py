@@ -103,6 +103,21 @@ def register(app: App, services: Services) -> None:
 
         _answer(respond, renew)
 
+    @app.action(ids.ACTION_RETIRE_OLD_SECRET)
+    def on_retire(ack: Ack, body: dict[str, Any], action: dict[str, Any], respond: Respond) -> None:
+        ack()
+        container = body.get("container") or {}
+
+        def retire() -> None:
+            flow_id = services.renew.begin_retire(
+                requester=_user(body),
+                secret_ref=_value(action),
+                channel_id=container.get("channel_id") or (body.get("channel") or {}).get("id"),
+            )
+            services.workers.submit(services.create.start, flow_id)
+
+        _answer(respond, retire)
+
     @app.action(re.compile(".*"))
     def on_unknown_action(ack: Ack, action: dict[str, Any]) -> None:
         # Registered last: a button from an older message, or a forged payload.

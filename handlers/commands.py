@@ -74,6 +74,18 @@ def register(app: App, services: Services) -> None:
                 )
                 ack(**blocks.note(f"Renewing `{parsed.name}`: the sign-in code comes only to you."))
                 services.workers.submit(services.create.start, flow_id)
+            elif parsed.verb == "retire":
+                assert parsed.name is not None
+                flow_id = services.renew.begin_retire(
+                    requester=user, channel_id=command.get("channel_id", ""), name=parsed.name
+                )
+                ack(
+                    **blocks.note(
+                        f"Removing the old secret of `{parsed.name}`: the sign-in code comes "
+                        "only to you."
+                    )
+                )
+                services.workers.submit(services.create.start, flow_id)
             elif parsed.verb in ("sync", "import"):
                 if services.appliance is None:
                     raise CommandError(

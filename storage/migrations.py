@@ -7,7 +7,7 @@ from sqlite_utils import Database, Migrations
 migrations = Migrations("veeam-sa")
 
 #: Name of the newest migration: `doctor` reports a database short of it as out of date.
-LATEST = "m005_appliance"
+LATEST = "m006_retiring_secret"
 
 
 @migrations()
@@ -144,3 +144,15 @@ def m005_appliance(db: Database) -> None:
     accounts.add_column("appliance_checked_at", str)
     accounts.add_column("imported", int, not_null_default=0)
     accounts.create_index(["app_id"])
+
+
+@migrations()
+def m006_retiring_secret(db: Database) -> None:
+    # A secret replaced while no appliance is configured stays live ("retiring") until a
+    # person confirms Veeam holds its successor; these say which secret replaced it and
+    # where the renewal's thread and its "remove the old one" message are.
+    secrets = db.table("secrets")
+    secrets.add_column("replaced_by", int)
+    secrets.add_column("retire_channel_id", str)
+    secrets.add_column("retire_thread_ts", str)
+    secrets.add_column("retire_ts", str)

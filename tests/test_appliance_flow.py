@@ -11,7 +11,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from bot import expiry, ids
-from tests.fakes.microsoft import DEFAULT_SUBSCRIPTIONS, DEFAULT_TENANT_ID, MicrosoftDouble
+from tests.fakes.microsoft import (
+    ALICE_UPN,
+    DEFAULT_SUBSCRIPTIONS,
+    DEFAULT_TENANT_ID,
+    MicrosoftDouble,
+)
 from tests.fakes.slack import SlackDouble
 from tests.fakes.tls import TestCA
 from tests.fakes.vbazure import DEFAULT_PASSWORD, DEFAULT_USERNAME, VBAzureDouble
@@ -20,6 +25,8 @@ from tests.test_provision import sign_in
 from tests.test_renew import alert, approve_next, wait_renew
 
 SUB = DEFAULT_SUBSCRIPTIONS[0][0]
+SUB_B = DEFAULT_SUBSCRIPTIONS[1][0]
+EVERY_RUNNING_STATUS = ["Pending", "Running", "RunningWithWarning", "RunningWithError", "Canceling"]
 
 
 @pytest.fixture
@@ -42,6 +49,8 @@ def vbot(
         slack,
         ms,
     )
+    assert instance.services.appliance is not None
+    instance.services.appliance.poll_interval = 0.01  # the double's operations need no rest
     yield instance
     instance.close()
 
@@ -181,3 +190,140 @@ def test_without_an_appliance_nothing_of_this_runs(bot: Bot, ms: MicrosoftDouble
     assert "Hand the secret to Veeam" not in json.dumps(
         bot.slack.message(flow["channel_id"], flow["parent_ts"])
     )
+
+
+# --------------------------------------------------------------------------- v8.1 as it is
+
+
+def slow_appliance(vb: VBAzureDouble) -> None:
+    """Every write and every read answers 202; operations pass through every in-progress
+    status and end in Warning (done, with a warning)."""
+    vb.async_save = True
+    vb.async_reads = True
+    vb.operation_statuses = list(EVERY_RUNNING_STATUS)
+    vb.operation_outcome = "Warning"
+
+
+def test_create_and_renew_when_operations_end_in_warning(
+    vbot: Bot, ms: MicrosoftDouble, vb: VBAzureDouble
+) -> None:
+    slow_appliance(vb)
+    account = created(vbot)
+    [held] = vb.accounts.values()
+    app = ms.application(app_id=account["app_id"])
+    assert account["handoff"] == "done" and account["appliance_id"] == held["id"]
+    assert held["clientSecret"] == app.passwords[0].secret_text
+
+    assert "Renewing" in vbot.command("renew prod")
+    approve_next(vbot, 2)
+    wait_renew(vbot, "done")
+    assert len(app.passwords) == 1  # the appliance holds the new one: the old went at once
+    assert held["clientSecret"] == app.passwords[0].secret_text
+    assert held["subscriptions"] == [SUB]
+    statuses = vb.events_for(r"/operations/", "GET")
+    assert len(statuses) >= 3 * len(EVERY_RUNNING_STATUS)  # save, read before update, update
+    assert vb.internal_errors == []
+
+
+def test_lost_save_answer_then_202_listing_creates_no_second_account(
+    vbot: Bot, vb: VBAzureDouble
+) -> None:
+    vb.async_reads = True
+    vb.fault("POST", r"saveByApp", 504, after_processing=True)  # the gateway lost the answer
+    account = created(vbot)
+    assert len(vb.accounts) == 1
+    [held] = vb.accounts.values()
+    assert account["appliance_id"] == held["id"] and account["handoff"] == "done"
+    assert len(vb.events_for(r"saveByApp", "POST")) == 1
+
+
+def test_import_and_sync_when_every_read_answers_202(
+    vbot: Bot, vb: VBAzureDouble, slack: SlackDouble, ms: MicrosoftDouble
+) -> None:
+    account = created(vbot)
+    vb.add_account("legacy-a", tenantId=DEFAULT_TENANT_ID, subscriptions=[SUB])
+    vb.add_account("legacy-cert", tenantId=DEFAULT_TENANT_ID, origin="Imported Certificate")
+    slow_appliance(vb)
+    vb.total_count_null = True
+
+    mark = slack.mark()
+    vbot.command("import")
+    reply = json.dumps(slack.wait_for("response_url", after=mark, timeout=10).args)
+    assert "legacy-a" in reply and "Left alone" in reply and "legacy-cert" in reply
+    imported = next(vbot.db.table("accounts").rows_where("name = 'legacy-a'"))
+    assert json.loads(imported["subscriptions"]) == [SUB]
+    assert not list(vbot.db.table("accounts").rows_where("name = 'legacy-cert'"))
+
+    mark = slack.mark()
+    vbot.command("sync prod")
+    reply = json.dumps(slack.wait_for("response_url", after=mark, timeout=10).args)
+    assert "registered with the Veeam appliance" in reply
+    held = vb.accounts[account["appliance_id"]]
+    assert held["clientSecret"] == ms.application(app_id=account["app_id"]).passwords[0].secret_text
+    assert held["subscriptions"] == [SUB]
+
+
+def existing_application(ms: MicrosoftDouble, ca: TestCA, days_left: int) -> tuple[str, str]:
+    """An application made outside the bot (as VBAzure's own wizard would): its client id
+    and its one secret, which ends in `days_left` days."""
+    headers = {"Authorization": f"Bearer {ms.token_for(ALICE_UPN, 'graph')}"}
+    with ca.httpx_client(timeout=10) as http:
+        app = http.post(
+            f"{ms.graph_url}/v1.0/applications",
+            json={"displayName": "legacy-backup", "signInAudience": "AzureADMyOrg"},
+            headers=headers,
+        ).json()
+        http.post(
+            f"{ms.graph_url}/v1.0/servicePrincipals", json={"appId": app["appId"]}, headers=headers
+        ).raise_for_status()
+        end = (datetime.now(UTC) + timedelta(days=days_left)).isoformat(timespec="seconds")
+        password = http.post(
+            f"{ms.graph_url}/v1.0/applications/{app['id']}/addPassword",
+            json={"passwordCredential": {"displayName": "vbazure", "endDateTime": end}},
+            headers=headers,
+        )
+        password.raise_for_status()
+    return str(app["appId"]), str(password.json()["secretText"])
+
+
+def test_imported_account_keeps_its_subscriptions_and_purposes_through_renewal(
+    vbot: Bot, vb: VBAzureDouble, ms: MicrosoftDouble, slack: SlackDouble, ca: TestCA
+) -> None:
+    app_id, old_secret = existing_application(ms, ca, days_left=5)
+    end = ms.application(app_id=app_id).passwords[0].end
+    appliance_id = vb.add_account(
+        "legacy-backup",
+        applicationId=app_id,
+        tenantId=DEFAULT_TENANT_ID,
+        clientSecret=old_secret,
+        subscriptions=[SUB, SUB_B],
+        purposes=["VirtualMachineBackup", "AzureSqlBackup"],  # not VEEAM_PURPOSES
+        origin="Imported Secret",
+        expirationDate=datetime.fromtimestamp(end, UTC).isoformat(timespec="seconds"),
+    )
+    slow_appliance(vb)
+
+    mark = slack.mark()
+    vbot.command("import")
+    assert "legacy-backup" in json.dumps(slack.wait_for("response_url", after=mark).args)
+    account = dict(next(vbot.db.table("accounts").rows_where("name = 'legacy-backup'")))
+
+    result = expiry.scan(
+        vbot.store, vbot.services.slack, vbot.config, datetime.now(UTC), sleep=lambda s: None
+    )
+    [due] = result.due
+    assert due.account["name"] == "legacy-backup" and due.days_left in (4, 5)
+    ts = str(slack.calls_to("chat.postMessage")[-1].response["ts"])
+    vbot.click(ids.ACTION_RENEW, str(account["id"]), message_ts=ts)
+    approve_next(vbot, 1)
+    wait_renew(vbot, "done", name="legacy-backup")
+
+    held = vb.accounts[appliance_id]
+    app = ms.application(app_id=app_id)
+    [new] = app.passwords  # the old one went once the appliance had the new one
+    assert new.secret_text != old_secret and held["clientSecret"] == new.secret_text
+    assert held["subscriptions"] == [SUB, SUB_B]
+    assert held["purposes"] == ["VirtualMachineBackup", "AzureSqlBackup"]
+    assert held["cloudState"] == "Valid"
+    [update] = vb.events_for(r"updateByApp", "PUT")
+    assert update.account_id == appliance_id

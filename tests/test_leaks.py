@@ -17,7 +17,7 @@ from tests.fakes.microsoft import DEFAULT_SUBSCRIPTIONS, MicrosoftDouble
 from tests.fakes.slack import SlackDouble
 from tests.harness import ADMIN, Bot
 from tests.test_provision import sign_in
-from tests.test_renew import approve_next, wait_renew
+from tests.test_renew import approve_next, retire_offer, wait_renew, wait_retire
 
 SUB = DEFAULT_SUBSCRIPTIONS[0][0]
 
@@ -50,10 +50,14 @@ def test_create_and_renew_leak_nothing(
         ts = str(slack.calls_to("chat.postMessage")[-1].response["ts"])
         bot.click(ids.ACTION_RENEW, str(account["id"]), user=ADMIN, message_ts=ts)
         approve_next(bot, 2)
-        wait_renew(bot, "done")
-        slack.wait_for(
-            lambda c: c.method == "chat.postMessage" and "Renewed." in c.args.get("text", "")
-        )
+        flow = wait_renew(bot, "done")
+        offer = retire_offer(bot, flow["channel_id"], flow["parent_ts"])
+        [old_id] = [
+            e["value"] for b in offer["blocks"] if b["type"] == "actions" for e in b["elements"]
+        ]
+        bot.click(ids.ACTION_RETIRE_OLD_SECRET, old_id, user=ADMIN, message_ts=offer["ts"])
+        approve_next(bot, 3)
+        wait_retire(bot, "done")
     finally:
         bot.close()
         logging.getLogger().handlers.clear()
@@ -68,13 +72,14 @@ def test_create_and_renew_leak_nothing(
         "refresh token": list(ms.refresh_tokens),
         "Slack token": [bot.config.slack_bot_token, bot.config.slack_signing_secret],
     }
-    # the renewed secret is in use; the first one was removed — both must be nowhere
+    # the renewed secret is in use; the first one was removed once Veeam had the new one —
+    # both must be nowhere
     assert len(secrets["client secret"]) == 1
     old = bot.cipher.decrypt(
         next(bot.store.db.table("secrets").rows_where("state = 'retired'"))["ciphertext"]
     )
     secrets["client secret"].append(old)
-    assert len(secrets["device code"]) == 2 and secrets["access token"] and secrets["refresh token"]
+    assert len(secrets["device code"]) == 3 and secrets["access token"] and secrets["refresh token"]
 
     slack_calls = [json.dumps({"method": c.method, "args": c.args}) for c in slack.calls]
     log_text = logs.getvalue()

@@ -150,26 +150,46 @@ def test_save_sync_then_list_and_get(client: VBAzureClient, dbl: VBAzureDouble) 
     assert [(e.account_id, e.client_secret) for e in saves] == [(account_id, SECRET)]
 
 
-def test_save_202_operation_is_polled(
-    client: VBAzureClient, dbl: VBAzureDouble, fake: FakeTime
+@pytest.mark.parametrize("outcome", ["Success", "Warning"])
+def test_save_202_operation_is_polled_through_every_running_status(
+    client: VBAzureClient, dbl: VBAzureDouble, fake: FakeTime, outcome: str
 ) -> None:
     dbl.async_save = True
-    dbl.operation_polls = 3
+    dbl.operation_statuses = [
+        "Pending",
+        "Running",
+        "RunningWithWarning",
+        "RunningWithError",
+        "Canceling",
+    ]
+    dbl.operation_outcome = outcome  # a warning is done, not a failure
 
     account_id = save(client)
 
     assert account_id in dbl.accounts
     polls = dbl.events_for(r"/operations/", "GET")
-    assert len(polls) == 4  # three "Running", then "Success"
+    assert len(polls) == 5  # four more in-progress statuses, then the outcome
     assert all(p.account_id == account_id for p in polls)
-    assert fake.sleeps == [1.0, 2.0, 4.0, 5.0]
+    assert fake.sleeps == [1.0, 2.0, 4.0, 5.0, 5.0]
+
+
+def test_warning_without_a_result_finds_the_account(
+    client: VBAzureClient, dbl: VBAzureDouble
+) -> None:
+    dbl.async_save = True
+    dbl.operation_outcome = "Warning"
+    dbl.warning_result = False  # the appliance may leave a Warning's result out
+    account_id = save(client)
+    assert list(dbl.accounts) == [account_id]
+    assert len(dbl.events_for(LIST, "GET")) == 1
 
 
 def test_failed_operation_raises_its_problem_without_the_secret(
     client: VBAzureClient, dbl: VBAzureDouble
 ) -> None:
     dbl.async_save = True
-    dbl.fail_operations = True
+    dbl.operation_statuses = ["Pending", "Running", "RunningWithError"]
+    dbl.operation_outcome = "Error"
 
     with pytest.raises(ApplianceError) as info:
         save(client)
@@ -187,7 +207,7 @@ def test_operation_that_never_finishes_times_out(
     dbl: VBAzureDouble, http: httpx.Client, fake: FakeTime
 ) -> None:
     dbl.async_save = True
-    dbl.operation_polls = 1_000
+    dbl.operation_statuses = ["Running"] * 1_000
     client = client_for(dbl, http, fake, operation_timeout=12)
 
     with pytest.raises(ApplianceError) as info:
@@ -237,6 +257,48 @@ def test_list_follows_paging(client: VBAzureClient, dbl: VBAzureDouble) -> None:
     assert any(a["expirationDate"] == "2030-01-01T00:00:00Z" for a in listed)
 
 
+def test_reads_answering_202_are_waited_for(
+    client: VBAzureClient, dbl: VBAzureDouble, fake: FakeTime
+) -> None:
+    dbl.page_size = 2
+    ids = {dbl.add_account(f"acct-{i}", subscriptions=[SUBSCRIPTION]) for i in range(3)}
+    dbl.async_reads = True
+
+    listed = client.list_accounts()
+
+    assert {a["id"] for a in listed} == ids
+    assert all(a["subscriptionIds"] == [SUBSCRIPTION] for a in listed)
+    assert len(dbl.events_for(LIST, "GET")) == 2
+    # each page: Pending in the 202, then Running, RunningWithWarning, Success
+    assert len(dbl.events_for(r"/operations/", "GET")) == 6
+    one = client.get_account(next(iter(ids)))
+    assert one is not None and one["id"] in ids and one["accountOrigin"] == "Device Authentication"
+    assert client.get_account(str(uuid.uuid4())) is None
+
+
+def test_paging_when_total_count_is_null(client: VBAzureClient, dbl: VBAzureDouble) -> None:
+    dbl.page_size = 2
+    dbl.total_count_null = True
+    ids = {dbl.add_account(f"acct-{i}") for i in range(5)}
+
+    assert {a["id"] for a in client.list_accounts()} == ids
+    assert len(dbl.events_for(LIST, "GET")) == 3  # 2 + 2 + 1: the short page is the last
+
+    ids.add(dbl.add_account("acct-x"))
+    assert {a["id"] for a in client.list_accounts()} == ids  # 2 + 2 + 2 + 0
+    assert len(dbl.events_for(LIST, "GET")) == 3 + 4
+
+
+def test_role_name_is_read_from_the_token_answer(client: VBAzureClient, dbl: VBAzureDouble) -> None:
+    dbl.role_name = "Restore Operator"
+    client.login()
+    assert client.role_name == "Restore Operator"
+    dbl.fault("POST", SAVE, 403)
+    with pytest.raises(ApplianceError) as info:
+        save(client)
+    assert "'Restore Operator'" in str(info.value)
+
+
 def test_api_version_is_configurable(
     dbl: VBAzureDouble, http: httpx.Client, fake: FakeTime
 ) -> None:
@@ -271,8 +333,37 @@ def test_validation_problem_is_reported(client: VBAzureClient) -> None:
     err = info.value
     assert err.kind == "problem"
     assert err.status == 400
-    assert err.title == "Bad Request"
+    assert err.title == "One or more validation errors occurred."
     assert err.detail == "The clientLoginParameters.applicationId field must be a GUID."
+    assert err.errors == {
+        "clientLoginParameters.applicationId": [
+            "The clientLoginParameters.applicationId field must be a GUID."
+        ]
+    }
+    assert err.trace_id
+    assert "clientLoginParameters.applicationId: The clientLoginParameters" in str(err)
+    assert_no_secret(err, SECRET)
+
+
+def test_per_field_errors_are_shown_and_scrubbed(client: VBAzureClient, dbl: VBAzureDouble) -> None:
+    problem = {
+        "type": "https://tools.ietf.org/html/rfc7231#section-6.5.1",
+        "title": "One or more validation errors occurred.",
+        "status": 400,
+        "detail": None,
+        "traceId": "00-abc-01",
+        "errors": {
+            "clientLoginParameters.subscriptions": ["Subscription x is not accessible."],
+            "clientLoginParameters.clientSecret": [f"'{SECRET}' is invalid."],
+        },
+    }
+    dbl.fault("POST", SAVE, 400, body=problem)
+    with pytest.raises(ApplianceError) as info:
+        save(client)
+    err = info.value
+    assert "clientLoginParameters.subscriptions: Subscription x is not accessible." in str(err)
+    assert err.trace_id == "00-abc-01"
+    assert err.errors["clientLoginParameters.clientSecret"] == ["'[redacted]' is invalid."]
     assert_no_secret(err, SECRET)
 
 
@@ -353,7 +444,7 @@ def test_bad_credentials_are_named(dbl: VBAzureDouble, http: httpx.Client, fake:
     err = info.value
     assert err.kind == "credentials"
     assert "the appliance rejected VEEAM_USERNAME/VEEAM_PASSWORD" in str(err)
-    assert "invalid_grant" in str(err)
+    assert "The user name or password is incorrect." in str(err)
     assert "wrong-password-123" not in repr(vars(err)) + str(err)
     assert dbl.events_for(LIST) == []  # no API call without a session
     assert len(dbl.grants) == 1  # a refusal is not retried
@@ -469,6 +560,20 @@ def test_save_whose_answer_was_lost_is_not_duplicated(
     assert [e.client_secret for e in dbl.events_for(r"/updateByApp/")] == [SECRET]
 
 
+def test_lost_save_answer_then_202_listing_creates_no_second_account(
+    client: VBAzureClient, dbl: VBAzureDouble
+) -> None:
+    dbl.async_reads = True
+    dbl.fault("POST", SAVE, 504, after_processing=True)  # the gateway lost the answer
+
+    account_id = save(client)
+
+    assert list(dbl.accounts) == [account_id]
+    assert len(dbl.events_for(SAVE)) == 1
+    assert len(dbl.events_for(LIST, "GET")) == 1
+    assert [e.client_secret for e in dbl.events_for(r"/updateByApp/")] == [SECRET]
+
+
 def test_save_after_5xx_that_did_not_create_posts_again(
     client: VBAzureClient, dbl: VBAzureDouble
 ) -> None:
@@ -542,14 +647,14 @@ def test_double_speaks_problem_documents(dbl: VBAzureDouble, http: httpx.Client)
     r = http.get(f"{dbl.url}/api/v8.1/accounts/azure/service")
     assert r.status_code == 401
     assert r.headers["content-type"].startswith("application/problem+json")
-    assert set(r.json()) == {"type", "title", "status", "detail", "instance"}
+    assert set(r.json()) == {"type", "title", "status", "detail"}  # ProblemDetails401
 
     bad = http.post(
         f"{dbl.url}/api/oauth2/token",
         data={"grant_type": "Password", "username": DEFAULT_USERNAME, "password": "nope"},
     )
-    assert bad.status_code == 400
-    assert bad.json()["error"] == "invalid_grant"
+    assert bad.status_code == 401
+    assert bad.json()["title"] == "Unauthorized" and bad.json()["traceId"]
 
     good = http.post(
         f"{dbl.url}/api/oauth2/token",
@@ -557,6 +662,7 @@ def test_double_speaks_problem_documents(dbl: VBAzureDouble, http: httpx.Client)
     ).json()
     assert good["token_type"] == "bearer"
     assert good["expires_in"] == 3600
+    assert good["roleName"] == "Portal Administrator"
     assert {".issued", ".expires", "refresh_token"} <= set(good)
 
     headers = {"Authorization": f"Bearer {good['access_token']}"}

@@ -21,14 +21,39 @@ Endpoints
     ``GET  /api/{ver}/accounts/azure/service/{accountId}``
     ``GET  /api/{ver}/operations/{operationId}``
 
+The wire formats follow the vendor's v8.1 OpenAPI document ("Veeam Backup for Microsoft
+Azure REST API", v8.1; operations ``AzureServiceAccount_GetAccounts``, ``_GetAccount``,
+``_SaveByApp``, ``_UpdateByApp``, ``AsyncOperation_GetOperation``, ``Login_Authenticate``;
+schemas ``PageOfAzureAccount``, ``AzureAccount``, ``AsyncOperationOf…``, ``JobStatus``,
+``Login``, ``ProblemDetails400`` / ``401`` / ``403`` / ``404`` / ``409`` / ``415``):
+
+- every GET of the account collection or of one account may answer 202 with an operation
+  whose ``result`` is the page / the account (``async_reads``); writes answer 200 with the
+  account id as a JSON string or 202 with an operation (``async_save``);
+- an operation passes through ``operation_statuses`` (one per poll; by default ``Pending``,
+  ``Running``, ``RunningWithWarning``) and ends in ``operation_outcome`` (``Success``,
+  ``Warning`` — done, the work happened — or ``Error`` with a ``ProblemDetails``);
+- ``_links`` are objects of ``{"href"}``; errors are problem documents with exactly the
+  fields the document lists for their status (400 carries per-field ``errors`` and a
+  ``traceId``; 403 has no ``detail``);
+- query parameters are case-sensitive ("All query parameters are case-sensitive", section
+  Query Parameters): ``offset`` / ``limit`` in lower case are ignored like any unknown one;
+- ``totalCount`` is nullable (``total_count_null``);
+- accounts carry ``subscriptionIds``, ``purposes`` and ``accountOrigin`` spelled as the
+  ``AzureAccountOrigin`` enum does (``Device Authentication``, ``Imported Secret``, …);
+- the token answer names the user's role in ``roleName``.
+``tests/schemas/vbazure/`` holds JSON Schemas of these shapes; ``tests/test_fake_vbazure.py``
+checks the double's answers against them.
+
 Knobs: ``users`` ({"veeam-admin": "P@ss"}), ``mfa_users`` (users whose password grant only
-yields an MFA token), ``token_lifetime`` (3600 s), ``refresh_lifetime`` (14 days),
-``versions`` ({"v8", "v8.1"}), ``async_save`` (False: saveByApp/updateByApp answer 200 with
-the account id; True: 202 with an asynchronous operation), ``operation_polls`` (2 polls
-report ``Running`` before the outcome), ``fail_operations`` (operations end in ``Error``),
+yields an MFA token), ``role_name`` ("Portal Administrator"), ``token_lifetime`` (3600 s),
+``refresh_lifetime`` (14 days), ``versions`` ({"v8", "v8.1"}), ``async_save``,
+``async_reads``, ``operation_statuses``, ``operation_outcome``, ``warning_result``,
+``total_count_null``,
 ``page_size`` (most accounts per page, 100), ``expiration_date`` (given to new accounts).
 
-Scripting: ``fault``, ``hang``, ``set_cloud_state``, ``set_expiration_date``,
+Scripting: ``fault`` (optionally ``after_processing``: the request is carried out and the
+fault is what comes back, as from a proxy that lost the answer), ``hang``, ``set_cloud_state``, ``set_expiration_date``,
 ``revoke_access_tokens``, ``revoke_refresh_tokens``, ``advance`` / ``now``.
 
 State: ``accounts`` (id -> dict with the secret, for assertions), ``operations``,
@@ -92,6 +117,36 @@ _PROBLEM_TYPES = {
     503: "https://tools.ietf.org/html/rfc7231#section-6.6.4",
     504: "https://tools.ietf.org/html/rfc7231#section-6.6.5",
 }
+#: The fields of the problem document the v8.1 document gives each status
+#: (``ProblemDetails400``, ``ProblemDetails401``, …; statuses it does not list get the
+#: common ones).
+_PROBLEM_FIELDS: dict[int, tuple[str, ...]] = {
+    400: ("type", "title", "status", "detail", "traceId", "errors"),
+    401: ("type", "title", "status", "detail"),
+    403: ("type", "title", "status"),
+    404: ("type", "title", "status", "detail", "instance", "traceId"),
+    405: ("type", "title", "status", "detail", "instance", "traceId"),
+    409: ("type", "title", "status", "detail", "instance", "traceId"),
+    415: ("type", "title", "status", "traceId"),
+    429: ("title", "status", "detail", "traceId"),
+}
+_COMMON_PROBLEM_FIELDS = ("type", "title", "status", "detail", "traceId")
+#: ``JobStatus`` (v8.1): still going, and finished.
+RUNNING_STATUSES = ("Pending", "Running", "RunningWithWarning", "RunningWithError", "Canceling")
+FINAL_STATUSES = ("Success", "Warning", "Error", "Canceled", "NeverExecuted", "Unknown")
+ORIGINS = ("Device Authentication", "Imported Certificate", "Imported Secret", "Unknown")
+CLOUD_STATES = (
+    "Unknown",
+    "Valid",
+    "InvalidClientSecret",
+    "ExpiredClientSecret",
+    "CertificateMismatch",
+    "ExpiredCertificate",
+    "NotFound",
+    "Invalid",
+    "NoSubscriptions",
+)
+
 _TITLES = {
     400: "Bad Request",
     401: "Unauthorized",
@@ -133,6 +188,7 @@ class Fault:
     body: Any
     times: int
     retry_after: float | None = None
+    after_processing: bool = False
     hits: int = 0
 
 
@@ -156,11 +212,11 @@ class _Token:
 class _Operation:
     id: str
     started: float
-    polls_left: int
-    fail: bool
-    apply: Any  # callable() -> result, run once on success
-    account_id: str
-    status: str = "Running"
+    statuses: list[str]  # in-progress statuses still to show, one per poll
+    outcome: str  # the JobStatus it ends in
+    apply: Any  # callable() -> result, run once when it ends in Success / Warning
+    account_id: str | None
+    status: str = "Pending"
     result: Any = None
     error: dict | None = None
 
@@ -215,9 +271,13 @@ class VBAzureDouble:
         self.token_lifetime: int = 3600
         self.refresh_lifetime: int = 14 * 86400
         self.versions: set[str] = {"v8", "v8.1"}
+        self.role_name: str | None = "Portal Administrator"
         self.async_save = False
-        self.operation_polls = 2
-        self.fail_operations = False
+        self.async_reads = False
+        self.operation_statuses: list[str] = ["Pending", "Running", "RunningWithWarning"]
+        self.operation_outcome = "Success"
+        self.warning_result = True  # False: an operation ending in Warning carries no result
+        self.total_count_null = False
         self.page_size = 100
         self.expiration_date: str | None = None
 
@@ -310,10 +370,13 @@ class VBAzureDouble:
         times: int = 1,
         body: Any = None,
         retry_after: float | None = None,
+        after_processing: bool = False,
     ) -> Fault:
         """The next ``times`` requests whose method matches (None or "*" = any) and whose
         path matches ``path_regex`` (re.search, query excluded) get ``status`` with ``body``
-        (default: an RFC 7807 problem document). Faults apply before authentication."""
+        (default: an RFC 7807 problem document). Faults apply before authentication, unless
+        ``after_processing``: then the request is carried out and only its answer is
+        replaced (a gateway that lost the appliance's answer)."""
         f = Fault(
             None if method in (None, "*") else method.upper(),
             re.compile(path_regex),
@@ -321,6 +384,7 @@ class VBAzureDouble:
             body,
             times,
             retry_after,
+            after_processing,
         )
         with self.lock:
             self.faults.append(f)
@@ -376,10 +440,13 @@ class VBAzureDouble:
             "environment": "Global",
             "purposes": ["VirtualMachineBackup"],
             "subscriptions": [],
+            "origin": "Device Authentication",
             "cloudState": "Valid",
             "expirationDate": self.expiration_date,
         }
         record.update(fields)
+        assert record["origin"] in ORIGINS, record["origin"]
+        assert record["cloudState"] in CLOUD_STATES, record["cloudState"]
         with self.lock:
             self.accounts[account_id] = record
         return account_id
@@ -418,7 +485,10 @@ class VBAzureDouble:
 
         try:
             with self.lock:
-                resp = self._fault_response(req) or self._route(req)
+                resp = self._fault_response(req, after=False)
+                if resp is None:
+                    resp = self._route(req)
+                    resp = self._fault_response(req, after=True) or resp
         except Exception:  # a bug in the double: keep it for the test to see
             tb = traceback.format_exc()
             with self.lock:
@@ -481,10 +551,11 @@ class VBAzureDouble:
         except OSError:
             h.close_connection = True
 
-    def _fault_response(self, req: _Req) -> _Resp | None:
+    def _fault_response(self, req: _Req, *, after: bool) -> _Resp | None:
         for f in self.faults:
             if (
                 f.times > 0
+                and f.after_processing == after
                 and (f.method is None or f.method == req.method)
                 and f.path_regex.search(req.path)
             ):
@@ -525,17 +596,39 @@ class VBAzureDouble:
         return self._problem(404, "The requested resource was not found.", req)
 
     @staticmethod
-    def _problem(status: int, detail: str, req: _Req | None, title: str | None = None) -> _Resp:
+    def _problem(
+        status: int,
+        detail: str,
+        req: _Req | None,
+        title: str | None = None,
+        errors: dict[str, list[str]] | None = None,
+        fields: tuple[str, ...] | None = None,
+    ) -> _Resp:
+        """A problem document with the fields the v8.1 document gives this status."""
+        full = {
+            "type": _PROBLEM_TYPES.get(status, "about:blank"),
+            "title": title or _TITLES.get(status, "Error"),
+            "status": status,
+            "detail": detail,
+            "instance": req.path if req is not None else None,
+            "traceId": f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-00",
+            "errors": errors if errors is not None else {},
+        }
+        keep = fields or _PROBLEM_FIELDS.get(status, _COMMON_PROBLEM_FIELDS)
         return _Resp(
             status,
-            {
-                "type": _PROBLEM_TYPES.get(status, "about:blank"),
-                "title": title or _TITLES.get(status, "Error"),
-                "status": status,
-                "detail": detail,
-                "instance": req.path if req is not None else None,
-            },
+            {k: full[k] for k in keep},
             {"Content-Type": "application/problem+json; charset=utf-8"},
+        )
+
+    def _invalid(self, req: _Req, field: str, message: str) -> _Resp:
+        """A 400 for one bad request field, with the field named in ``errors``."""
+        return self._problem(
+            400,
+            message,
+            req,
+            title="One or more validation errors occurred.",
+            errors={field: [message]},
         )
 
     def _authenticate(self, req: _Req) -> _Resp | None:
@@ -550,8 +643,14 @@ class VBAzureDouble:
 
     # ------------------------------------------------------------------ token endpoint
 
-    def _token_error(self, description: str) -> _Resp:
-        return _Resp(400, {"error": "invalid_grant", "error_description": description})
+    def _token_error(self, description: str, req: _Req) -> _Resp:
+        # Login_Authenticate answers 401 with ``ProblemDetailsTraceId``.
+        return self._problem(
+            401,
+            description,
+            req,
+            fields=("type", "title", "status", "detail", "instance", "traceId"),
+        )
 
     def _token(self, req: _Req) -> _Resp:
         if "application/x-www-form-urlencoded" not in req.content_type or not isinstance(
@@ -565,18 +664,27 @@ class VBAzureDouble:
             username = form.get("username") or form.get("Username") or ""
             password = form.get("password") or form.get("Password") or ""
             if username not in self.users or self.users[username] != password:
-                return self._token_error("The user name or password is incorrect.")
+                return self._token_error("The user name or password is incorrect.", req)
             if username in self.mfa_users:
-                return _Resp(200, {"mfa_enabled": True, "mfa_token": secrets.token_urlsafe(24)})
+                return _Resp(
+                    200,
+                    {
+                        "mfa_enabled": True,
+                        "mfa_token": secrets.token_urlsafe(24),
+                        "username": username,
+                    },
+                )
             return _Resp(200, self._issue(username), {"Cache-Control": "no-store"})
         if grant == "refresh_token":
             old = self._refresh.pop(form.get("refresh_token") or "", None)
             if old is None or old.expires <= self.now():
-                return self._token_error("The refresh token is invalid or has expired.")
+                return self._token_error("The refresh token is invalid or has expired.", req)
             if old.username not in self.users:
-                return self._token_error("The user no longer exists.")
+                return self._token_error("The user no longer exists.", req)
             return _Resp(200, self._issue(old.username), {"Cache-Control": "no-store"})
-        return _Resp(400, {"error": "unsupported_grant_type"})
+        return self._invalid(
+            req, "grant_type", f"Grant type '{form.get('grant_type')}' is not supported."
+        )
 
     def _issue(self, username: str) -> dict:
         now = self.now()
@@ -592,8 +700,12 @@ class VBAzureDouble:
             "expires_in": int(self.token_lifetime),
             ".issued": _iso(wall),
             ".expires": _iso(wall + self.token_lifetime),
+            "userId": str(uuid.uuid5(uuid.NAMESPACE_URL, username)),
             "username": username,
+            "roleName": self.role_name,
+            "userType": "Internal",
             "mfa_enabled": False,
+            "shortLived": False,
         }
 
     # ------------------------------------------------------------------ service accounts
@@ -603,81 +715,111 @@ class VBAzureDouble:
             return self._problem(415, "The request body must be application/json.", req)
         body = req.body
         if body is _BAD_JSON or not isinstance(body, dict):
-            return self._problem(400, "The request body is not a JSON object.", req)
+            return self._invalid(req, "body", "The request body is not a JSON object.")
         info = body.get("accountInfo")
         login = body.get("clientLoginParameters")
         if not isinstance(info, dict):
-            return self._problem(400, "The accountInfo field is required.", req)
+            return self._invalid(req, "accountInfo", "The accountInfo field is required.")
         if not isinstance(login, dict):
-            return self._problem(400, "The clientLoginParameters field is required.", req)
+            return self._invalid(
+                req, "clientLoginParameters", "The clientLoginParameters field is required."
+            )
         if isinstance(login.get("clientSecret"), str):
             req.client_secret = login["clientSecret"]
         name = info.get("name")
         if not isinstance(name, str) or not name:
-            return self._problem(400, "The accountInfo.name field is required.", req)
+            return self._invalid(req, "accountInfo.name", "The accountInfo.name field is required.")
         if not _NAME_RE.match(name):
-            return self._problem(
-                400,
-                "The account name may hold at most 255 Latin letters, digits, '_' and '-'.",
+            return self._invalid(
                 req,
+                "accountInfo.name",
+                "The account name may hold at most 255 Latin letters, digits, '_' and '-'.",
             )
         if info.get("description") is not None and not isinstance(info["description"], str):
-            return self._problem(400, "The accountInfo.description field must be a string.", req)
+            return self._invalid(
+                req,
+                "accountInfo.description",
+                "The accountInfo.description field must be a string.",
+            )
         for key in ("applicationId", "tenantId"):
             value = login.get(key)
             if not isinstance(value, str) or not value:
-                return self._problem(
-                    400, f"The clientLoginParameters.{key} field is required.", req
+                return self._invalid(
+                    req,
+                    f"clientLoginParameters.{key}",
+                    f"The clientLoginParameters.{key} field is required.",
                 )
             if not _GUID_RE.match(value):
-                return self._problem(
-                    400, f"The clientLoginParameters.{key} field must be a GUID.", req
+                return self._invalid(
+                    req,
+                    f"clientLoginParameters.{key}",
+                    f"The clientLoginParameters.{key} field must be a GUID.",
                 )
         if login.get("azureEnvironment") not in ENVIRONMENTS:
-            return self._problem(
-                400,
+            return self._invalid(
+                req,
+                "clientLoginParameters.azureEnvironment",
                 "The clientLoginParameters.azureEnvironment field must be one of "
                 + ", ".join(sorted(ENVIRONMENTS))
                 + ".",
-                req,
             )
         if not isinstance(login.get("clientSecret"), str) or not login["clientSecret"]:
-            return self._problem(
-                400, "The clientLoginParameters.clientSecret field is required.", req
+            return self._invalid(
+                req,
+                "clientLoginParameters.clientSecret",
+                "The clientLoginParameters.clientSecret field is required.",
             )
         purposes = login.get("azureAccountPurposes")
         if purposes is not None:
             if not isinstance(purposes, list) or not all(
                 isinstance(p, str) and p in ACCOUNT_PURPOSES for p in purposes
             ):
-                return self._problem(
-                    400,
-                    "The clientLoginParameters.azureAccountPurposes field holds an unknown value.",
+                return self._invalid(
                     req,
+                    "clientLoginParameters.azureAccountPurposes",
+                    "The clientLoginParameters.azureAccountPurposes field holds an unknown value.",
                 )
         subs = login.get("subscriptions")
         if subs is not None:
             if not isinstance(subs, list) or not all(
                 isinstance(s, str) and _GUID_RE.match(s) for s in subs
             ):
-                return self._problem(
-                    400, "The clientLoginParameters.subscriptions field must hold GUIDs.", req
+                return self._invalid(
+                    req,
+                    "clientLoginParameters.subscriptions",
+                    "The clientLoginParameters.subscriptions field must hold GUIDs.",
                 )
         return info, login
 
-    def _answer_write(self, req: _Req, account_id: str, apply) -> _Resp:
-        if not self.async_save:
-            return _Resp(200, apply())
+    def _new_operation(self, req: _Req, account_id: str | None, apply: Any) -> _Resp:
+        """202 with an operation that passes through ``operation_statuses`` and ends in
+        ``operation_outcome``; ``apply`` gives its result and runs once, at its end."""
+        statuses = list(self.operation_statuses)
+        assert all(st in RUNNING_STATUSES for st in statuses), statuses
+        assert self.operation_outcome in FINAL_STATUSES, self.operation_outcome
         op = _Operation(
             str(uuid.uuid4()),
             time.time(),
-            max(0, int(self.operation_polls)),
-            bool(self.fail_operations),
+            statuses[1:],
+            self.operation_outcome,
             apply,
             account_id,
+            status=statuses[0] if statuses else "Pending",
         )
         self.operations[op.id] = op
+        if not statuses:  # finished before the first poll
+            self._advance(op, req)
         return _Resp(202, self._operation_json(op, req.match.group("ver") if req.match else "v8.1"))
+
+    def _answer_write(self, req: _Req, account_id: str, apply: Any) -> _Resp:
+        if not self.async_save:
+            return _Resp(200, apply())  # AzureServiceAccount_SaveByApp: 200 is a JSON string
+        return self._new_operation(req, account_id, apply)
+
+    def _answer_read(self, req: _Req, build: Any) -> _Resp:
+        if not self.async_reads:
+            return _Resp(200, build())
+        return self._new_operation(req, req.account_id, build)
 
     def _save(self, req: _Req) -> _Resp:
         checked = self._validate(req)
@@ -685,8 +827,8 @@ class VBAzureDouble:
             return checked
         info, login = checked
         if any(a["name"].lower() == info["name"].lower() for a in self.accounts.values()):
-            return self._problem(
-                400, f"A service account named '{info['name']}' already exists.", req
+            return self._invalid(
+                req, "accountInfo.name", f"A service account named '{info['name']}' already exists."
             )
         account_id = str(uuid.uuid4())
         req.account_id = account_id
@@ -700,7 +842,8 @@ class VBAzureDouble:
             "environment": login["azureEnvironment"],
             "purposes": list(login.get("azureAccountPurposes") or []),
             "subscriptions": [s.lower() for s in login.get("subscriptions") or []],
-            "cloudState": "Valid",
+            "origin": "Imported Secret",
+            "cloudState": "Valid" if login.get("subscriptions") else "NoSubscriptions",
             "expirationDate": self.expiration_date,
         }
 
@@ -738,9 +881,11 @@ class VBAzureDouble:
                 tenantId=login["tenantId"].lower(),
                 clientSecret=login["clientSecret"],
                 environment=login["azureEnvironment"],
-                purposes=list(login.get("azureAccountPurposes") or record["purposes"]),
+                # A PUT replaces the settings: what is not sent is gone.
+                purposes=list(login.get("azureAccountPurposes") or []),
                 subscriptions=[s.lower() for s in login.get("subscriptions") or []],
-                cloudState="Valid",
+                origin="Imported Secret",
+                cloudState="Valid" if login.get("subscriptions") else "NoSubscriptions",
             )
             return account_id
 
@@ -749,21 +894,29 @@ class VBAzureDouble:
     def _account_json(self, record: dict, ver: str) -> dict:
         base = f"{self.url}/api/{ver}"
         return {
-            # The appliance names the id ``accountId`` (``AzureAccount`` schema); the
-            # client adds an ``id`` alias.
+            # ``AzureAccount`` (v8.1): the id is ``accountId``; the client adds an ``id`` alias.
             "accountId": record["id"],
             "applicationId": record["applicationId"],
+            "applicationCertificateName": None,
             "name": record["name"],
             "description": record["description"],
             "region": record["environment"],
             "tenantId": record["tenantId"],
             "tenantName": None,
-            "accountOrigin": "ImportedSecret",
+            "accountOrigin": record.get("origin", "Imported Secret"),
             "expirationDate": record["expirationDate"],
             "accountState": "Created",
+            "adGroupId": None,
             "cloudState": record["cloudState"],
+            "adGroupName": None,
             "purposes": list(record["purposes"]),
+            "managementGroupId": None,
+            "managementGroupName": None,
             "subscriptionIds": list(record["subscriptions"]),
+            "selectedForWorkermanagement": False,
+            "azurePermissionsState": ["AllPermissionsAvailable"],
+            "azurePermissionsStateCheckTimeUtc": None,
+            "subscriptionIdForWorkerDeployment": None,
             "_links": {
                 "self": {"href": f"{base}/accounts/azure/service/{record['id']}"},
             },
@@ -771,41 +924,41 @@ class VBAzureDouble:
 
     def _list(self, req: _Req) -> _Resp:
         assert req.match is not None
-        q = {k.lower(): v for k, v in req.query.items()}
+        # Case-sensitive: ``offset`` / ``limit`` are not these parameters and are ignored.
         try:
-            offset = max(0, int(q.get("offset") or 0))
-            limit = int(q.get("limit") or -1)
+            offset = max(0, int(req.query.get("Offset") or 0))
+            limit = int(req.query.get("Limit") or -1)
         except ValueError:
-            return self._problem(400, "Offset and Limit must be whole numbers.", req)
+            return self._invalid(req, "Offset", "Offset and Limit must be whole numbers.")
         if limit < 0 or limit > self.page_size:
             limit = self.page_size
-        records = sorted(self.accounts.values(), key=lambda a: a["name"].lower())
-        page = records[offset : offset + limit]
         ver = req.match.group("ver")
-        return _Resp(
-            200,
-            {
+
+        def page() -> dict:
+            records = sorted(self.accounts.values(), key=lambda a: a["name"].lower())
+            return {
                 "offset": offset,
                 "limit": limit,
-                "totalCount": len(records),
-                "results": [self._account_json(a, ver) for a in page],
+                "totalCount": None if self.total_count_null else len(records),
+                "results": [self._account_json(a, ver) for a in records[offset : offset + limit]],
                 "_links": {
                     "self": {
                         "href": f"{self.url}/api/{ver}/accounts/azure/service"
-                        f"?offset={offset}&limit={limit}"
+                        f"?Offset={offset}&Limit={limit}"
                     }
                 },
-            },
-        )
+            }
+
+        return self._answer_read(req, page)
 
     def _get(self, req: _Req) -> _Resp:
         assert req.match is not None
         account_id = req.match.group("id")
         req.account_id = account_id
-        record = self.accounts.get(account_id)
-        if record is None:
+        if account_id not in self.accounts:
             return self._problem(404, f"Service account {account_id} was not found.", req)
-        return _Resp(200, self._account_json(record, req.match.group("ver")))
+        ver = req.match.group("ver")
+        return self._answer_read(req, lambda: self._account_json(self.accounts[account_id], ver))
 
     # ------------------------------------------------------------------ operations
 
@@ -816,14 +969,31 @@ class VBAzureDouble:
             "status": op.status,
             "result": op.result,
             "error": op.error,
-            "_links": [
-                {
-                    "rel": "self",
-                    "href": f"{self.url}/api/{ver}/operations/{op.id}",
-                    "method": "GET",
-                }
-            ],
+            "_links": {"self": {"href": f"{self.url}/api/{ver}/operations/{op.id}"}},
         }
+
+    def _advance(self, op: _Operation, req: _Req) -> None:
+        """One poll's worth of progress: the next in-progress status, or the outcome."""
+        if op.status not in RUNNING_STATUSES:
+            return
+        if op.statuses:
+            op.status = op.statuses.pop(0)
+            return
+        op.status = op.outcome
+        if op.outcome in ("Success", "Warning"):
+            result = op.apply()
+            op.result = result if op.outcome == "Success" or self.warning_result else None
+        else:
+            # ``ProblemDetails`` (the operation's ``error``): type, title, status, detail,
+            # instance, extensions.
+            op.error = {
+                "type": _PROBLEM_TYPES[400],
+                "title": "Service account validation failed",
+                "status": 400,
+                "detail": "The application could not sign in to Microsoft Entra ID "
+                "with the given client secret.",
+                "instance": req.path,
+            }
 
     def _operation(self, req: _Req) -> _Resp:
         assert req.match is not None
@@ -831,22 +1001,7 @@ class VBAzureDouble:
         if op is None:
             return self._problem(404, "The operation was not found.", req)
         req.account_id = op.account_id
-        if op.status == "Running":
-            if op.polls_left > 0:
-                op.polls_left -= 1
-            elif op.fail:
-                op.status = "Error"
-                op.error = {
-                    "type": _PROBLEM_TYPES[400],
-                    "title": "Service account validation failed",
-                    "status": 400,
-                    "detail": "The application could not sign in to Microsoft Entra ID "
-                    "with the given client secret.",
-                    "instance": req.path,
-                }
-            else:
-                op.status = "Success"
-                op.result = op.apply()
+        self._advance(op, req)
         return _Resp(200, self._operation_json(op, req.match.group("ver")))
 
 
@@ -860,6 +1015,10 @@ _BAD_JSON = _BadJson()
 
 __all__ = [
     "ACCOUNT_PURPOSES",
+    "CLOUD_STATES",
+    "FINAL_STATUSES",
+    "ORIGINS",
+    "RUNNING_STATUSES",
     "DEFAULT_PASSWORD",
     "DEFAULT_USERNAME",
     "ENVIRONMENTS",
