@@ -17,20 +17,31 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from slack_sdk.errors import SlackApiError
 
 from bot import blocks, metrics
 from bot.arm import ArmClient
-from bot.errors import CommandError, NotAuthorised, SignInError
+from bot.errors import (
+    Cancelled,
+    CommandError,
+    NotAuthorised,
+    SignInError,
+    UnexpectedError,
+    VeeamSAError,
+    as_flow_error,
+    error_label,
+)
 from bot.grammar import Command
 from bot.logs import forget, register_secret
-from bot.messages import sign_in_failure, support_suffix
+from bot.messages import flow_failure, sign_in_failure, support_suffix
 from bot.notify import Notifier
 from bot.services import Services
 from bot.signin import (
@@ -57,6 +68,23 @@ POST_SIGN_IN_STATES = (
 )
 CANCELLABLE_AFTER_SIGN_IN = ("signed_in", "blocked", "choosing")
 TRANSIENT_BACKOFF_CAP = 30.0
+#: States in which a step runs in the background; a cancel stops it at its next boundary.
+RUNNING_STATES = ("checking", "provisioning", "renewing", "retiring")
+#: A poll that keeps failing for a reason other than the database gives up after this many.
+MAX_STALLED_POLLS = 5
+#: How long a state may stand still with no job for it before the watchdog acts (seconds).
+STEP_LIMITS_S = {
+    "starting": 120,
+    "awaiting_sign_in": 120,
+    "signed_in": 600,
+    "checking": 900,
+    "provisioning": 1800,
+    "renewing": 1800,
+    "retiring": 900,
+}
+#: States that wait for a person; closed after a day.
+PARKED_STATES = ("blocked", "choosing")
+PARKED_LIMIT_S = 86400
 #: Further sign-ins a tenant may ask for (MFA or consent per resource) before the flow fails.
 MAX_EXTRA_SIGN_INS = 2
 
@@ -86,6 +114,12 @@ class CreateFlows:
         self.on_signed_in = on_signed_in
         self._sessions: dict[str, Session] = {}
         self._transient: dict[str, tuple[int, float]] = {}
+        #: Cancels asked for while a step runs: flow id → who; the step stops at its next
+        #: boundary (`stop_if_cancelled`) and rolls back.
+        self._cancel_requests: dict[str, str] = {}
+        #: Poll bookkeeping that failed (a database write): flow id → (failures, identity
+        #: already obtained); the poll is rescheduled, and a redeemed code is not polled again.
+        self._stalled: dict[str, tuple[int, Identity | None]] = {}
         #: How long Microsoft may keep failing (network, 429, 5xx) before a sign-in gives up.
         self.transient_budget = 120.0
         self._lock = threading.Lock()
@@ -108,6 +142,19 @@ class CreateFlows:
             self._sessions.pop(flow_id, None)
             self._transient.pop(flow_id, None)
         forget(flow_id)
+
+    # -- cancelling a running step ------------------------------------------------------------
+
+    def stop_if_cancelled(self, flow_id: str) -> None:
+        """A step boundary: raise `Cancelled` when someone cancelled the flow meanwhile."""
+        with self._lock:
+            by = self._cancel_requests.get(flow_id)
+        if by is not None:
+            raise Cancelled(by)
+
+    def forget_cancel(self, flow_id: str) -> None:
+        with self._lock:
+            self._cancel_requests.pop(flow_id, None)
 
     @staticmethod
     def data(flow: dict[str, Any]) -> dict[str, Any]:
@@ -230,6 +277,12 @@ class CreateFlows:
     # -- start: parent message, device code, first poll ------------------------------------
 
     def start(self, flow_id: str) -> None:
+        try:
+            self._start(flow_id)
+        except Exception as exc:  # noqa: BLE001 - a flow never stays in `starting` unsaid
+            self.fail(flow_id, _unexpected_sign_in(as_flow_error(exc, flow_id)))
+
+    def _start(self, flow_id: str) -> None:
         flow = queries.get_flow(self._db, flow_id)
         if flow is None or flow["state"] != "starting":
             return
@@ -288,9 +341,11 @@ class CreateFlows:
         if not moved:  # cancelled meanwhile
             self.drop_session(flow_id)
             return
+        # the first poll is scheduled before anything else can fail: the flow never waits
+        # for a sign-in nobody polls
+        self.services.workers.call_later(int(device.get("interval", 5)), self.poll, flow_id)
         where = self._send_code(flow, device)
         self.audit(flow, "sign_in.started", "pending", delivered=where)
-        self.services.workers.call_later(int(device.get("interval", 5)), self.poll, flow_id)
 
     def _send_code(
         self, flow: dict[str, Any], device: dict[str, Any], again: str | None = None
@@ -331,6 +386,48 @@ class CreateFlows:
     # -- polling ---------------------------------------------------------------------------
 
     def poll(self, flow_id: str) -> None:
+        """One poll of a pending sign-in. Whatever goes wrong around it is retried or ends
+        the flow: a failed database write reschedules the poll (backing off, for as long as
+        it takes: the code's expiry ends it otherwise), and a sign-in that succeeded is not
+        polled again but carried on from there."""
+        try:
+            with self._lock:
+                stalled = self._stalled.get(flow_id)
+            if stalled is not None and stalled[1] is not None:
+                flow = queries.get_flow(self._db, flow_id)
+                session = self.session(flow_id)
+                if flow is None or flow["state"] != "awaiting_sign_in" or session is None:
+                    self._forget_stall(flow_id)
+                    return
+                self._signed_in(flow, stalled[1], session)
+            else:
+                self._poll(flow_id)
+            self._forget_stall(flow_id)
+        except Exception as exc:  # noqa: BLE001 - a poll must never strand its flow
+            error = as_flow_error(exc, flow_id)
+            with self._lock:
+                failures, identity = self._stalled.get(flow_id, (0, None))
+                failures += 1
+                self._stalled[flow_id] = (failures, identity)
+            bookkeeping = isinstance(exc, sqlite3.Error | OSError)
+            if not bookkeeping and failures >= MAX_STALLED_POLLS:
+                self._forget_stall(flow_id)
+                self.fail(flow_id, _unexpected_sign_in(error))
+                return
+            delay = min(2.0**failures, TRANSIENT_BACKOFF_CAP * 2)
+            log.warning(
+                "flow %s: sign-in bookkeeping failed (%s); trying again in %.0fs",
+                flow_id,
+                error,
+                delay,
+            )
+            self.services.workers.call_later(delay, self.poll, flow_id)
+
+    def _forget_stall(self, flow_id: str) -> None:
+        with self._lock:
+            self._stalled.pop(flow_id, None)
+
+    def _poll(self, flow_id: str) -> None:
         flow = queries.get_flow(self._db, flow_id)
         if flow is None or flow["state"] != "awaiting_sign_in":
             self.drop_session(flow_id)
@@ -386,6 +483,8 @@ class CreateFlows:
             self.services.workers.call_later(result.interval, self.poll, flow_id)
             return
         assert result.identity is not None
+        with self._lock:  # the code is redeemed: a retry goes on from here, never polls again
+            self._stalled[flow_id] = (self._stalled.get(flow_id, (0, None))[0], result.identity)
         self._signed_in(flow, result.identity, session)
 
     def _signed_in(self, flow: dict[str, Any], identity: Identity, session: Session) -> None:
@@ -677,6 +776,8 @@ class CreateFlows:
         self.services.authz.require_requester_or_admin(
             by, flow["requester"], "cancel", flow["name"]
         )
+        if flow["state"] in RUNNING_STATES:
+            return self._cancel_running(flow, by)
         if not queries.transition_flow(
             self._db,
             flow_id,
@@ -684,8 +785,11 @@ class CreateFlows:
             "cancelled",
             device_flow=None,
         ):
+            current = queries.get_flow(self._db, flow_id) or flow
+            if current["state"] in RUNNING_STATES:
+                return self._cancel_running(current, by)
             raise CommandError(
-                f"The flow for `{flow['name']}` is {flow['state']}; it can't be cancelled now."
+                f"The flow for `{flow['name']}` is {current['state']}; it can't be cancelled now."
             )
         self.drop_session(flow_id)
         queries.add_audit(
@@ -701,8 +805,39 @@ class CreateFlows:
             flow.get("parent_ts"),
             blocks.note(f":no_entry_sign: Cancelled by <@{by}>. {self._leftover_text(flow)}"),
         )
+        steps = self.data(flow).get("steps", {})
         self.set_step(
-            flow_id, "sign_in", "skipped", outcome=f":no_entry_sign: Cancelled by <@{by}>."
+            flow_id,
+            "sign_in",
+            "done" if steps.get("sign_in") == "done" else "skipped",
+            outcome=f":no_entry_sign: Cancelled by <@{by}>.",
+        )
+        return flow
+
+    def _cancel_running(self, flow: dict[str, Any], by: str) -> dict[str, Any]:
+        """A step is running: it stops at the next step boundary, and what the flow made is
+        rolled back (a renewal keeps the old secret)."""
+        with self._lock:
+            self._cancel_requests[flow["id"]] = by
+        queries.add_audit(
+            self._db,
+            actor=by,
+            action=f"{flow['kind']}.cancel_requested",
+            target=flow["name"],
+            outcome="pending",
+            detail={"flow": flow["id"], "state": flow["state"]},
+        )
+        undo = (
+            "what it created so far is rolled back"
+            if flow["kind"] == "create"
+            else "the current secret stays as it is"
+        )
+        self.notifier.thread(
+            flow["channel_id"],
+            flow.get("parent_ts"),
+            blocks.note(
+                f":no_entry_sign: <@{by}> cancelled this; it stops at the next step and {undo}."
+            ),
         )
         return flow
 
@@ -731,6 +866,116 @@ class CreateFlows:
             except (CommandError, NotAuthorised):
                 continue
         return names
+
+    # -- the last nets: a job that raised past every handler, and the watchdog ----------------
+
+    def crash(self, flow_id: str, exc: BaseException) -> None:
+        """A flow's background job raised past every handler: end the flow in a known state."""
+        flow = queries.get_flow(self._db, flow_id)
+        if flow is None or flow["state"] in queries.TERMINAL_FLOW_STATES:
+            return
+        self.end_stuck(flow, as_flow_error(exc, flow_id))
+
+    def end_stuck(self, flow: dict[str, Any], error: VeeamSAError) -> None:
+        """End a flow that cannot go on, the way its own failure would: roll back what a
+        creation made, keep a renewal's old secret, say so in the thread."""
+        flow_id, state, kind = flow["id"], flow["state"], flow["kind"]
+        try:
+            if state in (*SIGN_IN_STATES, "signed_in"):
+                self.fail(flow_id, _unexpected_sign_in(error))
+                return
+            if kind == "create":
+                self.services.provision._stop(flow_id, error, created=True)
+                return
+            account = queries.get_account_by_id(self._db, flow["account_id"])
+            if kind == "renew" and account is not None:
+                self.services.renew.abandon(flow, account, error)
+                return
+            if kind == "retire" and account is not None:
+                self.services.renew._fail_retire(flow, account, error)
+                return
+        except Exception:  # noqa: BLE001 - fall through to the plainest ending
+            log.exception("flow %s: its own failure handling failed", flow_id)
+        if queries.transition_flow(
+            self._db,
+            flow_id,
+            [state],
+            "failed",
+            device_flow=None,
+            error=error_label(error),
+        ):
+            self.drop_session(flow_id)
+            self.audit(flow, f"{kind}.failed", "failed", reason=str(error)[:300])
+            self.notifier.thread(
+                flow["channel_id"],
+                flow.get("parent_ts"),
+                blocks.note(f":x: {flow_failure(error)} {self._leftover_text(flow)}"),
+            )
+
+    def watchdog(self, now: datetime) -> list[str]:
+        """Find flows whose state has not moved for longer than their step can take and for
+        which no job is scheduled or running; resume them, or end them cleanly, and say so.
+        Returns a line per flow it acted on."""
+        acted: list[str] = []
+        for flow in queries.open_flows(self._db):
+            if self.services.workers.has_work_for(flow["id"]):
+                continue
+            state = flow["state"]
+            try:
+                moved = datetime.fromisoformat(str(flow["updated_at"]).replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            if moved.tzinfo is None:
+                moved = moved.replace(tzinfo=UTC)
+            age = (now - moved).total_seconds()
+            if state in PARKED_STATES:
+                if age > PARKED_LIMIT_S:
+                    self._close_parked(flow)
+                    acted.append(f"{flow['name']}: closed after waiting {age / 3600:.0f} h")
+                continue
+            limit = STEP_LIMITS_S.get(state)
+            if limit is None or age < limit:
+                continue
+            where = f"`{flow['name']}` had stopped in {state.replace('_', ' ')}"
+            if state == "starting":
+                self._say(flow, f":stethoscope: {where}; the bot picked it up again.")
+                self.services.workers.submit(self.start, flow["id"])
+                acted.append(f"{flow['name']}: resumed from {state}")
+            elif state == "awaiting_sign_in":
+                self.services.workers.submit(self.poll, flow["id"])
+                acted.append(f"{flow['name']}: polling again")
+            elif self.session(flow["id"]) is None:
+                self._ask_to_sign_in_again(flow)
+                acted.append(f"{flow['name']}: asked to sign in again")
+            else:
+                reference = uuid.uuid4().hex[:12]
+                log.error("flow %s stuck in %s (reference %s)", flow["id"], state, reference)
+                self._say(flow, f":stethoscope: {where} with nothing running; ending it.")
+                self.end_stuck(
+                    flow, UnexpectedError(reference, "a step that stopped without finishing")
+                )
+                acted.append(f"{flow['name']}: ended from {state}")
+        return acted
+
+    def _close_parked(self, flow: dict[str, Any]) -> None:
+        """A flow waiting for a person (Recheck, a subscription choice) for too long: close
+        it. Nothing was created before these steps."""
+        if not queries.transition_flow(self._db, flow["id"], [flow["state"]], "expired"):
+            return
+        self.drop_session(flow["id"])
+        self.audit(flow, f"{flow['kind']}.expired", "expired", waited_in=flow["state"])
+        self._say(
+            flow,
+            f":hourglass: Closed: `{flow['name']}` waited a day for "
+            + ("a Recheck" if flow["state"] == "blocked" else "a choice of subscriptions")
+            + f". Nothing was created; run `/veeam-sa create {flow['name']}` again when ready.",
+        )
+        self.render_parent(
+            queries.get_flow(self._db, flow["id"]) or flow, outcome=":hourglass: Closed."
+        )
+
+    def _say(self, flow: dict[str, Any], text: str) -> None:
+        self.notifier.thread(flow["channel_id"], flow.get("parent_ts"), blocks.note(text))
 
     # -- restart ---------------------------------------------------------------------------
 
@@ -778,3 +1023,10 @@ class CreateFlows:
             ),
         )
         self.services.workers.submit(self.start, flow["id"])
+
+
+def _unexpected_sign_in(error: VeeamSAError) -> SignInError:
+    """An unexpected failure around sign-in, as the sign-in error the thread reports."""
+    if isinstance(error, SignInError):
+        return error
+    return SignInError("unexpected", str(error))

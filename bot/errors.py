@@ -7,9 +7,12 @@
     ├── NotAuthorised                 the Slack user may not do this
     ├── SignInError                   the Microsoft device-code sign-in failed
     │                                 (carries the AADSTS code and correlation id)
-    └── MicrosoftError                Graph / ARM answered with an error or was unreachable
-        ├── Throttled                 429 (carries Retry-After)
-        └── Unreachable               timeouts, connection errors, 5xx after retries
+    ├── MicrosoftError                Graph / ARM answered with an error or was unreachable
+    │   ├── Throttled                 429 (carries Retry-After)
+    │   └── Unreachable               timeouts, connection errors, 5xx after retries
+    ├── Cancelled                     someone cancelled a flow while a step was running
+    └── UnexpectedError               anything else a flow step raised (a bug, a truncated
+                                      answer, a failed write): carries the log's reference
 
 `bot.messages` is the one place that turns these into Slack text. Messages never carry a
 secret, token or device code: the constructors take only what is safe to show.
@@ -17,7 +20,11 @@ secret, token or device code: the constructors take only what is safe to show.
 
 from __future__ import annotations
 
+import json
+import logging
 import re
+import sqlite3
+import uuid
 
 
 class VeeamSAError(Exception):
@@ -114,6 +121,25 @@ class Unreachable(MicrosoftError):
         super().__init__(service, status, "Unreachable", message)
 
 
+class Cancelled(VeeamSAError):
+    """A flow was cancelled while one of its steps ran; it stops at the next step boundary."""
+
+    def __init__(self, by: str) -> None:
+        self.by = by
+        super().__init__(f"cancelled by {by}")
+
+
+class UnexpectedError(VeeamSAError):
+    """A flow step raised something the bot did not expect. `reference` ties the message in
+    Slack to the traceback in the log; the message never carries the exception's text (it
+    may echo data)."""
+
+    def __init__(self, reference: str, kind: str) -> None:
+        self.reference = reference
+        self.kind = kind
+        super().__init__(f"unexpected {kind} (reference {reference})")
+
+
 #: Graph's refusals of a client secret by an app management policy. Graph refuses a secret
 #: the policy does not allow; it never shortens one.
 POLICY_LIFETIME = "CredentialInvalidLifetimeAsPerAppPolicy"
@@ -125,3 +151,36 @@ def policy_id(error: MicrosoftError) -> str | None:
     """The app management policy an `addPassword` refusal names."""
     found = _POLICY_ID.search(str(error))
     return found.group(1).lower() if found else None
+
+
+def error_label(error: VeeamSAError) -> str:
+    """A short, low-cardinality label of an error for the flow row (and its metric)."""
+    detail = getattr(error, "code", None) or getattr(error, "kind", None) or ""
+    return f"{type(error).__name__}:{detail}"[:200]
+
+
+def as_flow_error(exc: BaseException, flow_id: str) -> VeeamSAError:
+    """The error a flow step ended with, as a domain error: a `VeeamSAError` as it is;
+    anything else is logged with its traceback under a fresh reference and becomes an
+    `UnexpectedError` that names only the reference and a kind (its text may echo data)."""
+    if isinstance(exc, VeeamSAError):
+        return exc
+    reference = uuid.uuid4().hex[:12]
+    if isinstance(exc, json.JSONDecodeError | KeyError | TypeError | ValueError | IndexError):
+        kind = "an answer the bot could not read"
+    elif isinstance(exc, sqlite3.Error | OSError):
+        kind = "the bot's database or disk failed"
+    elif type(exc).__name__ == "SlackApiError":  # slack_sdk's, without importing it here
+        response = getattr(exc, "response", None)
+        code = response.get("error") if response is not None else None
+        kind = f"Slack refused a message ({code or 'unknown error'})"
+    else:
+        kind = type(exc).__name__
+    logging.getLogger("bot.flows").error(
+        "flow %s: unexpected %s (reference %s)",
+        flow_id,
+        type(exc).__name__,
+        reference,
+        exc_info=(type(exc), exc, exc.__traceback__),
+    )
+    return UnexpectedError(reference, kind)

@@ -12,8 +12,11 @@ from typing import Any
 from bot.errors import (
     POLICY_LIFETIME,
     POLICY_NO_SECRETS,
+    Cancelled,
     MicrosoftError,
     SignInError,
+    UnexpectedError,
+    VeeamSAError,
     policy_id,
 )
 
@@ -65,6 +68,11 @@ def support_suffix(aadsts: str | None, correlation_id: str | None) -> str:
 
 
 def sign_in_failure(error: SignInError) -> str:
+    if error.kind == "unexpected":
+        return (
+            f"Something went wrong on the bot's side during sign-in ({error}); nothing was "
+            "changed. Try again; if it keeps happening, give that reference to whoever runs the bot."
+        )
     advice = SIGN_IN_ADVICE.get(error.kind)
     if advice is None:
         detail = str(error) or error.error or "unknown error"
@@ -115,3 +123,23 @@ def microsoft_failure(error: MicrosoftError) -> str:
         head = f"{error.service} answered {error.status} {error.code}."
     suffix = f" (request id `{error.request_id}`)" if error.request_id else ""
     return head + suffix
+
+
+def unexpected_failure(error: UnexpectedError) -> str:
+    return (
+        f"Something unexpected went wrong ({error.kind}). The bot's log has the details under "
+        f"reference `{error.reference}`; give it to whoever runs the bot."
+    )
+
+
+def flow_failure(error: VeeamSAError) -> str:
+    """Any error that ended a flow step, in words."""
+    if isinstance(error, MicrosoftError):
+        return microsoft_failure(error)
+    if isinstance(error, SignInError):
+        return sign_in_failure(error) if error.kind != "other" else str(error)
+    if isinstance(error, UnexpectedError):
+        return unexpected_failure(error)
+    if isinstance(error, Cancelled):
+        return f"Cancelled by <@{error.by}>."
+    return str(error)

@@ -30,16 +30,19 @@ from bot import blocks
 from bot.arm import ArmClient, assignment_name
 from bot.errors import (
     POLICY_LIFETIME,
+    Cancelled,
     CommandError,
     MicrosoftError,
     SignInError,
     VeeamSAError,
+    as_flow_error,
+    error_label,
     policy_id,
 )
 from bot.graph import GraphClient
 from bot.handoff import hand_off
 from bot.logs import register_secret_value as register
-from bot.messages import microsoft_failure, secret_policy_note, sign_in_failure
+from bot.messages import flow_failure, secret_policy_note
 from bot.signin import Identity, Session
 from bot.vbazure import ApplianceError
 from storage import queries
@@ -338,10 +341,24 @@ class Provisioner:
             else:
                 (app_right, app_reason), visible = both(app_check, visible_subscriptions)
                 results = parallel(sub_check, visible)
-        except (MicrosoftError, SignInError) as exc:
-            self._stop(flow_id, exc, created=False)
+        except Exception as exc:  # noqa: BLE001 - every failure ends the flow in a known state
+            self._stop(flow_id, as_flow_error(exc, flow_id), created=False)
             return
+        try:
+            self._after_checks(flow_id, flow, wanted, visible, results, app_right, app_reason)
+        except Exception as exc:  # noqa: BLE001 - e.g. Slack refusing the prerequisites post
+            self._stop(flow_id, as_flow_error(exc, flow_id), created=False)
 
+    def _after_checks(
+        self,
+        flow_id: str,
+        flow: dict[str, Any],
+        wanted: list[str],
+        visible: list[dict[str, Any]],
+        results: list[dict[str, Any]],
+        app_right: bool | None,
+        app_reason: str,
+    ) -> None:
         data = self.flows.data(self._flow(flow_id))
         data["visible"] = visible
         if wanted:
@@ -387,6 +404,7 @@ class Provisioner:
             return
         self.flows.save_data(flow_id, data)
         self.flows.set_step(flow_id, "checks", "done")
+        self.flows.stop_if_cancelled(flow_id)
         self.provision(flow_id)
 
     def _park(
@@ -416,10 +434,8 @@ class Provisioner:
             return
         try:
             self._provision(flow_id)
-        except (MicrosoftError, SignInError) as exc:
-            self._stop(flow_id, exc, created=True)
-        except VeeamSAError as exc:
-            self._stop(flow_id, exc, created=True)
+        except Exception as exc:  # noqa: BLE001 - every failure rolls back and says so
+            self._stop(flow_id, as_flow_error(exc, flow_id), created=True)
 
     def _provision(self, flow_id: str) -> None:
         config = self.services.config
@@ -430,6 +446,7 @@ class Provisioner:
         unique_name = f"veeam-sa-{flow_id}"
 
         # 1. the application (upsert keyed by this creation)
+        self.flows.stop_if_cancelled(flow_id)
         self.flows.set_step(flow_id, "application", "running")
         app = graph.upsert_application(unique_name, flow["name"], data.get("description"))
         account_id = flow.get("account_id")
@@ -468,6 +485,7 @@ class Provisioner:
         crash_point("after_application")
 
         # 2. the service principal, and 3. the secret (independent of each other)
+        self.flows.stop_if_cancelled(flow_id)
         self.flows.set_step(flow_id, "principal", "running")
 
         def principal() -> str:
@@ -491,6 +509,7 @@ class Provisioner:
         crash_point("after_secret")
 
         # 4. role assignments on every subscription
+        self.flows.stop_if_cancelled(flow_id)
         self.flows.set_step(flow_id, "roles", "running")
         subscriptions = data.get("subscriptions", [])
         pairs = [(sub, role) for sub in subscriptions for role in config.roles]
@@ -513,6 +532,7 @@ class Provisioner:
         crash_point("after_roles")
 
         # 5. hand the secret to the VBAzure appliance (when one is configured)
+        self.flows.stop_if_cancelled(flow_id)
         where = "kept encrypted in the bot's database; never shown in Slack"
         if self.services.appliance is not None:
             where = self._hand_off(flow, account_id, stored) or where
@@ -604,30 +624,41 @@ class Provisioner:
     def _stop(self, flow_id: str, error: VeeamSAError, created: bool) -> None:
         """A step failed: roll back what this creation made, and say exactly what happened."""
         flow = self._flow(flow_id)
-        if isinstance(error, MicrosoftError):
-            reason = microsoft_failure(error)
-        elif isinstance(error, SignInError):
-            reason = sign_in_failure(error)
-        else:
-            reason = str(error)
+        reason = flow_failure(error)
+        self.flows.forget_cancel(flow_id)
         log.warning("flow %s failed: %s", flow_id, reason)
         rolled: list[str] = []
         leftover: list[str] = []
         if created and flow.get("account_id") is not None:
             rolled, leftover = self._roll_back(flow)
-        state = "failed" if leftover else ("rolled_back" if rolled else "failed")
+        elif created and flow["state"] == "provisioning":
+            rolled, leftover = self._roll_back_unrecorded(flow)
+        cancelled = isinstance(error, Cancelled)
+        if leftover:
+            state = "failed"
+        elif cancelled:
+            state = "cancelled"
+        else:
+            state = "rolled_back" if rolled else "failed"
         queries.transition_flow(
             self._db,
             flow_id,
             ["checking", "provisioning", "signed_in", "blocked", "choosing"],
             state,
-            error=f"{type(error).__name__}:{getattr(error, 'code', '')}"[:200],
+            error=None if cancelled else error_label(error),
         )
         self.flows.drop_session(flow_id)
         self.flows.audit(
-            flow, "create.failed", state, reason=reason[:300], rolled_back=rolled, leftover=leftover
+            flow,
+            "create.cancelled" if cancelled else "create.failed",
+            state,
+            reason=reason[:300],
+            rolled_back=rolled,
+            leftover=leftover,
+            reference=getattr(error, "reference", None),
         )
-        text = f":x: {reason}"
+        icon = ":no_entry_sign:" if cancelled else ":x:"
+        text = f"{icon} {reason}"
         if rolled:
             text += "\nRolled back: " + ", ".join(rolled) + "."
         if leftover:
@@ -645,8 +676,32 @@ class Provisioner:
             self.flows.set_step(flow_id, step, "failed")
         self.flows.render_parent(
             self._flow(flow_id),
-            outcome=":x: Failed" + (" and rolled back." if rolled and not leftover else "."),
+            outcome=(":no_entry_sign: Cancelled" if cancelled else ":x: Failed")
+            + (" and rolled back." if rolled and not leftover else "."),
         )
+
+    def _roll_back_unrecorded(self, flow: dict[str, Any]) -> tuple[list[str], list[str]]:
+        """The application step failed after Graph may have created the application (its
+        answer was lost or unreadable): find it by this creation's unique name and delete it."""
+        unique_name = f"veeam-sa-{flow['id']}"
+        try:
+            graph, _ = self._clients(flow["id"])
+            app = graph.find_application(unique_name)
+            if app is None:
+                return [], []
+            graph.delete_application(str(app["id"]))
+        except Exception:  # noqa: BLE001 - report what may be left, never hide the first error
+            log.warning("flow %s: could not look for application %s", flow["id"], unique_name)
+            return [], [f"an application named `{flow['name']}` (unique name `{unique_name}`), if any"]
+        queries.add_audit(
+            self._db,
+            actor=flow["requester"],
+            action="azure.rollback",
+            target=flow["name"],
+            outcome="ok",
+            detail={"flow": flow["id"], "app_id": app.get("appId")},
+        )
+        return [f"application `{app.get('appId')}`"], []
 
     def _roll_back(self, flow: dict[str, Any]) -> tuple[list[str], list[str]]:
         account = queries.get_account_by_id(self._db, flow["account_id"])

@@ -45,11 +45,19 @@ import httpx
 from slack_sdk.errors import SlackApiError
 
 from bot import blocks
-from bot.errors import CommandError, MicrosoftError, SignInError, VeeamSAError
+from bot.errors import (
+    Cancelled,
+    CommandError,
+    MicrosoftError,
+    SignInError,
+    VeeamSAError,
+    as_flow_error,
+    error_label,
+)
 from bot.expiry import parse_time
 from bot.graph import GraphClient
 from bot.handoff import appliance_text, hand_off
-from bot.messages import microsoft_failure, secret_policy_note, sign_in_failure
+from bot.messages import flow_failure, secret_policy_note
 from bot.provision import add_secret, crash_point
 from bot.signin import Identity, Session
 from bot.vbazure import ApplianceError
@@ -176,8 +184,25 @@ class Renewals:
                     f"{account['tenant_id']}. Sign in with an account of that tenant",
                 )
             self._renew(flow, account, session)
-        except (MicrosoftError, SignInError, SecretProofFailed, ApplianceError) as exc:
-            self._fail(flow, account, exc)
+        except Exception as exc:  # noqa: BLE001 - every failure keeps the old secret and says so
+            self.abandon(flow, account, as_flow_error(exc, flow_id))
+
+    def abandon(self, flow: dict[str, Any], account: dict[str, Any], error: VeeamSAError) -> None:
+        """End a renewal that cannot go on: a new secret it added but did not finish is
+        removed again (when the sign-in session still allows), the old one stays."""
+        pending = [
+            s
+            for s in self._db.table("secrets").rows_where(
+                "account_id = ? AND state = 'pending'", [account["id"]]
+            )
+        ]
+        session = self.flows.session(flow["id"])
+        if pending and session is not None and account.get("app_object_id"):
+            graph = self._graph(session)
+            for new in pending:
+                self._discard(graph, str(account["app_object_id"]), new, account)
+        self.flows.forget_cancel(flow["id"])
+        self._fail(flow, account, error)
 
     def _graph(self, session: Session) -> GraphClient:
         config = self.services.config
@@ -208,6 +233,7 @@ class Renewals:
             )
         )
 
+        self.flows.stop_if_cancelled(flow["id"])
         if pending:  # resumed after a crash: the new secret exists and is stored
             new = pending[-1]
         else:
@@ -241,8 +267,10 @@ class Renewals:
         # 2. hand-off: the encrypted store already holds it (the appliance comes here too).
         # 3. prove it can obtain a token before the old one goes
         try:
+            self.flows.stop_if_cancelled(flow["id"])
             self._prove(account, self.services.cipher.decrypt(new["ciphertext"]))
-        except SecretProofFailed:
+            self.flows.stop_if_cancelled(flow["id"])
+        except Exception:
             self._discard(graph, object_id, new, account)
             raise
 
@@ -255,7 +283,7 @@ class Renewals:
                     self.services.cipher.decrypt(new["ciphertext"]),
                     flow["requester"],
                 )
-            except ApplianceError:
+            except Exception:
                 self._discard(graph, object_id, new, account)
                 raise
 
@@ -457,8 +485,9 @@ class Renewals:
                     f"{account['tenant_id']}. Sign in with an account of that tenant",
                 )
             self._retire(flow, account, session)
-        except (MicrosoftError, SignInError, SecretProofFailed) as exc:
-            self._fail_retire(flow, account, exc)
+        except Exception as exc:  # noqa: BLE001 - the old secret stays, and the thread says why
+            self.flows.forget_cancel(flow["id"])
+            self._fail_retire(flow, account, as_flow_error(exc, flow["id"]))
 
     def _retire(self, flow: dict[str, Any], account: dict[str, Any], session: Session) -> None:
         wanted = set(json.loads(flow.get("data") or "{}").get("secret_ids") or [])
@@ -476,6 +505,7 @@ class Renewals:
             object_id = str(found["id"])
             queries.update_account(self._db, account["id"], app_object_id=object_id)
         keep = current[-1] if current else {"key_id": ""}
+        self.flows.stop_if_cancelled(flow["id"])
         for key_id in self._old_key_ids(graph, object_id, old, keep):
             if key_id not in {s["key_id"] for s in current}:
                 graph.remove_password(object_id, key_id)
@@ -513,14 +543,13 @@ class Renewals:
     def _fail_retire(
         self, flow: dict[str, Any], account: dict[str, Any], error: VeeamSAError
     ) -> None:
-        if isinstance(error, MicrosoftError):
-            reason = microsoft_failure(error)
-        elif isinstance(error, SignInError):
-            reason = sign_in_failure(error) if error.kind != "other" else str(error)
-        else:
-            reason = str(error)
+        reason = flow_failure(error)
         queries.transition_flow(
-            self._db, flow["id"], ["retiring"], "failed", error=type(error).__name__
+            self._db,
+            flow["id"],
+            ["retiring", "signed_in"],
+            "cancelled" if isinstance(error, Cancelled) else "failed",
+            error=error_label(error),
         )
         self.flows.drop_session(flow["id"])
         self.flows.audit(flow, "retire.failed", "failed", reason=reason[:300])
@@ -601,23 +630,32 @@ class Renewals:
             delay = min(delay * 2, 10.0)
 
     def _fail(self, flow: dict[str, Any], account: dict[str, Any], error: VeeamSAError) -> None:
-        if isinstance(error, MicrosoftError):
-            reason = microsoft_failure(error)
-        elif isinstance(error, ApplianceError):
+        if isinstance(error, ApplianceError):
             reason = appliance_text(error)
-        elif isinstance(error, SignInError):
-            reason = sign_in_failure(error) if error.kind != "other" else str(error)
         else:
-            reason = str(error)
+            reason = flow_failure(error)
+        cancelled = isinstance(error, Cancelled)
         queries.transition_flow(
-            self._db, flow["id"], ["renewing"], "failed", error=type(error).__name__
+            self._db,
+            flow["id"],
+            ["renewing", "signed_in"],
+            "cancelled" if cancelled else "failed",
+            error=None if cancelled else error_label(error),
         )
         self.flows.drop_session(flow["id"])
-        self.flows.audit(flow, "renew.failed", "failed", reason=reason[:300])
+        self.flows.audit(
+            flow,
+            "renew.cancelled" if cancelled else "renew.failed",
+            "cancelled" if cancelled else "failed",
+            reason=reason[:300],
+        )
+        head = (
+            f":no_entry_sign: Renewal of `{account['name']}` cancelled: {reason}"
+            if cancelled
+            else f":x: Renewal of `{account['name']}` failed: {reason}"
+        )
         self.notifier.thread(
             flow["channel_id"],
             flow.get("parent_ts"),
-            blocks.note(
-                f":x: Renewal of `{account['name']}` failed: {reason}\nThe old secret is still in place."
-            ),
+            blocks.note(f"{head}\nThe old secret is still in place."),
         )

@@ -1,5 +1,6 @@
-"""The scheduler: APScheduler 3.11 wiring for the expiry scan. Jobs themselves are plain
-functions (`bot.expiry.scan`); this module only decides when they run.
+"""The scheduler: APScheduler 3.11 wiring for the expiry scan and the flow watchdog. Jobs
+themselves are plain functions (`bot.expiry.scan`, `CreateFlows.watchdog`); this module only
+decides when they run.
 
 One scheduler per database: two bot processes on one database would both post (the
 notice rows keep each warning to one post, but run one replica anyway).
@@ -18,6 +19,16 @@ from bot.services import Services
 log = logging.getLogger(__name__)
 
 JOB_ID = "expiry-scan"
+WATCHDOG_JOB_ID = "flow-watchdog"
+WATCHDOG_MINUTES = 5
+
+
+def run_watchdog(services: Services) -> list[str]:
+    """Resume or end flows that stopped moving with nothing running for them."""
+    acted = services.create.watchdog(services.clock())
+    for line in acted:
+        log.warning("watchdog: %s", line)
+    return acted
 
 
 def run_scan(services: Services) -> expiry.ScanResult:
@@ -50,6 +61,17 @@ def start_scheduler(services: Services) -> BackgroundScheduler:
         replace_existing=True,
         next_run_time=datetime.now(UTC),  # once at start-up, then on the interval
         misfire_grace_time=15 * 60,
+        coalesce=True,
+        max_instances=1,
+    )
+    scheduler.add_job(
+        run_watchdog,
+        "interval",
+        args=[services],
+        minutes=WATCHDOG_MINUTES,
+        id=WATCHDOG_JOB_ID,
+        replace_existing=True,
+        misfire_grace_time=WATCHDOG_MINUTES * 60,
         coalesce=True,
         max_instances=1,
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from slack_sdk import WebClient
@@ -110,4 +110,11 @@ def build_services(
         target.on_signed_in(flow_id, identity, session)
 
     services.create.on_signed_in = on_signed_in
+
+    def on_job_error(fn: Callable[..., Any], args: tuple[Any, ...], exc: BaseException) -> None:
+        # A flow job (its first argument is the flow id) that raised past every handler.
+        if args and isinstance(args[0], str) and len(args[0]) == 32:
+            services.create.crash(args[0], exc)
+
+    services.workers.on_error = on_job_error
     return services

@@ -43,6 +43,11 @@ class Scheduled:
 class Workers:
     def __init__(self, size: int = 8, clock: Callable[[], float] = time.monotonic) -> None:
         self.size = size
+        #: Called with (fn, args, exception) when a job raises: the flows use it to end a
+        #: flow whose step failed past every handler, instead of leaving it stuck.
+        self.on_error: Callable[[Callable[..., Any], tuple[Any, ...], BaseException], None] | None = (
+            None
+        )
         self._clock = clock
         self._pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="veeam-sa-worker")
         self._heap: list[tuple[float, int, Scheduled]] = []
@@ -51,6 +56,7 @@ class Workers:
         self._stopping = False
         #: Jobs submitted to the pool and not finished, with a description for the log.
         self._live: dict[Future[Any], str] = {}
+        self._live_args: dict[Future[Any], tuple[Any, ...]] = {}
         self._timer = threading.Thread(target=self._run_timer, name="veeam-sa-timer", daemon=True)
         self._timer.start()
 
@@ -88,6 +94,18 @@ class Workers:
         with self._cond:
             return sum(1 for _, _, item in self._heap if not item.cancelled)
 
+    def has_work_for(self, key: Any) -> bool:
+        """Whether a job whose first argument is `key` (a flow id) is scheduled or running."""
+        with self._cond:
+            if any(
+                not item.cancelled and item.args[:1] == (key,) for _, _, item in self._heap
+            ):
+                return True
+            return any(
+                args[:1] == (key,) and not future.done()
+                for future, args in self._live_args.items()
+            )
+
     def running(self) -> list[str]:
         """Descriptions of the jobs submitted and not finished yet."""
         with self._cond:
@@ -121,19 +139,25 @@ class Workers:
         future = self._pool.submit(self._guarded, fn, *args)
         with self._cond:
             self._live[future] = _describe(fn, args)
+            self._live_args[future] = args
         future.add_done_callback(self._forget)
         return future
 
     def _forget(self, future: Future[Any]) -> None:
         with self._cond:
             self._live.pop(future, None)
+            self._live_args.pop(future, None)
 
-    @staticmethod
-    def _guarded(fn: Callable[..., Any], *args: Any) -> Any:
+    def _guarded(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:
             return fn(*args)
-        except Exception:
+        except Exception as exc:
             log.exception("background job %s failed", getattr(fn, "__qualname__", fn))
+            if self.on_error is not None:
+                try:
+                    self.on_error(fn, args, exc)
+                except Exception:  # noqa: BLE001 - the error handler must not kill the pool
+                    log.exception("the error handler failed too")
             return None
 
     def _run_timer(self) -> None:

@@ -1060,3 +1060,16 @@ def test_service_principal_before_replication(dbl, http, form, status, fragment)
     first = post()
     assert first.status_code == status and fragment in first.json()["error"]["message"]
     assert post().status_code == 201
+
+
+def test_truncated_answer_after_the_request_was_carried_out(dbl, http):
+    """A truncate fault carries the request out (the application exists) and cuts the JSON."""
+    graph = dbl.token_for()
+    dbl.fault("graph", "POST", r"/applications$", 201, truncate=True)
+    r = http.post(
+        f"{dbl.graph_url}/v1.0/applications", headers=bearer(graph), json={"displayName": "t"}
+    )
+    assert r.status_code == 201
+    with pytest.raises(json.JSONDecodeError):
+        r.json()
+    assert [a.display_name for a in dbl.applications] == ["t"]

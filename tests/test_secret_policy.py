@@ -36,6 +36,7 @@ def test_policy_cap_read_by_the_signed_in_admin(
     ms.tenants[DEFAULT_TENANT_ID].password_max_days = 30
     sign_in(bot, f"create capped --subscription {SUB}")
     bot.wait_state("capped", "done", timeout=30)
+    bot.wait_thread("capped", "is ready")  # posted after the summary
     assert_provisioned(bot, ms, "capped", [SUB], days=30)
     assert refusals(ms) == 1  # the 365-day try; then the policy's own cap
     note = bot.wait_thread("capped", "app management policy")

@@ -613,18 +613,21 @@ class Fault:
     times: int
     headers: dict = field(default_factory=dict)
     hits: int = 0
+    #: The request is carried out, and its answer arrives cut short (truncated JSON).
+    truncate: bool = False
 
 
 # --------------------------------------------------------------------------- HTTP plumbing
 
 
 class _Resp:
-    __slots__ = ("status", "body", "headers")
+    __slots__ = ("status", "body", "headers", "truncate")
 
     def __init__(self, status: int, body: Any = None, headers: dict | None = None):
         self.status = status
         self.body = body
         self.headers = dict(headers or {})
+        self.truncate = False
 
 
 class _Req:
@@ -1005,11 +1008,13 @@ class MicrosoftDouble:
         retry_after: int | float | None = None,
         times: int = 1,
         headers: dict | None = None,
+        truncate: bool = False,
     ) -> Fault:
         """The next ``times`` requests to ``server`` ("login"|"graph"|"arm") whose method
         matches (None or "*" = any) and whose path matches ``path_regex`` (re.search,
         query excluded) get this response. ``body`` defaults to a Microsoft-style error.
-        ``status`` 0: the connection is dropped without an answer (a network failure)."""
+        ``status`` 0: the connection is dropped without an answer (a network failure).
+        ``truncate``: the request is carried out and its JSON answer arrives cut in half."""
         if server not in ("login", "graph", "arm"):
             raise ValueError(server)
         f = Fault(
@@ -1021,6 +1026,7 @@ class MicrosoftDouble:
             retry_after,
             times,
             dict(headers or {}),
+            truncate=truncate,
         )
         with self.lock:
             self.faults.append(f)
@@ -1133,6 +1139,8 @@ class MicrosoftDouble:
         try:
             with self.lock:
                 resp = self._fault_response(req) or self._route(req)
+                if resp.truncate:
+                    resp = self._truncated(req, resp)
         except Exception:
             tb = traceback.format_exc()
             with self.lock:
@@ -1208,6 +1216,16 @@ class MicrosoftDouble:
             h.end_headers()
         h.wfile.flush()
 
+    def _truncated(self, req: _Req, marker: _Resp) -> _Resp:
+        """Carry the request out, then cut its JSON answer in half (a connection cut short
+        by a proxy, or a service answering garbage with a success status)."""
+        real = self._route(req)
+        payload = json.dumps(real.body).encode() if real.body is not None else b"{"
+        return _Resp(real.status, payload[: max(1, len(payload) // 2)], {
+            **real.headers,
+            "Content-Type": "application/json; charset=utf-8",
+        })
+
     def _fault_response(self, req: _Req) -> _Resp | None:
         for f in self.faults:
             if (
@@ -1218,6 +1236,10 @@ class MicrosoftDouble:
             ):
                 f.times -= 1
                 f.hits += 1
+                if f.truncate:
+                    marker = _Resp(0)
+                    marker.truncate = True
+                    return marker
                 headers = dict(f.headers)
                 if f.retry_after is not None:
                     headers["Retry-After"] = str(f.retry_after)
