@@ -126,7 +126,7 @@ def create_parent(
         head += f"\n{outcome}"
     details = f"Subscriptions: {subs}"
     if description:
-        details += f"\nDescription: {description}"
+        details += f"\nDescription: {escape(description)}"
     blocks: list[dict[str, Any]] = [_section(head), _context(details), _section(checklist(steps))]
     if summary:
         blocks.append({"type": "divider"})
@@ -188,6 +188,13 @@ def device_code_message(
     }
 
 
+def escape(text: object) -> str:
+    """Text that did not come from the bot (Microsoft, the appliance, a user), made safe for
+    mrkdwn: Slack reads `<…>` as mentions, channel pings and links, so `&`, `<` and `>` are
+    escaped as Slack's formatting reference asks. Formatting marks stay literal text."""
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def sign_in_label(verification_uri: str) -> str:
     """The sign-in button's label, from the address the server gave (each cloud has its own:
     microsoft.com/devicelogin, …/deviceloginus, …/deviceloginchina)."""
@@ -237,7 +244,7 @@ def prerequisites_message(
 
     lines = [f"{CHECK_ICONS[app_right]} Register applications in the tenant — {app_reason}"]
     for sub in subscriptions:
-        label = f"`{sub['id']}`" + (f" {sub['name']}" if sub.get("name") else "")
+        label = f"`{sub['id']}`" + (f" {escape(sub['name'])}" if sub.get("name") else "")
         lines.append(f"{CHECK_ICONS[sub['ok']]} Assign roles on {label} — {sub['reason']}")
     head = "*Prerequisites*" + (" — something is missing" if blocked else "")
     blocks = [_section(head + "\n" + "\n".join(lines))]

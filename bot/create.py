@@ -503,7 +503,7 @@ class CreateFlows:
                         "other_person",
                         "the second sign-in was made with another account",
                     ),
-                    who=f"{identity.upn} (first sign-in: {first['upn']})",
+                    who=blocks.escape(f"{identity.upn} (first sign-in: {first['upn']})"),
                 )
                 return
         elif not self._acceptable(flow, identity):
@@ -554,9 +554,13 @@ class CreateFlows:
             sign_ins=1 + int(data.get("extra_sign_ins", 0)),
         )
         tenant = (
-            f"{tenant_name} (`{identity.tenant_id}`)" if tenant_name else f"`{identity.tenant_id}`"
+            f"{blocks.escape(tenant_name)} (`{blocks.escape(identity.tenant_id)}`)"
+            if tenant_name
+            else f"`{blocks.escape(identity.tenant_id)}`"
         )
-        who = f"{identity.name} ({identity.upn})" if identity.name else identity.upn
+        who = blocks.escape(
+            f"{identity.name} ({identity.upn})" if identity.name else identity.upn
+        )
         self.notifier.thread(
             flow["channel_id"],
             flow.get("parent_ts"),
@@ -573,7 +577,7 @@ class CreateFlows:
             self.fail(
                 flow_id,
                 SignInError("personal", "personal Microsoft account"),
-                who=f"{identity.name} ({identity.upn})",
+                who=blocks.escape(f"{identity.name} ({identity.upn})"),
             )
             return False
         if self.services.config.require_email_match:
@@ -584,7 +588,9 @@ class CreateFlows:
                     SignInError(
                         "email_mismatch", "signed-in account does not match the Slack profile"
                     ),
-                    who=f"{identity.upn} (your Slack email is {email or 'not visible to the bot'})",
+                    who=blocks.escape(
+                        f"{identity.upn} (your Slack email is {email or 'not visible to the bot'})"
+                    ),
                 )
                 return False
         return True
@@ -649,7 +655,7 @@ class CreateFlows:
             flow["channel_id"],
             flow.get("parent_ts"),
             blocks.note(
-                f":closed_lock_with_key: Signed in as {identity.upn}, but the tenant asks for "
+                f":closed_lock_with_key: Signed in as {blocks.escape(identity.upn)}, but the tenant asks for "
                 f"{reason} to reach {resource}{support_suffix(error.aadsts, error.correlation_id)}. "
                 "One more sign-in is needed."
             ),

@@ -135,6 +135,9 @@ def _parse_create(words: list[str]) -> Command:
             else:
                 if description is not None:
                     raise _usage_error("create", "`--description` is given twice.")
+                # Slack hands the command text over with &, < and > as entities: keep the
+                # text the person typed (it is escaped again wherever it is shown)
+                value = value.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
                 if len(value) > 1024:
                     raise _usage_error("create", "The description is longer than 1024 characters.")
                 description = value

@@ -136,7 +136,9 @@ def _held_settings(
 
 
 def appliance_text(error: ApplianceError) -> str:
-    return f"the Veeam appliance refused or could not be reached: {error}"
+    from bot.blocks import escape
+
+    return f"the Veeam appliance refused or could not be reached: {escape(error)}"
 
 
 def refresh(services: Services, now: datetime) -> int:

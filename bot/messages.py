@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bot.blocks import escape
 from bot.errors import (
     POLICY_LIFETIME,
     POLICY_NO_SECRETS,
@@ -75,7 +76,7 @@ def sign_in_failure(error: SignInError) -> str:
         )
     advice = SIGN_IN_ADVICE.get(error.kind)
     if advice is None:
-        detail = str(error) or error.error or "unknown error"
+        detail = escape(str(error) or error.error or "unknown error")
         advice = (
             f"Microsoft refused the sign-in: {detail} (`{error.error or 'unknown_error'}`). "
             "Try again; if it keeps happening, give the codes below to your Entra admin."
@@ -137,9 +138,9 @@ def flow_failure(error: VeeamSAError) -> str:
     if isinstance(error, MicrosoftError):
         return microsoft_failure(error)
     if isinstance(error, SignInError):
-        return sign_in_failure(error) if error.kind != "other" else str(error)
+        return sign_in_failure(error) if error.kind != "other" else escape(error)
     if isinstance(error, UnexpectedError):
         return unexpected_failure(error)
     if isinstance(error, Cancelled):
         return f"Cancelled by <@{error.by}>."
-    return str(error)
+    return escape(error)

@@ -558,7 +558,7 @@ class Provisioner:
         self.flows.drop_session(flow_id)
         flow = self._flow(flow_id)
         end = datetime.fromisoformat(stored["end_at"].replace("Z", "+00:00"))
-        tenant = identity.get("tenant_name") or ""
+        tenant = blocks.escape(identity.get("tenant_name") or "")
         summary = [
             f"*Application (client) id:* `{app['appId']}`",
             f"*Tenant:* {tenant} `{identity.get('tenant_id')}`".replace(
