@@ -17,6 +17,7 @@ from tests.fakes.slack import SlackDouble
 from tests.harness import ADMIN, Bot
 from tests.test_renew import alert, managed
 
+
 @pytest.mark.parametrize(
     "text",
     ["create 'dupname\n'", "create 'dup\nname'", "renew 'prod\n'", "show 'prod\n'"],
