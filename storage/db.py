@@ -13,6 +13,7 @@ import os
 import sqlite3
 import stat
 import threading
+import urllib.parse
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,8 +58,11 @@ class _Database(Database):
                 raise
 
 
-def _connect(path: Path) -> Database:
-    conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+def _connect(path: Path, create: bool = False) -> Database:
+    # mode=rw: a connection opened after the file was deleted fails instead of quietly
+    # creating an empty database in its place; only `open_store` creates the file.
+    uri = f"file:{urllib.parse.quote(str(path))}?mode={'rwc' if create else 'rw'}"
+    conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
     db = _Database(conn)
     db.execute("PRAGMA foreign_keys = ON")
     # WAL with synchronous=NORMAL: a crash of the process loses nothing; a power cut may lose
@@ -80,6 +84,7 @@ class Store:
         self.min_free_bytes = min_free_bytes
         #: (device, inode) of the file opened: a file put in its place is another database.
         self.identity: tuple[int, int] | None = None
+        self._create = False
         self._local = threading.local()
         self._lock = threading.Lock()
         # Weak: a connection goes with its thread (HTTP request threads come and go).
@@ -89,7 +94,7 @@ class Store:
     def db(self) -> Database:
         db = getattr(self._local, "db", None)
         if db is None:
-            db = _connect(self.path)
+            db = _connect(self.path, create=self._create)
             self._local.db = db
             with self._lock:
                 self._all.add(db)
@@ -176,7 +181,11 @@ def open_store(path: Path) -> Store:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         store = Store(path)
-        db = store.db
+        store._create = True
+        try:
+            db = store.db
+        finally:
+            store._create = False
         db.enable_wal()
         migrations.apply(db)
         store.remember_identity()
