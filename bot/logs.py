@@ -41,6 +41,8 @@ _KEYED = re.compile(
     ([^"'\s,&}]+)
     """
 )
+#: A word every key name `_KEYED` matches contains (lower case).
+_KEYED_WORDS = ("secret", "passw", "token", "code", "assertion", "authorization", "encryption")
 
 # Exact values to mask: credentials for the life of the process, and each flow's device and
 # user codes (and client secrets) for the life of that flow (`forget` drops them).
@@ -117,7 +119,9 @@ def redact(text: str) -> str:
         hits.update(v for v in _other_known if v in text)
     for value in sorted(hits, key=len, reverse=True):
         text = text.replace(value, MASK)
-    text = _KEYED.sub(lambda m: m.group(1) + MASK, text)
+    lowered = text.lower()
+    if any(word in lowered for word in _KEYED_WORDS):  # most lines name no secret key
+        text = _KEYED.sub(lambda m: m.group(1) + MASK, text)
     for pattern in _PATTERNS:
         text = pattern.sub(MASK, text)
     return text
