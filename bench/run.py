@@ -242,9 +242,11 @@ class Bench:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def bot(self, slack: SlackDouble, ms_dbl: MicrosoftDouble, name: str) -> Child:
+    def bot(
+        self, slack: SlackDouble, ms_dbl: MicrosoftDouble, name: str, **settings: str
+    ) -> Child:
         where = self.dir(name)
-        extra = {}
+        extra = dict(settings)
         if self.args.db_dir:
             db_dir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.args.db_dir))
             self.cleanup.append(db_dir)
@@ -530,18 +532,7 @@ def phase_pending(b: Bench) -> None:
         end = time.time()
         rss_after = rss_kib(bot.pid)
         threads_max = max(threads_max, thread_count(bot.pid))
-        late, polls, overdue = [], 0, 0
-        with ms_dbl.lock:
-            flows = [(list(f.poll_times), f.interval) for f in ms_dbl.flows]
-        for times, interval in flows:
-            for prev, cur in zip(times, times[1:], strict=False):
-                if start <= cur <= end:
-                    polls += 1
-                    late.append(cur - (prev + interval))
-            # A flow that stopped being polled shows no late poll: count its wait so far.
-            if times and times[-1] + interval < end - 1.0:
-                overdue += 1
-                late.append(end - (times[-1] + interval))
+        late, polls, overdue, flows = poll_lateness(ms_dbl, start, end)
         expected = len(flows) * (end - start) / args.interval
         p99 = percentile(late, 99)
         b.rows.append(
@@ -578,6 +569,74 @@ def phase_pending(b: Bench) -> None:
             )
         )
         phase_sign_in(b, bot, slack, ms_dbl)
+        bot.stop()
+
+
+def poll_lateness(
+    ms_dbl: MicrosoftDouble, start: float, end: float
+) -> tuple[list[float], int, int, list[tuple[list[float], int]]]:
+    """Every poll inside [start, end]: its time at the double minus the time it was due;
+    a flow no longer polled counts with its wait so far. Returns (lateness, polls, overdue,
+    flows)."""
+    late, polls, overdue = [], 0, 0
+    with ms_dbl.lock:
+        flows = [(list(f.poll_times), f.interval) for f in ms_dbl.flows]
+    for times, interval in flows:
+        for prev, cur in zip(times, times[1:], strict=False):
+            if start <= cur <= end:
+                polls += 1
+                late.append(cur - (prev + interval))
+        # A flow that stopped being polled shows no late poll: count its wait so far.
+        if times and times[-1] + interval < end - 1.0:
+            overdue += 1
+            late.append(end - (times[-1] + interval))
+    return late, polls, overdue, flows
+
+
+def phase_debug(b: Bench) -> None:
+    """Row 8: many pending sign-ins with the log at DEBUG: every line goes through the
+    redaction filter while `--debug-flows` device and user codes are registered."""
+    args = b.args
+    with b.doubles(
+        interval=args.interval, ms_latency=args.ms_latency, slack_latency=args.slack_latency
+    ) as (slack, ms_dbl):
+        settings = {"VEEAM_SA_LOG_LEVEL": args.debug_level}
+        if args.debug_workers:
+            settings["VEEAM_SA_WORKERS"] = str(args.debug_workers)
+        workers = args.debug_workers or 8
+        bot = b.bot(slack, ms_dbl, "debug-bot", **settings)
+        bot.start()
+        names = [f"flow-{i}" for i in range(args.debug_flows)]
+        log(
+            f"debug: creating {args.debug_flows} pending sign-ins (log level {args.debug_level}, "
+            f"{workers} workers)"
+        )
+        create_flows(bot, slack, names)
+        wait_pending(slack, ms_dbl, args.debug_flows, timeout=120 + args.debug_flows * 0.3)
+        time.sleep(args.interval + 1)
+        log(f"debug: {args.debug_flows} sign-ins pending; measuring for {args.debug_window:g} s")
+        size_before = bot.log_path.stat().st_size
+        start = time.time()
+        with b.profile(bot, "debug"):
+            time.sleep(args.debug_window)
+        end = time.time()
+        logged = bot.log_path.stat().st_size - size_before
+        late, polls, overdue, flows = poll_lateness(ms_dbl, start, end)
+        expected = len(flows) * (end - start) / args.interval
+        p99 = percentile(late, 99)
+        b.rows.append(
+            Row(
+                f"Pending sign-ins at {args.debug_level}: {len(flows)} device flows (as many "
+                f"codes masked), {workers} workers, {end - start:.0f} s window, "
+                f"interval {args.interval} s — poll lateness "
+                f"p50 / p99 / max ({polls} polls, {expected:.0f} due; {overdue} overdue; "
+                f"{logged / (end - start) / 1024:.0f} KiB/s of log)",
+                f"{ms(percentile(late, 50))} / {ms(p99)} / {ms(max(late) if late else math.nan)}",
+                f"{ms(args.ms_latency)} (one Microsoft round trip)",
+                "p99 ≤ 1 s",
+                verdict(p99 <= 1.0),
+            )
+        )
         bot.stop()
 
 
@@ -918,6 +977,21 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--ack-gap", type=float, default=0.05, help="ack row: pause between pairs (s)")
     p.add_argument("--flows", type=int, default=500, help="pending row: concurrent device flows")
     p.add_argument("--window", type=float, default=60.0, help="pending row: measuring window (s)")
+    p.add_argument(
+        "--debug-flows", type=int, default=2000, help="DEBUG row: pending device flows"
+    )
+    p.add_argument(
+        "--debug-window", type=float, default=30.0, help="DEBUG row: measuring window (s)"
+    )
+    p.add_argument(
+        "--debug-workers",
+        type=int,
+        default=0,
+        help="DEBUG row: VEEAM_SA_WORKERS (0: the bot's default, 8)",
+    )
+    p.add_argument(
+        "--debug-level", default="DEBUG", help="DEBUG row: log level (INFO to compare)"
+    )
     p.add_argument("--signins", type=int, default=20, help="sign-in row: flows approved")
     p.add_argument("--prov-reps", type=int, default=3, help="provisioning row: creates per size")
     p.add_argument("--startups", type=int, default=3, help="start-up row: starts of each process")
@@ -950,7 +1024,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1, help="random seed (request order, sampling)")
     p.add_argument(
         "--only",
-        choices=["startup", "ack", "pending", "provision", "expiry"],
+        choices=["startup", "ack", "pending", "debug", "provision", "expiry"],
         action="append",
         help="run only these phases (repeatable); default all",
     )
@@ -985,6 +1059,7 @@ PHASES: dict[str, Callable[[Bench], None]] = {
     "pending": phase_pending,
     "provision": phase_provision,
     "expiry": phase_expiry,
+    "debug": phase_debug,
 }
 
 
@@ -998,7 +1073,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ca = TestCA()
     b = Bench(args=args, ca=ca, workdir=workdir, load_start=load_average())
     wanted = args.only or list(PHASES)
-    order = ["ack", "pending", "provision", "startup", "expiry"]
+    order = ["ack", "pending", "debug", "provision", "startup", "expiry"]
     try:
         for name in order:
             if name in wanted:

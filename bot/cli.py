@@ -111,6 +111,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("run", help="run the bot (the default)")
     sub.add_parser(
+        "init",
+        help="create an empty database beside an existing key file, after the database was "
+        "lost and cannot be restored (audited); the bot itself never does that",
+    )
+    sub.add_parser(
         "doctor",
         help="check the configuration and reach Slack, Microsoft and the appliance "
         "(exit 0: all passed, 1: a check failed, 2: the configuration does not load)",
@@ -140,6 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return doctor.main()
     from bot import ops
 
+    if args.command == "init":
+        return ops.init_database()
     if args.command == "scan":
         return ops.scan(args.dry_run)
     if args.command == "audit":

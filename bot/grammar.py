@@ -22,7 +22,8 @@ from bot.errors import CommandError
 
 MAX_TEXT = 4000
 MAX_NAME = 255
-NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+#: Matched with `fullmatch`: `$` alone would accept a name with a final newline.
+NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
 SUBCOMMANDS = ("create", "list", "show", "renew", "retire", "cancel", "sync", "import", "help")
 
 USAGE = {
@@ -54,8 +55,8 @@ def validate_name(name: str) -> str:
         raise CommandError(
             f"The name is {len(name)} characters long; Veeam allows at most {MAX_NAME}."
         )
-    if not NAME_RE.match(name):
-        bad = sorted({c for c in name if not re.match(r"[A-Za-z0-9_-]", c)})
+    if not NAME_RE.fullmatch(name):
+        bad = sorted({c for c in name if not NAME_RE.fullmatch(c)})
         shown = " ".join(repr(c) for c in bad[:5])
         raise CommandError(
             f"`{_clip(name)}` is not a valid name: use Latin letters, digits, `_` and `-` only "
@@ -124,7 +125,7 @@ def _parse_create(words: list[str]) -> Command:
                 raise _usage_error("create", f"`{flag}` needs a value.")
             if flag == "--subscription":
                 for part in filter(None, (p.strip() for p in value.split(","))):
-                    if not GUID_RE.match(part):
+                    if not GUID_RE.fullmatch(part):
                         raise _usage_error(
                             "create",
                             f"`{_clip(part)}` is not a subscription id "

@@ -41,16 +41,31 @@ _KEYED = re.compile(
     ([^"'\s,&}]+)
     """
 )
+#: A word every key name `_KEYED` matches contains (lower case).
+_KEYED_WORDS = ("secret", "passw", "token", "code", "assertion", "authorization", "encryption")
 
 # Exact values to mask: credentials for the life of the process, and each flow's device and
-# user codes for the life of that flow (`forget` drops them), so the set stays as small as
-# the number of flows in progress. Matching is a substring test per value: no pattern is
-# rebuilt when a value comes or goes.
+# user codes (and client secrets) for the life of that flow (`forget` drops them).
+#
+# The cost of a line must not grow with the number of flows in progress. A value made of
+# "code" characters only (letters and digits, or those plus `-` and `_`: user codes and
+# device codes) is found by cutting the line into maximal runs of those characters — one
+# regex scan per alphabet — and looking each run up in a set. The few other values
+# (credentials from the configuration, client secrets during provisioning) are found by a
+# substring test each.
+_ALPHABETS = (re.compile(r"[A-Za-z0-9]+"), re.compile(r"[A-Za-z0-9_-]+"))
 _known: dict[str, set[str | None]] = {}
 _owned: dict[str, set[str]] = {}
-_short_known: set[str] = set()
-_long_known: set[str] = set()
+_by_alphabet: tuple[set[str], ...] = tuple(set() for _ in _ALPHABETS)
+_other_known: set[str] = set()
 _known_lock = threading.Lock()
+
+
+def _bucket(value: str) -> set[str]:
+    for alphabet, bucket in zip(_ALPHABETS, _by_alphabet, strict=True):
+        if alphabet.fullmatch(value):
+            return bucket
+    return _other_known
 
 
 def register_secret(value: str | None, owner: str | None = None) -> None:
@@ -60,7 +75,9 @@ def register_secret(value: str | None, owner: str | None = None) -> None:
         return
     with _known_lock:
         _known.setdefault(value, set()).add(owner)
-        (_short_known if _is_short(value) else _long_known).add(value)
+        # Credentials without an owner are few: keep them to the substring test, which also
+        # finds them inside a longer run of code characters.
+        (_bucket(value) if owner is not None else _other_known).add(value)
         if owner is not None:
             _owned.setdefault(owner, set()).add(value)
 
@@ -75,8 +92,9 @@ def forget(owner: str) -> None:
             owners.discard(owner)
             if not owners:
                 del _known[value]
-                _short_known.discard(value)
-                _long_known.discard(value)
+                _other_known.discard(value)
+                for bucket in _by_alphabet:
+                    bucket.discard(value)
 
 
 def register_secret_value(value: str, owner: str | None = None) -> str:
@@ -85,23 +103,25 @@ def register_secret_value(value: str, owner: str | None = None) -> str:
     return value
 
 
-_SHORT = re.compile(r"[A-Za-z0-9]{6,16}")
-
-
-def _is_short(value: str) -> bool:
-    return _SHORT.fullmatch(value) is not None
+def known_count() -> int:
+    """How many exact values are masked now (for tests and benchmarks)."""
+    with _known_lock:
+        return len(_known)
 
 
 def redact(text: str) -> str:
+    runs = [alphabet.findall(text) for alphabet in _ALPHABETS]
+    hits: set[str] = set()
     with _known_lock:
-        # Short alphanumeric values (user codes) are found by one scan of the text and a set
-        # lookup, so their cost does not grow with the number of flows in progress; the few
-        # others (credentials, client secrets) by a substring test each.
-        hits = {m.group(0) for m in _SHORT.finditer(text) if m.group(0) in _short_known}
-        hits.update(v for v in _long_known if v in text)
+        for found, bucket in zip(runs, _by_alphabet, strict=True):
+            if bucket:
+                hits.update(run for run in found if run in bucket)
+        hits.update(v for v in _other_known if v in text)
     for value in sorted(hits, key=len, reverse=True):
         text = text.replace(value, MASK)
-    text = _KEYED.sub(lambda m: m.group(1) + MASK, text)
+    lowered = text.lower()
+    if any(word in lowered for word in _KEYED_WORDS):  # most lines name no secret key
+        text = _KEYED.sub(lambda m: m.group(1) + MASK, text)
     for pattern in _PATTERNS:
         text = pattern.sub(MASK, text)
     return text

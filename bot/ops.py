@@ -1,4 +1,4 @@
-"""Operator commands on the host: `scan`, `audit`, `rotate-key`, `secret show`.
+"""Operator commands on the host: `init`, `scan`, `audit`, `rotate-key`, `secret show`.
 
 Each returns an exit status; problems are one line on stderr.
 """
@@ -23,7 +23,16 @@ from bot.crypto import (
     split_keys,
     write_key_file,
 )
-from bot.errors import ConfigError, StorageError
+from bot.errors import ConfigError, StorageError, VeeamSAError
+from bot.keys import (
+    DatabaseMissing,
+    KeyMismatch,
+    check_database_present,
+    fingerprint,
+    open_bound,
+    record,
+    verify,
+)
 from storage import queries
 from storage.db import Store, open_store
 
@@ -38,22 +47,24 @@ def _err(text: str) -> None:
 
 def operator_command(fn: Callable[..., int]) -> Callable[..., int]:
     """Load the configuration and open the database for `fn(config, store, ...)`; a bad
-    setting exits 2 and an unusable database 1, each with one line on stderr."""
+    setting exits 2 and an unusable database 1, each with one line on stderr. A database
+    lost beside its key file is not re-created (`init` does that)."""
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> int:
         try:
             config = load_config()
+            check_database_present(config)
             store = open_store(config.db_path)
         except ConfigError as exc:
             _err(str(exc))
             return 2
-        except StorageError as exc:
+        except (StorageError, DatabaseMissing) as exc:
             _err(str(exc))
             return 1
         try:
             return fn(config, store, *args, **kwargs)
-        except StorageError as exc:
+        except (StorageError, KeyMismatch) as exc:
             _err(str(exc))
             return 1
         finally:
@@ -67,6 +78,34 @@ def _host_actor() -> str:
         return f"host:{getpass.getuser()}"
     except (KeyError, OSError):
         return "host"
+
+
+def init_database() -> int:
+    """Create an empty database beside the existing key (after the database was lost and
+    there is no backup), bound to that key; audited. A database already there is left as
+    it is."""
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        _err(str(exc))
+        return 2
+    if config.db_path.exists():
+        _err(f"the database {config.db_path} already exists; nothing was changed")
+        return 1
+    try:
+        bound = open_bound(config, allow_new_database=True, actor=_host_actor())
+    except ConfigError as exc:
+        _err(str(exc))
+        return 2
+    except VeeamSAError as exc:
+        _err(str(exc))
+        return 1
+    bound.store.close()
+    _out(
+        f"created an empty database {config.db_path} for the key in {bound.source} "
+        f"(fingerprint {fingerprint(bound.keys[0])})"
+    )
+    return 0
 
 
 @operator_command
@@ -124,7 +163,9 @@ def audit(
 
 @operator_command
 def rotate_key(config: Config, store: Store) -> int:
-    """Re-encrypt every stored secret and device code under a new key."""
+    """Re-encrypt every stored secret and device code under a new key, and record in the
+    database that only the new key is needed."""
+    verify(store, config)
     if config.encryption_key is not None:
         keys = split_keys(config.encryption_key)
         if len(keys) < 2:
@@ -136,6 +177,7 @@ def rotate_key(config: Config, store: Store) -> int:
             return 2
         cipher = Cipher(*keys)
         count = _rewrap(store, cipher)
+        record(store, keys, replace=True)
         _out(
             f"re-encrypted {count} value(s) under the first key; now set VEEAM_SA_ENCRYPTION_KEY to that key alone"
         )
@@ -143,12 +185,14 @@ def rotate_key(config: Config, store: Store) -> int:
     path = key_file_for(config.db_path)
     if not path.exists():
         load_or_create_key(config.db_path, None)
+        record(store, read_key_file(path), replace=True)
         _out(f"no key yet: generated {path}")
         return 0
     old = read_key_file(path)
     fresh = new_key()
     write_key_file(path, [fresh, *old])  # readers can decrypt both while we rewrap
     count = _rewrap(store, Cipher(fresh, *old))
+    record(store, [fresh], replace=True)
     write_key_file(path, [fresh])
     _out(f"re-encrypted {count} value(s) under a new key in {path}; the old key is gone")
     queries.add_audit(
@@ -181,10 +225,14 @@ def secret_show(
 ) -> int:
     """Print an account's current secret after a confirmation; leaves an audit row."""
     try:
-        cipher, _ = load_or_create_key(config.db_path, config.encryption_key)
+        found = verify(store, config)
     except ConfigError as exc:
         _err(str(exc))
         return 2
+    if found is None:
+        _err(f"the bot holds no secret for {name!r} (there is no key yet)")
+        return 1
+    cipher = Cipher(*found[0])
     account = queries.get_account(store.db, name)
     if account is None:
         _err(f"there is no managed service account {name!r}")

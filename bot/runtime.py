@@ -16,13 +16,12 @@ from typing import Any
 from bot import metrics
 from bot.app import build_app
 from bot.config import Config
-from bot.crypto import load_or_create_key
 from bot.errors import VeeamSAError
+from bot.keys import open_bound
 from bot.scheduler import start_scheduler
 from bot.server import Health, HttpServer
 from bot.services import Services, build_services
 from bot.slack import make_web_client
-from storage.db import open_store
 
 log = logging.getLogger("veeam_sa")
 
@@ -41,8 +40,8 @@ class Runtime:
 
     @classmethod
     def start(cls, config: Config) -> Runtime:
-        store = open_store(config.db_path)
-        cipher, _key_file = load_or_create_key(config.db_path, config.encryption_key)
+        bound = open_bound(config)
+        store, cipher = bound.store, bound.cipher
         slack = make_web_client(config)
         try:
             identity = slack.auth_test()
@@ -66,11 +65,17 @@ class Runtime:
             def slack_ok() -> bool:
                 return bool(socket_handler.client.is_connected())
 
-            health = Health(store.ping, slack_ok, "socket")
+            health = Health(store.ping, slack_ok, "socket", database_problem=store.problem)
             server = HttpServer(config.port, None, health, metrics=metrics.exposition)
         else:
-            health = Health(store.ping, lambda: True, "http")
-            server = HttpServer(config.port, app, health, metrics=metrics.exposition)
+            health = Health(store.ping, lambda: True, "http", database_problem=store.problem)
+            server = HttpServer(
+                config.port,
+                app,
+                health,
+                metrics=metrics.exposition,
+                signing_secret=config.slack_signing_secret,
+            )
         server.start()
         log.info("listening on port %d (%s mode)", server.port, health.mode)
         if socket_handler is not None:

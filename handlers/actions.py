@@ -29,6 +29,19 @@ def _value(action: dict[str, Any]) -> str:
     return str(action.get("value") or "")
 
 
+#: A row id: ASCII digits only (`str.isdigit` also accepts `²` and `١`), at most 18 of them
+#: (SQLite's integers are 64-bit).
+_ROW_ID = re.compile(r"[0-9]{1,18}")
+
+
+def _row_id(action: dict[str, Any]) -> str:
+    """A button's value that names a row by id; anything else is refused as stale."""
+    value = _value(action)
+    if not _ROW_ID.fullmatch(value):
+        raise CommandError("That account is not managed by this bot (any more).")
+    return value
+
+
 def _private(respond: Respond, payload: dict[str, Any]) -> None:
     respond(**payload, response_type="ephemeral", replace_original=False)
 
@@ -94,7 +107,7 @@ def register(app: App, services: Services) -> None:
         def renew() -> None:
             flow_id = services.renew.begin(
                 requester=_user(body),
-                account_ref=_value(action),
+                account_ref=_row_id(action),
                 by_id=True,
                 channel_id=container.get("channel_id") or (body.get("channel") or {}).get("id"),
                 thread_ts=container.get("message_ts"),

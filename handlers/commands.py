@@ -47,11 +47,10 @@ def register(app: App, services: Services) -> None:
                 )
                 services.workers.submit(services.create.start, flow_id)
             elif parsed.verb == "cancel":
-                names = services.create.cancel_mine(user)
-                if names:
-                    ack(**blocks.note("Cancelled: " + ", ".join(f"`{n}`" for n in names) + "."))
-                else:
-                    ack(**blocks.note("You have nothing in progress to cancel."))
+                # Each cancel says so in its thread (a Slack call per flow): ack first, then
+                # cancel in the background and tell the requester what was cancelled.
+                ack(**blocks.note("Cancelling what you have in progress…"))
+                services.workers.submit(partial(_cancel_mine, services, user, respond))
             elif parsed.verb == "list":
                 views = account_views(services.store, services.clock(), services.config.warn_days)
                 ack(**blocks.account_list(views))
@@ -110,3 +109,17 @@ def register(app: App, services: Services) -> None:
         except (sqlite3.Error, StorageError):
             log.exception("database error while handling /veeam-sa %s", parsed.verb)
             ack(**blocks.error_message(DATABASE_UNAVAILABLE, with_help_hint=False))
+
+
+def _cancel_mine(services: Services, user: str, respond: Respond) -> None:
+    try:
+        names = services.create.cancel_mine(user)
+    except (sqlite3.Error, StorageError):
+        log.exception("database error while cancelling the flows of %s", user)
+        respond(**blocks.error_message(DATABASE_UNAVAILABLE, with_help_hint=False), response_type="ephemeral")
+        return
+    if names:
+        text = "Cancelled: " + ", ".join(f"`{n}`" for n in names) + "."
+    else:
+        text = "You have nothing in progress to cancel."
+    respond(**blocks.note(text), response_type="ephemeral")

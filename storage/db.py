@@ -9,8 +9,11 @@ timeout makes concurrent writers queue instead of failing.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
+import stat
 import threading
+import urllib.parse
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +26,8 @@ from storage.migrations import LATEST, migrations
 BUSY_TIMEOUT_S = 30.0
 #: Name prefixes of the threads that may run WAL checkpoints (workers, timer, scheduler).
 BACKGROUND_THREADS = ("veeam-sa", "APScheduler", "MainThread")
+#: Free space below which the disk counts as full for `/healthz`.
+MIN_FREE_BYTES = 16 * 1024 * 1024
 
 
 class _Database(Database):
@@ -53,8 +58,11 @@ class _Database(Database):
                 raise
 
 
-def _connect(path: Path) -> Database:
-    conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+def _connect(path: Path, create: bool = False) -> Database:
+    # mode=rw: a connection opened after the file was deleted fails instead of quietly
+    # creating an empty database in its place; only `open_store` creates the file.
+    uri = f"file:{urllib.parse.quote(str(path))}?mode={'rwc' if create else 'rw'}"
+    conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
     db = _Database(conn)
     db.execute("PRAGMA foreign_keys = ON")
     # WAL with synchronous=NORMAL: a crash of the process loses nothing; a power cut may lose
@@ -71,8 +79,12 @@ def _connect(path: Path) -> Database:
 class Store:
     """The database file and this thread's connection to it."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, min_free_bytes: int = MIN_FREE_BYTES) -> None:
         self.path = Path(path)
+        self.min_free_bytes = min_free_bytes
+        #: (device, inode) of the file opened: a file put in its place is another database.
+        self.identity: tuple[int, int] | None = None
+        self._create = False
         self._local = threading.local()
         self._lock = threading.Lock()
         # Weak: a connection goes with its thread (HTTP request threads come and go).
@@ -82,7 +94,7 @@ class Store:
     def db(self) -> Database:
         db = getattr(self._local, "db", None)
         if db is None:
-            db = _connect(self.path)
+            db = _connect(self.path, create=self._create)
             self._local.db = db
             with self._lock:
                 self._all.add(db)
@@ -114,6 +126,39 @@ class Store:
             return False
         return True
 
+    def remember_identity(self) -> None:
+        st = os.stat(self.path)
+        self.identity = (st.st_dev, st.st_ino)
+
+    def problem(self) -> str | None:
+        """What keeps the database from taking writes (for /healthz), or None: the file is
+        gone, replaced, read-only, the disk is full, or it does not answer."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return "the database file is gone"
+        except OSError as exc:
+            return f"the database file cannot be read ({exc.strerror})"
+        if not stat.S_ISREG(st.st_mode):
+            return "the database path is not a file"
+        if self.identity is not None and (st.st_dev, st.st_ino) != self.identity:
+            return "the database file was replaced by another"
+        # Mode bits as well as access(): a process running as root may write anyway, but an
+        # operator who made the file read-only meant it.
+        if not st.st_mode & 0o222 or not os.access(self.path, os.W_OK):
+            return "the database file is read-only"
+        if not os.access(self.path.parent, os.W_OK):
+            return "the database directory is read-only"
+        try:
+            fs = os.statvfs(self.path.parent)
+        except OSError as exc:
+            return f"the database's file system cannot be read ({exc.strerror})"
+        if fs.f_bavail * fs.f_frsize < self.min_free_bytes:
+            return f"the disk is full ({fs.f_bavail * fs.f_frsize // 1024} KiB free)"
+        if not self.ping():
+            return "the database does not answer"
+        return None
+
     def schema_current(self) -> bool:
         return not migrations.pending(self.db) and any(
             m.name == LATEST for m in migrations.applied(self.db)
@@ -136,9 +181,14 @@ def open_store(path: Path) -> Store:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         store = Store(path)
-        db = store.db
+        store._create = True
+        try:
+            db = store.db
+        finally:
+            store._create = False
         db.enable_wal()
         migrations.apply(db)
+        store.remember_identity()
     except (sqlite3.Error, OSError) as exc:
         raise StorageError(f"cannot open the database {path}: {exc}") from exc
     return store

@@ -365,6 +365,19 @@ def set_notice_ts(
     )
 
 
+#: `meta` key: fingerprints (comma-separated) of the keys stored values may be encrypted under.
+META_KEY_FINGERPRINTS = "key_fingerprints"
+
+
+def encrypted_sample(db: Database) -> str | None:
+    """One encrypted value held in the database (a client secret or a device flow), if any."""
+    row = db.execute(
+        "SELECT ciphertext FROM secrets WHERE ciphertext IS NOT NULL "
+        "UNION ALL SELECT device_flow FROM flows WHERE device_flow IS NOT NULL LIMIT 1"
+    ).fetchone()
+    return str(row[0]) if row else None
+
+
 def set_meta(db: Database, key: str, value: str) -> None:
     db.table("meta").upsert({"key": key, "value": value}, pk="key")
 

@@ -57,7 +57,8 @@ def test_admins_and_group_members_may_create_list_and_cancel(abot: Bot, user: st
     assert "Starting" in abot.command("create prod", user=user)
     abot.wait_state("prod", "awaiting_sign_in")
     assert "No managed service accounts yet" in abot.command("list", user=user)
-    assert "Cancelled: `prod`" in abot.command("cancel", user=user)
+    assert "Cancelling" in abot.command("cancel", user=user)
+    abot.slack.wait_for("response_url", text="Cancelled: `prod`.")
 
 
 def test_list_may_be_opened_to_everyone(

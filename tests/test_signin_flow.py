@@ -186,10 +186,13 @@ def test_cancel_by_button_and_refusal_for_others(
 
 def test_cancel_by_command(bot: Bot) -> None:
     start(bot)
-    answer = bot.command("cancel")
-    assert "Cancelled: `prod-backup`" in answer
+    assert "Cancelling" in bot.command("cancel")  # acked first; the answer follows
     bot.wait_state("prod-backup", "cancelled")
-    assert "nothing in progress" in bot.command("cancel")
+    told = bot.slack.wait_for("response_url", text="Cancelled: `prod-backup`.")
+    assert told.args["response_type"] == "ephemeral"
+    mark = bot.slack.mark()
+    bot.command("cancel")
+    bot.slack.wait_for("response_url", after=mark, text="You have nothing in progress to cancel.")
 
 
 def test_non_admin_cannot_create(bot: Bot) -> None:
