@@ -192,7 +192,7 @@ class SlackDouble:
         class Handler(_Handler):
             dbl = double
 
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._http = _Server(("127.0.0.1", 0), Handler)
         self._http.daemon_threads = True
         port = self._http.server_address[1]
         self.base_url = f"http://127.0.0.1:{port}"
@@ -1109,6 +1109,12 @@ class SlackDouble:
 
 
 # ---------------------------------------------------------------------- HTTP plumbing
+
+
+class _Server(ThreadingHTTPServer):
+    #: A real listen backlog: the standard library's 5 resets connections under a burst,
+    #: which Slack's API never does.
+    request_queue_size = 1024
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -117,6 +117,9 @@ class TLSServer(ThreadingHTTPServer):
     and ``internal_errors``), tracking open connections so a test can drop them."""
 
     daemon_threads = True
+    #: The standard library's listen backlog is 5: a burst of concurrent clients (the bot's
+    #: worker pool) would see connections reset, which Microsoft's front ends never do.
+    request_queue_size = 1024
 
     def __init__(self, double: Any, ssl_context: ssl.SSLContext) -> None:
         self.double = double
