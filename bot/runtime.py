@@ -13,15 +13,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bot import metrics
 from bot.app import build_app
-from bot.config import Config
-from bot.errors import VeeamSAError
-from bot.keys import open_bound
+from bot.core import metrics
+from bot.core.config import Config
+from bot.core.errors import VeeamSAError
+from bot.flows.root import Services, build_services
 from bot.scheduler import start_scheduler
 from bot.server import Health, HttpServer
-from bot.services import Services, build_services
-from bot.slack import make_web_client
+from bot.slack.client import make_web_client
+from storage.keys import open_bound
 
 log = logging.getLogger("veeam_sa")
 

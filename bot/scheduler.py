@@ -1,5 +1,5 @@
 """The scheduler: APScheduler 3.11 wiring for the expiry scan and the flow watchdog. Jobs
-themselves are plain functions (`bot.expiry.scan`, `CreateFlows.watchdog`); this module only
+themselves are plain functions (`bot.flows.expiry.scan`, `CreateFlows.watchdog`); this module only
 decides when they run.
 
 One scheduler per database: two bot processes on one database would both post (the
@@ -13,8 +13,9 @@ from datetime import UTC, datetime
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from bot import expiry, handoff
-from bot.services import Services
+from bot.flows import appliance as handoff
+from bot.flows import expiry
+from bot.flows.root import Services
 
 log = logging.getLogger(__name__)
 

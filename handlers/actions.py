@@ -14,9 +14,9 @@ from typing import Any
 
 from slack_bolt import Ack, App, Respond
 
-from bot import blocks, ids
-from bot.errors import DATABASE_UNAVAILABLE, CommandError, NotAuthorised, StorageError
-from bot.services import Services
+from bot.core.errors import DATABASE_UNAVAILABLE, CommandError, NotAuthorised, StorageError
+from bot.flows.root import Services
+from bot.slack import blocks, ids
 
 log = logging.getLogger(__name__)
 

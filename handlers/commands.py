@@ -9,11 +9,12 @@ from typing import Any
 
 from slack_bolt import Ack, App, Respond
 
-from bot import appliance_jobs, blocks, ids
-from bot.accounts import account_history, account_view, account_views
-from bot.errors import DATABASE_UNAVAILABLE, CommandError, NotAuthorised, StorageError
-from bot.grammar import parse
-from bot.services import Services
+from bot.core.errors import DATABASE_UNAVAILABLE, CommandError, NotAuthorised, StorageError
+from bot.flows import appliance_jobs
+from bot.flows.accounts import account_history, account_view, account_views
+from bot.flows.root import Services
+from bot.slack import blocks, ids
+from bot.slack.grammar import parse
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ import threading
 import time
 from pathlib import Path
 
+from bot.core.workers import Workers
 from bot.runtime import STOP_TIMEOUT_S
-from bot.workers import Workers
 from tests.fakes.microsoft import MicrosoftDouble
 from tests.fakes.slack import APP_TOKEN, SlackDouble
 from tests.fakes.slack_requests import slash_command_payload

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from bot import ids
+from bot.slack import ids
 from tests.fakes.microsoft import (
     ALICE_UPN,
     DEFAULT_SUBSCRIPTIONS,

@@ -15,8 +15,8 @@ from typing import Any
 
 import httpx
 
-from bot import metrics
-from bot.errors import MicrosoftError, Throttled, Unreachable
+from bot.core import metrics
+from bot.core.errors import MicrosoftError, Throttled, Unreachable
 
 log = logging.getLogger(__name__)
 

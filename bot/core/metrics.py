@@ -5,8 +5,8 @@ prometheus_client's global one, so importing a library that registers metrics gl
 changes nothing here. Two kinds of metrics:
 
 - instruments, updated where things happen:
-  `veeam_sa_signin_poll_seconds` (one device-code token poll, `bot.create`),
-  `veeam_sa_microsoft_requests_total{service,status}` (Graph and ARM, `bot.msapi`) and
+  `veeam_sa_signin_poll_seconds` (one device-code token poll, `bot.flows.create`),
+  `veeam_sa_microsoft_requests_total{service,status}` (Graph and ARM, `bot.clients.msapi`) and
   `veeam_sa_slack_requests_total{method,status}` (every Slack Web API attempt, counted by
   `SlackRequestCounter`, a slack_sdk retry handler that never retries);
 - `DatabaseCollector`, which reads the database at scrape time, so its numbers survive
@@ -164,7 +164,7 @@ class DatabaseCollector(Collector):
             return []
 
     def _collect(self) -> list[Metric]:
-        from bot.expiry import parse_time
+        from bot.flows.expiry import parse_time
 
         db = self._store.db
         flows, failures, pending, secrets, last_scan = _families()

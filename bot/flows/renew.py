@@ -44,8 +44,10 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from slack_sdk.errors import SlackApiError
 
-from bot import blocks
-from bot.errors import (
+from bot.clients.graph import GraphClient
+from bot.clients.signin import Identity, Session
+from bot.clients.vbazure import ApplianceError
+from bot.core.errors import (
     Cancelled,
     CommandError,
     MicrosoftError,
@@ -54,17 +56,15 @@ from bot.errors import (
     as_flow_error,
     error_label,
 )
-from bot.expiry import parse_time
-from bot.graph import GraphClient
-from bot.handoff import appliance_text, hand_off
-from bot.messages import flow_failure, secret_policy_note
-from bot.provision import add_secret, crash_point
-from bot.signin import Identity, Session
-from bot.vbazure import ApplianceError
+from bot.flows.appliance import appliance_text, hand_off
+from bot.flows.expiry import parse_time
+from bot.flows.provision import add_secret, crash_point
+from bot.slack import blocks
+from bot.slack.messages import flow_failure, secret_policy_note
 from storage import queries
 
 if TYPE_CHECKING:
-    from bot.create import CreateFlows
+    from bot.flows.create import CreateFlows
 
 log = logging.getLogger(__name__)
 

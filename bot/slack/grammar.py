@@ -17,8 +17,8 @@ import re
 import shlex
 from dataclasses import dataclass, field
 
-from bot.config import GUID_RE
-from bot.errors import CommandError
+from bot.core.config import GUID_RE
+from bot.core.errors import CommandError
 
 MAX_TEXT = 4000
 MAX_NAME = 255

@@ -31,8 +31,8 @@ from typing import Any
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-from bot import blocks
-from bot.config import Config
+from bot.core.config import Config
+from bot.slack import blocks
 from storage import queries
 from storage.db import Store
 

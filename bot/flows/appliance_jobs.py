@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot import blocks
-from bot.handoff import appliance_text, hand_off, import_accounts
-from bot.services import Services
-from bot.vbazure import ApplianceError
+from bot.clients.vbazure import ApplianceError
+from bot.flows.appliance import appliance_text, hand_off, import_accounts
+from bot.flows.root import Services
+from bot.slack import blocks
 from storage import queries
 
 

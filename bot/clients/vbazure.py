@@ -27,7 +27,7 @@ Timeouts, connection errors, 429 and 5xx are retried a bounded number of times w
 been lost (read timeout, 5xx) the client looks for the account by name and application id
 before posting again, so a retry never creates a second account.
 
-Errors: every failure is an ``ApplianceError`` (a ``bot.errors.VeeamSAError``)::
+Errors: every failure is an ``ApplianceError`` (a ``bot.core.errors.VeeamSAError``)::
 
     VeeamSAError
     └── ApplianceError     the appliance refused, failed or could not be reached
@@ -38,7 +38,7 @@ documents contribute only their ``title``, ``detail``, per-field ``errors`` and 
 and those are scrubbed of every secret the call knew about.
 
 TLS: the caller passes an ``httpx.Client`` with certificate verification on (see
-``bot.services.make_http_client``; ``SSL_CERT_FILE`` adds a private CA). A verification
+``bot.flows.root.make_http_client``; ``SSL_CERT_FILE`` adds a private CA). A verification
 failure is reported as such and never retried or bypassed.
 """
 
@@ -54,7 +54,7 @@ from urllib.parse import quote
 
 import httpx
 
-from bot.errors import VeeamSAError
+from bot.core.errors import VeeamSAError
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from bot.config import Config, load_config
-from bot.crypto import (
+from bot.core.config import Config, load_config
+from bot.core.crypto import (
     Cipher,
     key_file_for,
     load_or_create_key,
@@ -23,8 +23,10 @@ from bot.crypto import (
     split_keys,
     write_key_file,
 )
-from bot.errors import ConfigError, StorageError, VeeamSAError
-from bot.keys import (
+from bot.core.errors import ConfigError, StorageError, VeeamSAError
+from storage import queries
+from storage.db import Store, open_store
+from storage.keys import (
     DatabaseMissing,
     KeyMismatch,
     check_database_present,
@@ -33,8 +35,6 @@ from bot.keys import (
     record,
     verify,
 )
-from storage import queries
-from storage.db import Store, open_store
 
 
 def _out(text: str, stream: TextIO | None = None) -> None:
@@ -110,8 +110,8 @@ def init_database() -> int:
 
 @operator_command
 def scan(config: Config, store: Store, dry_run: bool) -> int:
-    from bot import expiry
-    from bot.slack import make_web_client
+    from bot.flows import expiry
+    from bot.slack.client import make_web_client
 
     now = datetime.now(UTC)
     if dry_run:

@@ -17,12 +17,17 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from bot.expiry import parse_time
-from bot.vbazure import AZURE_ENVIRONMENTS, ORIGIN_CERTIFICATE, ApplianceError, VBAzureClient
+from bot.clients.vbazure import (
+    AZURE_ENVIRONMENTS,
+    ORIGIN_CERTIFICATE,
+    ApplianceError,
+    VBAzureClient,
+)
+from bot.flows.expiry import parse_time
 from storage import queries
 
 if TYPE_CHECKING:
-    from bot.services import Services
+    from bot.flows.root import Services
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +141,7 @@ def _held_settings(
 
 
 def appliance_text(error: ApplianceError) -> str:
-    from bot.blocks import escape
+    from bot.slack.blocks import escape
 
     return f"the Veeam appliance refused or could not be reached: {escape(error)}"
 

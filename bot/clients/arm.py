@@ -8,8 +8,8 @@ import uuid
 from functools import lru_cache
 from typing import Any
 
-from bot.errors import MicrosoftError
-from bot.msapi import MicrosoftApi
+from bot.clients.msapi import MicrosoftApi
+from bot.core.errors import MicrosoftError
 
 ROLE_ASSIGNMENT_WRITE = "Microsoft.Authorization/roleAssignments/write"
 SUBSCRIPTIONS_API = "2022-12-01"

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.blocks import escape
-from bot.errors import (
+from bot.core.errors import (
     POLICY_LIFETIME,
     POLICY_NO_SECRETS,
     Cancelled,
@@ -20,6 +19,7 @@ from bot.errors import (
     VeeamSAError,
     policy_id,
 )
+from bot.slack.blocks import escape
 
 SIGN_IN_ADVICE: dict[str, str] = {
     "declined": "The sign-in was declined at Microsoft's prompt. Run `/veeam-sa create` again "

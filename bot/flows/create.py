@@ -2,7 +2,7 @@
 
 States of a create flow (the `flows.state` column):
 
-    starting ──▶ awaiting_sign_in ──▶ signed_in ──▶ … provisioning (bot.provision) … ──▶ done
+    starting ──▶ awaiting_sign_in ──▶ signed_in ──▶ … provisioning (bot.flows.provision) … ──▶ done
         │               │                 │
         └───────────────┴─────────────────┴──▶ failed | cancelled | expired
 
@@ -27,9 +27,17 @@ from typing import Any
 
 from slack_sdk.errors import SlackApiError
 
-from bot import blocks, metrics
-from bot.arm import ArmClient
-from bot.errors import (
+from bot.clients.arm import ArmClient
+from bot.clients.signin import (
+    DeviceSignIn,
+    Identity,
+    Session,
+    TransientError,
+    dump_flow,
+    needs_interaction,
+)
+from bot.core import metrics
+from bot.core.errors import (
     Cancelled,
     CommandError,
     NotAuthorised,
@@ -39,19 +47,12 @@ from bot.errors import (
     as_flow_error,
     error_label,
 )
-from bot.grammar import Command
-from bot.logs import forget, register_secret
-from bot.messages import flow_failure, sign_in_failure, support_suffix
-from bot.notify import Notifier
-from bot.services import Services
-from bot.signin import (
-    DeviceSignIn,
-    Identity,
-    Session,
-    TransientError,
-    dump_flow,
-    needs_interaction,
-)
+from bot.core.logs import forget, register_secret
+from bot.flows.root import Services
+from bot.slack import blocks
+from bot.slack.grammar import Command
+from bot.slack.messages import flow_failure, sign_in_failure, support_suffix
+from bot.slack.notify import Notifier
 from storage import queries
 
 log = logging.getLogger(__name__)
@@ -687,7 +688,7 @@ class CreateFlows:
                 log.info("could not read the tenant's display name", exc_info=True)
                 return None
 
-        from bot.provision import both
+        from bot.flows.provision import both
 
         others = [scope for scope in signin.scopes if scope != signin.sign_in_scope]
         name, errors = both(tenant_name, lambda: [fetch(scope) for scope in others])

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-from bot.errors import NotAuthorised
+from bot.core.errors import NotAuthorised
 
 log = logging.getLogger(__name__)
 

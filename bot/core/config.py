@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from bot.errors import ConfigError
+from bot.core.errors import ConfigError
 
 AZURE_CLI_CLIENT_ID = "04b07795-8ddb-461a-bbee-02f9e1bf7b46"
 
@@ -276,7 +276,7 @@ def load_config(
 
     key = get("VEEAM_SA_ENCRYPTION_KEY")
     if key is not None:
-        from bot.crypto import validate_key
+        from bot.core.crypto import validate_key
 
         if not validate_key(key):
             raise ConfigError(
@@ -349,7 +349,7 @@ def load_config(
     veeam_api_version = get("VEEAM_API_VERSION") or "v8.1"
     if not re.match(r"^v\d+(\.\d+)*$", veeam_api_version):
         raise ConfigError("VEEAM_API_VERSION", f"must look like v8.1 (got {veeam_api_version!r})")
-    from bot.vbazure import AZURE_ACCOUNT_PURPOSES, DEFAULT_PURPOSES
+    from bot.clients.vbazure import AZURE_ACCOUNT_PURPOSES, DEFAULT_PURPOSES
 
     purposes = tuple(
         p.strip()

@@ -14,18 +14,18 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from slack_sdk import WebClient
 
-from bot.authz import Authorizer
-from bot.config import Config
-from bot.crypto import Cipher
-from bot.workers import Workers
+from bot.core.config import Config
+from bot.core.crypto import Cipher
+from bot.core.workers import Workers
+from bot.slack.authz import Authorizer
 from storage import queries
 from storage.db import Store
 
 if TYPE_CHECKING:
-    from bot.create import CreateFlows
-    from bot.provision import Provisioner
-    from bot.renew import Renewals
-    from bot.vbazure import VBAzureClient
+    from bot.clients.vbazure import VBAzureClient
+    from bot.flows.create import CreateFlows
+    from bot.flows.provision import Provisioner
+    from bot.flows.renew import Renewals
 
 
 def utcnow() -> datetime:
@@ -68,11 +68,11 @@ def build_services(
     workers: Workers | None = None,
     clock: Callable[[], datetime] = utcnow,
 ) -> Services:
-    from bot.create import CreateFlows
-    from bot.notify import Notifier
-    from bot.provision import Provisioner
-    from bot.renew import Renewals
-    from bot.signin import DeviceSignIn, Identity, Session
+    from bot.clients.signin import DeviceSignIn, Identity, Session
+    from bot.flows.create import CreateFlows
+    from bot.flows.provision import Provisioner
+    from bot.flows.renew import Renewals
+    from bot.slack.notify import Notifier
 
     http = http or make_http_client(config)
     services = Services(
@@ -97,7 +97,7 @@ def build_services(
         http=http,
         clock=clock,
     )
-    from bot.handoff import make_client
+    from bot.flows.appliance import make_client
 
     services.appliance = make_client(services)
     services.create = CreateFlows(services, DeviceSignIn(config, http), Notifier(slack))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.grammar import USAGE
+from bot.slack.grammar import USAGE
 
 Payload = dict[str, Any]
 
@@ -149,7 +149,7 @@ def device_code_message(
 ) -> Payload:
     """The sign-in code: for the requester's eyes only (ephemeral or DM). `again` names the
     resource of a further sign-in the tenant asked for."""
-    from bot import ids
+    from bot.slack import ids
 
     expiry = slack_date(expires_at, "in 15 minutes")
     return {
@@ -240,7 +240,7 @@ def prerequisites_message(
     blocked: bool,
 ) -> Payload:
     """Like VBAzure's Scope step: one line per check, the fix for each failure, Recheck."""
-    from bot import ids
+    from bot.slack import ids
 
     lines = [f"{CHECK_ICONS[app_right]} Register applications in the tenant — {app_reason}"]
     for sub in subscriptions:
@@ -271,7 +271,7 @@ def subscription_chooser(
     *, flow_id: str, requester: str, subscriptions: list[dict[str, Any]]
 ) -> Payload:
     """A multi-select of the subscriptions the account can see, and Create (requester only)."""
-    from bot import ids
+    from bot.slack import ids
 
     options = []
     for sub in subscriptions[:MAX_OPTIONS]:
@@ -326,7 +326,7 @@ def subscription_chooser(
 
 
 def _renew_button(account_id: int, name: str) -> dict[str, Any]:
-    from bot import ids
+    from bot.slack import ids
 
     return {
         "type": "button",
@@ -478,7 +478,7 @@ def renewed_keep_old(
 ) -> Payload:
     """Renewed without an appliance: where the new secret is, how to give it to Veeam, and
     the button that removes the old secret once Veeam has the new one."""
-    from bot import ids
+    from bot.slack import ids
 
     olds = ", ".join(
         f"`{o['hint'] or '?'}…` (expires {slack_date(o['end_ts'], o['end_at'][:10])})" for o in old

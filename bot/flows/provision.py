@@ -26,9 +26,11 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from bot import blocks
-from bot.arm import ArmClient, assignment_name
-from bot.errors import (
+from bot.clients.arm import ArmClient, assignment_name
+from bot.clients.graph import GraphClient
+from bot.clients.signin import Identity, Session
+from bot.clients.vbazure import ApplianceError
+from bot.core.errors import (
     POLICY_LIFETIME,
     Cancelled,
     CommandError,
@@ -39,17 +41,15 @@ from bot.errors import (
     error_label,
     policy_id,
 )
-from bot.graph import GraphClient
-from bot.handoff import hand_off
-from bot.logs import register_secret_value as register
-from bot.messages import flow_failure, secret_policy_note
-from bot.signin import Identity, Session
-from bot.vbazure import ApplianceError
+from bot.core.logs import register_secret_value as register
+from bot.flows.appliance import hand_off
+from bot.slack import blocks
+from bot.slack.messages import flow_failure, secret_policy_note
 from storage import queries
 
 if TYPE_CHECKING:
-    from bot.create import CreateFlows
-    from bot.services import Services
+    from bot.flows.create import CreateFlows
+    from bot.flows.root import Services
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from bot.errors import ConfigError, StorageError
+from bot.core.errors import ConfigError, StorageError
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Posting to Slack on behalf of the services: messages, updates, requester-only notes.
 
-A thin layer over the `WebClient`: it takes payloads from `bot.blocks` and returns the
+A thin layer over the `WebClient`: it takes payloads from `bot.slack.blocks` and returns the
 `ts` Slack gave, so services never build Web API calls themselves.
 """
 

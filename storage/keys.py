@@ -24,9 +24,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.config import Config
-from bot.crypto import Cipher, key_file_for, new_key, read_key_file, split_keys, write_key_file
-from bot.errors import StorageError, VeeamSAError
+from bot.core.config import Config
+from bot.core.crypto import Cipher, key_file_for, new_key, read_key_file, split_keys, write_key_file
+from bot.core.errors import StorageError, VeeamSAError
 from storage import queries
 from storage.db import Store, open_store
 

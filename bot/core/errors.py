@@ -14,7 +14,7 @@
     └── UnexpectedError               anything else a flow step raised (a bug, a truncated
                                       answer, a failed write): carries the log's reference
 
-`bot.messages` is the one place that turns these into Slack text. Messages never carry a
+`bot.slack.messages` is the one place that turns these into Slack text. Messages never carry a
 secret, token or device code: the constructors take only what is safe to show.
 """
 

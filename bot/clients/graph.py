@@ -9,8 +9,8 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
-from bot.errors import MicrosoftError
-from bot.msapi import MicrosoftApi
+from bot.clients.msapi import MicrosoftApi
+from bot.core.errors import MicrosoftError
 
 #: Built-in directory roles that may register applications whatever the tenant setting says:
 #: those holding microsoft.directory/applications/create or createAsOwner (Global

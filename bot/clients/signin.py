@@ -6,7 +6,7 @@ let one throttled poll hold back everybody else's. The application lives in memo
 the length of one flow and is dropped with it; refresh tokens are never persisted.
 
 `poll()` makes exactly one request to the token endpoint and classifies the answer; the
-caller (bot.create) schedules the next poll.
+caller (bot.flows.create) schedules the next poll.
 
 The device code is for Azure management (ARM), and the Graph token follows silently: a
 Conditional Access policy that requires MFA for "Windows Azure Service Management API" (as
@@ -31,8 +31,8 @@ import httpx
 import msal
 import msal.exceptions
 
-from bot.config import Config
-from bot.errors import SignInError
+from bot.core.config import Config
+from bot.core.errors import SignInError
 
 log = logging.getLogger(__name__)
 

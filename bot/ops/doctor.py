@@ -22,8 +22,8 @@ import httpx
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 
-from bot.config import Config
-from bot.errors import ConfigError, StorageError
+from bot.core.config import Config
+from bot.core.errors import ConfigError, StorageError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -237,7 +237,7 @@ def check_database(config: Config) -> tuple[Result, DatabaseState]:
 
 
 def check_key(config: Config, database: DatabaseState) -> Result:
-    from bot.crypto import Cipher, key_file_for, load_or_create_key
+    from bot.core.crypto import Cipher, key_file_for, load_or_create_key
 
     key_file = key_file_for(config.db_path)
     if config.encryption_key is not None:
@@ -556,8 +556,8 @@ def check_reachable(name: str, url: str, http: httpx.Client, tls_fix: str) -> Re
 
 
 def run_checks(config: Config) -> list[Result]:
-    from bot.services import make_http_client
-    from bot.slack import make_web_client
+    from bot.flows.root import make_http_client
+    from bot.slack.client import make_web_client
 
     results = [check_configuration(config)]
     database_result, database = check_database(config)
@@ -600,7 +600,7 @@ def _emit(line: str, out: TextIO) -> None:
 
 def main(out: TextIO | None = None) -> int:
     """Run every check, print one line each; return the exit status."""
-    from bot.config import load_config
+    from bot.core.config import load_config
 
     stream = out or sys.stdout
     try:

@@ -9,8 +9,8 @@ from slack_sdk.http_retry.builtin_handlers import (
     ServerErrorRetryHandler,
 )
 
-from bot.config import Config
-from bot.metrics import SlackRequestCounter
+from bot.core.config import Config
+from bot.core.metrics import SlackRequestCounter
 
 
 def make_web_client(config: Config) -> WebClient:
