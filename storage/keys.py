@@ -19,33 +19,18 @@ the key without revealing it.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from bot.core.config import Config
 from bot.core.crypto import Cipher, key_file_for, new_key, read_key_file, split_keys, write_key_file
-from bot.core.errors import StorageError, VeeamSAError
+from bot.core.errors import StorageError
+from bot.core.keys import ENV, DatabaseMissing, KeyMismatch, fingerprint
 from storage import queries
 from storage.db import Store, open_store
 
 log = logging.getLogger(__name__)
-
-ENV = "VEEAM_SA_ENCRYPTION_KEY"
-
-
-class KeyMismatch(VeeamSAError):
-    """The key does not belong to the database (or is missing for it); nothing was changed."""
-
-
-class DatabaseMissing(VeeamSAError):
-    """The database is gone but its key file is there; nothing was created."""
-
-
-def fingerprint(key: str) -> str:
-    return hashlib.sha256(b"veeam-sa key fingerprint\n" + key.strip().encode()).hexdigest()[:16]
-
 
 @dataclass
 class Bound:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -247,6 +247,17 @@ def active_secrets(db: Database, account_id: int) -> list[dict[str, Any]]:
     )
 
 
+def pending_secrets(db: Database, account_id: int) -> list[dict[str, Any]]:
+    return list(
+        db.table("secrets").rows_where("account_id = ? AND state = 'pending'", [account_id])
+    )
+
+
+def secret_key_ids(db: Database, account_id: int) -> set[str]:
+    """The Graph key id of every secret the bot ever stored for the account."""
+    return {s["key_id"] for s in db.table("secrets").rows_where("account_id = ?", [account_id])}
+
+
 def live_secrets(db: Database) -> list[dict[str, Any]]:
     """Every account's current secrets, soonest end first."""
     return list(db.table("secrets").rows_where("state = 'active'", order_by="end_at"))
@@ -392,3 +403,101 @@ def is_digest(db: Database, ts: str) -> bool:
         db.execute("SELECT 1 FROM notices WHERE ts = ? AND digest = 1 LIMIT 1", [ts]).fetchone()
         is not None
     )
+
+
+# -- the expiry scan ---------------------------------------------------------------------------
+
+
+def secrets_due_by(db: Database, horizon: str) -> list[dict[str, Any]]:
+    """Active secrets of active accounts ending by `horizon`, soonest first: each row is the
+    account's columns plus `secret_id`, `end_at`, `hint` and `announced` (the most urgent
+    threshold already announced for the secret, or None)."""
+    rows = db.execute(
+        """
+        SELECT s.id AS secret_id, s.end_at, s.hint, a.*,
+               (SELECT MIN(n.threshold) FROM notices n WHERE n.secret_id = s.id) AS announced
+        FROM secrets s JOIN accounts a ON a.id = s.account_id
+        WHERE s.state = 'active' AND a.state = 'active' AND s.end_at <= ?
+        ORDER BY s.end_at
+        """,
+        [horizon],
+    )
+    columns = [c[0] for c in rows.description]
+    return [dict(zip(columns, values, strict=True)) for values in rows.fetchall()]
+
+
+# -- what /metrics reads -----------------------------------------------------------------------
+
+
+def flow_counts(db: Database) -> list[tuple[str, str, int]]:
+    """(kind, state, number of flows) for every kind and state present."""
+    return [
+        (str(kind), str(state), int(count))
+        for kind, state, count in db.execute(
+            "SELECT kind, state, COUNT(*) FROM flows GROUP BY kind, state"
+        ).fetchall()
+    ]
+
+
+def failure_counts(db: Database, states: Iterable[str]) -> list[tuple[str, str | None, int]]:
+    """(kind, error, number of flows) of the flows that ended in one of `states`."""
+    states = list(states)
+    placeholders = ",".join("?" for _ in states)
+    return [
+        (str(kind), error, int(count))
+        for kind, error, count in db.execute(
+            f"SELECT kind, error, COUNT(*) FROM flows WHERE state IN ({placeholders}) "  # noqa: S608 - placeholders
+            "GROUP BY kind, error",
+            states,
+        ).fetchall()
+    ]
+
+
+def active_secret_ends(db: Database) -> list[str]:
+    """The end of every active secret of an active account."""
+    return [
+        str(end_at)
+        for (end_at,) in db.execute(
+            "SELECT s.end_at FROM secrets s JOIN accounts a ON a.id = s.account_id "
+            "WHERE s.state = 'active' AND a.state = 'active'"
+        ).fetchall()
+    ]
+
+
+# -- encrypted values (the doctor, key rotation) -----------------------------------------------
+
+#: Every column that holds a value encrypted with the database's key: (table, column).
+ENCRYPTED_COLUMNS = (("secrets", "ciphertext"), ("flows", "device_flow"))
+
+
+def count_encrypted(db: Database) -> tuple[int, str | None]:
+    """How many encrypted values the database holds, and one of them (to try a key on).
+    Works on a database whose tables may not exist yet."""
+    total, sample = 0, None
+    for table, column in ENCRYPTED_COLUMNS:
+        if not db[table].exists():
+            continue
+        count = db.execute(
+            f"SELECT count(*) FROM {table} WHERE {column} IS NOT NULL"  # noqa: S608 - fixed names
+        ).fetchone()[0]
+        total += int(count)
+        if sample is None and count:
+            sample = db.execute(
+                f"SELECT {column} FROM {table} WHERE {column} IS NOT NULL LIMIT 1"  # noqa: S608
+            ).fetchone()[0]
+    return total, sample
+
+
+def rewrap_encrypted(db: Database, rewrap: Callable[[str], str]) -> int:
+    """Replace every encrypted value with `rewrap(value)`, in one transaction; returns how
+    many were rewritten."""
+    count = 0
+    with db.atomic():
+        for table, column in ENCRYPTED_COLUMNS:
+            select = f"SELECT rowid, {column} FROM {table} WHERE {column} IS NOT NULL"  # noqa: S608 - fixed names
+            update = f"UPDATE {table} SET {column} = ? WHERE rowid = ?"  # noqa: S608 - fixed names
+            rows = db.execute(select).fetchall()
+            for rowid, value in rows:
+                db.execute(update, [rewrap(value), rowid])
+                count += 1
+    return count

@@ -175,6 +175,6 @@ class Bot:
 
     def close(self) -> None:
         self.services.workers.shutdown(wait=True)
-        self.services.create.notifier.close()
+        self.services.notifier.close()
         self.services.http.close()
         self.store.close()

@@ -16,7 +16,7 @@ from bot.clients.msapi import MicrosoftApi
 from bot.core import metrics
 from bot.core.config import load_config
 from bot.core.errors import Unreachable
-from bot.core.metrics import DatabaseCollector, secret_bucket
+from bot.flows.stats import DatabaseCollector, secret_bucket
 from bot.slack.client import make_web_client
 from storage import queries
 from storage.db import open_store

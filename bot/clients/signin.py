@@ -248,6 +248,51 @@ class DeviceSignIn:
             raise TransientError(str(error))
         raise classify(result)
 
+    def prove_secret(
+        self,
+        tenant_id: str,
+        client_id: str,
+        secret: str,
+        budget: float,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> str | None:
+        """The client-credentials grant with a new client secret, retried while it
+        propagates (a new secret takes seconds to work). None when a token came back, else
+        what the last attempt answered."""
+        config = self._config
+        url = f"{config.authority_host}/{tenant_id}/oauth2/v2.0/token"
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": client_id,
+            "client_secret": secret,
+            "scope": config.arm_scope,
+        }
+        deadline = time.monotonic() + budget
+        delay = 1.0
+        last = "no answer"
+        while True:
+            try:
+                response = self.http.post(url, data=form)
+                if response.status_code == 200 and "access_token" in response.json():
+                    return None
+                body = (
+                    response.json()
+                    if response.headers.get("content-type", "").startswith("application/json")
+                    else {}
+                )
+                codes = body.get("error_codes") or []
+                last = (
+                    f"{body.get('error', response.status_code)} (AADSTS{codes[0]})"
+                    if codes
+                    else str(body.get("error", response.status_code))
+                )
+            except (httpx.HTTPError, ValueError) as exc:
+                last = type(exc).__name__
+            if time.monotonic() + delay > deadline:
+                return last
+            sleep(delay)
+            delay = min(delay * 2, 10.0)
+
     def token(self, session: Session, scope: str) -> str:
         """An access token for `scope` for the signed-in account (from memory, else silently
         with the refresh token). Network failures, 429 and 5xx are retried within

@@ -54,50 +54,13 @@ from urllib.parse import quote
 
 import httpx
 
-from bot.core.errors import VeeamSAError
+from bot.core.config import Config
+from bot.core.errors import ApplianceError
+from bot.core.purposes import AZURE_ACCOUNT_PURPOSES, DEFAULT_PURPOSES
 
 log = logging.getLogger(__name__)
 
 DEFAULT_API_VERSION = "v8.1"
-
-#: Every ``AzureAccountPurpose`` value of the VBAzure v8 / v8.1 REST API (confirmed against
-#: the published v8 reference, "Get Collection of Service Accounts", and a client generated
-#: from the v8.1 OpenAPI document).
-AZURE_ACCOUNT_PURPOSES = frozenset(
-    {
-        "None",
-        "WorkerManagement",
-        "Repository",
-        "Unknown",
-        "VirtualMachineBackup",
-        "VirtualMachineRestore",
-        "AzureSqlBackup",
-        "AzureSqlRestore",
-        "AzureFiles",
-        "VnetBackup",
-        "VnetRestore",
-        "CosmosBackup",
-        "CosmosRestore",
-    }
-)
-
-#: What a service account created by the bot is for: backup and restore of every workload
-#: VBAzure protects, plus repository management. ``WorkerManagement`` is left out on purpose
-#: (the appliance designates one worker-management account through its own endpoint), as
-#: are the placeholders ``None`` and ``Unknown``. The values are the real enum members (see
-#: ``AZURE_ACCOUNT_PURPOSES``); the choice of subset is the bot's.
-DEFAULT_PURPOSES: tuple[str, ...] = (
-    "VirtualMachineBackup",
-    "VirtualMachineRestore",
-    "AzureSqlBackup",
-    "AzureSqlRestore",
-    "AzureFiles",
-    "VnetBackup",
-    "VnetRestore",
-    "CosmosBackup",
-    "CosmosRestore",
-    "Repository",
-)
 
 #: ``azureEnvironment`` for each ``VEEAM_SA_CLOUD`` value.
 AZURE_ENVIRONMENTS: dict[str, str] = {
@@ -123,44 +86,6 @@ _FORBIDDEN = "the appliance user lacks the right to manage service accounts"
 _REDACTED = "[redacted]"
 _MAX_TEXT = 300
 _MAX_FIELDS = 10
-
-
-class ApplianceError(VeeamSAError):
-    """The VBAzure appliance refused, failed, or could not be reached.
-
-    ``errors`` holds a problem document's per-field messages (``{field: [text, …]}``) and
-    ``trace_id`` its ``traceId``, both scrubbed like the text.
-
-    ``kind`` is one of ``credentials`` (sign-in refused), ``mfa`` (the user has MFA on),
-    ``forbidden`` (403), ``not_found`` (404), ``problem`` (another 4xx problem document),
-    ``unreachable`` (timeouts, connection errors, 429 / 5xx after the retries), ``tls``
-    (certificate verification failed), ``operation`` (an asynchronous operation ended in
-    ``Error`` / ``Canceled`` / …) and ``timeout`` (an operation did not finish in time).
-    ``retryable`` marks failures a later attempt may cure.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        kind: str = "problem",
-        status: int | None = None,
-        title: str | None = None,
-        detail: str | None = None,
-        retryable: bool = False,
-        retry_after: float | None = None,
-        errors: dict[str, list[str]] | None = None,
-        trace_id: str | None = None,
-    ) -> None:
-        self.kind = kind
-        self.status = status
-        self.title = title
-        self.detail = detail
-        self.errors = errors or {}
-        self.trace_id = trace_id
-        self.retryable = retryable
-        self.retry_after = retry_after
-        super().__init__(message)
 
 
 class VBAzureClient:
@@ -872,3 +797,16 @@ __all__ = [
     "DEFAULT_PURPOSES",
     "VBAzureClient",
 ]
+
+
+def from_config(config: Config, http: httpx.Client) -> VBAzureClient | None:
+    """The appliance client `VEEAM_URL` asks for; None when no appliance is configured."""
+    if not (config.veeam_url and config.veeam_username and config.veeam_password):
+        return None
+    return VBAzureClient(
+        config.veeam_url,
+        config.veeam_username,
+        config.veeam_password,
+        http,
+        api_version=config.veeam_api_version,
+    )

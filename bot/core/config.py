@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from bot.core.errors import ConfigError
+from bot.core.purposes import AZURE_ACCOUNT_PURPOSES, DEFAULT_PURPOSES
 
 AZURE_CLI_CLIENT_ID = "04b07795-8ddb-461a-bbee-02f9e1bf7b46"
 
@@ -349,8 +350,6 @@ def load_config(
     veeam_api_version = get("VEEAM_API_VERSION") or "v8.1"
     if not re.match(r"^v\d+(\.\d+)*$", veeam_api_version):
         raise ConfigError("VEEAM_API_VERSION", f"must look like v8.1 (got {veeam_api_version!r})")
-    from bot.clients.vbazure import AZURE_ACCOUNT_PURPOSES, DEFAULT_PURPOSES
-
     purposes = tuple(
         p.strip()
         for p in (get("VEEAM_PURPOSES") or ",".join(DEFAULT_PURPOSES)).split(",")

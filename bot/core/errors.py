@@ -10,6 +10,7 @@
     ├── MicrosoftError                Graph / ARM answered with an error or was unreachable
     │   ├── Throttled                 429 (carries Retry-After)
     │   └── Unreachable               timeouts, connection errors, 5xx after retries
+    ├── ApplianceError                the VBAzure appliance refused, failed or was unreachable
     ├── Cancelled                     someone cancelled a flow while a step was running
     └── UnexpectedError               anything else a flow step raised (a bug, a truncated
                                       answer, a failed write): carries the log's reference
@@ -119,6 +120,44 @@ class Unreachable(MicrosoftError):
 
     def __init__(self, service: str, message: str, status: int = 0) -> None:
         super().__init__(service, status, "Unreachable", message)
+
+
+class ApplianceError(VeeamSAError):
+    """The VBAzure appliance refused, failed, or could not be reached.
+
+    ``errors`` holds a problem document's per-field messages (``{field: [text, …]}``) and
+    ``trace_id`` its ``traceId``, both scrubbed like the text.
+
+    ``kind`` is one of ``credentials`` (sign-in refused), ``mfa`` (the user has MFA on),
+    ``forbidden`` (403), ``not_found`` (404), ``problem`` (another 4xx problem document),
+    ``unreachable`` (timeouts, connection errors, 429 / 5xx after the retries), ``tls``
+    (certificate verification failed), ``operation`` (an asynchronous operation ended in
+    ``Error`` / ``Canceled`` / …) and ``timeout`` (an operation did not finish in time).
+    ``retryable`` marks failures a later attempt may cure.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: str = "problem",
+        status: int | None = None,
+        title: str | None = None,
+        detail: str | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+        errors: dict[str, list[str]] | None = None,
+        trace_id: str | None = None,
+    ) -> None:
+        self.kind = kind
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.errors = errors or {}
+        self.trace_id = trace_id
+        self.retryable = retryable
+        self.retry_after = retry_after
+        super().__init__(message)
 
 
 class Cancelled(VeeamSAError):

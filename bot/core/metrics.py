@@ -5,14 +5,13 @@ prometheus_client's global one, so importing a library that registers metrics gl
 changes nothing here. Two kinds of metrics:
 
 - instruments, updated where things happen:
-  `veeam_sa_signin_poll_seconds` (one device-code token poll, `bot.flows.create`),
+  `veeam_sa_signin_poll_seconds` (one device-code token poll, `bot.flows.signin`),
   `veeam_sa_microsoft_requests_total{service,status}` (Graph and ARM, `bot.clients.msapi`) and
   `veeam_sa_slack_requests_total{method,status}` (every Slack Web API attempt, counted by
   `SlackRequestCounter`, a slack_sdk retry handler that never retries);
-- `DatabaseCollector`, which reads the database at scrape time, so its numbers survive
-  restarts and agree with what `/veeam-sa list` shows: flows by kind and outcome, failures
-  by error code, flows still in progress, secrets by days to expiry, and the time of the
-  last expiry scan.
+- `bot.flows.stats.DatabaseCollector`, registered here by the process, which reads the
+  database at scrape time (through `storage.queries`), so its numbers survive restarts and
+  agree with what `/veeam-sa list` shows.
 
 Labels are kinds, states, error codes, service and API-method names and HTTP statuses:
 never a name, a user, a token or a secret.
@@ -21,9 +20,6 @@ never a name, a user, a token or a secret.
 from __future__ import annotations
 
 import logging
-import sqlite3
-from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -34,16 +30,10 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector
 from slack_sdk.http_retry.handler import RetryHandler
 from slack_sdk.http_retry.request import HttpRequest
 from slack_sdk.http_retry.response import HttpResponse
 from slack_sdk.http_retry.state import RetryState
-
-from storage import queries
-from storage.db import Store
 
 log = logging.getLogger(__name__)
 
@@ -74,22 +64,6 @@ SLACK_REQUESTS = Counter(
     registry=REGISTRY,
 )
 
-#: Flow kinds always reported, with zeros, so that rates and alerts have series to use.
-KINDS = ("create", "renew")
-TERMINAL_STATES = tuple(sorted(queries.TERMINAL_FLOW_STATES))
-#: Flows that ended in one of these states count as failures.
-FAILED_STATES = ("failed", "rolled_back")
-#: Days-to-expiry buckets of `veeam_sa_secrets`: (label, upper bound in days), in order;
-#: a secret goes into the first bucket whose bound it is within, else into "gt_30".
-SECRET_BUCKETS: tuple[tuple[str, int], ...] = (
-    ("expired", 0),
-    ("le_1", 1),
-    ("le_7", 7),
-    ("le_14", 14),
-    ("le_30", 30),
-)
-SECRET_BUCKET_LABELS = (*(label for label, _ in SECRET_BUCKETS), "gt_30")
-MAX_ERROR_LABEL = 100
 
 
 def exposition() -> tuple[bytes, str]:
@@ -135,119 +109,3 @@ class SlackRequestCounter(RetryHandler):
         error: Exception | None = None,
     ) -> bool:
         return False
-
-
-def secret_bucket(end_at: datetime, now: datetime) -> str:
-    left = end_at - now
-    for label, days in SECRET_BUCKETS:
-        if left <= timedelta(days=days):
-            return label
-    return "gt_30"
-
-
-class DatabaseCollector(Collector):
-    """Reads the database at scrape time (one short read per family)."""
-
-    def __init__(self, store: Store, clock: Callable[[], datetime]) -> None:
-        self._store = store
-        self._clock = clock
-
-    def describe(self) -> Iterable[Metric]:
-        return list(_families())
-
-    def collect(self) -> Iterable[Metric]:
-        try:
-            return self._collect()
-        except (sqlite3.Error, ValueError) as exc:
-            # A scrape must not fail because of the database: /healthz reports that.
-            log.warning("metrics: cannot read the database (%s)", exc)
-            return []
-
-    def _collect(self) -> list[Metric]:
-        from bot.flows.expiry import parse_time
-
-        db = self._store.db
-        flows, failures, pending, secrets, last_scan = _families()
-
-        ended: dict[tuple[str, str], int] = {
-            (kind, state): 0 for kind in KINDS for state in ("started", *TERMINAL_STATES)
-        }
-        open_: dict[tuple[str, str], int] = {}
-        for kind, state, count in db.execute(
-            "SELECT kind, state, COUNT(*) FROM flows GROUP BY kind, state"
-        ).fetchall():
-            kind, state = str(kind), str(state)
-            ended[(kind, "started")] = ended.get((kind, "started"), 0) + count
-            if state in queries.TERMINAL_FLOW_STATES:
-                ended[(kind, state)] = ended.get((kind, state), 0) + count
-            else:
-                open_[(kind, state)] = count
-        for (kind, state), count in sorted(ended.items()):
-            flows.add_metric([kind, state], count)
-        for (kind, state), count in sorted(open_.items()):
-            pending.add_metric([kind, state], count)
-
-        placeholders = ",".join("?" for _ in FAILED_STATES)
-        failed: dict[tuple[str, str], int] = {}
-        for kind, error, count in db.execute(
-            f"SELECT kind, error, COUNT(*) FROM flows WHERE state IN ({placeholders}) "  # noqa: S608 - constants
-            "GROUP BY kind, error",
-            list(FAILED_STATES),
-        ).fetchall():
-            key = (str(kind), (str(error or "") or "unknown")[:MAX_ERROR_LABEL])
-            failed[key] = failed.get(key, 0) + count
-        for (kind, error), count in sorted(failed.items()):
-            failures.add_metric([kind, error], count)
-
-        now = self._clock()
-        buckets = dict.fromkeys(SECRET_BUCKET_LABELS, 0)
-        for (end_at,) in db.execute(
-            "SELECT s.end_at FROM secrets s JOIN accounts a ON a.id = s.account_id "
-            "WHERE s.state = 'active' AND a.state = 'active'"
-        ).fetchall():
-            buckets[secret_bucket(parse_time(str(end_at)), now)] += 1
-        for label, count in buckets.items():
-            secrets.add_metric([label], count)
-
-        metrics: list[Metric] = [flows, failures, pending, secrets]
-        scanned = queries.get_meta(db, "last_scan_at")
-        if scanned:
-            last_scan.add_metric([], parse_time(scanned).timestamp())
-            metrics.append(last_scan)
-        return metrics
-
-
-def _families() -> tuple[
-    CounterMetricFamily,
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    GaugeMetricFamily,
-    GaugeMetricFamily,
-]:
-    return (
-        CounterMetricFamily(
-            "veeam_sa_flows",
-            'Flows by kind: state="started" counts every flow begun; the terminal states '
-            "count the flows that ended in them.",
-            labels=["kind", "state"],
-        ),
-        CounterMetricFamily(
-            "veeam_sa_flow_failures",
-            "Flows that failed (or were rolled back), by kind and error code.",
-            labels=["kind", "error"],
-        ),
-        GaugeMetricFamily(
-            "veeam_sa_flows_pending",
-            "Flows in progress (not yet in a terminal state), by kind and state.",
-            labels=["kind", "state"],
-        ),
-        GaugeMetricFamily(
-            "veeam_sa_secrets",
-            "Active client secrets of active accounts, by days to expiry.",
-            labels=["bucket"],
-        ),
-        GaugeMetricFamily(
-            "veeam_sa_last_scan_timestamp_seconds",
-            "Unix time of the last completed expiry scan.",
-        ),
-    )

@@ -6,7 +6,7 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
-from bot.flows.expiry import days_left, parse_time
+from bot.core.clock import days_left, parse_time
 from storage import queries
 from storage.db import Store
 

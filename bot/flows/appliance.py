@@ -1,4 +1,5 @@
-"""Handing service accounts to the VBAzure appliance, and keeping the bot's view in sync.
+"""Handing service accounts to the VBAzure appliance, keeping the bot's view in sync, and
+the `/veeam-sa sync` and `/veeam-sa import` jobs.
 
 When `VEEAM_URL` is configured, a created account is registered with `saveByApp` and a
 renewed secret is pushed with `updateByApp` before the old secret is removed. Nothing here
@@ -14,20 +15,19 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from bot.clients.vbazure import (
-    AZURE_ENVIRONMENTS,
-    ORIGIN_CERTIFICATE,
-    ApplianceError,
-    VBAzureClient,
-)
-from bot.flows.expiry import parse_time
+from bot.clients.vbazure import AZURE_ENVIRONMENTS, ORIGIN_CERTIFICATE
+from bot.core.clock import parse_time
+from bot.core.errors import ApplianceError
+from bot.slack import blocks
+from bot.slack.messages import appliance_text
 from storage import queries
 
 if TYPE_CHECKING:
-    from bot.flows.root import Services
+    from bot.flows.context import Context
 
 log = logging.getLogger(__name__)
 
@@ -35,20 +35,7 @@ log = logging.getLogger(__name__)
 HEALTHY = frozenset({"Valid"})
 
 
-def make_client(services: Services) -> VBAzureClient | None:
-    config = services.config
-    if not (config.veeam_url and config.veeam_username and config.veeam_password):
-        return None
-    return VBAzureClient(
-        config.veeam_url,
-        config.veeam_username,
-        config.veeam_password,
-        services.http,
-        api_version=config.veeam_api_version,
-    )
-
-
-def hand_off(services: Services, account: dict[str, Any], secret_text: str, actor: str) -> str:
+def hand_off(services: Context, account: dict[str, Any], secret_text: str, actor: str) -> str:
     """Register the account with the appliance (or update it); returns the appliance id.
     Raises `ApplianceError`; records the outcome on the account either way."""
     appliance = services.appliance
@@ -140,13 +127,7 @@ def _held_settings(
     return {"subscriptions": subscriptions, "purposes": purposes}
 
 
-def appliance_text(error: ApplianceError) -> str:
-    from bot.slack.blocks import escape
-
-    return f"the Veeam appliance refused or could not be reached: {escape(error)}"
-
-
-def refresh(services: Services, now: datetime) -> int:
+def refresh(services: Context, now: datetime) -> int:
     """Read every appliance account and record its state on the matching managed account."""
     appliance = services.appliance
     if appliance is None:
@@ -174,7 +155,7 @@ def refresh(services: Services, now: datetime) -> int:
 
 
 def import_accounts(
-    services: Services, actor: str, channel: str | None, now: datetime
+    services: Context, actor: str, channel: str | None, now: datetime
 ) -> tuple[list[str], list[str]]:
     """Adopt appliance accounts the bot does not manage yet, so their expiry is watched.
     Returns the names adopted and the names left alone (certificate accounts).
@@ -254,11 +235,67 @@ def import_accounts(
 
 
 def _free_name(db: Any, wanted: str) -> str:
-    import re
-
     base = re.sub(r"[^A-Za-z0-9_-]", "-", wanted)[:240] or "imported"
     name, n = base, 1
     while queries.get_account(db, name) is not None:
         n += 1
         name = f"{base}-{n}"
     return name
+
+
+# -- `/veeam-sa sync` and `/veeam-sa import`: run on the worker pool, each returning the
+# Slack payload that reports its outcome to the person who asked.
+
+
+def sync(services: Context, name: str, user: str) -> dict[str, Any]:
+    """Retry the hand-off of an account's current secret to the appliance."""
+    db = services.store.db
+    account = queries.get_account(db, name)
+    if account is None or account["state"] != "active":
+        return blocks.error_message(
+            f"There is no managed service account `{name}`.", with_help_hint=False
+        )
+    secrets = [s for s in queries.active_secrets(db, account["id"]) if s.get("ciphertext")]
+    if not secrets:
+        return blocks.error_message(
+            f"The bot holds no secret for `{name}` (it was imported). Renew it to give Veeam a new one: "
+            f"`/veeam-sa renew {name}`.",
+            with_help_hint=False,
+        )
+    try:
+        appliance_id = hand_off(
+            services, account, services.cipher.decrypt(secrets[-1]["ciphertext"]), user
+        )
+    except ApplianceError as exc:
+        return blocks.error_message(
+            f"`{name}` was not handed to Veeam: {appliance_text(exc)}.", with_help_hint=False
+        )
+    return blocks.note(
+        f":white_check_mark: `{name}` is registered with the Veeam appliance (account `{appliance_id}`)."
+    )
+
+
+def import_all(services: Context, user: str, channel: str | None) -> dict[str, Any]:
+    try:
+        adopted, skipped = import_accounts(services, user, channel, services.clock())
+    except ApplianceError as exc:
+        return blocks.error_message(
+            f"Nothing was imported: {appliance_text(exc)}.", with_help_hint=False
+        )
+    left = (
+        " Left alone (they sign in with a certificate, and the bot renews client secrets): "
+        + ", ".join(f"`{n}`" for n in skipped)
+        + "."
+        if skipped
+        else ""
+    )
+    if not adopted:
+        return blocks.note(
+            "Every service account on the Veeam appliance is already managed here." + left
+        )
+    names = ", ".join(f"`{n}`" for n in adopted)
+    return blocks.note(
+        f":inbox_tray: Now watching {len(adopted)} account(s) from the appliance: {names}. "
+        "Their expiry is warned about like any other; renewing one gives it a new secret and "
+        "keeps the subscriptions and purposes the appliance holds for it." + left
+    )

@@ -31,8 +31,10 @@ from typing import Any
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
+from bot.core.clock import days_left, parse_time
 from bot.core.config import Config
 from bot.slack import blocks
+from bot.slack.notify import Notifier
 from storage import queries
 from storage.db import Store
 
@@ -76,36 +78,14 @@ def crossed(end_at: datetime, now: datetime, warn_days: tuple[int, ...]) -> int 
     return min(hits) if hits else None
 
 
-def days_left(end_at: datetime, now: datetime) -> int:
-    seconds = (end_at - now).total_seconds()
-    return int(seconds // 86400) if seconds >= 0 else -int((-seconds) // 86400) - 1
-
-
-def parse_time(value: str) -> datetime:
-    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
 def decide(store: Store, config: Config, now: datetime) -> list[Due]:
     """Every warning that is due now (pure reading; posts nothing)."""
     db = store.db
     horizon = (
         (now + timedelta(days=max(config.warn_days))).astimezone(UTC).isoformat(timespec="seconds")
     )
-    rows = db.execute(
-        """
-        SELECT s.id AS secret_id, s.end_at, s.hint, a.*,
-               (SELECT MIN(n.threshold) FROM notices n WHERE n.secret_id = s.id) AS announced
-        FROM secrets s JOIN accounts a ON a.id = s.account_id
-        WHERE s.state = 'active' AND a.state = 'active' AND s.end_at <= ?
-        ORDER BY s.end_at
-        """,
-        [horizon],
-    )
-    columns = [c[0] for c in rows.description]
     due: list[Due] = []
-    for values in rows.fetchall():
-        row = dict(zip(columns, values, strict=True))
+    for row in queries.secrets_due_by(db, horizon):
         end_at = parse_time(row["end_at"])
         threshold = crossed(end_at, now, config.warn_days)
         if threshold is None:
@@ -131,6 +111,11 @@ def decide(store: Store, config: Config, now: datetime) -> list[Due]:
             )
         )
     return due
+
+
+def as_notifier(slack: WebClient | Notifier) -> Notifier:
+    """Every post goes through a `Notifier`; a bare client (a test, `veeam-sa-bot scan`) gets one."""
+    return slack if isinstance(slack, Notifier) else Notifier(slack)
 
 
 class Pacer:
@@ -159,7 +144,7 @@ class Pacer:
 
 def scan(
     store: Store,
-    slack: WebClient,
+    slack: WebClient | Notifier,
     config: Config,
     now: datetime,
     *,
@@ -168,12 +153,13 @@ def scan(
     dry_run: bool = False,
 ) -> ScanResult:
     """The expiry job: decide what is due and post it (unless `dry_run`)."""
+    notifier = as_notifier(slack)
     started = monotonic()
     due = decide(store, config, now)
     result = ScanResult(due=due, decided_in=monotonic() - started)
     if dry_run:
         return result
-    result.posted += remind_retiring(store, slack, config, now, sleep=sleep, monotonic=monotonic)
+    result.posted += remind_retiring(store, notifier, config, now, sleep=sleep, monotonic=monotonic)
     if not due:
         queries.set_meta(store.db, "last_scan_at", queries.utcnow_iso(now))
         return result
@@ -189,12 +175,12 @@ def scan(
         follow_ups = [i for i in items if i.first_notice is not None]
         if len(fresh) > DIGEST_AFTER:
             for page in blocks.digest_pages(fresh, DIGEST_SIZE):
-                _post_digest(store, slack, channel, page, now, pacer, result)
+                _post_digest(store, notifier, channel, page, now, pacer, result)
         else:
             for item in fresh:
-                _post_single(store, slack, item, now, pacer, result)
+                _post_single(store, notifier, item, now, pacer, result)
         for item in follow_ups:
-            _post_follow_up(store, slack, item, now, pacer, result)
+            _post_follow_up(store, notifier, item, now, pacer, result)
     queries.set_meta(db, "last_scan_at", queries.utcnow_iso(now))
     return result
 
@@ -218,13 +204,13 @@ def _release(store: Store, items: list[Due]) -> None:
 
 
 def _post_single(
-    store: Store, slack: WebClient, item: Due, now: datetime, pacer: Pacer, result: ScanResult
+    store: Store, notifier: Notifier, item: Due, now: datetime, pacer: Pacer, result: ScanResult
 ) -> None:
     if not _claim(store, [item], item.channel, now):
         return
     pacer.wait(item.channel)
     try:
-        response = slack.chat_postMessage(channel=item.channel, **blocks.expiry_warning(item, now))
+        ts = notifier.post(item.channel, blocks.expiry_warning(item, now))
         pacer.posted(item.channel)
     except SlackApiError as exc:
         log.warning(
@@ -235,12 +221,12 @@ def _post_single(
         _release(store, [item])
         result.failed += 1
         return
-    queries.set_notice_ts(store.db, item.secret_id, item.threshold, str(response["ts"]))
+    queries.set_notice_ts(store.db, item.secret_id, item.threshold, ts)
     result.posted += 1
 
 
 def _post_follow_up(
-    store: Store, slack: WebClient, item: Due, now: datetime, pacer: Pacer, result: ScanResult
+    store: Store, notifier: Notifier, item: Due, now: datetime, pacer: Pacer, result: ScanResult
 ) -> None:
     first = item.first_notice or {}
     if not _claim(store, [item], first.get("channel_id") or item.channel, now):
@@ -248,10 +234,8 @@ def _post_follow_up(
     channel = first.get("channel_id") or item.channel
     pacer.wait(channel)
     try:
-        response = slack.chat_postMessage(
-            channel=channel,
-            thread_ts=first.get("ts"),
-            **blocks.expiry_warning(item, now, follow_up=True),
+        ts = notifier.post(
+            channel, blocks.expiry_warning(item, now, follow_up=True), thread_ts=first.get("ts")
         )
         pacer.posted(channel)
     except SlackApiError as exc:
@@ -263,22 +247,15 @@ def _post_follow_up(
         _release(store, [item])
         result.failed += 1
         return
-    queries.set_notice_ts(store.db, item.secret_id, item.threshold, str(response["ts"]))
+    queries.set_notice_ts(store.db, item.secret_id, item.threshold, ts)
     result.posted += 1
     if first.get("ts") and not first.get("digest"):
-        try:
-            slack.chat_update(channel=channel, ts=first["ts"], **blocks.expiry_warning(item, now))
-        except SlackApiError as exc:
-            log.info(
-                "could not update the first warning for %s: %s",
-                item.account["name"],
-                exc.response.get("error"),
-            )
+        notifier.update(channel, first["ts"], blocks.expiry_warning(item, now))
 
 
 def _post_digest(
     store: Store,
-    slack: WebClient,
+    notifier: Notifier,
     channel: str,
     items: list[Due],
     now: datetime,
@@ -291,7 +268,7 @@ def _post_digest(
         return
     pacer.wait(channel)
     try:
-        response = slack.chat_postMessage(channel=channel, **blocks.expiry_digest(items, now))
+        ts = notifier.post(channel, blocks.expiry_digest(items, now))
         pacer.posted(channel)
     except SlackApiError as exc:
         log.warning("could not post an expiry digest to %s: %s", channel, exc.response.get("error"))
@@ -301,7 +278,7 @@ def _post_digest(
     with store.db.atomic():
         for item in items:
             queries.set_notice_ts(
-                store.db, item.secret_id, item.threshold, str(response["ts"]), digest=True
+                store.db, item.secret_id, item.threshold, ts, digest=True
             )
     result.posted += 1
     result.digests += 1
@@ -309,7 +286,7 @@ def _post_digest(
 
 def remind_retiring(
     store: Store,
-    slack: WebClient,
+    slack: WebClient | Notifier,
     config: Config,
     now: datetime,
     *,
@@ -318,6 +295,7 @@ def remind_retiring(
 ) -> int:
     """Say once, in the renewal's thread, that an old secret still kept live for Veeam is
     about to reach its own end (within the smallest warning threshold). Returns the posts."""
+    notifier = as_notifier(slack)
     db = store.db
     horizon = (now + timedelta(days=min(config.warn_days))).astimezone(UTC)
     pacer = Pacer(CHANNEL_GAP_S, sleep, monotonic)
@@ -336,16 +314,16 @@ def remind_retiring(
         end = parse_time(row["end_at"])
         pacer.wait(channel)
         try:
-            response = slack.chat_postMessage(
-                channel=channel,
-                thread_ts=row.get("retire_thread_ts"),
-                **blocks.retiring_reminder(
+            ts = notifier.post(
+                channel,
+                blocks.retiring_reminder(
                     name=row["name"],
                     hint=row.get("hint") or "",
                     end_ts=end.timestamp(),
                     end_date=end.date().isoformat(),
                     expired=end <= now,
                 ),
+                thread_ts=row.get("retire_thread_ts"),
             )
             pacer.posted(channel)
         except SlackApiError as exc:
@@ -356,6 +334,6 @@ def remind_retiring(
             )
             queries.drop_notice(db, row["secret_id"], queries.RETIRING_REMINDER)
             continue
-        queries.set_notice_ts(db, row["secret_id"], queries.RETIRING_REMINDER, str(response["ts"]))
+        queries.set_notice_ts(db, row["secret_id"], queries.RETIRING_REMINDER, ts)
         posted += 1
     return posted

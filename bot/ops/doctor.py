@@ -147,25 +147,10 @@ class DatabaseState:
     sample: str | None = None  # one of them, to try the key on
 
 
-def _count_encrypted(db: Any) -> tuple[int, str | None]:
-    total, sample = 0, None
-    for table, column in (("secrets", "ciphertext"), ("flows", "device_flow")):
-        if not db[table].exists():
-            continue
-        count = db.execute(
-            f"SELECT count(*) FROM {table} WHERE {column} IS NOT NULL"  # noqa: S608 - fixed names
-        ).fetchone()[0]
-        total += int(count)
-        if sample is None and count:
-            sample = db.execute(
-                f"SELECT {column} FROM {table} WHERE {column} IS NOT NULL LIMIT 1"  # noqa: S608
-            ).fetchone()[0]
-    return total, sample
-
-
 def check_database(config: Config) -> tuple[Result, DatabaseState]:
     from sqlite_utils import Database
 
+    from storage import queries
     from storage.db import Store
     from storage.migrations import LATEST, migrations
 
@@ -204,7 +189,7 @@ def check_database(config: Config) -> tuple[Result, DatabaseState]:
         applied = [m.name for m in migrations.applied(db)]
         pending = [m.name for m in migrations.pending(db)]
         current = store.schema_current()
-        state.encrypted, state.sample = _count_encrypted(db)
+        state.encrypted, state.sample = queries.count_encrypted(db)
     except sqlite3.Error as exc:
         return Result(
             "database",

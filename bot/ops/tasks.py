@@ -206,17 +206,7 @@ def rotate_key(config: Config, store: Store) -> int:
 
 
 def _rewrap(store: Store, cipher: Cipher) -> int:
-    db = store.db
-    count = 0
-    with db.atomic():
-        for table, column in (("secrets", "ciphertext"), ("flows", "device_flow")):
-            select = f"SELECT rowid, {column} FROM {table} WHERE {column} IS NOT NULL"  # noqa: S608 - fixed names
-            update = f"UPDATE {table} SET {column} = ? WHERE rowid = ?"  # noqa: S608 - fixed names
-            rows = db.execute(select).fetchall()
-            for rowid, value in rows:
-                db.execute(update, [cipher.rotate(value), rowid])
-                count += 1
-    return count
+    return queries.rewrap_encrypted(store.db, cipher.rotate)
 
 
 @operator_command

@@ -12,6 +12,7 @@ from typing import Any
 from bot.core.errors import (
     POLICY_LIFETIME,
     POLICY_NO_SECRETS,
+    ApplianceError,
     Cancelled,
     MicrosoftError,
     SignInError,
@@ -133,8 +134,14 @@ def unexpected_failure(error: UnexpectedError) -> str:
     )
 
 
+def appliance_text(error: ApplianceError) -> str:
+    return f"the Veeam appliance refused or could not be reached: {escape(error)}"
+
+
 def flow_failure(error: VeeamSAError) -> str:
     """Any error that ended a flow step, in words."""
+    if isinstance(error, ApplianceError):
+        return appliance_text(error)
     if isinstance(error, MicrosoftError):
         return microsoft_failure(error)
     if isinstance(error, SignInError):

@@ -109,3 +109,15 @@ class Notifier:
             channel=opened["channel"]["id"], unfurl_links=False, unfurl_media=False, **payload
         )
         return "dm"
+
+    def email_of(self, user: str) -> str | None:
+        """The email on a Slack user's profile; None when the bot cannot see it."""
+        try:
+            profile = self._client.users_info(user=user)["user"].get("profile") or {}
+        except SlackApiError as exc:
+            log.warning(
+                "could not read the Slack profile of %s: %s", user, exc.response.get("error")
+            )
+            return None
+        email = profile.get("email")
+        return str(email) if email else None
