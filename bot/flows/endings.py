@@ -24,7 +24,8 @@ from bot.core.errors import (
 )
 from bot.flows.context import Context
 from bot.flows.record import Record
-from bot.flows.signin import (
+from bot.flows.signin import SignInEngine, unexpected_sign_in
+from bot.flows.states import (
     CANCELLABLE_AFTER_SIGN_IN,
     PARKED_LIMIT_S,
     PARKED_STATES,
@@ -32,8 +33,6 @@ from bot.flows.signin import (
     RUNNING_STATES,
     SIGN_IN_STATES,
     STEP_LIMITS_S,
-    SignInEngine,
-    unexpected_sign_in,
 )
 from bot.slack import blocks
 from bot.slack.messages import flow_failure

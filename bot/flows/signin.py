@@ -30,60 +30,23 @@ from bot.clients.signin import (
     Session,
     TransientError,
     dump_flow,
-    needs_interaction,
 )
 from bot.core import metrics
 from bot.core.errors import Cancelled, SignInError, VeeamSAError, as_flow_error
-from bot.core.fanout import both
 from bot.core.logs import forget, register_secret
 from bot.flows.context import Context
 from bot.flows.record import Record
+from bot.flows.redeem import Redemption
+from bot.flows.states import SIGN_IN_STATES
 from bot.slack import blocks
-from bot.slack.messages import sign_in_failure, support_suffix
+from bot.slack.messages import sign_in_failure
 from storage import queries
 
 log = logging.getLogger(__name__)
 
-SIGN_IN_STATES = ("starting", "awaiting_sign_in")
-POST_SIGN_IN_STATES = (
-    "signed_in",
-    "checking",
-    "blocked",
-    "choosing",
-    "provisioning",
-    "renewing",
-    "retiring",
-)
-CANCELLABLE_AFTER_SIGN_IN = ("signed_in", "blocked", "choosing")
 TRANSIENT_BACKOFF_CAP = 30.0
-#: States in which a step runs in the background; a cancel stops it at its next boundary.
-RUNNING_STATES = ("checking", "provisioning", "renewing", "retiring")
 #: A poll that keeps failing for a reason other than the database gives up after this many.
 MAX_STALLED_POLLS = 5
-#: How long a state may stand still with no job for it before the watchdog acts (seconds).
-STEP_LIMITS_S = {
-    "starting": 120,
-    "awaiting_sign_in": 120,
-    "signed_in": 600,
-    "checking": 900,
-    "provisioning": 1800,
-    "renewing": 1800,
-    "retiring": 900,
-}
-#: States that wait for a person; closed after a day.
-PARKED_STATES = ("blocked", "choosing")
-PARKED_LIMIT_S = 86400
-#: Further sign-ins a tenant may ask for (MFA or consent per resource) before the flow fails.
-MAX_EXTRA_SIGN_INS = 2
-
-
-class _NeedsSignIn(Exception):
-    """A resource's silent token needs the person again."""
-
-    def __init__(self, scope: str, error: SignInError) -> None:
-        self.scope = scope
-        self.error = error
-        super().__init__(scope)
 #: What the sign-in code is for, as the code's message says it ("to … `NAME`").
 PURPOSES = {"create": "create", "renew": "renew", "retire": "remove the old secret of"}
 
@@ -113,6 +76,7 @@ class SignInEngine:
         #: How long Microsoft may keep failing (network, 429, 5xx) before a sign-in gives up.
         self.transient_budget = 120.0
         self._lock = threading.Lock()
+        self.redemption = Redemption(self)
 
     @property
     def _db(self) -> Any:
@@ -215,10 +179,10 @@ class SignInEngine:
         # the first poll is scheduled before anything else can fail: the flow never waits
         # for a sign-in nobody polls
         self.ctx.workers.call_later(int(device.get("interval", 5)), self.poll, flow_id)
-        where = self._send_code(flow, device)
+        where = self.send_code(flow, device)
         self.record.audit(flow, "sign_in.started", "pending", delivered=where)
 
-    def _send_code(
+    def send_code(
         self, flow: dict[str, Any], device: dict[str, Any], again: str | None = None
     ) -> str:
         payload = blocks.device_code_message(
@@ -268,7 +232,7 @@ class SignInEngine:
                 if flow is None or flow["state"] != "awaiting_sign_in" or session is None:
                     self._forget_stall(flow_id)
                     return
-                self._signed_in(flow, stalled[1], session)
+                self.redemption.signed_in(flow, stalled[1], session)
             else:
                 self._poll(flow_id)
             self._forget_stall(flow_id)
@@ -354,216 +318,7 @@ class SignInEngine:
         assert result.identity is not None
         with self._lock:  # the code is redeemed: a retry goes on from here, never polls again
             self._stalled[flow_id] = (self._stalled.get(flow_id, (0, None))[0], result.identity)
-        self._signed_in(flow, result.identity, session)
-
-    def _signed_in(self, flow: dict[str, Any], identity: Identity, session: Session) -> None:
-        flow_id = flow["id"]
-        data = self.record.data(flow)
-        first = data.get("first_identity")
-        if first is not None:
-            # a further sign-in the tenant asked for: it must be the same person
-            if (first["object_id"], first["tenant_id"]) != (
-                identity.object_id,
-                identity.tenant_id,
-            ):
-                self.fail(
-                    flow_id,
-                    SignInError(
-                        "other_person",
-                        "the second sign-in was made with another account",
-                    ),
-                    who=blocks.escape(f"{identity.upn} (first sign-in: {first['upn']})"),
-                )
-                return
-        elif not self._acceptable(flow, identity):
-            return
-        try:
-            tenant_name = self._tokens_and_tenant_name(session, identity)
-        except _NeedsSignIn as need:
-            if int(data.get("extra_sign_ins", 0)) < MAX_EXTRA_SIGN_INS:
-                self._sign_in_again(flow, identity, session, need.scope, need.error)
-            else:
-                self.fail(flow_id, need.error)
-            return
-        except SignInError as exc:
-            self.fail(flow_id, exc)
-            return
-        identity.tenant_name = tenant_name
-        data = self.record.data(queries.get_flow(self._db, flow_id) or flow)
-        data["identity"] = {
-            "upn": identity.upn,
-            "name": identity.name,
-            "tenant_id": identity.tenant_id,
-            "tenant_name": tenant_name,
-            "object_id": identity.object_id,
-        }
-        data.pop("sign_in_scope", None)
-        steps = data.setdefault("steps", {})
-        steps["sign_in"] = "done"
-        if "sign_in_again" in steps:
-            steps["sign_in_again"] = "done"
-        moved = queries.transition_flow(
-            self._db,
-            flow_id,
-            ["awaiting_sign_in"],
-            "signed_in",
-            device_flow=None,
-            data=json.dumps(data, sort_keys=True),
-        )
-        if not moved:
-            self.drop_session(flow_id)
-            return
-        flow = queries.get_flow(self._db, flow_id) or flow
-        self.record.audit(
-            flow,
-            "sign_in.completed",
-            "ok",
-            entra_upn=identity.upn,
-            tenant_id=identity.tenant_id,
-            sign_ins=1 + int(data.get("extra_sign_ins", 0)),
-        )
-        tenant = (
-            f"{blocks.escape(tenant_name)} (`{blocks.escape(identity.tenant_id)}`)"
-            if tenant_name
-            else f"`{blocks.escape(identity.tenant_id)}`"
-        )
-        who = blocks.escape(
-            f"{identity.name} ({identity.upn})" if identity.name else identity.upn
-        )
-        self.notifier.thread(
-            flow["channel_id"],
-            flow.get("parent_ts"),
-            blocks.note(f":key: Signed in as *{who}* in tenant {tenant}."),
-        )
-        self.record.render_parent(flow)
-        if self.on_signed_in is not None:
-            self.on_signed_in(flow_id, identity, session)
-
-    def _acceptable(self, flow: dict[str, Any], identity: Identity) -> bool:
-        """Refuse personal accounts (unless allowed) and, when required, another's account."""
-        flow_id = flow["id"]
-        if identity.personal and not self.ctx.config.allow_personal_accounts:
-            self.fail(
-                flow_id,
-                SignInError("personal", "personal Microsoft account"),
-                who=blocks.escape(f"{identity.name} ({identity.upn})"),
-            )
-            return False
-        if self.ctx.config.require_email_match:
-            email = self.notifier.email_of(flow["requester"])
-            if not email or email.lower() != identity.upn.lower():
-                self.fail(
-                    flow_id,
-                    SignInError(
-                        "email_mismatch", "signed-in account does not match the Slack profile"
-                    ),
-                    who=blocks.escape(
-                        f"{identity.upn} (your Slack email is {email or 'not visible to the bot'})"
-                    ),
-                )
-                return False
-        return True
-
-    def _sign_in_again(
-        self,
-        flow: dict[str, Any],
-        identity: Identity,
-        session: Session,
-        scope: str,
-        error: SignInError,
-    ) -> None:
-        """The tenant wants the person again for `scope` (MFA or consent for that resource
-        alone): a further device code, for that resource, to the same person, in the same
-        way — a normal step of the flow, shown in the checklist."""
-        flow_id = flow["id"]
-        data = self.record.data(flow)
-        data["first_identity"] = data.get("first_identity") or {
-            "upn": identity.upn,
-            "object_id": identity.object_id,
-            "tenant_id": identity.tenant_id,
-        }
-        data["sign_in_scope"] = scope
-        data["extra_sign_ins"] = int(data.get("extra_sign_ins", 0)) + 1
-        steps = data.setdefault("steps", {})
-        steps["sign_in"] = "done"
-        steps["sign_in_again"] = "running"
-        try:
-            device = self.device.initiate(session, scope)
-        except SignInError as exc:
-            self.fail(flow_id, exc)
-            return
-        register_secret(str(device.get("device_code", "")), owner=flow_id)
-        register_secret(str(device.get("user_code", "")), owner=flow_id)
-        if not queries.transition_flow(
-            self._db,
-            flow_id,
-            ["awaiting_sign_in"],
-            "awaiting_sign_in",
-            device_flow=self.ctx.cipher.encrypt(dump_flow(device)),
-            expires_at=str(device.get("expires_at")),
-            data=json.dumps(data, sort_keys=True),
-        ):
-            self.drop_session(flow_id)
-            return
-        flow = queries.get_flow(self._db, flow_id) or flow
-        resource = self.device.resource_name(scope)
-        reason = (
-            "multi-factor authentication"
-            if error.kind == "mfa"
-            else ("consent" if error.kind == "consent" else "a fresh sign-in")
-        )
-        self.record.audit(
-            flow,
-            "sign_in.again",
-            "pending",
-            resource=resource,
-            aadsts=error.aadsts,
-            correlation_id=error.correlation_id,
-        )
-        self.notifier.thread(
-            flow["channel_id"],
-            flow.get("parent_ts"),
-            blocks.note(
-                f":closed_lock_with_key: Signed in as {blocks.escape(identity.upn)}, but the tenant asks for "
-                f"{reason} to reach {resource}{support_suffix(error.aadsts, error.correlation_id)}. "
-                "One more sign-in is needed."
-            ),
-        )
-        self.record.render_parent(flow)
-        self._send_code(flow, device, again=resource)
-        self.ctx.workers.call_later(int(device.get("interval", 5)), self.poll, flow_id)
-
-    def _tokens_and_tenant_name(self, session: Session, identity: Identity) -> str | None:
-        """Every token the flow needs (silently, each resource side by side), and the tenant's
-        display name (None when it can't be read: it is decoration). Raises `_NeedsSignIn`
-        when a resource needs the person again, `SignInError` when it refuses otherwise."""
-        signin = self.device
-
-        def fetch(scope: str) -> SignInError | None:
-            try:
-                signin.token(session, scope)
-                return None
-            except SignInError as exc:
-                return exc
-
-        def tenant_name() -> str | None:
-            try:
-                token = signin.token(session, signin.sign_in_scope)  # the sign-in's own
-                arm = self.ctx.arm(token=lambda: token, attempts=2)
-                return arm.tenant_name(identity.tenant_id)
-            except Exception:  # noqa: BLE001 - the name is decoration; sign-in already succeeded
-                log.info("could not read the tenant's display name", exc_info=True)
-                return None
-
-        others = [scope for scope in signin.scopes if scope != signin.sign_in_scope]
-        name, errors = both(tenant_name, lambda: [fetch(scope) for scope in others])
-        for scope, error in zip(others, errors, strict=True):
-            if error is None:
-                continue
-            if needs_interaction(error):
-                raise _NeedsSignIn(scope, error)
-            raise error
-        return name
+        self.redemption.signed_in(flow, result.identity, session)
 
     def fail(self, flow_id: str, error: SignInError, who: str | None = None) -> None:
         flow = queries.get_flow(self._db, flow_id)
