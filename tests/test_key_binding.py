@@ -31,8 +31,7 @@ from storage.keys import (
 )
 from tests.fakes.microsoft import MicrosoftDouble
 from tests.fakes.slack import SlackDouble
-from tests.process import BotProcess
-from tests.test_restart import SUB, create, flow_row, launch, thread_has, wait_until
+from tests.process import SUB, BotProcess, create, flow_row, launch, thread_has, wait_until
 
 
 def dump(db: Path) -> list[str]:

@@ -22,8 +22,7 @@ from storage import queries
 from storage.db import open_store
 from tests.fakes.microsoft import MicrosoftDouble
 from tests.fakes.slack import SlackDouble
-from tests.process import BotProcess, free_port
-from tests.test_restart import SUB, create, flow_row, launch, wait_until
+from tests.process import SUB, BotProcess, create, flow_row, free_port, launch, wait_until
 
 NOW = datetime(2030, 6, 1, 12, 0, tzinfo=UTC)
 

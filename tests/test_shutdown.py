@@ -13,8 +13,7 @@ from bot.runtime import STOP_TIMEOUT_S
 from tests.fakes.microsoft import MicrosoftDouble
 from tests.fakes.slack import APP_TOKEN, SlackDouble
 from tests.fakes.slack_requests import slash_command_payload
-from tests.process import BotProcess
-from tests.test_restart import SUB, create, flow_row, launch, thread_has, wait_until
+from tests.process import SUB, BotProcess, create, flow_row, launch, thread_has, wait_until
 
 TOKEN_PATH = r"/oauth2/v2\.0/token$"
 
