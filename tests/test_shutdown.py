@@ -50,7 +50,7 @@ def test_sigterm_finishes_the_poll_in_flight_and_the_sign_in_resumes(
     assert 2.0 <= took < STOP_TIMEOUT_S, f"stopped in {took:.1f}s"  # it waited for the poll
     log = first.log()
     assert "received SIGTERM, shutting down" in log
-    assert "letting 1 running job(s) finish: CreateFlows.poll(" in log
+    assert "letting 1 running job(s) finish: SignInEngine.poll(" in log
     assert "veeam_sa: stopped" in log
     assert "without waiting for" not in log
     assert "Traceback" not in log

@@ -177,7 +177,7 @@ class Workers:
 
 
 def _describe(fn: Callable[..., Any], args: tuple[Any, ...]) -> str:
-    """`CreateFlows.poll('3f2a…')`: plain ids are shown, anything else only by its type."""
+    """`SignInEngine.poll('3f2a…')`: plain ids are shown, anything else only by its type."""
     name = getattr(fn, "__qualname__", None) or type(fn).__name__
     shown = [repr(a)[:40] if isinstance(a, str | int) else type(a).__name__ for a in args]
     return f"{name}({', '.join(shown)})"

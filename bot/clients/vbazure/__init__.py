@@ -40,7 +40,7 @@ documents contribute only their ``title``, ``detail``, per-field ``errors`` and 
 and those are scrubbed of every secret the call knew about.
 
 TLS: the caller passes an ``httpx.Client`` with certificate verification on (see
-``bot.flows.root.make_http_client``; ``SSL_CERT_FILE`` adds a private CA). A verification
+``bot.clients.http.make_http_client``; ``SSL_CERT_FILE`` adds a private CA). A verification
 failure is reported as such and never retried or bypassed.
 """
 
