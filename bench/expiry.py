@@ -1,6 +1,6 @@
 """The expiry-scan rows, run as its own process by `bench.run` (see bench/README.md,
 "Expiry scan"): a large database built with the product's schema, then `decide` and `scan`
-from `bot.expiry` timed against it, with the Slack double in this process.
+from `bot.flows.expiry` timed against it, with the Slack double in this process.
 
 The database is opened and migrated by `storage.db.open_store`, then filled with bulk
 inserts (one transaction, `executemany`) into `accounts`, `secrets` and `notices` with the
@@ -30,11 +30,11 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet
 
-from bot import expiry
-from bot.config import load_config
-from bot.crypto import Cipher
-from bot.expiry import crossed
-from bot.slack import make_web_client
+from bot.core.config import load_config
+from bot.core.crypto import Cipher
+from bot.flows import expiry
+from bot.flows.expiry import crossed
+from bot.slack.client import make_web_client
 from storage.db import open_store
 from tests.fakes.slack import BOT_TOKEN, SlackDouble
 

@@ -779,7 +779,7 @@ def phase_provision(b: Bench) -> None:
 
 
 def phase_expiry(b: Bench) -> None:
-    """Rows 6 and 7: `bot.expiry.decide` and `scan` over a large database (bench/expiry.py,
+    """Rows 6 and 7: `bot.flows.expiry.decide` and `scan` over a large database (bench/expiry.py,
     in its own process so that the product code comes from `--source`)."""
     args = b.args
     where = Path(tempfile.mkdtemp(prefix="expiry-", dir=args.db_dir)) if args.db_dir else None
@@ -830,7 +830,7 @@ def phase_expiry(b: Bench) -> None:
     per_channel = built["due_per_channel"]
     b.rows.append(
         Row(
-            f"Expiry decide: `bot.expiry.decide` over {built['accounts']:,} accounts with one "
+            f"Expiry decide: `bot.flows.expiry.decide` over {built['accounts']:,} accounts with one "
             f"active secret each — {built['due']:,} due over {len(built['channels'])} "
             f"channels, {built['announced']:,} inside the {res['horizon_days']}-day horizon "
             f"already announced, {built['far']:,} beyond it (SQLite file "
@@ -870,7 +870,7 @@ def phase_expiry(b: Bench) -> None:
         )
     b.rows.append(
         Row(
-            "Expiry scan: `bot.expiry.scan`, same database, real pacing, Slack double; due per "
+            "Expiry scan: `bot.flows.expiry.scan`, same database, real pacing, Slack double; due per "
             f"channel {'/'.join(str(n) for n in per_channel.values())}; rate from the times the "
             "double recorded the posts (`Call.at`)",
             figure,

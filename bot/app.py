@@ -8,7 +8,7 @@ from slack_bolt import App
 
 import handlers.actions
 import handlers.commands
-from bot.services import Services
+from bot.flows.root import Services
 
 
 def build_app(services: Services) -> App:

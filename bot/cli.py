@@ -17,8 +17,8 @@ from types import FrameType
 
 from slack_sdk.errors import SlackApiError
 
-from bot.errors import ConfigError, StorageError, VeeamSAError
-from bot.logs import configure_logging
+from bot.core.errors import ConfigError, StorageError, VeeamSAError
+from bot.core.logs import configure_logging
 
 log = logging.getLogger("veeam_sa")
 
@@ -36,7 +36,7 @@ def run(stop: threading.Event | None = None) -> int:
     running steps finish, flows stay resumable, and the process exits 0 within about
     `STOP_TIMEOUT_S` seconds (logging what was still running if it had to give up).
     A second signal exits at once."""
-    from bot.config import load_config
+    from bot.core.config import load_config
     from bot.runtime import Runtime
 
     try:
@@ -140,10 +140,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in (None, "run"):
         return run()
     if args.command == "doctor":
-        from bot import doctor
+        from bot.ops import doctor
 
         return doctor.main()
-    from bot import ops
+    from bot.ops import tasks as ops
 
     if args.command == "init":
         return ops.init_database()

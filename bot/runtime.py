@@ -13,15 +13,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bot import metrics
 from bot.app import build_app
-from bot.config import Config
-from bot.errors import VeeamSAError
-from bot.keys import open_bound
+from bot.core import metrics
+from bot.core.config import Config
+from bot.core.errors import VeeamSAError
+from bot.flows import stats
+from bot.flows.root import Services, build_services
 from bot.scheduler import start_scheduler
 from bot.server import Health, HttpServer
-from bot.services import Services, build_services
-from bot.slack import make_web_client
+from bot.slack.client import make_web_client
+from storage.keys import open_bound
 
 log = logging.getLogger("veeam_sa")
 
@@ -36,7 +37,7 @@ class Runtime:
     socket_handler: Any = None
     scheduler: Any = None
     app: Any = None
-    collector: metrics.DatabaseCollector | None = None
+    collector: stats.DatabaseCollector | None = None
 
     @classmethod
     def start(cls, config: Config) -> Runtime:
@@ -53,7 +54,7 @@ class Runtime:
         log.info("signed in to Slack as %s in team %s", identity.get("user"), identity.get("team"))
         services = build_services(config, store=store, cipher=cipher, slack=slack)
         app = build_app(services)
-        collector = metrics.DatabaseCollector(store, services.clock)
+        collector = stats.DatabaseCollector(store, services.clock)
         metrics.REGISTRY.register(collector)
 
         socket_handler = None
@@ -82,7 +83,7 @@ class Runtime:
             socket_handler.connect()
             log.info("connected to Slack in Socket Mode")
         services.authz.warm()
-        services.create.resume_all()
+        services.endings.resume_all()
         scheduler = start_scheduler(services)
         return cls(
             services=services,
@@ -148,7 +149,7 @@ class Runtime:
             # Something still runs and may use them: leave the client and the database
             # open; the process exits and SQLite's journal keeps the file consistent.
             return left
-        self.services.create.notifier.close()  # the last status edits
+        self.services.notifier.close()  # the last status edits
         self.services.http.close()
         self.services.store.close()
         return []

@@ -1,5 +1,5 @@
 """The scheduler: APScheduler 3.11 wiring for the expiry scan and the flow watchdog. Jobs
-themselves are plain functions (`bot.expiry.scan`, `CreateFlows.watchdog`); this module only
+themselves are plain functions (`bot.flows.expiry.scan`, `Endings.watchdog`); this module only
 decides when they run.
 
 One scheduler per database: two bot processes on one database would both post (the
@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from bot import expiry, handoff
-from bot.services import Services
+from bot.flows import appliance, expiry
+from bot.flows.root import Services
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ WATCHDOG_MINUTES = 5
 
 def run_watchdog(services: Services) -> list[str]:
     """Resume or end flows that stopped moving with nothing running for them."""
-    acted = services.create.watchdog(services.clock())
+    acted = services.endings.watchdog(services.clock())
     for line in acted:
         log.warning("watchdog: %s", line)
     return acted
@@ -34,10 +34,10 @@ def run_watchdog(services: Services) -> list[str]:
 def run_scan(services: Services) -> expiry.ScanResult:
     if services.appliance is not None:
         try:
-            handoff.refresh(services, services.clock())
+            appliance.refresh(services.context, services.clock())
         except Exception:  # noqa: BLE001 - the appliance being down must not stop the warnings
             log.warning("could not read the appliance's accounts", exc_info=True)
-    result = expiry.scan(services.store, services.slack, services.config, services.clock())
+    result = expiry.scan(services.store, services.notifier, services.config, services.clock())
     services.store.checkpoint()
     log.info(
         "expiry scan: %d due, %d posted (%d digests), %d failed, decided in %.3fs",

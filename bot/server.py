@@ -10,7 +10,7 @@ what Bolt would otherwise trip over: a timestamp that is not a number, a body th
 UTF-8 or not an object, and a signed request seen before (a replay).
 
 Bolt answers within Slack's 3 seconds because listeners only ack and hand long work to
-`bot.workers`. `stop()` stops accepting first, then waits (bounded) for the requests already
+`bot.core.workers`. `stop()` stops accepting first, then waits (bounded) for the requests already
 being answered, then closes every connection.
 """
 

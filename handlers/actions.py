@@ -10,13 +10,15 @@ import logging
 import re
 import sqlite3
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slack_bolt import Ack, App, Respond
 
-from bot import blocks, ids
-from bot.errors import DATABASE_UNAVAILABLE, CommandError, NotAuthorised, StorageError
-from bot.services import Services
+from bot.core.errors import DATABASE_UNAVAILABLE, CommandError, NotAuthorised, StorageError
+from bot.slack import blocks, ids
+
+if TYPE_CHECKING:
+    from bot.flows.root import Services
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +79,7 @@ def register(app: App, services: Services) -> None:
         ack()
 
         def cancel() -> None:
-            flow = services.create.cancel(_value(action), _user(body))
+            flow = services.endings.cancel(_value(action), _user(body))
             respond(
                 **blocks.note(f"Cancelled the sign-in for `{flow['name']}`."), replace_original=True
             )
@@ -89,14 +91,14 @@ def register(app: App, services: Services) -> None:
         ack: Ack, body: dict[str, Any], action: dict[str, Any], respond: Respond
     ) -> None:
         ack()
-        _answer(respond, lambda: services.provision.recheck(_value(action), _user(body)))
+        _answer(respond, lambda: services.checks.recheck(_value(action), _user(body)))
 
     @app.action(ids.ACTION_CREATE)
     def on_create(ack: Ack, body: dict[str, Any], action: dict[str, Any], respond: Respond) -> None:
         ack()
         _answer(
             respond,
-            lambda: services.provision.choose(_value(action), _user(body), _selected_options(body)),
+            lambda: services.checks.choose(_value(action), _user(body), _selected_options(body)),
         )
 
     @app.action(ids.RENEW_ACTION)
@@ -105,14 +107,16 @@ def register(app: App, services: Services) -> None:
         container = body.get("container") or {}
 
         def renew() -> None:
+            account_ref = _row_id(action)
+            services.authz.require_admin(_user(body), "renew", account_ref)
             flow_id = services.renew.begin(
                 requester=_user(body),
-                account_ref=_row_id(action),
+                account_ref=account_ref,
                 by_id=True,
                 channel_id=container.get("channel_id") or (body.get("channel") or {}).get("id"),
                 thread_ts=container.get("message_ts"),
             )
-            services.workers.submit(services.create.start, flow_id)
+            services.workers.submit(services.signin.start, flow_id)
 
         _answer(respond, renew)
 
@@ -122,12 +126,13 @@ def register(app: App, services: Services) -> None:
         container = body.get("container") or {}
 
         def retire() -> None:
-            flow_id = services.renew.begin_retire(
+            services.authz.require_admin(_user(body), "retire", _value(action) or None)
+            flow_id = services.retire.begin(
                 requester=_user(body),
                 secret_ref=_value(action),
                 channel_id=container.get("channel_id") or (body.get("channel") or {}).get("id"),
             )
-            services.workers.submit(services.create.start, flow_id)
+            services.workers.submit(services.signin.start, flow_id)
 
         _answer(respond, retire)
 

@@ -5,15 +5,18 @@ from __future__ import annotations
 import logging
 import sqlite3
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slack_bolt import Ack, App, Respond
 
-from bot import appliance_jobs, blocks, ids
-from bot.accounts import account_history, account_view, account_views
-from bot.errors import DATABASE_UNAVAILABLE, CommandError, NotAuthorised, StorageError
-from bot.grammar import parse
-from bot.services import Services
+from bot.core.errors import DATABASE_UNAVAILABLE, CommandError, NotAuthorised, StorageError
+from bot.flows import appliance
+from bot.flows.accounts import account_history, account_view, account_views
+from bot.slack import blocks, ids
+from bot.slack.grammar import parse
+
+if TYPE_CHECKING:
+    from bot.flows.root import Services
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +48,7 @@ def register(app: App, services: Services) -> None:
                         "send the sign-in code only to you."
                     )
                 )
-                services.workers.submit(services.create.start, flow_id)
+                services.workers.submit(services.signin.start, flow_id)
             elif parsed.verb == "cancel":
                 # Each cancel says so in its thread (a Slack call per flow): ack first, then
                 # cancel in the background and tell the requester what was cancelled.
@@ -72,10 +75,10 @@ def register(app: App, services: Services) -> None:
                     thread_ts=None,
                 )
                 ack(**blocks.note(f"Renewing `{parsed.name}`: the sign-in code comes only to you."))
-                services.workers.submit(services.create.start, flow_id)
+                services.workers.submit(services.signin.start, flow_id)
             elif parsed.verb == "retire":
                 assert parsed.name is not None
-                flow_id = services.renew.begin_retire(
+                flow_id = services.retire.begin(
                     requester=user, channel_id=command.get("channel_id", ""), name=parsed.name
                 )
                 ack(
@@ -84,7 +87,7 @@ def register(app: App, services: Services) -> None:
                         "only to you."
                     )
                 )
-                services.workers.submit(services.create.start, flow_id)
+                services.workers.submit(services.signin.start, flow_id)
             elif parsed.verb in ("sync", "import"):
                 if services.appliance is None:
                     raise CommandError(
@@ -93,13 +96,13 @@ def register(app: App, services: Services) -> None:
                 if parsed.verb == "sync":
                     assert parsed.name is not None
                     ack(**blocks.note(f"Handing `{parsed.name}` to the Veeam appliance…"))
-                    job = partial(appliance_jobs.sync, services, parsed.name, user)
+                    job = partial(appliance.sync, services.context, parsed.name, user)
                 else:
                     ack(
                         **blocks.note("Looking for appliance accounts the bot does not manage yet…")
                     )
                     job = partial(
-                        appliance_jobs.import_all, services, user, command.get("channel_id")
+                        appliance.import_all, services.context, user, command.get("channel_id")
                     )
                 services.workers.submit(lambda: respond(**job(), response_type="ephemeral"))
         except NotAuthorised as exc:
@@ -113,7 +116,7 @@ def register(app: App, services: Services) -> None:
 
 def _cancel_mine(services: Services, user: str, respond: Respond) -> None:
     try:
-        names = services.create.cancel_mine(user)
+        names = services.endings.cancel_mine(user)
     except (sqlite3.Error, StorageError):
         log.exception("database error while cancelling the flows of %s", user)
         respond(**blocks.error_message(DATABASE_UNAVAILABLE, with_help_hint=False), response_type="ephemeral")

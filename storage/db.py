@@ -20,7 +20,7 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
-from bot.errors import StorageError
+from bot.core.errors import StorageError
 from storage.migrations import LATEST, migrations
 
 BUSY_TIMEOUT_S = 30.0

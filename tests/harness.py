@@ -18,10 +18,10 @@ from cryptography.fernet import Fernet
 from slack_bolt import App, BoltRequest
 
 from bot.app import build_app
-from bot.config import load_config
-from bot.crypto import Cipher
-from bot.services import Services, build_services, utcnow
-from bot.slack import make_web_client
+from bot.core.config import load_config
+from bot.core.crypto import Cipher
+from bot.flows.root import Services, build_services, utcnow
+from bot.slack.client import make_web_client
 from storage.db import open_store
 from tests.fakes.blockkit import block_errors
 from tests.fakes.microsoft import MicrosoftDouble
@@ -175,6 +175,6 @@ class Bot:
 
     def close(self) -> None:
         self.services.workers.shutdown(wait=True)
-        self.services.create.notifier.close()
+        self.services.notifier.close()
         self.services.http.close()
         self.store.close()

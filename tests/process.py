@@ -5,12 +5,19 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
+
+from tests.fakes.microsoft import DEFAULT_SUBSCRIPTIONS
+from tests.fakes.slack import SlackDouble
+from tests.fakes.slack_requests import post_signed, slash_command_body
+from tests.harness import SIGNING_SECRET
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,3 +83,48 @@ class BotProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout)
+
+
+# -- helpers the end-to-end tests share -------------------------------------------------------
+
+SUB = DEFAULT_SUBSCRIPTIONS[0][0]
+
+
+def flow_row(db: Path, name: str) -> dict[str, Any]:
+    conn = sqlite3.connect(db)
+    conn.row_factory = sqlite3.Row
+    try:
+        row = conn.execute(
+            "SELECT * FROM flows WHERE name = ? ORDER BY created_at DESC", [name]
+        ).fetchone()
+        return dict(row) if row else {}
+    finally:
+        conn.close()
+
+
+def wait_until(predicate: Any, timeout: float = 20.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def thread_has(slack: SlackDouble, fragment: str) -> bool:
+    return any(fragment in (m.get("text") or "") for m in slack.messages())
+
+
+def launch(
+    env: dict[str, str], tmp_path: Path, procs: list[BotProcess], **extra: str
+) -> BotProcess:
+    bot = BotProcess({**env, **extra}, tmp_path)
+    procs.append(bot)
+    return bot.start()
+
+
+def create(bot: BotProcess, slack: SlackDouble, text: str) -> None:
+    body = slash_command_body(text, response_url=slack.response_url())
+    answer = post_signed(f"{bot.url}/slack/events", body, SIGNING_SECRET)
+    assert answer.status_code == 200 and "Starting" in answer.text, answer.text

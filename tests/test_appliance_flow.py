@@ -10,7 +10,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bot import expiry, ids
+from bot.flows import expiry
+from bot.slack import ids
 from tests.fakes.microsoft import (
     ALICE_UPN,
     DEFAULT_SUBSCRIPTIONS,

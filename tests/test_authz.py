@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from bot import ids
+from bot.slack import ids
 from tests.fakes.microsoft import ALICE_UPN, DEFAULT_SUBSCRIPTIONS, MicrosoftDouble
 from tests.fakes.slack import SlackDouble
 from tests.fakes.slack_requests import multi_select_state

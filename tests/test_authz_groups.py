@@ -6,7 +6,7 @@ import time
 
 from slack_sdk import WebClient
 
-from bot.authz import Authorizer
+from bot.slack.authz import Authorizer
 from tests.fakes.slack import BOT_TOKEN, SlackDouble
 
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from bot import blocks, expiry, ids
+from bot.flows import expiry
+from bot.slack import blocks, ids
 from tests.fakes.blockkit import block_errors
 
 NOW = datetime(2027, 3, 1, 12, 0, tzinfo=UTC)

@@ -111,7 +111,7 @@ def test_network_error_on_a_silent_token_recovers(bot: Bot, ms: MicrosoftDouble)
 def test_network_down_on_a_silent_token_fails_cleanly(bot: Bot, ms: MicrosoftDouble) -> None:
     """Microsoft's token endpoint unreachable after sign-in: the flow ends failed with a
     message, nothing left in the tenant, and the name can be used again."""
-    bot.services.create.signin.transient_budget = 1.0
+    bot.services.signin.device.transient_budget = 1.0
     ms.script_refresh(["drop"] * 100)
     sign_in(bot, f"create net-down --subscription {SUB}")
     bot.wait_state("net-down", "failed", timeout=30)

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import BUILTIN_ROLES, load_config
-from bot.errors import ConfigError
+from bot.core.config import BUILTIN_ROLES, load_config
+from bot.core.errors import ConfigError
 
 BASE = {
     "SLACK_BOT_TOKEN": "xoxb-1-2-abc",

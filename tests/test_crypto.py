@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from bot.crypto import Cipher, key_file_for, load_or_create_key
-from bot.errors import ConfigError, StorageError
+from bot.core.crypto import Cipher, key_file_for, load_or_create_key
+from bot.core.errors import ConfigError, StorageError
 
 
 def test_round_trip_and_ciphertext_hides_plaintext() -> None:

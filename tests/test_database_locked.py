@@ -7,7 +7,7 @@ import json
 import sqlite3
 import time
 
-from bot import ids
+from bot.slack import ids
 from tests.fakes.slack import SlackDouble
 from tests.harness import ADMIN, Bot
 

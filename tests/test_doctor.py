@@ -15,10 +15,10 @@ import pytest
 import yaml
 from cryptography.fernet import Fernet
 
-from bot import doctor
 from bot.cli import main as cli_main
-from bot.config import Config
-from bot.crypto import Cipher, key_file_for, load_or_create_key
+from bot.core.config import Config
+from bot.core.crypto import Cipher, key_file_for, load_or_create_key
+from bot.ops import doctor
 from storage.db import Store, open_store
 from tests.fakes.microsoft import MicrosoftDouble
 from tests.fakes.slack import APP_TOKEN, BOT_TOKEN, SlackDouble
@@ -198,7 +198,7 @@ def test_configuration_lists_every_setting_with_secrets_masked(run_doctor, env) 
 
 def test_every_config_field_has_a_display_rule() -> None:
     missing = [f.name for f in fields(Config) if f.name not in doctor.SETTINGS]
-    assert missing == [], "add these settings to bot.doctor.SETTINGS (mask secrets)"
+    assert missing == [], "add these settings to bot.ops.doctor.SETTINGS (mask secrets)"
 
 
 def test_manifest_scopes_read_without_pyyaml_match_yaml() -> None:

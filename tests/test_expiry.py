@@ -12,11 +12,13 @@ from cryptography.fernet import Fernet
 from slack_sdk import WebClient
 from slack_sdk.models.blocks import Block
 
-from bot import blocks, expiry, ids, scheduler
-from bot.accounts import account_views
-from bot.config import Config, load_config
-from bot.crypto import Cipher
-from bot.services import utcnow
+from bot import scheduler
+from bot.core.config import Config, load_config
+from bot.core.crypto import Cipher
+from bot.flows import expiry
+from bot.flows.accounts import account_views
+from bot.flows.root import utcnow
+from bot.slack import blocks, ids
 from storage import queries
 from storage.db import Store, open_store
 from tests.fakes.blockkit import block_errors

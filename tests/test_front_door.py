@@ -21,8 +21,7 @@ from tests.fakes.microsoft import MicrosoftDouble
 from tests.fakes.slack import SlackDouble
 from tests.fakes.slack_requests import post_signed, sign, slash_command_body
 from tests.harness import SIGNING_SECRET
-from tests.process import BotProcess
-from tests.test_restart import SUB, flow_row, launch, wait_until
+from tests.process import SUB, BotProcess, flow_row, launch, wait_until
 
 
 def fd_count(bot: BotProcess) -> int:

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot import ids
-from bot.errors import CommandError
-from bot.grammar import parse
+from bot.core.errors import CommandError
+from bot.slack import ids
+from bot.slack.grammar import parse
 from tests.fakes.microsoft import MicrosoftDouble
 from tests.fakes.slack import SlackDouble
 from tests.harness import ADMIN, OTHER, Bot

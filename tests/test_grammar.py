@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from bot.errors import CommandError
-from bot.grammar import Command, parse
+from bot.core.errors import CommandError
+from bot.slack.grammar import Command, parse
 
 SUB = "11111111-2222-3333-4444-555555555555"
 SUB2 = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"

@@ -17,16 +17,21 @@ import pytest
 from cryptography.fernet import Fernet
 
 from bot.cli import main
-from bot.config import load_config
-from bot.crypto import Cipher, key_file_for, read_key_file, write_key_file
-from bot.keys import DatabaseMissing, KeyMismatch, fingerprint, open_bound, recorded_fingerprints
+from bot.core.config import load_config
+from bot.core.crypto import Cipher, key_file_for, read_key_file, write_key_file
 from bot.server import Health, HttpServer
 from storage import queries
 from storage.db import Store, open_store
+from storage.keys import (
+    DatabaseMissing,
+    KeyMismatch,
+    fingerprint,
+    open_bound,
+    recorded_fingerprints,
+)
 from tests.fakes.microsoft import MicrosoftDouble
 from tests.fakes.slack import SlackDouble
-from tests.process import BotProcess
-from tests.test_restart import SUB, create, flow_row, launch, thread_has, wait_until
+from tests.process import SUB, BotProcess, create, flow_row, launch, thread_has, wait_until
 
 
 def dump(db: Path) -> list[str]:

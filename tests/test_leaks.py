@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from bot import expiry, ids
-from bot.logs import configure_logging
+from bot.core.logs import configure_logging
+from bot.flows import expiry
+from bot.slack import ids
 from tests.fakes.microsoft import DEFAULT_SUBSCRIPTIONS, MicrosoftDouble
 from tests.fakes.slack import SlackDouble
 from tests.harness import ADMIN, Bot

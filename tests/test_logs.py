@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from bot.logs import MASK, redact, register_secret, setup_logging
+from bot.core.logs import MASK, redact, register_secret, setup_logging
 
 SECRET = "abc8Q~Zx1yW2vU3tS4rQ5pO6nM7lK8jI9hG0fE1d"
 JWT = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiIxMjMifQ."
@@ -97,7 +97,7 @@ def test_audited_steps_are_log_events_with_their_fields(tmp_path) -> None:  # ty
 
 
 def test_flow_values_are_forgotten_with_their_flow() -> None:
-    from bot import logs
+    from bot.core import logs
 
     for n in range(1000):
         register_secret(f"user-code-{n:05d}", owner=f"flow-{n}")

@@ -12,18 +12,17 @@ import pytest
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot import metrics
-from bot.config import load_config
-from bot.errors import Unreachable
-from bot.metrics import DatabaseCollector, secret_bucket
-from bot.msapi import MicrosoftApi
-from bot.slack import make_web_client
+from bot.clients.msapi import MicrosoftApi
+from bot.core import metrics
+from bot.core.config import load_config
+from bot.core.errors import Unreachable
+from bot.flows.stats import DatabaseCollector, secret_bucket
+from bot.slack.client import make_web_client
 from storage import queries
 from storage.db import open_store
 from tests.fakes.microsoft import MicrosoftDouble
 from tests.fakes.slack import SlackDouble
-from tests.process import BotProcess, free_port
-from tests.test_restart import SUB, create, flow_row, launch, wait_until
+from tests.process import SUB, BotProcess, create, flow_row, free_port, launch, wait_until
 
 NOW = datetime(2030, 6, 1, 12, 0, tzinfo=UTC)
 

@@ -144,8 +144,8 @@ def test_watchdog_resumes_a_sign_in_whose_poll_was_lost(bot: Bot, ms: MicrosoftD
         return not bot.services.workers.has_work_for(flow["id"])
 
     wait(lost, what="the flow's jobs gone")
-    assert bot.services.create.watchdog(bot.services.clock() + timedelta(seconds=30)) == []
-    acted = bot.services.create.watchdog(bot.services.clock() + timedelta(minutes=10))
+    assert bot.services.endings.watchdog(bot.services.clock() + timedelta(seconds=30)) == []
+    acted = bot.services.endings.watchdog(bot.services.clock() + timedelta(minutes=10))
     assert acted == ["lostpoll: polling again"]
     ms.approve(ms.flows[-1].user_code)
     bot.wait_state("lostpoll", "done", timeout=30)
@@ -159,7 +159,7 @@ def test_watchdog_ends_a_lost_check(bot: Bot, ms: MicrosoftDouble) -> None:
     wait(lambda: not bot.services.workers.has_work_for(flow["id"]), what="the check to end")
     # the Recheck job was lost on its way: the flow says checking, nothing runs
     assert queries.transition_flow(bot.db, flow["id"], ["blocked"], "checking")
-    acted = bot.services.create.watchdog(bot.services.clock() + timedelta(hours=1))
+    acted = bot.services.endings.watchdog(bot.services.clock() + timedelta(hours=1))
     assert acted == ["stalled: ended from checking"]
     bot.wait_state("stalled", "failed")
     assert "stopped in checking" in bot.wait_thread("stalled", "stopped in checking")
@@ -171,8 +171,8 @@ def test_watchdog_closes_a_choice_nobody_made(bot: Bot, ms: MicrosoftDouble) -> 
     sign_in(bot, "create undecided")
     flow = bot.wait_state("undecided", "choosing", timeout=30)
     wait(lambda: not bot.services.workers.has_work_for(flow["id"]), what="the check to end")
-    assert bot.services.create.watchdog(bot.services.clock() + timedelta(hours=2)) == []
-    acted = bot.services.create.watchdog(bot.services.clock() + timedelta(days=2))
+    assert bot.services.endings.watchdog(bot.services.clock() + timedelta(hours=2)) == []
+    acted = bot.services.endings.watchdog(bot.services.clock() + timedelta(days=2))
     assert acted and acted[0].startswith("undecided: closed")
     bot.wait_state("undecided", "expired")
     assert "waited a day" in bot.wait_thread("undecided", "waited a day")

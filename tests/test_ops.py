@@ -11,7 +11,7 @@ import pytest
 from cryptography.fernet import Fernet, InvalidToken
 
 from bot.cli import main
-from bot.crypto import Cipher, key_file_for, load_or_create_key, read_key_file
+from bot.core.crypto import Cipher, key_file_for, load_or_create_key, read_key_file
 from storage import queries
 from storage.db import open_store
 from tests.fakes.slack import BOT_TOKEN, SlackDouble

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bot import ids
-from bot.config import BUILTIN_ROLES
+from bot.core.config import BUILTIN_ROLES
+from bot.slack import ids
 from tests.fakes.microsoft import (
     ALICE_UPN,
     DEFAULT_SUBSCRIPTIONS,

@@ -7,7 +7,8 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
-from bot import expiry, ids
+from bot.flows import expiry
+from bot.slack import ids
 from tests.fakes.microsoft import DEFAULT_SUBSCRIPTIONS, MicrosoftDouble
 from tests.fakes.slack import SlackDouble
 from tests.harness import ADMIN, CHANNEL, OTHER, Bot

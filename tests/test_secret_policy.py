@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from bot import ids
+from bot.slack import ids
 from tests.fakes.microsoft import (
     APPLICATION_DEVELOPER,
     DEFAULT_APP_POLICY_ID,

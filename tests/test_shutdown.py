@@ -8,13 +8,12 @@ import threading
 import time
 from pathlib import Path
 
+from bot.core.workers import Workers
 from bot.runtime import STOP_TIMEOUT_S
-from bot.workers import Workers
 from tests.fakes.microsoft import MicrosoftDouble
 from tests.fakes.slack import APP_TOKEN, SlackDouble
 from tests.fakes.slack_requests import slash_command_payload
-from tests.process import BotProcess
-from tests.test_restart import SUB, create, flow_row, launch, thread_has, wait_until
+from tests.process import SUB, BotProcess, create, flow_row, launch, thread_has, wait_until
 
 TOKEN_PATH = r"/oauth2/v2\.0/token$"
 
@@ -51,7 +50,7 @@ def test_sigterm_finishes_the_poll_in_flight_and_the_sign_in_resumes(
     assert 2.0 <= took < STOP_TIMEOUT_S, f"stopped in {took:.1f}s"  # it waited for the poll
     log = first.log()
     assert "received SIGTERM, shutting down" in log
-    assert "letting 1 running job(s) finish: CreateFlows.poll(" in log
+    assert "letting 1 running job(s) finish: SignInEngine.poll(" in log
     assert "veeam_sa: stopped" in log
     assert "without waiting for" not in log
     assert "Traceback" not in log

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from bot import ids
+from bot.slack import ids
 from tests.fakes.microsoft import (
     ALICE_UPN,
     DEFAULT_SUBSCRIPTIONS,
@@ -120,7 +120,7 @@ def test_each_error_gets_its_own_message(
 
 
 def test_microsoft_unreachable_after_bounded_retries(bot: Bot, ms: MicrosoftDouble) -> None:
-    bot.services.create.transient_budget = 2.5
+    bot.services.signin.transient_budget = 2.5
     ms.script_next_flow([("http", 503, None)])
     device = start(bot)
     bot.wait_state("prod-backup", "failed", timeout=20)

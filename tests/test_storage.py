@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from sqlite_utils import Database
 
-from bot.errors import StorageError
+from bot.core.errors import StorageError
 from storage import queries
 from storage.db import open_store
 from storage.migrations import LATEST, migrations

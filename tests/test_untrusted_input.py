@@ -8,10 +8,11 @@ import secrets
 
 import pytest
 
-from bot import ids, logs
-from bot.errors import CommandError
-from bot.grammar import parse
-from bot.logs import MASK, redact, register_secret
+from bot.core import logs
+from bot.core.errors import CommandError
+from bot.core.logs import MASK, redact, register_secret
+from bot.slack import ids
+from bot.slack.grammar import parse
 from tests.fakes.microsoft import MicrosoftDouble
 from tests.fakes.slack import SlackDouble
 from tests.harness import ADMIN, Bot

@@ -11,13 +11,13 @@ from typing import Any
 import httpx
 import pytest
 
-from bot.errors import VeeamSAError
-from bot.vbazure import (
+from bot.clients.vbazure import (
     AZURE_ACCOUNT_PURPOSES,
     DEFAULT_PURPOSES,
     ApplianceError,
     VBAzureClient,
 )
+from bot.core.errors import VeeamSAError
 from tests.fakes.tls import TestCA
 from tests.fakes.vbazure import DEFAULT_PASSWORD, DEFAULT_USERNAME, VBAzureDouble
 

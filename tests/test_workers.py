@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import threading
 
-from bot.workers import Workers
+from bot.core.workers import Workers
 
 
 def test_call_later_runs_in_due_order_on_the_pool() -> None:

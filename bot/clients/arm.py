@@ -1,0 +1,106 @@
+"""Azure Resource Manager: subscriptions, the caller's permissions, role assignments."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from functools import lru_cache
+from typing import Any
+
+from bot.clients.msapi import MicrosoftApi
+from bot.core.errors import MicrosoftError
+
+ROLE_ASSIGNMENT_WRITE = "Microsoft.Authorization/roleAssignments/write"
+SUBSCRIPTIONS_API = "2022-12-01"
+AUTHORIZATION_API = "2022-04-01"
+
+#: Names role assignments deterministically, so a retried creation reuses the same names.
+ASSIGNMENT_NAMESPACE = uuid.UUID("5d1f0f64-0f8e-4d0c-9a43-7a1b7e0c9a11")
+
+
+@lru_cache(maxsize=512)
+def _pattern(action: str) -> re.Pattern[str]:
+    return re.compile("^" + re.escape(action).replace(r"\*", ".*") + "$", re.IGNORECASE)
+
+
+def action_allowed(permissions: list[dict[str, Any]], action: str) -> bool:
+    """ARM's rule: some entry's `actions` match and that entry's `notActions` do not."""
+    for entry in permissions:
+        if any(_pattern(a).match(action) for a in entry.get("actions") or []) and not any(
+            _pattern(n).match(action) for n in entry.get("notActions") or []
+        ):
+            return True
+    return False
+
+
+def assignment_name(key: str, subscription: str, role_definition_id: str) -> str:
+    return str(
+        uuid.uuid5(
+            ASSIGNMENT_NAMESPACE, f"{key}/{subscription.lower()}/{role_definition_id.lower()}"
+        )
+    )
+
+
+class ArmClient(MicrosoftApi):
+    service = "Azure Resource Manager"
+    metric_label = "arm"
+
+    #: How long to retry PrincipalNotFound for a just-created service principal.
+    principal_budget = 180.0
+
+    def subscriptions(self) -> list[dict[str, Any]]:
+        return self.paged("/subscriptions", "nextLink", params={"api-version": SUBSCRIPTIONS_API})
+
+    def tenant_name(self, tenant_id: str) -> str | None:
+        """The display name of `tenant_id` among the tenants the caller can see."""
+        for tenant in self.paged("/tenants", "nextLink", params={"api-version": SUBSCRIPTIONS_API}):
+            if str(tenant.get("tenantId", "")).lower() == tenant_id.lower():
+                name = tenant.get("displayName")
+                return str(name) if name else None
+        return None
+
+    def permissions(self, subscription: str) -> list[dict[str, Any]]:
+        return self.paged(
+            f"/subscriptions/{subscription}/providers/Microsoft.Authorization/permissions",
+            "nextLink",
+            params={"api-version": AUTHORIZATION_API},
+        )
+
+    def can_assign_roles(self, subscription: str) -> bool:
+        return action_allowed(self.permissions(subscription), ROLE_ASSIGNMENT_WRITE)
+
+    def assign_role(
+        self, subscription: str, role_definition_id: str, principal_id: str, name: str
+    ) -> str:
+        """Assign the role; returns "created", "exists". Waits out principal replication."""
+        scope = f"/subscriptions/{subscription}"
+        body = {
+            "properties": {
+                "roleDefinitionId": f"{scope}/providers/Microsoft.Authorization/roleDefinitions/{role_definition_id}",
+                "principalId": principal_id,
+                "principalType": "ServicePrincipal",
+            }
+        }
+        path = f"{scope}/providers/Microsoft.Authorization/roleAssignments/{name}"
+        deadline = time.monotonic() + self.principal_budget
+        delay = 1.0
+        while True:
+            try:
+                self.request("PUT", path, json=body, params={"api-version": AUTHORIZATION_API})
+                return "created"
+            except MicrosoftError as exc:
+                if exc.code == "RoleAssignmentExists":
+                    return "exists"
+                if exc.code != "PrincipalNotFound" or time.monotonic() + delay > deadline:
+                    raise
+            self._sleep(delay)
+            delay = min(delay * 1.5, 10.0)
+
+    def delete_role_assignment(self, subscription: str, name: str) -> None:
+        path = f"/subscriptions/{subscription}/providers/Microsoft.Authorization/roleAssignments/{name}"
+        try:
+            self.request("DELETE", path, params={"api-version": AUTHORIZATION_API})
+        except MicrosoftError as exc:
+            if exc.status != 404:
+                raise

@@ -1,0 +1,58 @@
+"""The create journey's first step: record the request (the ack path: database only).
+
+Handlers call `begin()` (a fast database write, safe on the ack path) and then
+`workers.submit(signin.start, id)`: the sign-in (`bot.flows.signin`) and provisioning
+(`bot.flows.provision`) follow on the worker pool.
+"""
+
+from __future__ import annotations
+
+from bot.core.errors import CommandError
+from bot.flows.context import Context
+from bot.flows.record import Record
+from bot.slack.grammar import Command
+from storage import queries
+
+
+class CreateFlow:
+    def __init__(self, ctx: Context, record: Record) -> None:
+        self.ctx = ctx
+        self.record = record
+
+    def begin(self, *, requester: str, channel_id: str, command: Command) -> str:
+        """Record a new create flow; refuse a name that is managed or already in flight."""
+        assert command.name is not None
+        with self.ctx.store.quick() as db, db.atomic():
+            existing = queries.get_account(db, command.name)
+            if existing is not None and existing["state"] == "active":
+                raise CommandError(
+                    f"`{command.name}` is already a managed service account. "
+                    f"To get it a new secret, use `/veeam-sa renew {command.name}`."
+                )
+            if existing is not None:
+                raise CommandError(
+                    f"`{command.name}` has an unfinished creation ({existing['state']}); "
+                    f"`/veeam-sa show {command.name}` says what exists. Pick another name, or remove "
+                    f"application `{existing.get('app_id')}` in Entra first."
+                )
+            running = queries.open_flow_for_name(db, command.name)
+            if running is not None:
+                raise CommandError(
+                    f"A flow for `{command.name}` is already in progress (started by "
+                    f"<@{running['requester']}>). Wait for it, or cancel it with `/veeam-sa cancel`; "
+                    f"to renew an existing account use `/veeam-sa renew {command.name}`."
+                )
+            flow_id = self.record.new_flow(
+                db,
+                kind="create",
+                name=command.name,
+                requester=requester,
+                channel_id=channel_id,
+                data={
+                    "subscriptions": list(command.subscriptions),
+                    "description": command.description,
+                    "steps": {"sign_in": "running"},
+                },
+                detail={"subscriptions": list(command.subscriptions)},
+            )
+        return flow_id

@@ -1,0 +1,152 @@
+"""A flow's record: its row, its steps, its audit trail and its parent message.
+
+Every flow kind keeps the same record: the `flows` row (state, `data` with the step
+checklist), audit rows, and the parent message in Slack that shows the checklist.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from bot.slack import blocks
+from storage import queries
+
+if TYPE_CHECKING:
+    from bot.flows.context import Context
+
+
+class Record:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.notifier = ctx.notifier
+
+    @property
+    def _db(self) -> Any:
+        return self.ctx.store.db
+
+    def get(self, flow_id: str) -> dict[str, Any]:
+        flow = queries.get_flow(self._db, flow_id)
+        assert flow is not None
+        return flow
+
+    def new_flow(
+        self,
+        db: Any,
+        *,
+        kind: str,
+        name: str,
+        requester: str,
+        channel_id: str | None,
+        data: dict[str, Any],
+        account_id: int | None = None,
+        parent_ts: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> str:
+        """Insert a new flow row in `starting` and its `KIND.requested` audit row; returns
+        its id. The caller holds the transaction and has checked what may be begun."""
+        flow_id = uuid.uuid4().hex
+        now = queries.utcnow_iso(self.ctx.clock())
+        row: dict[str, Any] = {
+            "id": flow_id,
+            "kind": kind,
+            "state": "starting",
+            "name": name,
+            "requester": requester,
+            "channel_id": channel_id,
+            "data": json.dumps(data, sort_keys=True),
+            "created_at": now,
+            "updated_at": now,
+        }
+        if account_id is not None:
+            row["account_id"] = account_id
+            row["parent_ts"] = parent_ts
+        queries.insert_flow(db, row)
+        queries.add_audit(
+            db,
+            actor=requester,
+            action=f"{kind}.requested",
+            target=name,
+            outcome="accepted",
+            detail={"flow": flow_id, **(detail or {})},
+        )
+        return flow_id
+
+    @staticmethod
+    def data(flow: dict[str, Any]) -> dict[str, Any]:
+        return json.loads(flow.get("data") or "{}")
+
+    def save_data(self, flow_id: str, data: dict[str, Any]) -> None:
+        queries.update_flow(self._db, flow_id, data=json.dumps(data, sort_keys=True))
+
+    def parent_payload(
+        self, flow: dict[str, Any], outcome: str | None = None, summary: list[str] | None = None
+    ) -> dict[str, Any] | None:
+        """The flow's parent message; None for a renewal that lives in an alert's thread."""
+        data = self.data(flow)
+        if flow["kind"] in ("renew", "retire"):
+            if not data.get("own_parent"):
+                return None
+            parent = blocks.renew_parent if flow["kind"] == "renew" else blocks.retire_parent
+            return parent(name=flow["name"], requester=flow["requester"], outcome=outcome)
+        return blocks.create_parent(
+            name=flow["name"],
+            requester=flow["requester"],
+            subscriptions=data.get("subscriptions", []),
+            description=data.get("description"),
+            steps=data.get("steps", {}),
+            outcome=outcome,
+            summary=summary,
+        )
+
+    def render_parent(
+        self, flow: dict[str, Any], outcome: str | None = None, summary: list[str] | None = None
+    ) -> None:
+        if not flow.get("parent_ts"):
+            return
+        payload = self.parent_payload(flow, outcome, summary)
+        if payload is not None:
+            final = outcome is not None or summary is not None
+            self.notifier.update_latest(flow["channel_id"], flow["parent_ts"], payload, wait=final)
+
+    def set_step(
+        self, flow_id: str, step: str, status: str, outcome: str | None = None
+    ) -> dict[str, Any]:
+        flow = queries.get_flow(self._db, flow_id)
+        assert flow is not None
+        data = self.data(flow)
+        data.setdefault("steps", {})[step] = status
+        self.save_data(flow_id, data)
+        flow["data"] = json.dumps(data)
+        self.render_parent(flow, outcome)
+        return flow
+
+    def audit(self, flow: dict[str, Any], action: str, outcome: str, **detail: Any) -> None:
+        queries.add_audit(
+            self._db,
+            actor=flow["requester"],
+            action=action,
+            target=flow.get("name"),
+            outcome=outcome,
+            detail={"flow": flow["id"], **detail},
+            correlation_id=detail.get("correlation_id"),
+        )
+
+    def say(self, flow: dict[str, Any], text: str) -> None:
+        self.notifier.thread(flow["channel_id"], flow.get("parent_ts"), blocks.note(text))
+
+    def leftover_text(self, flow: dict[str, Any]) -> str:
+        if flow["kind"] != "create":
+            return "The current secret is unchanged."
+        account = (
+            queries.get_account_by_id(self._db, flow["account_id"])
+            if flow.get("account_id")
+            else None
+        )
+        if account is None or account["state"] == "rolled_back":
+            return "Nothing was created."
+        return (
+            f"The application created before the interruption (`{account['app_id']}`) is still in the "
+            "tenant; delete it in the Entra admin center if you don't want it."
+        )

@@ -1,0 +1,248 @@
+"""After a sign-in code is redeemed: check who signed in, fetch every token the flow needs,
+ask for a further sign-in when the tenant wants one (MFA or consent for one resource), and
+hand the flow to its next step (`SignInEngine.on_signed_in`, wired by the composition root).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from bot.clients.signin import Identity, Session, dump_flow, needs_interaction
+from bot.core.errors import SignInError
+from bot.core.fanout import both
+from bot.core.logs import register_secret
+from bot.slack import blocks
+from bot.slack.messages import support_suffix
+from storage import queries
+
+if TYPE_CHECKING:
+    from bot.flows.signin import SignInEngine
+
+log = logging.getLogger(__name__)
+
+#: Further sign-ins a tenant may ask for (MFA or consent per resource) before the flow fails.
+MAX_EXTRA_SIGN_INS = 2
+
+
+class _NeedsSignIn(Exception):
+    """A resource's silent token needs the person again."""
+
+    def __init__(self, scope: str, error: SignInError) -> None:
+        self.scope = scope
+        self.error = error
+        super().__init__(scope)
+
+class Redemption:
+    def __init__(self, engine: SignInEngine) -> None:
+        self.engine = engine
+
+    def signed_in(self, flow: dict[str, Any], identity: Identity, session: Session) -> None:
+        flow_id = flow["id"]
+        data = self.engine.record.data(flow)
+        first = data.get("first_identity")
+        if first is not None:
+            # a further sign-in the tenant asked for: it must be the same person
+            if (first["object_id"], first["tenant_id"]) != (
+                identity.object_id,
+                identity.tenant_id,
+            ):
+                self.engine.fail(
+                    flow_id,
+                    SignInError(
+                        "other_person",
+                        "the second sign-in was made with another account",
+                    ),
+                    who=blocks.escape(f"{identity.upn} (first sign-in: {first['upn']})"),
+                )
+                return
+        elif not self.acceptable(flow, identity):
+            return
+        try:
+            tenant_name = self.tokens_and_tenant_name(session, identity)
+        except _NeedsSignIn as need:
+            if int(data.get("extra_sign_ins", 0)) < MAX_EXTRA_SIGN_INS:
+                self.sign_in_again(flow, identity, session, need.scope, need.error)
+            else:
+                self.engine.fail(flow_id, need.error)
+            return
+        except SignInError as exc:
+            self.engine.fail(flow_id, exc)
+            return
+        identity.tenant_name = tenant_name
+        data = self.engine.record.data(queries.get_flow(self.engine.ctx.db, flow_id) or flow)
+        data["identity"] = {
+            "upn": identity.upn,
+            "name": identity.name,
+            "tenant_id": identity.tenant_id,
+            "tenant_name": tenant_name,
+            "object_id": identity.object_id,
+        }
+        data.pop("sign_in_scope", None)
+        steps = data.setdefault("steps", {})
+        steps["sign_in"] = "done"
+        if "sign_in_again" in steps:
+            steps["sign_in_again"] = "done"
+        moved = queries.transition_flow(
+            self.engine.ctx.db,
+            flow_id,
+            ["awaiting_sign_in"],
+            "signed_in",
+            device_flow=None,
+            data=json.dumps(data, sort_keys=True),
+        )
+        if not moved:
+            self.engine.drop_session(flow_id)
+            return
+        flow = queries.get_flow(self.engine.ctx.db, flow_id) or flow
+        self.engine.record.audit(
+            flow,
+            "sign_in.completed",
+            "ok",
+            entra_upn=identity.upn,
+            tenant_id=identity.tenant_id,
+            sign_ins=1 + int(data.get("extra_sign_ins", 0)),
+        )
+        tenant = (
+            f"{blocks.escape(tenant_name)} (`{blocks.escape(identity.tenant_id)}`)"
+            if tenant_name
+            else f"`{blocks.escape(identity.tenant_id)}`"
+        )
+        who = blocks.escape(
+            f"{identity.name} ({identity.upn})" if identity.name else identity.upn
+        )
+        self.engine.notifier.thread(
+            flow["channel_id"],
+            flow.get("parent_ts"),
+            blocks.note(f":key: Signed in as *{who}* in tenant {tenant}."),
+        )
+        self.engine.record.render_parent(flow)
+        if self.engine.on_signed_in is not None:
+            self.engine.on_signed_in(flow_id, identity, session)
+
+    def acceptable(self, flow: dict[str, Any], identity: Identity) -> bool:
+        """Refuse personal accounts (unless allowed) and, when required, another's account."""
+        flow_id = flow["id"]
+        if identity.personal and not self.engine.ctx.config.allow_personal_accounts:
+            self.engine.fail(
+                flow_id,
+                SignInError("personal", "personal Microsoft account"),
+                who=blocks.escape(f"{identity.name} ({identity.upn})"),
+            )
+            return False
+        if self.engine.ctx.config.require_email_match:
+            email = self.engine.notifier.email_of(flow["requester"])
+            if not email or email.lower() != identity.upn.lower():
+                self.engine.fail(
+                    flow_id,
+                    SignInError(
+                        "email_mismatch", "signed-in account does not match the Slack profile"
+                    ),
+                    who=blocks.escape(
+                        f"{identity.upn} (your Slack email is {email or 'not visible to the bot'})"
+                    ),
+                )
+                return False
+        return True
+
+    def sign_in_again(
+        self,
+        flow: dict[str, Any],
+        identity: Identity,
+        session: Session,
+        scope: str,
+        error: SignInError,
+    ) -> None:
+        """The tenant wants the person again for `scope` (MFA or consent for that resource
+        alone): a further device code, for that resource, to the same person, in the same
+        way — a normal step of the flow, shown in the checklist."""
+        flow_id = flow["id"]
+        data = self.engine.record.data(flow)
+        data["first_identity"] = data.get("first_identity") or {
+            "upn": identity.upn,
+            "object_id": identity.object_id,
+            "tenant_id": identity.tenant_id,
+        }
+        data["sign_in_scope"] = scope
+        data["extra_sign_ins"] = int(data.get("extra_sign_ins", 0)) + 1
+        steps = data.setdefault("steps", {})
+        steps["sign_in"] = "done"
+        steps["sign_in_again"] = "running"
+        try:
+            device = self.engine.device.initiate(session, scope)
+        except SignInError as exc:
+            self.engine.fail(flow_id, exc)
+            return
+        register_secret(str(device.get("device_code", "")), owner=flow_id)
+        register_secret(str(device.get("user_code", "")), owner=flow_id)
+        if not queries.transition_flow(
+            self.engine.ctx.db,
+            flow_id,
+            ["awaiting_sign_in"],
+            "awaiting_sign_in",
+            device_flow=self.engine.ctx.cipher.encrypt(dump_flow(device)),
+            expires_at=str(device.get("expires_at")),
+            data=json.dumps(data, sort_keys=True),
+        ):
+            self.engine.drop_session(flow_id)
+            return
+        flow = queries.get_flow(self.engine.ctx.db, flow_id) or flow
+        resource = self.engine.device.resource_name(scope)
+        reason = (
+            "multi-factor authentication"
+            if error.kind == "mfa"
+            else ("consent" if error.kind == "consent" else "a fresh sign-in")
+        )
+        self.engine.record.audit(
+            flow,
+            "sign_in.again",
+            "pending",
+            resource=resource,
+            aadsts=error.aadsts,
+            correlation_id=error.correlation_id,
+        )
+        self.engine.notifier.thread(
+            flow["channel_id"],
+            flow.get("parent_ts"),
+            blocks.note(
+                f":closed_lock_with_key: Signed in as {blocks.escape(identity.upn)}, but the tenant asks for "
+                f"{reason} to reach {resource}{support_suffix(error.aadsts, error.correlation_id)}. "
+                "One more sign-in is needed."
+            ),
+        )
+        self.engine.record.render_parent(flow)
+        self.engine.send_code(flow, device, again=resource)
+        self.engine.ctx.workers.call_later(int(device.get("interval", 5)), self.engine.poll, flow_id)
+
+    def tokens_and_tenant_name(self, session: Session, identity: Identity) -> str | None:
+        """Every token the flow needs (silently, each resource side by side), and the tenant's
+        display name (None when it can't be read: it is decoration). Raises `_NeedsSignIn`
+        when a resource needs the person again, `SignInError` when it refuses otherwise."""
+        signin = self.engine.device
+
+        def fetch(scope: str) -> SignInError | None:
+            try:
+                signin.token(session, scope)
+                return None
+            except SignInError as exc:
+                return exc
+
+        def tenant_name() -> str | None:
+            try:
+                token = signin.token(session, signin.sign_in_scope)  # the sign-in's own
+                arm = self.engine.ctx.arm(token=lambda: token, attempts=2)
+                return arm.tenant_name(identity.tenant_id)
+            except Exception:  # noqa: BLE001 - the name is decoration; sign-in already succeeded
+                log.info("could not read the tenant's display name", exc_info=True)
+                return None
+
+        others = [scope for scope in signin.scopes if scope != signin.sign_in_scope]
+        name, errors = both(tenant_name, lambda: [fetch(scope) for scope in others])
+        for scope, error in zip(others, errors, strict=True):
+            if error is None:
+                continue
+            if needs_interaction(error):
+                raise _NeedsSignIn(scope, error)
+            raise error
+        return name

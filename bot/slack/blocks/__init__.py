@@ -1,0 +1,93 @@
+"""Block Kit builders: pure functions from data to message payloads.
+
+Each builder returns `{"text": ..., "blocks": [...]}` — `text` is the notification and
+screen-reader fallback. Nothing here talks to Slack or the database. By concern: `common`
+(pieces every message uses), `create`, `expiry` (warnings, renewal, retirement), `accounts`
+(list and show).
+"""
+
+from __future__ import annotations
+
+from bot.slack.blocks.accounts import (
+    LIST_MAX_BLOCKS,
+    LIST_PER_SECTION,
+    account_detail,
+    account_list,
+)
+from bot.slack.blocks.common import (
+    MAX_BUTTON_TEXT,
+    MAX_SECTION_TEXT,
+    STEP_ICONS,
+    STEP_LABELS,
+    Payload,
+    checklist,
+    error_message,
+    escape,
+    help_message,
+    note,
+    refusal_message,
+    slack_date,
+)
+from bot.slack.blocks.create import (
+    CHECK_ICONS,
+    MAX_OPTIONS,
+    code_delivery_note,
+    create_parent,
+    device_code_message,
+    prerequisites_message,
+    sign_in_label,
+    subscription_chooser,
+)
+from bot.slack.blocks.expiry import (
+    DIGEST_BUTTONS,
+    DIGEST_LINES,
+    MAX_MESSAGE_BLOCKS,
+    digest_pages,
+    expiry_digest,
+    expiry_warning,
+    renew_parent,
+    renewed_alert,
+    renewed_keep_old,
+    retire_parent,
+    retired_old,
+    retiring_reminder,
+)
+
+__all__ = [
+    "CHECK_ICONS",
+    "DIGEST_BUTTONS",
+    "DIGEST_LINES",
+    "LIST_MAX_BLOCKS",
+    "LIST_PER_SECTION",
+    "MAX_BUTTON_TEXT",
+    "MAX_MESSAGE_BLOCKS",
+    "MAX_OPTIONS",
+    "MAX_SECTION_TEXT",
+    "Payload",
+    "STEP_ICONS",
+    "STEP_LABELS",
+    "account_detail",
+    "account_list",
+    "checklist",
+    "code_delivery_note",
+    "create_parent",
+    "device_code_message",
+    "digest_pages",
+    "error_message",
+    "escape",
+    "expiry_digest",
+    "expiry_warning",
+    "help_message",
+    "note",
+    "prerequisites_message",
+    "refusal_message",
+    "renew_parent",
+    "renewed_alert",
+    "renewed_keep_old",
+    "retire_parent",
+    "retired_old",
+    "retiring_reminder",
+    "sign_in_label",
+    "slack_date",
+    "subscription_chooser",
+]

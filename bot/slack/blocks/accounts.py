@@ -1,0 +1,131 @@
+"""Block Kit for `/veeam-sa list` and `/veeam-sa show`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bot.slack.blocks.common import (
+    MAX_SECTION_TEXT,
+    Payload,
+    _context,
+    _section,
+    slack_date,
+)
+from bot.slack.blocks.expiry import _when
+
+LIST_PER_SECTION = 12
+LIST_MAX_BLOCKS = 48
+
+
+def account_list(rows: list[dict[str, Any]]) -> Payload:
+    """Every managed account, soonest expiry first, packed into Block Kit's limits."""
+    if not rows:
+        return {
+            "text": "No managed service accounts yet.",
+            "blocks": [
+                _section(
+                    "No managed service accounts yet. Create one with `/veeam-sa create NAME`."
+                )
+            ],
+        }
+    icons = {
+        "valid": ":large_green_circle:",
+        "expiring": ":large_yellow_circle:",
+        "expired": ":red_circle:",
+        "none": ":white_circle:",
+    }
+    lines = []
+    for row in rows:
+        expiry = row.get("end_at")
+        when = (
+            f"{slack_date(row['end_ts'], expiry[:10])} ({_when(row['days_left'])})"
+            if expiry
+            else "no secret held"
+        )
+        subs = ", ".join(f"`{s}`" for s in row.get("subscriptions") or []) or "—"
+        if row.get("appliance_state"):
+            subs += f" · Veeam: {row['appliance_state']}"
+        if row.get("appliance_flag"):
+            subs += f"\n      :warning: {row['appliance_flag']}"
+        for old in row.get("retiring") or []:
+            subs += f"\n      :hourglass: {_retiring_line(row['name'], old)}"
+        lines.append(
+            f"{icons.get(row['status'], '')} *`{row['name']}`* · {row['status']} · "
+            f"secret `{row.get('hint') or '—'}…` {when}\n"
+            f"      tenant `{row.get('tenant_id')}` · subscriptions {subs}"
+        )
+    sections: list[list[str]] = []
+    chunk: list[str] = []
+    for line in lines:
+        if chunk and (
+            len(chunk) == LIST_PER_SECTION or len("\n".join([*chunk, line])) > MAX_SECTION_TEXT
+        ):
+            sections.append(chunk)
+            chunk = []
+        chunk.append(line)
+    if chunk:
+        sections.append(chunk)
+    shown_sections = sections[: LIST_MAX_BLOCKS - 2]
+    shown = sum(len(c) for c in shown_sections)
+    blocks: list[dict[str, Any]] = [
+        _section(f"*Managed service accounts* ({len(rows)}), soonest expiry first")
+    ]
+    blocks += [_section("\n".join(c)) for c in shown_sections]
+    if shown < len(lines):
+        blocks.append(
+            _context(
+                f"…and {len(lines) - shown} more not shown. Use `/veeam-sa show NAME` for one account."
+            )
+        )
+    return {"text": f"{len(rows)} managed service accounts", "blocks": blocks}
+
+
+def _retiring_line(name: str, old: dict[str, Any]) -> str:
+    return (
+        f"old secret `{old.get('hint') or '?'}…` (expires "
+        f"{slack_date(old['end_ts'], old['end_at'][:10])}) still live, retire it after "
+        f"updating Veeam: `/veeam-sa retire {name}`"
+    )
+
+
+def account_detail(account: dict[str, Any], history: list[dict[str, Any]]) -> Payload:
+    subs = account.get("subscriptions") or []
+    roles = account.get("roles") or {}
+    lines = [
+        f"*`{account['name']}`* — {account.get('status', account.get('state'))}",
+        f"Application (client) id `{account.get('app_id')}` · object id `{account.get('app_object_id')}`",
+        f"Tenant {account.get('tenant_name') or ''} `{account.get('tenant_id')}`",
+        f"Created by <@{account.get('created_by')}> on {str(account.get('created_at'))[:10]}",
+    ]
+    if account.get("appliance_id"):
+        lines.append(
+            f"Veeam appliance account `{account['appliance_id']}`: "
+            f"{account.get('appliance_state') or 'not checked yet'}"
+            + (
+                f", secret expires {str(account.get('appliance_expiry'))[:10]}"
+                if account.get("appliance_expiry")
+                else ""
+            )
+        )
+    if account.get("appliance_flag"):
+        lines.append(f":warning: {account['appliance_flag']}")
+    if account.get("end_at"):
+        lines.append(
+            f"Secret `{account.get('hint')}…` expires {slack_date(account['end_ts'], account['end_at'][:10])}"
+        )
+    for old in account.get("retiring") or []:
+        lines.append(f":hourglass: {_retiring_line(account['name'], old)}")
+    if subs:
+        lines.append(
+            "Roles:\n" + "\n".join(f"• `{s}`: {', '.join(roles.get(s, []))}" for s in subs)
+        )
+    events = [
+        f"{r['at'][:16].replace('T', ' ')} · {r['action']} · {r['outcome']} · <@{r['actor']}>"
+        if r["actor"].startswith(("U", "W"))
+        else f"{r['at'][:16].replace('T', ' ')} · {r['action']} · {r['outcome']}"
+        for r in history[-20:]
+    ]
+    blocks = [_section("\n".join(lines))]
+    if events:
+        blocks.append(_section("*History*\n" + "\n".join(events)))
+    return {"text": f"Service account {account['name']}", "blocks": blocks}

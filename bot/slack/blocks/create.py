@@ -1,0 +1,213 @@
+"""Block Kit for the create journey: the parent message, the sign-in code, the
+prerequisites and the subscription chooser."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bot.slack import ids
+from bot.slack.blocks.common import (
+    Payload,
+    _context,
+    _section,
+    checklist,
+    escape,
+    slack_date,
+)
+
+
+def create_parent(
+    *,
+    name: str,
+    requester: str,
+    subscriptions: list[str],
+    description: str | None,
+    steps: dict[str, str],
+    outcome: str | None = None,
+    summary: list[str] | None = None,
+) -> Payload:
+    """The channel message of one creation: who asked, for what, and a live checklist."""
+    subs = ", ".join(f"`{s}`" for s in subscriptions) if subscriptions else "_chosen after sign-in_"
+    head = f"*Service account `{name}`* — requested by <@{requester}>"
+    if outcome:
+        head += f"\n{outcome}"
+    details = f"Subscriptions: {subs}"
+    if description:
+        details += f"\nDescription: {escape(description)}"
+    blocks: list[dict[str, Any]] = [_section(head), _context(details), _section(checklist(steps))]
+    if summary:
+        blocks.append({"type": "divider"})
+        blocks.append(_section("\n".join(summary)))
+    text = f"Service account {name} requested by <@{requester}>"
+    if outcome:
+        text += f": {outcome}"
+    return {"text": text, "blocks": blocks}
+
+
+def device_code_message(
+    *,
+    user_code: str,
+    verification_uri: str,
+    expires_at: float,
+    flow_id: str,
+    name: str,
+    purpose: str = "create",
+    again: str | None = None,
+) -> Payload:
+    """The sign-in code: for the requester's eyes only (ephemeral or DM). `again` names the
+    resource of a further sign-in the tenant asked for."""
+    expiry = slack_date(expires_at, "in 15 minutes")
+    return {
+        "text": f"Sign in to Microsoft with code {user_code} at {verification_uri} (expires {expiry}).",
+        "blocks": [
+            _section(
+                f"*Sign in to Microsoft to {purpose} `{name}`*"
+                + (f" — once more, for {again}" if again else "")
+                + f"\nOpen the link and enter this code (it expires {expiry}):"
+            ),
+            _section(f"```{user_code}```"),
+            {
+                "type": "actions",
+                "elements": [
+                    {
+                        "type": "button",
+                        "action_id": ids.ACTION_OPEN_DEVICE_LOGIN,
+                        "text": {"type": "plain_text", "text": sign_in_label(verification_uri)},
+                        "url": verification_uri,
+                        "style": "primary",
+                    },
+                    {
+                        "type": "button",
+                        "action_id": ids.ACTION_CANCEL_FLOW,
+                        "text": {"type": "plain_text", "text": "Cancel"},
+                        "value": flow_id,
+                        "style": "danger",
+                    },
+                ],
+            },
+            _context(
+                "Only you can see this code. Sign in with the work account that will own the "
+                "service account; the thread will say who signed in."
+            ),
+        ],
+    }
+
+
+def sign_in_label(verification_uri: str) -> str:
+    """The sign-in button's label, from the address the server gave (each cloud has its own:
+    microsoft.com/devicelogin, …/deviceloginus, …/deviceloginchina)."""
+    shown = verification_uri.split("://", 1)[-1].rstrip("/")
+    label = f"Open {shown}"
+    return label if len(label) <= 75 else label[:74] + "…"  # Block Kit: button text ≤ 75
+
+
+def code_delivery_note(requester: str, where: str) -> str:
+    """The thread's word on the sign-in code, without the code."""
+    if where == "ephemeral":
+        return (
+            f":lock: Waiting for <@{requester}> to sign in — the code was sent to them privately "
+            "(a message only they can see, in this channel)."
+        )
+    if where == "dm":
+        return (
+            f":lock: Waiting for <@{requester}> to sign in — the code was sent to them "
+            "in a direct message."
+        )
+    return (
+        f":warning: <@{requester}>, I could not deliver your sign-in code privately. "
+        "Cancel with `/veeam-sa cancel` and try again."
+    )
+
+
+CHECK_ICONS = {True: ":white_check_mark:", False: ":x:", None: ":grey_question:"}
+MAX_OPTIONS = 100
+
+
+def prerequisites_message(
+    *,
+    flow_id: str,
+    app_right: bool | None,
+    app_reason: str,
+    subscriptions: list[dict[str, Any]],
+    blocked: bool,
+) -> Payload:
+    """Like VBAzure's Scope step: one line per check, the fix for each failure, Recheck."""
+    lines = [f"{CHECK_ICONS[app_right]} Register applications in the tenant — {app_reason}"]
+    for sub in subscriptions:
+        label = f"`{sub['id']}`" + (f" {escape(sub['name'])}" if sub.get("name") else "")
+        lines.append(f"{CHECK_ICONS[sub['ok']]} Assign roles on {label} — {sub['reason']}")
+    head = "*Prerequisites*" + (" — something is missing" if blocked else "")
+    blocks = [_section(head + "\n" + "\n".join(lines))]
+    if blocked:
+        blocks.append(
+            {
+                "type": "actions",
+                "elements": [
+                    {
+                        "type": "button",
+                        "action_id": ids.ACTION_RECHECK,
+                        "text": {"type": "plain_text", "text": "Recheck"},
+                        "value": flow_id,
+                    }
+                ],
+            }
+        )
+        blocks.append(_context("Ask your tenant admin for what is missing, then press Recheck."))
+    text = "Prerequisites: " + ("something is missing" if blocked else "all met")
+    return {"text": text, "blocks": blocks}
+
+
+def subscription_chooser(
+    *, flow_id: str, requester: str, subscriptions: list[dict[str, Any]]
+) -> Payload:
+    """A multi-select of the subscriptions the account can see, and Create (requester only)."""
+    options = []
+    for sub in subscriptions[:MAX_OPTIONS]:
+        mark = "✓ can assign roles" if sub["ok"] else "✗ cannot assign roles"
+        label = f"{sub.get('name') or sub['id']} ({mark})"
+        options.append(
+            {
+                "text": {"type": "plain_text", "text": label[:75]},
+                "value": sub["id"],
+                "description": {"type": "plain_text", "text": sub["id"][:75]},
+            }
+        )
+    lines = [
+        f"{CHECK_ICONS[s['ok']]} {s.get('name') or ''} `{s['id']}`"
+        for s in subscriptions[:MAX_OPTIONS]
+    ]
+    if len(subscriptions) > MAX_OPTIONS:
+        lines.append(
+            f"…and {len(subscriptions) - MAX_OPTIONS} more: name them with `--subscription`."
+        )
+    blocks: list[dict[str, Any]] = [
+        _section(f"<@{requester}>, choose the subscriptions to protect:\n" + "\n".join(lines)),
+    ]
+    if options:
+        blocks.append(
+            {
+                "type": "actions",
+                "block_id": "choose",
+                "elements": [
+                    {
+                        "type": "multi_static_select",
+                        "action_id": ids.ACTION_CHOOSE_SUBSCRIPTIONS,
+                        "placeholder": {"type": "plain_text", "text": "Subscriptions"},
+                        "options": options,
+                    },
+                    {
+                        "type": "button",
+                        "action_id": ids.ACTION_CREATE,
+                        "text": {"type": "plain_text", "text": "Create"},
+                        "style": "primary",
+                        "value": flow_id,
+                    },
+                ],
+            }
+        )
+    else:
+        blocks.append(_context("This account cannot see any subscription in the tenant."))
+    return {"text": "Choose the subscriptions to protect", "blocks": blocks}
+
+
+# -- expiry warnings and renewal ---------------------------------------------------------

@@ -1,0 +1,158 @@
+"""The slash-command grammar: text in, a `Command` out, or a `CommandError` that says why.
+
+/veeam-sa create NAME [--subscription ID]... [--description TEXT]
+/veeam-sa list
+/veeam-sa show NAME
+/veeam-sa renew NAME
+/veeam-sa retire NAME
+/veeam-sa cancel
+/veeam-sa sync NAME
+/veeam-sa import
+/veeam-sa help
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+
+from bot.core.config import GUID_RE
+from bot.core.errors import CommandError
+
+MAX_TEXT = 4000
+MAX_NAME = 255
+#: Matched with `fullmatch`: `$` alone would accept a name with a final newline.
+NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
+SUBCOMMANDS = ("create", "list", "show", "renew", "retire", "cancel", "sync", "import", "help")
+
+USAGE = {
+    "create": "/veeam-sa create NAME [--subscription ID]... [--description TEXT]",
+    "list": "/veeam-sa list",
+    "show": "/veeam-sa show NAME",
+    "renew": "/veeam-sa renew NAME",
+    "retire": "/veeam-sa retire NAME",
+    "cancel": "/veeam-sa cancel",
+    "sync": "/veeam-sa sync NAME",
+    "import": "/veeam-sa import",
+    "help": "/veeam-sa help",
+}
+
+# Slack clients turn straight quotes into typographic ones; read both.
+_QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'"})
+
+
+@dataclass(frozen=True)
+class Command:
+    verb: str
+    name: str | None = None
+    subscriptions: tuple[str, ...] = field(default_factory=tuple)
+    description: str | None = None
+
+
+def validate_name(name: str) -> str:
+    if len(name) > MAX_NAME:
+        raise CommandError(
+            f"The name is {len(name)} characters long; Veeam allows at most {MAX_NAME}."
+        )
+    if not NAME_RE.fullmatch(name):
+        bad = sorted({c for c in name if not NAME_RE.fullmatch(c)})
+        shown = " ".join(repr(c) for c in bad[:5])
+        raise CommandError(
+            f"`{_clip(name)}` is not a valid name: use Latin letters, digits, `_` and `-` only "
+            f"(found {shown})."
+        )
+    return name
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    text = text.replace("`", "'")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _usage_error(verb: str, problem: str) -> CommandError:
+    return CommandError(f"{problem}\nUsage: `{USAGE[verb]}`")
+
+
+def parse(text: str) -> Command:
+    if len(text) > MAX_TEXT:
+        raise CommandError(f"That command is {len(text)} characters long; the limit is {MAX_TEXT}.")
+    try:
+        words = shlex.split(text.translate(_QUOTES))
+    except ValueError as exc:
+        raise CommandError(f"I could not read the quoting in that command ({exc}).") from None
+    if not words:
+        return Command("help")
+    verb, rest = words[0].lower(), words[1:]
+    if verb not in SUBCOMMANDS:
+        raise CommandError(
+            f"`{_clip(words[0])}` is not a sub-command I know. Try one of: "
+            + ", ".join(f"`{s}`" for s in SUBCOMMANDS)
+            + "."
+        )
+    if verb in ("list", "cancel", "import", "help"):
+        if rest:
+            raise _usage_error(
+                verb, f"`{verb}` takes no arguments (got `{_clip(' '.join(rest))}`)."
+            )
+        return Command(verb)
+    if verb in ("show", "renew", "retire", "sync"):
+        if len(rest) != 1:
+            raise _usage_error(verb, f"`{verb}` takes exactly one NAME.")
+        if rest[0].startswith("-"):
+            raise _usage_error(verb, f"`{verb}` takes no options (got `{_clip(rest[0])}`).")
+        return Command(verb, name=validate_name(rest[0]))
+    return _parse_create(rest)
+
+
+def _parse_create(words: list[str]) -> Command:
+    name: str | None = None
+    subscriptions: list[str] = []
+    description: str | None = None
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if word.startswith("--"):
+            flag, eq, inline = word.partition("=")
+            if flag not in ("--subscription", "--description"):
+                raise _usage_error("create", f"`{_clip(flag)}` is not an option of `create`.")
+            if eq:
+                value = inline
+            elif i + 1 < len(words) and not words[i + 1].startswith("--"):
+                i += 1
+                value = words[i]
+            else:
+                raise _usage_error("create", f"`{flag}` needs a value.")
+            if flag == "--subscription":
+                for part in filter(None, (p.strip() for p in value.split(","))):
+                    if not GUID_RE.fullmatch(part):
+                        raise _usage_error(
+                            "create",
+                            f"`{_clip(part)}` is not a subscription id "
+                            "(a GUID such as 11111111-2222-3333-4444-555555555555).",
+                        )
+                    if part.lower() not in subscriptions:
+                        subscriptions.append(part.lower())
+            else:
+                if description is not None:
+                    raise _usage_error("create", "`--description` is given twice.")
+                # Slack hands the command text over with &, < and > as entities: keep the
+                # text the person typed (it is escaped again wherever it is shown)
+                value = value.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+                if len(value) > 1024:
+                    raise _usage_error("create", "The description is longer than 1024 characters.")
+                description = value
+        elif word.startswith("-") and len(word) > 1:
+            raise _usage_error("create", f"`{_clip(word)}` is not an option of `create`.")
+        elif name is None:
+            name = validate_name(word)
+        else:
+            raise _usage_error(
+                "create",
+                f"`create` takes one NAME, but `{_clip(word)}` came after `{name}`"
+                " (quote a description with spaces).",
+            )
+        i += 1
+    if name is None:
+        raise _usage_error("create", "`create` needs a NAME.")
+    return Command("create", name=name, subscriptions=tuple(subscriptions), description=description)

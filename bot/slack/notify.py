@@ -1,0 +1,123 @@
+"""Posting to Slack on behalf of the services: messages, updates, requester-only notes.
+
+A thin layer over the `WebClient`: it takes payloads from `bot.slack.blocks` and returns the
+`ts` Slack gave, so services never build Web API calls themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+
+log = logging.getLogger(__name__)
+
+
+class Notifier:
+    def __init__(self, client: WebClient) -> None:
+        self._client = client
+        # Status edits of a flow's parent message: sent in the background, newest wins, one
+        # sender per message so an older edit never lands after a newer one.
+        self._latest: dict[tuple[str, str], dict[str, Any]] = {}
+        self._busy: set[tuple[str, str]] = set()
+        self._cond = threading.Condition()
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="veeam-sa-slack")
+
+    def update_latest(
+        self, channel: str, ts: str, payload: dict[str, Any], wait: bool = False
+    ) -> None:
+        """Edit a status message without holding up the flow; with `wait`, return once this
+        edit (or a newer one) has been sent."""
+        key = (channel, ts)
+        with self._cond:
+            self._latest[key] = payload
+            if key in self._busy:
+                if wait:
+                    self._cond.wait_for(lambda: key not in self._busy, timeout=10)
+                return
+            self._busy.add(key)
+        if wait:
+            self._drain(key)
+        else:
+            self._pool.submit(self._drain, key)
+
+    def _drain(self, key: tuple[str, str]) -> None:
+        while True:
+            with self._cond:
+                payload = self._latest.pop(key, None)
+                if payload is None:
+                    self._busy.discard(key)
+                    self._cond.notify_all()
+                    return
+            self.update(key[0], key[1], payload)
+
+    def close(self) -> None:
+        """Send the edits still queued, then stop."""
+        self._pool.shutdown(wait=True)
+
+    def post(self, channel: str, payload: dict[str, Any], thread_ts: str | None = None) -> str:
+        response = self._client.chat_postMessage(
+            channel=channel, thread_ts=thread_ts, unfurl_links=False, unfurl_media=False, **payload
+        )
+        return str(response["ts"])
+
+    def update(self, channel: str, ts: str, payload: dict[str, Any]) -> None:
+        try:
+            self._client.chat_update(channel=channel, ts=ts, **payload)
+        except SlackApiError as exc:
+            # A lost edit of a status message is not worth failing a flow for.
+            log.warning(
+                "could not update message %s in %s: %s", ts, channel, exc.response.get("error")
+            )
+
+    def thread(self, channel: str, thread_ts: str | None, payload: dict[str, Any]) -> None:
+        """A note in a flow's thread; failures are logged, not raised."""
+        try:
+            self.post(channel, payload, thread_ts=thread_ts)
+        except SlackApiError as exc:
+            log.warning(
+                "could not post to thread %s in %s: %s",
+                thread_ts,
+                channel,
+                exc.response.get("error"),
+            )
+
+    def to_user(self, channel: str, user: str, payload: dict[str, Any]) -> str:
+        """Show `payload` to `user` only, somewhere Slack displays it: an ephemeral message in
+        the channel itself, else a DM. Returns where ("ephemeral" or "dm").
+
+        Never in a thread: Slack answers ok to an ephemeral in a thread without replies and
+        shows nothing ("Ephemeral messages in threads are only shown if there is already an
+        active thread", chat.postEphemeral reference).
+        """
+        try:
+            self._client.chat_postEphemeral(channel=channel, user=user, **payload)
+            return "ephemeral"
+        except SlackApiError as exc:
+            log.info(
+                "ephemeral to %s in %s failed (%s); sending a DM",
+                user,
+                channel,
+                exc.response.get("error"),
+            )
+        opened = self._client.conversations_open(users=user)
+        self._client.chat_postMessage(
+            channel=opened["channel"]["id"], unfurl_links=False, unfurl_media=False, **payload
+        )
+        return "dm"
+
+    def email_of(self, user: str) -> str | None:
+        """The email on a Slack user's profile; None when the bot cannot see it."""
+        try:
+            profile = self._client.users_info(user=user)["user"].get("profile") or {}
+        except SlackApiError as exc:
+            log.warning(
+                "could not read the Slack profile of %s: %s", user, exc.response.get("error")
+            )
+            return None
+        email = profile.get("email")
+        return str(email) if email else None

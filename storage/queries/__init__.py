@@ -1,0 +1,111 @@
+"""The queries: small functions over a sqlite-utils `Database` — every SQL statement of
+the project, by concern: `flows` (and audit), `accounts` (and secrets), `notices` (expiry
+notices, meta, encrypted values).
+
+Rows come back as plain dicts. JSON columns are decoded by the caller that needs them;
+secrets stay as ciphertext here (the service layer holds the `Cipher`).
+"""
+
+from __future__ import annotations
+
+from storage.queries.accounts import (
+    RETIRING_REMINDER,
+    active_accounts_by_app_id,
+    active_secrets,
+    get_account,
+    get_account_by_id,
+    get_secret,
+    insert_account,
+    insert_secret,
+    list_accounts,
+    live_secrets,
+    mark_retiring,
+    pending_secrets,
+    retiring_due,
+    retiring_secrets,
+    secret_key_ids,
+    set_retire_message,
+    set_secret_state,
+    update_account,
+)
+from storage.queries.common import (
+    TERMINAL_FLOW_STATES,
+    utcnow_iso,
+)
+from storage.queries.flows import (
+    active_secret_ends,
+    add_audit,
+    audit_rows,
+    failure_counts,
+    flow_counts,
+    get_flow,
+    insert_flow,
+    open_flow_for_name,
+    open_flows,
+    open_flows_of,
+    transition_flow,
+    update_flow,
+)
+from storage.queries.notices import (
+    ENCRYPTED_COLUMNS,
+    META_KEY_FINGERPRINTS,
+    claim_notice,
+    count_encrypted,
+    drop_notice,
+    encrypted_sample,
+    first_notice,
+    get_meta,
+    is_digest,
+    rewrap_encrypted,
+    secrets_due_by,
+    set_meta,
+    set_notice_ts,
+)
+
+__all__ = [
+    "ENCRYPTED_COLUMNS",
+    "META_KEY_FINGERPRINTS",
+    "RETIRING_REMINDER",
+    "TERMINAL_FLOW_STATES",
+    "active_accounts_by_app_id",
+    "active_secret_ends",
+    "active_secrets",
+    "add_audit",
+    "audit_rows",
+    "claim_notice",
+    "count_encrypted",
+    "drop_notice",
+    "encrypted_sample",
+    "failure_counts",
+    "first_notice",
+    "flow_counts",
+    "get_account",
+    "get_account_by_id",
+    "get_flow",
+    "get_meta",
+    "get_secret",
+    "insert_account",
+    "insert_flow",
+    "insert_secret",
+    "is_digest",
+    "list_accounts",
+    "live_secrets",
+    "mark_retiring",
+    "open_flow_for_name",
+    "open_flows",
+    "open_flows_of",
+    "pending_secrets",
+    "retiring_due",
+    "retiring_secrets",
+    "rewrap_encrypted",
+    "secret_key_ids",
+    "secrets_due_by",
+    "set_meta",
+    "set_notice_ts",
+    "set_retire_message",
+    "set_secret_state",
+    "transition_flow",
+    "update_account",
+    "update_flow",
+    "utcnow_iso",
+]
