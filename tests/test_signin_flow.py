@@ -271,3 +271,29 @@ def test_two_hundred_pending_flows_keep_polling_with_bounded_threads(
     assert len(ms.flows[0].poll_times) >= 1  # the throttled one was polled and is backing off
     # the pool, the timer and Bolt's five listener threads; never a thread per flow
     assert peak - baseline <= bot.config.workers + 1 + 5
+
+
+def test_a_network_blip_while_a_sign_in_starts_is_retried(
+    bot: Bot, ms: MicrosoftDouble, slack: SlackDouble
+) -> None:
+    """The device-code request dropped once and answered 503 once: the sign-in still starts
+    and the requester is shown the code (hundreds of sign-ins starting together meet such
+    blips; none may fail for it)."""
+    ms.fault("login", "POST", r"/oauth2/v2\.0/devicecode$", 0, times=1)
+    ms.fault("login", "POST", r"/oauth2/v2\.0/devicecode$", 503, times=1)
+    device = start(bot)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any(
+        device.user_code in m["text"] for m in slack.seen_by(ADMIN)
+    ):
+        time.sleep(0.02)
+    assert any(device.user_code in m["text"] for m in slack.seen_by(ADMIN))
+    assert [f.hits for f in ms.faults] == [1, 1]
+
+
+def test_sign_in_that_cannot_start_fails_cleanly(bot: Bot, ms: MicrosoftDouble) -> None:
+    bot.services.signin.device.transient_budget = 1.0
+    ms.fault("login", "POST", r"/oauth2/v2\.0/devicecode$", 503, times=1000)
+    assert "Starting" in bot.command("create prod-backup")
+    bot.wait_state("prod-backup", "failed", timeout=20)
+    assert "could not be reached" in bot.wait_thread("prod-backup", "could not be reached")

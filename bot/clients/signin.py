@@ -202,16 +202,39 @@ class DeviceSignIn:
 
     def initiate(self, session: Session, scope: str | None = None) -> dict[str, Any]:
         """Ask for a device code for `scope` (default: Azure management); returns MSAL's
-        flow dict (holds the device code)."""
+        flow dict (holds the device code). A network failure, 429 or 5xx raises
+        `TransientError`; use `begin` to retry those."""
         try:
             flow = session.app.initiate_device_flow(scopes=[scope or self.sign_in_scope])
         except (httpx.HTTPError, ValueError, msal.exceptions.MsalError) as exc:
-            raise SignInError(
-                "unreachable", f"could not reach Microsoft sign-in ({type(exc).__name__})"
-            ) from None
+            raise TransientError(str(exc)[:80] or type(exc).__name__) from None
         if "user_code" not in flow:
+            if flow.get("error") in ("temporarily_unavailable", "server_error") or _throttled(flow):
+                raise TransientError(str(flow.get("error") or "no answer"))
             raise classify(flow)
         return flow
+
+    def begin(
+        self, scope: str | None = None, session: Session | None = None
+    ) -> tuple[Session, dict[str, Any]]:
+        """A device code for `scope` (with a fresh MSAL application unless `session` is
+        given), retrying network failures, 429 and 5xx within `transient_budget`: a blip
+        while hundreds of sign-ins start must not fail one of them. Then `SignInError`."""
+        deadline = time.monotonic() + self.transient_budget
+        delay = 0.5
+        while True:
+            try:
+                current = session or self.new_session()
+                return current, self.initiate(current, scope)
+            except TransientError as exc:
+                problem = str(exc)
+            if time.monotonic() + delay > deadline:
+                raise SignInError(
+                    "unreachable", f"could not reach Microsoft sign-in ({problem})"
+                )
+            log.info("starting a sign-in failed (%s); retrying", problem)
+            self._sleep(delay)
+            delay = min(delay * 2, 8.0)
 
     def poll(self, session: Session, flow: dict[str, Any]) -> Poll:
         """One request to the token endpoint. Raises `SignInError` on a terminal answer,

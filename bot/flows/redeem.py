@@ -170,7 +170,7 @@ class Redemption:
         steps["sign_in"] = "done"
         steps["sign_in_again"] = "running"
         try:
-            device = self.engine.device.initiate(session, scope)
+            _, device = self.engine.device.begin(scope, session=session)
         except SignInError as exc:
             self.engine.fail(flow_id, exc)
             return

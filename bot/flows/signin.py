@@ -150,13 +150,9 @@ class SignInEngine:
     def _begin_sign_in(self, flow: dict[str, Any]) -> None:
         flow_id = flow["id"]
         try:
-            session = self.device.new_session()
-            device = self.device.initiate(session, self.record.data(flow).get("sign_in_scope"))
+            session, device = self.device.begin(self.record.data(flow).get("sign_in_scope"))
         except SignInError as exc:
             self.fail(flow_id, exc)
-            return
-        except TransientError as exc:
-            self.fail(flow_id, SignInError("unreachable", str(exc)))
             return
         with self._lock:
             self._sessions[flow_id] = session
