@@ -307,6 +307,22 @@ def test_posts_to_one_channel_are_paced(store: Store, client: WebClient, config:
     assert all(p >= expiry.CHANNEL_GAP_S - 1e-9 for p in clock.pauses)
 
 
+def test_channels_are_paced_side_by_side(
+    store: Store, client: WebClient, config: Config, slack: SlackDouble
+) -> None:
+    """Slack's limit is per channel: three channels with three warnings each take about two
+    gaps of pacing in all (not eight), and no channel gets two posts within a gap."""
+    for channel in ("C0ONE", "C0TWO", "C0THREE"):
+        for n in range(3):
+            add_account(store, f"{channel.lower()}-{n}", NOW + timedelta(days=2, minutes=n), channel=channel)
+    clock = Clock()
+    assert run(store, client, config, NOW, clock).posted == 9
+    assert clock.t == pytest.approx(2 * expiry.CHANNEL_GAP_S, abs=0.05)
+    for channel in ("C0ONE", "C0TWO", "C0THREE"):
+        posts = [c for c in slack.calls_to("chat.postMessage") if c.args["channel"] == channel]
+        assert len(posts) == 3
+
+
 def test_slack_failure_is_retried_next_scan(
     store: Store, client: WebClient, config: Config, slack: SlackDouble
 ) -> None:

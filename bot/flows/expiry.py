@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from slack_sdk import WebClient
@@ -141,6 +142,23 @@ class Pacer:
         """Slack has the post: the gap counts from now (building and sending took time)."""
         self._last[channel] = self._clock()
 
+    def ready_at(self, channel: str) -> float:
+        """When the channel may take its next post (on the pacer's clock)."""
+        last = self._last.get(channel)
+        return float("-inf") if last is None else last + self._gap
+
+    def side_by_side(self, queues: dict[str, list[Callable[[], None]]]) -> None:
+        """Run each channel's posts in order, channels interleaved: the next post always
+        goes to the channel that may take one soonest, so N channels with k posts each take
+        about k seconds, not N × k (Slack's limit is per channel)."""
+        pending = {channel: deque(posts) for channel, posts in queues.items() if posts}
+        while pending:
+            channel = min(pending, key=self.ready_at)
+            post = pending[channel].popleft()
+            if not pending[channel]:
+                del pending[channel]
+            post()
+
 
 def scan(
     store: Store,
@@ -170,17 +188,21 @@ def scan(
     by_channel: dict[str, list[Due]] = defaultdict(list)
     for item in due:
         by_channel[item.channel].append(item)
+    queues: dict[str, list[Callable[[], None]]] = {}
     for channel, items in by_channel.items():
         fresh = [i for i in items if i.first_notice is None]
         follow_ups = [i for i in items if i.first_notice is not None]
+        posts: list[Callable[[], None]] = []
         if len(fresh) > DIGEST_AFTER:
             for page in blocks.digest_pages(fresh, DIGEST_SIZE):
-                _post_digest(store, notifier, channel, page, now, pacer, result)
+                posts.append(partial(_post_digest, store, notifier, channel, page, now, pacer, result))
         else:
             for item in fresh:
-                _post_single(store, notifier, item, now, pacer, result)
+                posts.append(partial(_post_single, store, notifier, item, now, pacer, result))
         for item in follow_ups:
-            _post_follow_up(store, notifier, item, now, pacer, result)
+            posts.append(partial(_post_follow_up, store, notifier, item, now, pacer, result))
+        queues[channel] = posts
+    pacer.side_by_side(queues)
     queries.set_meta(db, "last_scan_at", queries.utcnow_iso(now))
     return result
 
