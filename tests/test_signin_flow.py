@@ -297,3 +297,28 @@ def test_sign_in_that_cannot_start_fails_cleanly(bot: Bot, ms: MicrosoftDouble) 
     assert "Starting" in bot.command("create prod-backup")
     bot.wait_state("prod-backup", "failed", timeout=20)
     assert "could not be reached" in bot.wait_thread("prod-backup", "could not be reached")
+
+
+def test_the_openid_configuration_is_read_once_per_process(bot: Bot, ms: MicrosoftDouble) -> None:
+    """Each sign-in has its own MSAL application; the authority's OpenID configuration is
+    still fetched once, not once per sign-in (one round trip less before the code)."""
+    for n in range(3):
+        start(bot, name=f"acct-{n}")
+    discovery = [r for r in ms.requests if r.path.endswith("/.well-known/openid-configuration")]
+    assert len(discovery) == 1
+    assert len(ms.flows) == 3
+
+
+def test_unknown_tenant_is_not_remembered_as_known(
+    env: dict[str, str], slack: SlackDouble, ms: MicrosoftDouble
+) -> None:
+    """Only good discovery answers are cached: an unknown tenant fails every time."""
+    bot = Bot({**env, "VEEAM_SA_TENANT": "nosuchtenant.example"}, slack, ms)
+    try:
+        for name in ("one", "two"):
+            assert "Starting" in bot.command(f"create {name}")
+            bot.wait_state(name, "failed", timeout=20)
+        discovery = [r for r in ms.requests if "openid-configuration" in r.path]
+        assert len(discovery) >= 2
+    finally:
+        bot.close()

@@ -144,6 +144,56 @@ def classify(result: dict[str, Any]) -> SignInError:
     )
 
 
+#: How long a discovery answer is reused (MSAL keeps its own copies as long, per application).
+DISCOVERY_TTL_S = 24 * 3600
+
+
+class DiscoveryCache:
+    """The HTTP client handed to MSAL: discovery GETs (the authority's OpenID configuration,
+    instance discovery) are answered from one cache for the whole process, everything else
+    goes straight to the shared `httpx.Client`.
+
+    Each flow has its own MSAL application (tokens and throttling kept apart), and MSAL reads
+    the OpenID configuration once per application: without this every sign-in would start
+    with an extra round trip to Microsoft. Only 200 answers are kept; an unknown tenant's
+    400 is asked again each time.
+    """
+
+    def __init__(self, http: httpx.Client, ttl: float = DISCOVERY_TTL_S) -> None:
+        self._http = http
+        self._ttl = ttl
+        self._lock = threading.Lock()
+        self._answers: dict[tuple[str, str], tuple[float, httpx.Response]] = {}
+
+    @staticmethod
+    def _is_discovery(url: str) -> bool:
+        path = url.split("?", 1)[0]
+        return path.endswith("/.well-known/openid-configuration") or path.endswith(
+            "/discovery/instance"
+        )
+
+    def get(self, url: str, params: Any = None, headers: Any = None, **kwargs: Any) -> Any:
+        if not self._is_discovery(url):
+            return self._http.get(url, params=params, headers=headers, **kwargs)
+        key = (url, json.dumps(params, sort_keys=True, default=str))
+        now = time.monotonic()
+        with self._lock:
+            found = self._answers.get(key)
+        if found is not None and found[0] > now:
+            return found[1]
+        response = self._http.get(url, params=params, headers=headers, **kwargs)
+        if response.status_code == 200:
+            response.read()
+            with self._lock:
+                self._answers[key] = (now + self._ttl, response)
+        return response
+
+    def post(self, url: str, **kwargs: Any) -> Any:
+        return self._http.post(url, **kwargs)
+
+    def close(self) -> None:  # MSAL may close its client; the shared one is not its to close
+        pass
+
 class DeviceSignIn:
     """Starts and polls device-code sign-ins against the configured authority."""
 
@@ -155,6 +205,7 @@ class DeviceSignIn:
     ) -> None:
         self._config = config
         self.http = http
+        self._msal_http = DiscoveryCache(http)
         self._sleep = sleep
         #: How long a silent token may keep failing on the network (or 429/5xx) before the
         #: flow is failed as unreachable.
@@ -186,7 +237,7 @@ class DeviceSignIn:
                         "login.chinacloudapi.cn",
                     )
                 ),
-                http_client=self.http,
+                http_client=self._msal_http,
             )
         except httpx.HTTPError as exc:
             raise TransientError(type(exc).__name__) from None

@@ -33,6 +33,7 @@ from bot.clients.signin import (
 )
 from bot.core import metrics
 from bot.core.errors import Cancelled, SignInError, VeeamSAError, as_flow_error
+from bot.core.fanout import both
 from bot.core.logs import forget, register_secret
 from bot.flows.context import Context
 from bot.flows.record import Record
@@ -126,9 +127,24 @@ class SignInEngine:
             return
         payload = self.record.parent_payload(flow)
         assert payload is not None
-        try:
-            parent_ts = self.notifier.post(flow["channel_id"], payload)
-        except SlackApiError as exc:
+
+        def post_parent() -> str | SlackApiError:
+            try:
+                return self.notifier.post(flow["channel_id"], payload)
+            except SlackApiError as exc:
+                return exc
+
+        def device_code() -> tuple[Session, dict[str, Any]] | SignInError:
+            try:
+                return self.device.begin(self.record.data(flow).get("sign_in_scope"))
+            except SignInError as exc:
+                return exc
+
+        # The parent message and the device code do not depend on each other: ask Slack and
+        # Microsoft side by side, so the code reaches the person one round trip sooner.
+        posted, started = both(post_parent, device_code)
+        if isinstance(posted, SlackApiError):
+            exc = posted
             error = exc.response.get("error")
             queries.transition_flow(
                 self._db, flow_id, ["starting"], "failed", error=f"slack:{error}"
@@ -143,17 +159,24 @@ class SignInEngine:
                 flow, f"I could not post in this channel (`{error}`). {hint}"
             )
             return
-        queries.update_flow(self._db, flow_id, parent_ts=parent_ts)
-        flow["parent_ts"] = parent_ts
-        self._begin_sign_in(flow)
+        queries.update_flow(self._db, flow_id, parent_ts=posted)
+        flow["parent_ts"] = posted
+        if isinstance(started, SignInError):
+            self.fail(flow_id, started)
+            return
+        self._signing_in(flow, *started)
 
     def _begin_sign_in(self, flow: dict[str, Any]) -> None:
-        flow_id = flow["id"]
         try:
             session, device = self.device.begin(self.record.data(flow).get("sign_in_scope"))
         except SignInError as exc:
-            self.fail(flow_id, exc)
+            self.fail(flow["id"], exc)
             return
+        self._signing_in(flow, session, device)
+
+    def _signing_in(self, flow: dict[str, Any], session: Session, device: dict[str, Any]) -> None:
+        """A device code was issued: keep it (encrypted), schedule the first poll, send it."""
+        flow_id = flow["id"]
         with self._lock:
             self._sessions[flow_id] = session
         register_secret(str(device.get("device_code", "")), owner=flow_id)
