@@ -29,6 +29,9 @@ def run(job: dict) -> dict:
     rng = random.Random(job.get("seed", 1))
     out: dict[str, list[float]] = {label: [] for label in targets}
     errors: dict[str, list[str]] = {label: [] for label in targets}
+    #: wall-clock send time of each measured request, per target and text (the doubles
+    #: record theirs on the same clock)
+    sent: dict[str, dict[str, float]] = {label: {} for label in targets}
     clients = {label: httpx.Client(trust_env=False, timeout=30.0) for label in targets}
     labels = list(targets)
 
@@ -52,6 +55,7 @@ def run(job: dict) -> dict:
             rng.shuffle(order)
             text = str(job["text"]).format(k=k)
             for label in order:
+                sent[label][text] = time.time()
                 elapsed, response, error = send(label, text)
                 if error is None and response is not None and response.status_code != 200:
                     error = f"HTTP {response.status_code}"
@@ -67,7 +71,7 @@ def run(job: dict) -> dict:
     finally:
         for client in clients.values():
             client.close()
-    return {"latencies": out, "errors": errors}
+    return {"latencies": out, "errors": errors, "sent": sent}
 
 
 def main() -> int:
