@@ -36,11 +36,11 @@ def _value(action: dict[str, Any]) -> str:
 _ROW_ID = re.compile(r"[0-9]{1,18}")
 
 
-def _row_id(action: dict[str, Any]) -> str:
-    """A button's value that names a row by id; anything else is refused as stale."""
+def _row_id(action: dict[str, Any], refusal: str) -> str:
+    """A button's value that names a row by id; anything else is refused with `refusal`."""
     value = _value(action)
     if not _ROW_ID.fullmatch(value):
-        raise CommandError("That account is not managed by this bot (any more).")
+        raise CommandError(refusal)
     return value
 
 
@@ -107,7 +107,7 @@ def register(app: App, services: Services) -> None:
         container = body.get("container") or {}
 
         def renew() -> None:
-            account_ref = _row_id(action)
+            account_ref = _row_id(action, "That account is not managed by this bot (any more).")
             services.authz.require_admin(_user(body), "renew", account_ref)
             flow_id = services.renew.begin(
                 requester=_user(body),
@@ -126,10 +126,15 @@ def register(app: App, services: Services) -> None:
         container = body.get("container") or {}
 
         def retire() -> None:
-            services.authz.require_admin(_user(body), "retire", _value(action) or None)
+            services.authz.require_admin(_user(body), "retire", _value(action)[:40] or None)
+            secret_ref = _row_id(
+                action,
+                "That secret is not an old secret of a managed account waiting to be removed "
+                "(it may be removed already); nothing was changed.",
+            )
             flow_id = services.retire.begin(
                 requester=_user(body),
-                secret_ref=_value(action),
+                secret_ref=secret_ref,
                 channel_id=container.get("channel_id") or (body.get("channel") or {}).get("id"),
             )
             services.workers.submit(services.signin.start, flow_id)

@@ -228,7 +228,15 @@ def test_remove_the_old_one_is_for_admins_and_only_for_an_old_secret(
 
     bot.click(ids.ACTION_RETIRE_OLD_SECRET, old_id, user=OTHER, message_ts=offer["ts"])
     assert "only the bot's admins" in json.dumps(slack.wait_for("response_url").args)
-    for forged in (str(current["id"]), "999", "1; DROP TABLE secrets", ""):
+    arabic_indic = str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩")
+    for forged in (
+        str(current["id"]),
+        "999",
+        "1; DROP TABLE secrets",
+        "",
+        old_id.translate(arabic_indic),  # int() reads these as the old secret's id
+        "9" * 5000,
+    ):
         mark = slack.mark()
         bot.click(ids.ACTION_RETIRE_OLD_SECRET, forged, user=ADMIN, message_ts=offer["ts"])
         answer = slack.wait_for("response_url", after=mark)

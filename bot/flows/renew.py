@@ -108,7 +108,7 @@ class Renewals:
             if by_id:
                 account = (
                     queries.get_account_by_id(db, int(account_ref))
-                    if account_ref.isdigit()
+                    if account_ref.isascii() and account_ref.isdigit()
                     else None
                 )
                 if account is not None and account["state"] != "active":

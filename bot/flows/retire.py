@@ -74,7 +74,7 @@ class Retirements:
             else:
                 secret = (
                     queries.get_secret(db, int(secret_ref))
-                    if secret_ref and secret_ref.isdigit()
+                    if secret_ref and secret_ref.isascii() and secret_ref.isdigit()
                     else None
                 )
                 account = queries.get_account_by_id(db, secret["account_id"]) if secret else None
