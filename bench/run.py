@@ -359,23 +359,34 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
 def wait_pending(slack: SlackDouble, ms_dbl: MicrosoftDouble, count: int, timeout: float) -> None:
     """Until `count` device codes were issued and delivered to the requester."""
     wait_until(
-        lambda: len(ms_dbl.flows) >= count and len(slack.ephemerals()) >= count,
+        lambda: len(ms_dbl.flows) >= count and len(slack.ephemerals(shown=True)) >= count,
         timeout,
         f"{count} pending sign-ins (have {len(ms_dbl.flows)} device codes, "
-        f"{len(slack.ephemerals())} delivered)",
+        f"{len(slack.ephemerals(shown=True))} shown to the requester)",
     )
 
 
 _CODE = re.compile(r"with code (\S+) at")
 
 
+_PARENT = re.compile(r"^Service account (\S+) requested by ")
+_NAMED = re.compile(r"`([A-Za-z0-9_-]+)`")
+
+
 def code_threads(slack: SlackDouble) -> dict[str, str]:
-    """user code -> thread ts, from the ephemeral sign-in messages."""
+    """user code -> the flow's thread ts. The code message (an ephemeral in the channel,
+    shown to the requester) names the account; the flow's parent message names it too."""
+    parents: dict[str, str] = {}
+    for call in slack.calls_to("chat.postMessage"):
+        found = _PARENT.match(str(call.args.get("text") or ""))
+        if found and not call.args.get("thread_ts") and call.response.get("ts"):
+            parents.setdefault(found.group(1), str(call.response["ts"]))
     out = {}
-    for eph in slack.ephemerals():
-        match = _CODE.search(eph.get("text") or "")
-        if match and eph.get("thread_ts"):
-            out[match.group(1)] = str(eph["thread_ts"])
+    for eph in slack.ephemerals(shown=True):
+        code = _CODE.search(eph.get("text") or "")
+        name = _NAMED.search(json.dumps(eph.get("blocks") or []))
+        if code and name and name.group(1) in parents:
+            out[code.group(1)] = parents[name.group(1)]
     return out
 
 
