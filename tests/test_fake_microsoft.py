@@ -1073,3 +1073,37 @@ def test_truncated_answer_after_the_request_was_carried_out(dbl, http):
     with pytest.raises(json.JSONDecodeError):
         r.json()
     assert [a.display_name for a in dbl.applications] == ["t"]
+
+
+# --------------------------------------------------------------------------- rendezvous
+
+
+def _get_org(http, dbl, token):
+    return http.get(f"{dbl.graph_url}/v1.0/organization", headers=bearer(token))
+
+
+def _get_me(http, dbl, token):
+    return http.get(f"{dbl.graph_url}/v1.0/me", headers=bearer(token))
+
+
+def test_rendezvous_meets_requests_sent_side_by_side(dbl, http):
+    token = dbl.token_for()
+    rv = dbl.meet(
+        lambda r: r.path.endswith("/organization"), lambda r: r.path.endswith("/me"), timeout=5
+    )
+    other = threading.Thread(target=_get_me, args=(http, dbl, token))
+    other.start()
+    assert _get_org(http, dbl, token).status_code == 200
+    other.join()
+    assert rv.met
+
+
+def test_rendezvous_reports_requests_sent_one_after_the_other(dbl, http):
+    token = dbl.token_for()
+    rv = dbl.meet(
+        lambda r: r.path.endswith("/organization"), lambda r: r.path.endswith("/me"), timeout=0.3
+    )
+    assert _get_org(http, dbl, token).status_code == 200  # held for the timeout: no /me came
+    assert _get_me(http, dbl, token).status_code == 200
+    assert not rv.met
+    assert rv.waited == [False, True]

@@ -15,6 +15,7 @@ from tests.fakes.microsoft import (
     DEFAULT_SUBSCRIPTIONS,
     DEFAULT_TENANT_ID,
     MicrosoftDouble,
+    RecordedRequest,
 )
 from tests.fakes.slack import SlackDouble
 from tests.fakes.slack_requests import multi_select_state
@@ -310,3 +311,58 @@ def test_service_principal_waits_out_replication_forms(
     sign_in(bot, f"create repl-{form.replace('_', '-')} --subscription {SUB1}")
     bot.wait_state(f"repl-{form.replace('_', '-')}", "done", timeout=60)
     assert_provisioned(bot, ms, f"repl-{form.replace('_', '-')}", [SUB1])
+
+
+def _refresh_grant(r: RecordedRequest) -> bool:
+    return r.server == "login" and isinstance(r.body, dict) and (
+        r.body.get("grant_type") == "refresh_token"
+    )
+
+
+def test_subscription_rights_are_checked_beside_the_graph_token(
+    bot: Bot, ms: MicrosoftDouble
+) -> None:
+    # The sign-in yields the Azure management token: the subscription check needs only that,
+    # so it goes out while the Graph token is fetched (each request is held until the other
+    # arrives; sent one after the other, the first would wait out the timeout).
+    rv = ms.meet(
+        lambda r: r.server == "arm" and r.path.endswith("/providers/Microsoft.Authorization/permissions"),
+        _refresh_grant,
+        timeout=5,
+    )
+    sign_in(bot, f"create side --subscription {SUB1}")
+    bot.wait_state("side", "done", timeout=30)
+    assert rv.met, rv.waited
+    assert_provisioned(bot, ms, "side", [SUB1])
+
+
+def test_application_is_created_beside_the_graph_check(bot: Bot, ms: MicrosoftDouble) -> None:
+    # With the subscription rights known, the application is created while Graph is asked
+    # whether the account may register applications: Graph's answer to the creation says
+    # the same, and a refusal leaves nothing behind (test_no_app_registration_right_...).
+    rv = ms.meet(
+        lambda r: r.server == "graph" and r.path.startswith("/v1.0/applications(uniqueName="),
+        lambda r: r.server == "graph" and r.path == "/v1.0/policies/authorizationPolicy",
+        timeout=5,
+    )
+    flow = sign_in(bot, f"create beside --subscription {SUB1}")
+    bot.wait_state("beside", "done", timeout=30)
+    assert rv.met, rv.waited
+    assert_provisioned(bot, ms, "beside", [SUB1])
+    # the thread still tells the checks' answer, before the account is ready
+    texts = [m.get("text", "") for m in bot.slack.thread(flow["channel_id"], flow["parent_ts"])]
+    prereq = next(i for i, t in enumerate(texts) if t.startswith("Prerequisites"))
+    ready = next(i for i, t in enumerate(texts) if "is ready" in t)
+    assert prereq < ready
+
+
+def test_refused_application_leaves_the_checklist_true(bot: Bot, ms: MicrosoftDouble) -> None:
+    ms.add_user(BOB, name="Bob Operator")
+    ms.grant(BOB, SUB1, "Owner")
+    ms.set_allowed_to_create_apps(DEFAULT_TENANT_ID, False)
+    sign_in(bot, f"create refused --subscription {SUB1}", user=BOB)
+    bot.wait_state("refused", "blocked", timeout=20)
+    steps = json.loads(bot.flow("refused")["data"])["steps"]
+    assert "application" not in steps  # Graph created nothing: no step shows as begun
+    assert steps["checks"] == "failed"
+    assert ms.applications == []

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+from collections.abc import Callable
 from typing import Any
 
+from bot.clients.arm import ArmClient
 from bot.clients.signin import Identity, Session
 from bot.core.errors import (
     CommandError,
@@ -32,6 +35,12 @@ log = logging.getLogger(__name__)
 
 POST_SIGN_IN = ("signed_in", "blocked", "choosing")
 
+NO_APP_RIGHT = (
+    "the tenant does not let users register applications; ask a tenant admin for the "
+    "Application Developer role (or Application Administrator / Cloud Application "
+    "Administrator), or to turn on 'Users can register applications'"
+)
+
 
 class Prerequisites:
     def __init__(
@@ -42,6 +51,17 @@ class Prerequisites:
         self.signin = signin
         self.provisioner = provisioner
         self.notifier = ctx.notifier
+        #: Subscription rights checked while the Graph token was fetched: flow id →
+        #: (the subscriptions asked for, (visible subscriptions, checked subscriptions) or
+        #: the error the check met).
+        self._early: dict[
+            str,
+            tuple[
+                tuple[str, ...],
+                tuple[list[dict[str, Any]], list[dict[str, Any]]] | Exception,
+            ],
+        ] = {}
+        self._lock = threading.Lock()
 
     @property
     def _db(self) -> Any:
@@ -95,12 +115,79 @@ class Prerequisites:
         self.ctx.workers.submit(self.check, flow_id)
         return None
 
+    def prefetch(self, flow: dict[str, Any], identity: Identity, session: Session) -> None:
+        """The sign-in's own (Azure management) token is there: check the subscription rights
+        now, beside the fetch of the Graph token, so `check` finds them done. Only reads;
+        any failure leaves `check` to ask again."""
+        if flow.get("kind") != "create":
+            return
+        data = self.record.data(flow)
+        wanted = list(data.get("subscriptions") or [])
+        tenant = identity.tenant_id
+        outcome: tuple[list[dict[str, Any]], list[dict[str, Any]]] | Exception
+        try:
+            outcome = self._subscription_rights(self.ctx.arm(session), wanted, tenant)
+        except Exception as exc:  # noqa: BLE001 - `check` meets it as if it had asked
+            outcome = exc
+        with self._lock:
+            self._early[flow["id"]] = (tuple(wanted), outcome)
+
+    def _take_early(
+        self, flow_id: str, wanted: list[str]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
+        """The early check's answer for `wanted` (raising what it met), or None."""
+        with self._lock:
+            early = self._early.pop(flow_id, None)
+        if early is None or early[0] != tuple(wanted):
+            return None
+        if isinstance(early[1], Exception):
+            raise early[1]
+        return early[1]
+
+    def _subscription_rights(
+        self, arm: ArmClient, wanted: list[str], tenant: str | None
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(visible subscriptions, each checked subscription with `ok` and `reason`): the named
+        ones when `wanted`, else every subscription of the tenant the account can see."""
+
+        def sub_check(sub: dict[str, Any]) -> dict[str, Any]:
+            try:
+                ok = arm.can_assign_roles(sub["id"])
+            except MicrosoftError as exc:
+                if exc.status not in (401, 403, 404):
+                    raise
+                # ARM answers so for a subscription the account cannot see (no role on it,
+                # or another tenant's).
+                reason = "this account cannot see the subscription (wrong tenant, or no access)"
+                return {**sub, "ok": False, "reason": reason}
+            reason = (
+                "can assign roles"
+                if ok
+                else "lacks Microsoft.Authorization/roleAssignments/write; ask for Owner or "
+                "User Access Administrator on this subscription"
+            )
+            return {**sub, "ok": ok, "reason": reason}
+
+        if wanted:
+            # Named subscriptions: their permissions answer whether they are visible too.
+            return [], parallel(sub_check, [{"id": s, "name": None} for s in wanted])
+        visible = [
+            {"id": str(s["subscriptionId"]).lower(), "name": s.get("displayName")}
+            for s in arm.subscriptions()
+            if not tenant or str(s.get("tenantId", tenant)).lower() == tenant.lower()
+        ]
+        return visible, parallel(sub_check, visible)
+
     def check(self, flow_id: str) -> None:
         if not queries.transition_flow(self._db, flow_id, POST_SIGN_IN, "checking"):
+            with self._lock:
+                self._early.pop(flow_id, None)
             return
         flow = self.record.set_step(flow_id, "checks", "running")
         data = self.record.data(flow)
+        wanted = data.get("subscriptions") or []
         try:
+            early = self._take_early(flow_id, wanted)
             graph, arm = self.provisioner.clients(flow_id)
             tenant = data.get("identity", {}).get("tenant_id")
 
@@ -115,55 +202,69 @@ class Prerequisites:
                         "could not read the tenant setting and the account holds no application role; "
                         "creation will show whether it may"
                     )
-                return False, (
-                    "the tenant does not let users register applications; ask a tenant admin for the "
-                    "Application Developer role (or Application Administrator / Cloud Application "
-                    "Administrator), or to turn on 'Users can register applications'"
-                )
+                return False, NO_APP_RIGHT
 
-            def visible_subscriptions() -> list[dict[str, Any]]:
-                subs = arm.subscriptions()
-                return [
-                    {"id": str(s["subscriptionId"]).lower(), "name": s.get("displayName")}
-                    for s in subs
-                    if not tenant or str(s.get("tenantId", tenant)).lower() == tenant.lower()
-                ]
-
-            def sub_check(sub: dict[str, Any]) -> dict[str, Any]:
-                try:
-                    ok = arm.can_assign_roles(sub["id"])
-                except MicrosoftError as exc:
-                    if exc.status not in (401, 403, 404):
-                        raise
-                    # ARM answers so for a subscription the account cannot see (no role on it,
-                    # or another tenant's).
-                    reason = "this account cannot see the subscription (wrong tenant, or no access)"
-                    return {**sub, "ok": False, "reason": reason}
-                reason = (
-                    "can assign roles"
-                    if ok
-                    else "lacks Microsoft.Authorization/roleAssignments/write; ask for Owner or "
-                    "User Access Administrator on this subscription"
-                )
-                return {**sub, "ok": ok, "reason": reason}
-
-            wanted = data.get("subscriptions") or []
-            if wanted:
-                # Named subscriptions: their permissions answer whether they are visible too,
-                # so everything is checked at once.
-                (app_right, app_reason), results = both(
-                    app_check,
-                    lambda: parallel(sub_check, [{"id": s, "name": None} for s in wanted]),
-                )
-                visible = data.get("visible", [])
+            if early is not None and wanted and all(r["ok"] for r in early[1]):
+                self._check_beside_application(flow_id, flow, wanted, early[1], app_check)
+                return
+            if early is not None:
+                visible, results = early
+                app_right, app_reason = app_check()
             else:
-                (app_right, app_reason), visible = both(app_check, visible_subscriptions)
-                results = parallel(sub_check, visible)
+                (app_right, app_reason), (visible, results) = both(
+                    app_check, lambda: self._subscription_rights(arm, wanted, tenant)
+                )
+            if wanted:
+                visible = data.get("visible", [])
         except Exception as exc:  # noqa: BLE001 - every failure ends the flow in a known state
             self.provisioner.stop(flow_id, as_flow_error(exc, flow_id), created=False)
             return
         try:
             self._after_checks(flow_id, flow, wanted, visible, results, app_right, app_reason)
+        except Exception as exc:  # noqa: BLE001 - e.g. Slack refusing the prerequisites post
+            self.provisioner.stop(flow_id, as_flow_error(exc, flow_id), created=False)
+
+    def _check_beside_application(
+        self,
+        flow_id: str,
+        flow: dict[str, Any],
+        wanted: list[str],
+        results: list[dict[str, Any]],
+        app_check: Callable[[], tuple[bool | None, str]],
+    ) -> None:
+        """Every named subscription is known to be fine: create the application while the
+        Graph-side check runs (Graph refuses the creation exactly when that right is missing,
+        and then nothing exists). The checks' answer is posted without holding up the steps
+        after it."""
+
+        def checked() -> tuple[bool | None, str]:
+            try:
+                return app_check()
+            except Exception as exc:  # noqa: BLE001 - the creation itself is the proof
+                log.info("flow %s: application check failed: %s", flow_id, exc)
+                return None, "could not read the tenant setting; creation showed whether it may"
+
+        def show(right: bool | None, reason: str) -> None:
+            self.record.set_step(flow_id, "checks", "done")
+            self.notifier.thread(
+                flow["channel_id"],
+                flow.get("parent_ts"),
+                blocks.prerequisites_message(
+                    flow_id=flow_id,
+                    app_right=right,
+                    app_reason=reason,
+                    subscriptions=results,
+                    blocked=False,
+                ),
+                wait=False,
+            )
+
+        refusal = self.provisioner.provision_beside(flow_id, checked, show)
+        if refusal is None:
+            return
+        log.info("flow %s: Graph refused the application: %s", flow_id, refusal)
+        try:
+            self._after_checks(flow_id, flow, wanted, [], results, False, NO_APP_RIGHT)
         except Exception as exc:  # noqa: BLE001 - e.g. Slack refusing the prerequisites post
             self.provisioner.stop(flow_id, as_flow_error(exc, flow_id), created=False)
 

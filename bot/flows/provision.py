@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -74,15 +75,81 @@ class Provisioner:
         except Exception as exc:  # noqa: BLE001 - every failure rolls back and says so
             self.stop(flow_id, as_flow_error(exc, flow_id), created=True)
 
+    def provision_beside(
+        self,
+        flow_id: str,
+        app_check: Callable[[], tuple[bool | None, str]],
+        on_checked: Callable[[bool | None, str], None],
+    ) -> MicrosoftError | None:
+        """Create the application while `app_check` (the Graph-side prerequisite: may this
+        account register applications?) runs beside it, then provision the rest — for a
+        creation whose subscription rights are already known to be there. `on_checked` gets
+        the check's answer once the application exists (a creation Graph accepted proves
+        the right, whatever the check read).
+
+        Returns Graph's refusal when it would not create the application and the check did
+        not find the right either: nothing was created, the flow is back in `checking`, and
+        the caller shows the missing right. Any other failure rolls back and ends the flow
+        here, as in `provision`.
+        """
+        if not queries.transition_flow(self._db, flow_id, ["checking"], "provisioning"):
+            return None
+        try:
+            (right, reason), made = both(app_check, lambda: self._try_application(flow_id))
+        except Exception as exc:  # noqa: BLE001 - every failure rolls back and says so
+            self.stop(flow_id, as_flow_error(exc, flow_id), created=True)
+            return None
+        if isinstance(made, MicrosoftError) and made.status == 403 and right is not True:
+            # Graph refused to create it: nothing exists. Back to the checks' verdict.
+            flow = self.record.get(flow_id)
+            data = self.record.data(flow)
+            data.get("steps", {}).pop("application", None)
+            queries.transition_flow(
+                self._db,
+                flow_id,
+                ["provisioning"],
+                "checking",
+                data=json.dumps(data, sort_keys=True),
+            )
+            return made
+        if isinstance(made, Exception):
+            self.stop(flow_id, as_flow_error(made, flow_id), created=True)
+            return None
+        if right is not True:
+            log.info("flow %s: the application was created although the check doubted it", flow_id)
+            right, reason = True, (
+                f"{reason} — Graph created the application, so the account may"
+                if right is None
+                else "Graph created the application, so the account may register applications "
+                "(through a right the check does not read)"
+            )
+        try:
+            on_checked(right, reason)
+            self._after_application(flow_id, *made)
+        except Exception as exc:  # noqa: BLE001 - every failure rolls back and says so
+            self.stop(flow_id, as_flow_error(exc, flow_id), created=True)
+        return None
+
+    def _try_application(
+        self, flow_id: str
+    ) -> tuple[dict[str, Any], int, bool] | Exception:
+        try:
+            return self._application(flow_id)
+        except Exception as exc:  # noqa: BLE001 - judged beside the check's answer
+            return exc
+
     def _provision(self, flow_id: str) -> None:
+        self._after_application(flow_id, *self._application(flow_id))
+
+    def _application(self, flow_id: str) -> tuple[dict[str, Any], int, bool]:
+        """Step 1: the application (upsert keyed by this creation) and the account row."""
         config = self.ctx.config
         flow = self.record.get(flow_id)
         data = self.record.data(flow)
-        graph, arm = self.clients(flow_id)
+        graph, _ = self.clients(flow_id)
         identity = data.get("identity", {})
         unique_name = f"veeam-sa-{flow_id}"
 
-        # 1. the application (upsert keyed by this creation)
         self.signin.stop_if_cancelled(flow_id)
         self.record.set_step(flow_id, "application", "running")
         app = graph.upsert_application(unique_name, flow["name"], data.get("description"))
@@ -120,6 +187,17 @@ class Provisioner:
                 )
         self.record.set_step(flow_id, "application", "done")
         crash_point("after_application")
+        return app, account_id, resumed
+
+    def _after_application(
+        self, flow_id: str, app: dict[str, Any], account_id: int, resumed: bool
+    ) -> None:
+        """Steps 2–5, once the application exists."""
+        config = self.ctx.config
+        flow = self.record.get(flow_id)
+        data = self.record.data(flow)
+        graph, arm = self.clients(flow_id)
+        identity = data.get("identity", {})
 
         # 2. the service principal, and 3. the secret (independent of each other)
         self.signin.stop_if_cancelled(flow_id)
@@ -165,7 +243,9 @@ class Provisioner:
         for (sub, role), _outcome in zip(pairs, outcomes, strict=True):
             roles.setdefault(sub, []).append(role.name)
         queries.update_account(self._db, account_id, roles=json.dumps(roles))
-        self.record.set_step(flow_id, "roles", "done")
+        # shown by the next edit (the hand-off, or the summary right after): an edit of its
+        # own would only hold up the summary behind it
+        self.record.set_step(flow_id, "roles", "done", render=False)
         crash_point("after_roles")
 
         # 5. hand the secret to the VBAzure appliance (when one is configured)

@@ -111,7 +111,12 @@ class Record:
             self.notifier.update_latest(flow["channel_id"], flow["parent_ts"], payload, wait=final)
 
     def set_step(
-        self, flow_id: str, step: str, status: str, outcome: str | None = None
+        self,
+        flow_id: str,
+        step: str,
+        status: str,
+        outcome: str | None = None,
+        render: bool = True,
     ) -> dict[str, Any]:
         flow = queries.get_flow(self._db, flow_id)
         assert flow is not None
@@ -119,7 +124,8 @@ class Record:
         data.setdefault("steps", {})[step] = status
         self.save_data(flow_id, data)
         flow["data"] = json.dumps(data)
-        self.render_parent(flow, outcome)
+        if render:
+            self.render_parent(flow, outcome)
         return flow
 
     def audit(self, flow: dict[str, Any], action: str, outcome: str, **detail: Any) -> None:

@@ -60,7 +60,10 @@ class Redemption:
         elif not self.acceptable(flow, identity):
             return
         try:
-            tenant_name = self.tokens_and_tenant_name(session, identity)
+            tenant_name, _ = both(
+                lambda: self.tokens_and_tenant_name(session, identity),
+                lambda: self.prefetch(flow, identity, session),
+            )
         except _NeedsSignIn as need:
             if int(data.get("extra_sign_ins", 0)) < MAX_EXTRA_SIGN_INS:
                 self.sign_in_again(flow, identity, session, need.scope, need.error)
@@ -116,10 +119,22 @@ class Redemption:
             flow["channel_id"],
             flow.get("parent_ts"),
             blocks.note(f":key: Signed in as *{who}* in tenant {tenant}."),
+            wait=False,
         )
         self.engine.record.render_parent(flow)
         if self.engine.on_signed_in is not None:
             self.engine.on_signed_in(flow_id, identity, session)
+
+    def prefetch(self, flow: dict[str, Any], identity: Identity, session: Session) -> None:
+        """Start the next step's reads that need only the sign-in's own token, beside the
+        fetch of the other tokens (`SignInEngine.on_token`); never raises."""
+        hook = self.engine.on_token
+        if hook is None:
+            return
+        try:
+            hook(flow, identity, session)
+        except Exception:  # noqa: BLE001 - an early read only saves time; the step reads again
+            log.info("flow %s: early read failed", flow["id"], exc_info=True)
 
     def acceptable(self, flow: dict[str, Any], identity: Identity) -> bool:
         """Refuse personal accounts (unless allowed) and, when required, another's account."""

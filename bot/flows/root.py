@@ -157,6 +157,7 @@ def build_services(
         next_step.get(kind, checks.on_signed_in)(flow_id, identity, session)
 
     signin.on_signed_in = on_signed_in
+    signin.on_token = checks.prefetch
 
     def on_job_error(fn: Callable[..., Any], args: tuple[Any, ...], exc: BaseException) -> None:
         # A flow job (its first argument is the flow id) that raised past every handler.

@@ -66,6 +66,9 @@ class SignInEngine:
         self.device = ctx.device
         self.notifier = ctx.notifier
         self.on_signed_in = on_signed_in
+        #: Called once the sign-in's own token is there, beside the fetch of the flow's other
+        #: tokens: the next step's reads that need only that token start early.
+        self.on_token: Callable[[dict[str, Any], Identity, Session], None] | None = None
         self._sessions: dict[str, Session] = {}
         self._transient: dict[str, tuple[int, float]] = {}
         #: Cancels asked for while a step runs: flow id → who; the step stops at its next

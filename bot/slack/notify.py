@@ -8,13 +8,22 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Note:
+    payload: dict[str, Any]
+    done: threading.Event | None
+    error: Exception | None = None
 
 
 class Notifier:
@@ -26,6 +35,9 @@ class Notifier:
         self._busy: set[tuple[str, str]] = set()
         self._cond = threading.Condition()
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="veeam-sa-slack")
+        # Thread notes: posted in order per thread, in the background unless waited for.
+        self._notes: dict[tuple[str, str], deque[_Note]] = {}
+        self._notes_busy: set[tuple[str, str]] = set()
 
     def update_latest(
         self, channel: str, ts: str, payload: dict[str, Any], wait: bool = False
@@ -74,17 +86,55 @@ class Notifier:
                 "could not update message %s in %s: %s", ts, channel, exc.response.get("error")
             )
 
-    def thread(self, channel: str, thread_ts: str | None, payload: dict[str, Any]) -> None:
-        """A note in a flow's thread; failures are logged, not raised."""
-        try:
-            self.post(channel, payload, thread_ts=thread_ts)
-        except SlackApiError as exc:
-            log.warning(
-                "could not post to thread %s in %s: %s",
-                thread_ts,
-                channel,
-                exc.response.get("error"),
-            )
+    def thread(
+        self, channel: str, thread_ts: str | None, payload: dict[str, Any], wait: bool = True
+    ) -> None:
+        """A note in a flow's thread; Slack's refusals are logged, not raised.
+
+        Notes to one thread are posted in the order they were given. Without `wait` the note
+        is posted in the background and the flow goes on at once; with it (the default), this
+        returns once the note — and every note queued before it — has been posted.
+        """
+        key = (channel, thread_ts or "")
+        note = _Note(payload, threading.Event() if wait else None)
+        with self._cond:
+            self._notes.setdefault(key, deque()).append(note)
+            start = key not in self._notes_busy
+            self._notes_busy.add(key)
+        if start and wait:
+            self._drain_notes(key)
+        elif start:
+            self._pool.submit(self._drain_notes, key)
+        if note.done is not None:
+            note.done.wait(timeout=60)
+            if note.error is not None:
+                raise note.error
+
+    def _drain_notes(self, key: tuple[str, str]) -> None:
+        channel, thread_ts = key
+        while True:
+            with self._cond:
+                queue = self._notes.get(key)
+                if not queue:
+                    self._notes.pop(key, None)
+                    self._notes_busy.discard(key)
+                    return
+                note = queue.popleft()
+            try:
+                self.post(channel, note.payload, thread_ts=thread_ts or None)
+            except SlackApiError as exc:
+                log.warning(
+                    "could not post to thread %s in %s: %s",
+                    thread_ts,
+                    channel,
+                    exc.response.get("error"),
+                )
+            except Exception as exc:  # noqa: BLE001 - a waiting caller gets it; else logged
+                if note.done is None:
+                    log.warning("could not post to thread %s in %s: %s", thread_ts, channel, exc)
+                note.error = exc
+            if note.done is not None:
+                note.done.set()
 
     def to_user(self, channel: str, user: str, payload: dict[str, Any]) -> str:
         """Show `payload` to `user` only, somewhere Slack displays it: an ephemeral message in

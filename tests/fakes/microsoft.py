@@ -30,7 +30,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -617,6 +617,26 @@ class Fault:
     truncate: bool = False
 
 
+@dataclass
+class Rendezvous:
+    """Two kinds of request, each answered only once one of the other kind has arrived (or
+    after `timeout`): a client that sends them side by side gets both answers at once; one
+    that waits for the first answer before sending the second stalls for the timeout, and
+    `met` says so. A test of concurrency with no clock in it."""
+
+    sides: tuple[Callable[[RecordedRequest], bool], Callable[[RecordedRequest], bool]]
+    timeout: float
+    arrived: tuple[threading.Event, threading.Event] = field(
+        default_factory=lambda: (threading.Event(), threading.Event())
+    )
+    waited: list[bool | None] = field(default_factory=lambda: [None, None])
+
+    @property
+    def met(self) -> bool:
+        """Both kinds arrived, each while the other was still unanswered."""
+        return self.waited == [True, True]
+
+
 # --------------------------------------------------------------------------- HTTP plumbing
 
 
@@ -730,6 +750,7 @@ class MicrosoftDouble:
         self.client_logins: list[ClientLogin] = []
         self.requests: list[RecordedRequest] = []
         self.faults: list[Fault] = []
+        self.rendezvous: list[Rendezvous] = []
         self.internal_errors: list[str] = []
 
         self._routes = {
@@ -1032,6 +1053,19 @@ class MicrosoftDouble:
             self.faults.append(f)
         return f
 
+    def meet(
+        self,
+        first: Callable[[RecordedRequest], bool],
+        second: Callable[[RecordedRequest], bool],
+        timeout: float = 5.0,
+    ) -> Rendezvous:
+        """Hold the next request matching `first` until one matching `second` has arrived,
+        and the other way round (see `Rendezvous`)."""
+        rv = Rendezvous((first, second), timeout)
+        with self.lock:
+            self.rendezvous.append(rv)
+        return rv
+
     def flow(self, user_code: str | None = None) -> DeviceFlow:
         with self.lock:
             if user_code is None:
@@ -1158,8 +1192,16 @@ class MicrosoftDouble:
             self.now(),
             resp.status,
         )
+        waits: list[tuple[Rendezvous, int]] = []
         with self.lock:
             self.requests.append(recorded)
+            for rv in self.rendezvous:
+                for side, matches in enumerate(rv.sides):
+                    if rv.waited[side] is None and not rv.arrived[side].is_set() and matches(recorded):
+                        rv.arrived[side].set()
+                        waits.append((rv, side))
+        for rv, side in waits:
+            rv.waited[side] = rv.arrived[1 - side].wait(rv.timeout)
         if self.latency:
             time.sleep(self.latency)
         if resp.status == 0:  # a fault of status 0: the connection drops without an answer
