@@ -1,0 +1,33 @@
+"""Thread notes: posted in order per thread, in the background or waited for."""
+
+from __future__ import annotations
+
+from slack_sdk import WebClient
+
+from bot.slack import blocks
+from bot.slack.notify import Notifier
+from tests.fakes.slack import BOT_TOKEN, SlackDouble
+
+
+def test_background_notes_keep_their_order_and_a_waited_note_comes_after_them(
+    slack: SlackDouble,
+) -> None:
+    notifier = Notifier(WebClient(token=BOT_TOKEN, base_url=slack.api_url))
+    parent = notifier.post("C0OPS", blocks.note("parent"))
+    for n in range(15):
+        notifier.thread("C0OPS", parent, blocks.note(f"note {n}"), wait=False)
+    notifier.thread("C0OPS", parent, blocks.note("last"))  # returns once everything is posted
+    texts = [m.get("text") for m in slack.thread("C0OPS", parent)]
+    assert texts == [f"note {n}" for n in range(15)] + ["last"]
+    notifier.close()
+
+
+def test_a_refused_note_is_logged_not_raised_and_the_rest_still_go(slack: SlackDouble) -> None:
+    notifier = Notifier(WebClient(token=BOT_TOKEN, base_url=slack.api_url))
+    parent = notifier.post("C0OPS", blocks.note("parent"))
+    slack.fail("chat.postMessage", "channel_not_found", times=2)
+    notifier.thread("C0OPS", parent, blocks.note("lost"), wait=False)
+    notifier.thread("C0OPS", parent, blocks.note("lost too"))  # no exception
+    notifier.thread("C0OPS", parent, blocks.note("kept"))
+    assert [m.get("text") for m in slack.thread("C0OPS", parent)] == ["kept"]
+    notifier.close()
