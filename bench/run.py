@@ -481,6 +481,7 @@ def phase_ack(b: Bench) -> None:
         seeds = [args.seed + n for n in range(max(1, args.ack_seeds))]
         runs: list[tuple[int, list[float], list[float]]] = []
         shown: list[float] = []
+        shown_by_seed: dict[int, list[float]] = {}
         baseline = len(ms_dbl.flows)
         for run_no, seed in enumerate(seeds):
             if run_no:
@@ -535,6 +536,7 @@ def phase_ack(b: Bench) -> None:
             if len(got) < len(runs[-1][1]):
                 b.notes.append(f"code shown: only {len(got)} of {len(runs[-1][1])} codes arrived")
             shown += got
+            shown_by_seed[seed] = got
         pending_now = len(ms_dbl.flows)
         bot.stop()
         floor.stop()
@@ -543,23 +545,32 @@ def phase_ack(b: Bench) -> None:
         for seed, bot_l, floor_l in runs
     )
     ratio, median_seed, bot_lat, floor_lat = ratios[len(ratios) // 2]
-    all_floor = [x for _, _, floor_l in runs for x in floor_l]
     if shown:
-        # the least it could take: the ack, one Microsoft round trip (the device-code
-        # request) and one Slack call (the message that shows the code)
-        floor50 = percentile(all_floor, 50) + args.ms_latency + args.slack_latency
-        floor99 = percentile(all_floor, 99) + args.ms_latency + args.slack_latency
-        p99 = percentile(shown, 99)
+        # The least it could take: the ack, one Microsoft round trip (the device-code request)
+        # and one Slack call (the message that shows the code). Judged per seed against that
+        # seed's own floor, and the median seed taken, as for the ack row below: both rows
+        # move with the same hiccups of a shared machine.
+        extra = args.ms_latency + args.slack_latency
+        per_seed = sorted(
+            (percentile(got, 99) / (percentile(floor_l, 99) + extra), seed, got, floor_l)
+            for seed, _, floor_l in runs
+            if (got := shown_by_seed.get(seed))
+        )
+        shown_ratio, shown_seed, shown_lat, shown_floor = per_seed[len(per_seed) // 2]
+        shown_each = ", ".join(f"{r:.2f}×" for r, *_ in sorted(per_seed, key=lambda x: x[1]))
         b.rows.append(
             Row(
                 f"Command → code shown: signed `create` sent → the Slack double receives the "
                 f"message that shows the requester the code, {args.pending}+ sign-ins pending, "
-                f"{len(shown)} commands over {len(runs)} seeds, p50 / p99",
-                f"{ms(percentile(shown, 50))} / {ms(p99)}",
-                f"{ms(floor50)} / {ms(floor99)} (bare Bolt ack + one Microsoft round trip "
-                f"+ one Slack call)",
-                "p99 ≤ 1.25 × floor p99",
-                f"{p99 / floor99:.2f}× → {verdict(p99 <= 1.25 * floor99)}",
+                f"{len(shown)} commands over {len(per_seed)} seeds; p50 / p99 of the median "
+                f"seed ({shown_seed})",
+                f"{ms(percentile(shown_lat, 50))} / {ms(percentile(shown_lat, 99))}",
+                f"{ms(percentile(shown_floor, 50) + extra)} / "
+                f"{ms(percentile(shown_floor, 99) + extra)} (bare Bolt ack + one Microsoft "
+                "round trip + one Slack call)",
+                "median p99 ratio ≤ 1.25 × floor p99",
+                f"median {shown_ratio:.2f}× (seeds: {shown_each}; all {len(shown)} pooled: "
+                f"p99 {ms(percentile(shown, 99))}) → {verdict(shown_ratio <= 1.25)}",
             )
         )
     each = ", ".join(f"{r:.2f}×" for r, *_ in sorted(ratios, key=lambda x: x[1]))
