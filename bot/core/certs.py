@@ -143,10 +143,16 @@ class Certificate:
         )
 
 
-def new_certificate(subject: str, now: datetime, lifetime: timedelta) -> Certificate:
-    """A fresh RSA key and a certificate for it, valid from a few minutes before `now`
-    (clocks a little apart) until `now + lifetime`."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
+def new_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
+
+
+def new_certificate(
+    subject: str, now: datetime, lifetime: timedelta, key: rsa.RSAPrivateKey | None = None
+) -> Certificate:
+    """A certificate for `key` (a fresh RSA key when None), valid from a few minutes before
+    `now` (clocks a little apart) until `now + lifetime`."""
+    key = key or new_key()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject[:64])])
     start = now.astimezone(UTC) - timedelta(minutes=5)
     cert = (
