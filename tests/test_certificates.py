@@ -1,0 +1,130 @@
+"""Certificate accounts end to end: created with `--credential certificate`, proven with a
+signed client assertion, handed to the appliance as a PKCS#12 that opens with the password
+sent with it and holds the certificate on the application."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterator
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
+
+from tests.fakes.microsoft import DEFAULT_SUBSCRIPTIONS, DEFAULT_TENANT_ID, MicrosoftDouble
+from tests.fakes.slack import SlackDouble
+from tests.fakes.tls import TestCA
+from tests.fakes.vbazure import DEFAULT_PASSWORD, DEFAULT_USERNAME, VBAzureDouble
+from tests.harness import Bot
+from tests.test_provision import sign_in
+
+SUB = DEFAULT_SUBSCRIPTIONS[0][0]
+
+
+@pytest.fixture
+def vb(ca: TestCA) -> Iterator[VBAzureDouble]:
+    with VBAzureDouble(ca) as dbl:
+        yield dbl
+
+
+@pytest.fixture
+def vbot(
+    env: dict[str, str], slack: SlackDouble, ms: MicrosoftDouble, vb: VBAzureDouble
+) -> Iterator[Bot]:
+    instance = Bot(
+        {
+            **env,
+            "VEEAM_URL": vb.url,
+            "VEEAM_USERNAME": DEFAULT_USERNAME,
+            "VEEAM_PASSWORD": DEFAULT_PASSWORD,
+        },
+        slack,
+        ms,
+    )
+    assert instance.services.appliance is not None
+    instance.services.appliance.poll_interval = 0.01
+    yield instance
+    instance.close()
+
+
+def created(bot: Bot, name: str = "prod", extra: str = " --credential certificate") -> dict:
+    sign_in(bot, f"create {name} --subscription {SUB}{extra}")
+    bot.wait_state(name, "done", timeout=30)
+    bot.wait_thread(name, "is ready")
+    return dict(next(bot.db.table("accounts").rows_where("name = ?", [name])))
+
+
+def app_certificate_der(ms: MicrosoftDouble, app_id: str) -> list[bytes]:
+    return [k.der for k in ms.application(app_id=app_id).keys]
+
+
+def test_a_certificate_account_is_created_proven_and_handed_to_the_appliance(
+    vbot: Bot, ms: MicrosoftDouble, vb: VBAzureDouble, slack: SlackDouble
+) -> None:
+    account = created(vbot)
+    assert account["credential"] == "certificate"
+    app = ms.application(app_id=account["app_id"])
+    assert app.passwords == []  # no client secret at all
+    [key] = app.keys
+    assert key.type == "AsymmetricX509Cert" and key.usage == "Verify"
+    assert key.cert.public_key().key_size >= 2048
+
+    # proven with a client assertion before the hand-off
+    [login] = ms.client_logins
+    assert login.key_id == key.key_id and login.app_id == app.app_id
+    [save] = vb.events_for(r"saveByApp", "POST")
+    offset = time.time() - time.monotonic()
+    [proof] = [
+        r for r in ms.requests if r.path.endswith("/token") and "client_assertion" in r.body
+    ]
+    assert proof.time < save.time + offset, "handed over before it was proven"
+
+    # the appliance holds a PKCS#12 that opens with the password sent with it, and holds
+    # the very certificate on the application, with its private key
+    [held] = vb.accounts.values()
+    assert held["origin"] == "Imported Certificate" and held["clientSecret"] == ""
+    assert held["applicationId"] == app.app_id and held["tenantId"] == DEFAULT_TENANT_ID
+    blob = base64.b64decode(held["applicationCertificateBase64"])
+    private, cert, _ = pkcs12.load_key_and_certificates(blob, held["certificatePassword"].encode())
+    assert cert is not None and private is not None
+    assert cert.public_bytes(serialization.Encoding.DER) == key.der
+    assert private.public_key().public_numbers() == cert.public_key().public_numbers()
+    with pytest.raises(ValueError):
+        pkcs12.load_key_and_certificates(blob, b"wrong password")
+    assert held["applicationCertificateName"].endswith(".pfx")
+
+    # the database holds the key only encrypted; the PKCS#12 password nowhere
+    [row] = vbot.db.table("secrets").rows_where("account_id = ?", [account["id"]])
+    assert row["kind"] == "certificate" and row["key_id"] == key.key_id
+    dump = json.dumps(list(vbot.db.table("secrets").rows)) + json.dumps(
+        list(vbot.db.table("audit").rows)
+    )
+    assert "PRIVATE KEY" not in dump and held["certificatePassword"] not in dump
+    assert x509.load_der_x509_certificate(key.der).fingerprint  # a real certificate
+
+    # Slack says it is a certificate, and never shows the key or the password
+    parent = slack.message(account["channel_id"], vbot.flow("prod")["parent_ts"])
+    text = json.dumps(parent["blocks"])
+    assert "Certificate:" in text and row["hint"] in text
+    everything = json.dumps([c.args for c in slack.calls])
+    assert held["certificatePassword"] not in everything and "PRIVATE KEY" not in everything
+
+
+def test_the_default_credential_comes_from_the_setting(
+    env: dict[str, str], slack: SlackDouble, ms: MicrosoftDouble
+) -> None:
+    bot = Bot({**env, "VEEAM_SA_CREDENTIAL": "certificate"}, slack, ms)
+    try:
+        account = created(bot, extra="")
+        assert account["credential"] == "certificate"
+        assert len(app_certificate_der(ms, account["app_id"])) == 1
+        assert ms.application(app_id=account["app_id"]).passwords == []
+        # without an appliance, the summary says how to export it
+        bot.wait_thread("prod", "is ready")
+        parent = slack.message(account["channel_id"], bot.flow("prod")["parent_ts"])
+        assert "secret show prod --out" in json.dumps(parent["blocks"])
+    finally:
+        bot.close()
