@@ -5,15 +5,20 @@ sent with it and holds the certificate on the application."""
 from __future__ import annotations
 
 import base64
+import io
 import json
+import stat
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
+from bot.cli import main
+from storage.db import open_store
 from tests.fakes.microsoft import DEFAULT_SUBSCRIPTIONS, DEFAULT_TENANT_ID, MicrosoftDouble
 from tests.fakes.slack import SlackDouble
 from tests.fakes.tls import TestCA
@@ -77,9 +82,7 @@ def test_a_certificate_account_is_created_proven_and_handed_to_the_appliance(
     assert login.key_id == key.key_id and login.app_id == app.app_id
     [save] = vb.events_for(r"saveByApp", "POST")
     offset = time.time() - time.monotonic()
-    [proof] = [
-        r for r in ms.requests if r.path.endswith("/token") and "client_assertion" in r.body
-    ]
+    [proof] = [r for r in ms.requests if r.path.endswith("/token") and "client_assertion" in r.body]
     assert proof.time < save.time + offset, "handed over before it was proven"
 
     # the appliance holds a PKCS#12 that opens with the password sent with it, and holds
@@ -113,18 +116,51 @@ def test_a_certificate_account_is_created_proven_and_handed_to_the_appliance(
     assert held["certificatePassword"] not in everything and "PRIVATE KEY" not in everything
 
 
-def test_the_default_credential_comes_from_the_setting(
-    env: dict[str, str], slack: SlackDouble, ms: MicrosoftDouble
+def test_without_an_appliance_the_operator_exports_the_pfx_once(
+    env: dict[str, str],
+    slack: SlackDouble,
+    ms: MicrosoftDouble,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     bot = Bot({**env, "VEEAM_SA_CREDENTIAL": "certificate"}, slack, ms)
     try:
-        account = created(bot, extra="")
+        account = created(bot, extra="")  # the setting makes it a certificate account
         assert account["credential"] == "certificate"
-        assert len(app_certificate_der(ms, account["app_id"])) == 1
+        [der] = app_certificate_der(ms, account["app_id"])
         assert ms.application(app_id=account["app_id"]).passwords == []
-        # without an appliance, the summary says how to export it
-        bot.wait_thread("prod", "is ready")
         parent = slack.message(account["channel_id"], bot.flow("prod")["parent_ts"])
         assert "secret show prod --out" in json.dumps(parent["blocks"])
     finally:
         bot.close()
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    capsys.readouterr()
+
+    # no file named: refused, nothing written
+    assert main(["secret", "show", "prod", "--yes"]) == 2
+    assert "--out" in capsys.readouterr().err
+    out = tmp_path / "prod.pfx"
+    monkeypatch.setattr("sys.stdin", io.StringIO("wrong\n"))
+    assert main(["secret", "show", "prod", "--out", str(out)]) == 1
+    assert not out.exists()
+    monkeypatch.setattr("sys.stdin", io.StringIO("prod\n"))
+    assert main(["secret", "show", "prod", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    password = captured.out.strip()
+    assert password and password not in captured.err
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    private, cert, _ = pkcs12.load_key_and_certificates(out.read_bytes(), password.encode())
+    assert cert is not None and private is not None
+    assert cert.public_bytes(serialization.Encoding.DER) == der
+    # an existing file is never overwritten
+    assert main(["secret", "show", "prod", "--out", str(out), "--yes"]) == 2
+    assert "exists" in capsys.readouterr().err
+    store = open_store(Path(env["VEEAM_SA_DB"]))
+    try:
+        rows = list(store.db.table("audit").rows_where("action = 'secret.show'"))
+        assert [r["outcome"] for r in rows] == ["declined", "written"]
+        assert password not in json.dumps(list(store.db.table("audit").rows))
+    finally:
+        store.close()
