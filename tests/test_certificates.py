@@ -18,13 +18,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from bot.cli import main
+from bot.slack import ids
 from storage.db import open_store
 from tests.fakes.microsoft import DEFAULT_SUBSCRIPTIONS, DEFAULT_TENANT_ID, MicrosoftDouble
 from tests.fakes.slack import SlackDouble
 from tests.fakes.tls import TestCA
 from tests.fakes.vbazure import DEFAULT_PASSWORD, DEFAULT_USERNAME, VBAzureDouble
-from tests.harness import Bot
+from tests.harness import ADMIN, Bot
 from tests.test_provision import sign_in
+from tests.test_renew import alert, approve_next, wait_renew
 
 SUB = DEFAULT_SUBSCRIPTIONS[0][0]
 
@@ -164,3 +166,51 @@ def test_without_an_appliance_the_operator_exports_the_pfx_once(
         assert password not in json.dumps(list(store.db.table("audit").rows))
     finally:
         store.close()
+
+
+def held_certificate(held: dict) -> bytes:
+    blob = base64.b64decode(held["applicationCertificateBase64"])
+    _, cert, _ = pkcs12.load_key_and_certificates(blob, held["certificatePassword"].encode())
+    assert cert is not None
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def test_renewal_rolls_the_certificate_with_overlap(
+    vbot: Bot, ms: MicrosoftDouble, vb: VBAzureDouble, slack: SlackDouble
+) -> None:
+    account = created(vbot)
+    app = ms.application(app_id=account["app_id"])
+    [old] = app.keys
+    first_password = next(iter(vb.accounts.values()))["certificatePassword"]
+    ts = alert(vbot, account)
+    vbot.click(ids.ACTION_RENEW, str(account["id"]), user=ADMIN, message_ts=ts)
+    approve_next(vbot, 2)
+    wait_renew(vbot, "done")
+
+    # the new certificate replaced the old one, and the appliance holds it
+    [new] = app.keys
+    assert new.key_id != old.key_id and new.der != old.der
+    [held] = vb.accounts.values()
+    assert held_certificate(held) == new.der
+    assert held["certificatePassword"] != first_password  # a new password per hand-off
+    assert ms.refused_proofs == []
+
+    # overlap: added (proof signed by the old one), proven, handed over, then the old removed
+    offset = time.time() - time.monotonic()
+    [add] = [r for r in ms.requests if r.path.endswith("/addKey")]
+    [remove] = [r for r in ms.requests if r.path.endswith("/removeKey")]
+    [update] = vb.events_for(r"updateByApp", "PUT")
+    proofs = [r for r in ms.requests if r.path.endswith("/token") and "client_assertion" in r.body]
+    assert add.status == 200 and remove.status == 204 and remove.body["keyId"] == old.key_id
+    assert add.time < proofs[-1].time < update.time + offset < remove.time
+    assert [c.key_id for c in ms.client_logins] == [old.key_id, new.key_id]
+    header = json.loads(base64.urlsafe_b64decode(add.body["proof"].split(".")[0] + "=="))
+    assert base64.urlsafe_b64decode(header["x5t"] + "=") == old.sha1
+
+    rows = list(vbot.db.table("secrets").rows_where("account_id = ?", [account["id"]]))
+    assert {(r["key_id"], r["state"]) for r in rows} == {
+        (old.key_id, "retired"),
+        (new.key_id, "active"),
+    }
+    text = json.dumps([c.args for c in slack.calls])
+    assert "PRIVATE KEY" not in text and held["certificatePassword"] not in text
