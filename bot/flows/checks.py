@@ -1,10 +1,10 @@
 """The create journey right after sign-in: prerequisites and the subscription choice.
 
-signed_in ──▶ checking ──▶ provisioning (bot.flows.provision)
-               │  ▲  │
-               │  │  └▶ choosing (Create pressed → signed_in → checking)
-               ▼  │
-             blocked (Recheck → checking)
+    signed_in ──▶ checking ──▶ provisioning (bot.flows.provision)
+                   │  ▲  │
+                   │  │  └▶ choosing (Create pressed → signed_in → checking)
+                   ▼  │
+                 blocked (Recheck → checking)
 """
 
 from __future__ import annotations
@@ -66,7 +66,9 @@ class Prerequisites:
         flow = queries.get_flow(self._db, flow_id)
         if flow is None:
             raise CommandError("That creation does not exist (any more).")
-        self.ctx.authz.require_requester_or_admin(user, flow["requester"], "recheck", flow["name"])
+        self.ctx.authz.require_requester_or_admin(
+            user, flow["requester"], "recheck", flow["name"]
+        )
         if flow["state"] != "blocked":
             return
         self.ctx.workers.submit(self.check, flow_id)

@@ -66,7 +66,9 @@ class Endings:
         flow = queries.get_flow(self._db, flow_id)
         if flow is None:
             raise CommandError("That flow does not exist (any more).")
-        self.ctx.authz.require_requester_or_admin(by, flow["requester"], "cancel", flow["name"])
+        self.ctx.authz.require_requester_or_admin(
+            by, flow["requester"], "cancel", flow["name"]
+        )
         if flow["state"] in RUNNING_STATES:
             return self._cancel_running(flow, by)
         if not queries.transition_flow(

@@ -195,9 +195,7 @@ def scan(
         posts: list[Callable[[], None]] = []
         if len(fresh) > DIGEST_AFTER:
             for page in blocks.digest_pages(fresh, DIGEST_SIZE):
-                posts.append(
-                    partial(_post_digest, store, notifier, channel, page, now, pacer, result)
-                )
+                posts.append(partial(_post_digest, store, notifier, channel, page, now, pacer, result))
         else:
             for item in fresh:
                 posts.append(partial(_post_single, store, notifier, item, now, pacer, result))
@@ -301,7 +299,9 @@ def _post_digest(
         return
     with store.db.atomic():
         for item in items:
-            queries.set_notice_ts(store.db, item.secret_id, item.threshold, ts, digest=True)
+            queries.set_notice_ts(
+                store.db, item.secret_id, item.threshold, ts, digest=True
+            )
     result.posted += 1
     result.digests += 1
 

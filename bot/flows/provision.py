@@ -357,9 +357,7 @@ class Provisioner:
             graph.delete_application(str(app["id"]))
         except Exception:  # noqa: BLE001 - report what may be left, never hide the first error
             log.warning("flow %s: could not look for application %s", flow["id"], unique_name)
-            return [], [
-                f"an application named `{flow['name']}` (unique name `{unique_name}`), if any"
-            ]
+            return [], [f"an application named `{flow['name']}` (unique name `{unique_name}`), if any"]
         queries.add_audit(
             self._db,
             actor=flow["requester"],

@@ -34,7 +34,6 @@ class _NeedsSignIn(Exception):
         self.error = error
         super().__init__(scope)
 
-
 class Redemption:
     def __init__(self, engine: SignInEngine) -> None:
         self.engine = engine
@@ -110,7 +109,9 @@ class Redemption:
             if tenant_name
             else f"`{blocks.escape(identity.tenant_id)}`"
         )
-        who = blocks.escape(f"{identity.name} ({identity.upn})" if identity.name else identity.upn)
+        who = blocks.escape(
+            f"{identity.name} ({identity.upn})" if identity.name else identity.upn
+        )
         self.engine.notifier.thread(
             flow["channel_id"],
             flow.get("parent_ts"),
@@ -212,9 +213,7 @@ class Redemption:
         )
         self.engine.record.render_parent(flow)
         self.engine.send_code(flow, device, again=resource)
-        self.engine.ctx.workers.call_later(
-            int(device.get("interval", 5)), self.engine.poll, flow_id
-        )
+        self.engine.ctx.workers.call_later(int(device.get("interval", 5)), self.engine.poll, flow_id)
 
     def tokens_and_tenant_name(self, session: Session, identity: Identity) -> str | None:
         """Every token the flow needs (silently, each resource side by side), and the tenant's

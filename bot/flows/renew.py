@@ -169,7 +169,10 @@ class Renewals:
     def abandon(self, flow: dict[str, Any], account: dict[str, Any], error: VeeamSAError) -> None:
         """End a renewal that cannot go on: a new secret it added but did not finish is
         removed again (when the sign-in session still allows), the old one stays."""
-        pending = [s for s in queries.pending_secrets(self._db, account["id"])]
+        pending = [
+            s
+            for s in queries.pending_secrets(self._db, account["id"])
+        ]
         session = self.signin.session(flow["id"])
         if pending and session is not None and account.get("app_object_id"):
             graph = self.ctx.graph(session)
@@ -320,6 +323,7 @@ class Renewals:
             end_date=end.date().isoformat(),
             hint=new["hint"],
             old_removed=not keep_old,
+            certificate=new.get("kind") == "certificate",
         )
         if flow.get("parent_ts") and not json.loads(flow.get("data") or "{}").get("alert_digest"):
             self.notifier.update(flow["channel_id"], flow["parent_ts"], payload)
@@ -330,8 +334,9 @@ class Renewals:
             flow["channel_id"],
             flow.get("parent_ts"),
             blocks.note(
-                f":white_check_mark: Renewed. The new secret `{new['hint']}…` is in Veeam and in "
-                "use; the old one is removed."
+                ":white_check_mark: Renewed. The new "
+                + ("certificate" if new.get("kind") == "certificate" else "secret")
+                + f" `{new['hint']}…` is in Veeam and in use; the old one is removed."
             ),
         )
 
@@ -359,6 +364,7 @@ class Renewals:
                 }
                 for s in old
             ],
+            certificate=new.get("kind") == "certificate",
         )
         try:
             ts = self.notifier.post(flow["channel_id"], payload, thread_ts=flow.get("parent_ts"))

@@ -186,7 +186,9 @@ class Retirements:
             outcome=":white_check_mark: Old secret removed.",
         )
 
-    def fail(self, flow: dict[str, Any], account: dict[str, Any], error: VeeamSAError) -> None:
+    def fail(
+        self, flow: dict[str, Any], account: dict[str, Any], error: VeeamSAError
+    ) -> None:
         reason = flow_failure(error)
         queries.transition_flow(
             self._db,

@@ -52,6 +52,8 @@ MAX_STALLED_POLLS = 5
 PURPOSES = {"create": "create", "renew": "renew", "retire": "remove the old secret of"}
 
 
+
+
 class SignInEngine:
     def __init__(
         self,

@@ -1,8 +1,8 @@
 """The states a flow row goes through, and how long each may stand still.
 
-starting ──▶ awaiting_sign_in ──▶ signed_in ──▶ (the kind's own steps) ──▶ done
-    │               │                 │
-    └───────────────┴─────────────────┴──▶ failed | cancelled | expired
+    starting ──▶ awaiting_sign_in ──▶ signed_in ──▶ (the kind's own steps) ──▶ done
+        │               │                 │
+        └───────────────┴─────────────────┴──▶ failed | cancelled | expired
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from bot.core.purposes import AZURE_ACCOUNT_PURPOSES, DEFAULT_PURPOSES
 log = logging.getLogger(__name__)
 
 
+
 class VBAzureClient(Transport):
     """Talks to one VBAzure appliance as ``username``; safe to share between threads."""
 
