@@ -214,3 +214,17 @@ def test_renewal_rolls_the_certificate_with_overlap(
     }
     text = json.dumps([c.args for c in slack.calls])
     assert "PRIVATE KEY" not in text and held["certificatePassword"] not in text
+
+
+def test_the_certificate_lifetime_is_capped_by_the_tenant_policy(
+    bot: Bot, ms: MicrosoftDouble
+) -> None:
+    ms.tenants[DEFAULT_TENANT_ID].key_max_days = 90
+    account = created(bot)
+    [key] = ms.application(app_id=account["app_id"]).keys
+    assert 89 * 86400 < key.end - key.start <= 90 * 86400
+    # refused at 365 days, then the cap the policy names is used, and the thread says so
+    note = bot.wait_thread("prod", "app management policy")
+    assert "certificates of at most 90 days" in note
+    refused = [r for r in ms.requests if r.method == "PATCH" and r.status == 400]
+    assert len(refused) == 1

@@ -36,6 +36,10 @@ KEY_BITS = 2048
 GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
 #: Longest lifetime Graph accepts for a proof token.
 PROOF_LIFETIME = timedelta(minutes=10)
+#: A certificate is valid from this long before it is made (clocks a little apart); its
+#: credential on the application counts from when it was made, so that a lifetime policy
+#: sees exactly the lifetime asked for.
+BACKDATE = timedelta(minutes=5)
 
 
 def b64url(data: bytes) -> str:
@@ -83,7 +87,9 @@ class Certificate:
             "usage": "Verify",
             "key": base64.b64encode(self.der).decode(),
             "displayName": display_name,
-            "startDateTime": cert.not_valid_before_utc.isoformat().replace("+00:00", "Z"),
+            "startDateTime": (cert.not_valid_before_utc + BACKDATE)
+            .isoformat()
+            .replace("+00:00", "Z"),
             "endDateTime": cert.not_valid_after_utc.isoformat().replace("+00:00", "Z"),
         }
 
@@ -154,7 +160,7 @@ def new_certificate(
     `now` (clocks a little apart) until `now + lifetime`."""
     key = key or new_key()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject[:64])])
-    start = now.astimezone(UTC) - timedelta(minutes=5)
+    start = now.astimezone(UTC).replace(microsecond=0) - BACKDATE
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -162,7 +168,7 @@ def new_certificate(
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
-        .not_valid_after(now.astimezone(UTC) + lifetime)
+        .not_valid_after(now.astimezone(UTC).replace(microsecond=0) + lifetime)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(

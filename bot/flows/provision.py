@@ -155,7 +155,11 @@ class Provisioner:
             )
         self.record.set_step(flow_id, "secret", "done")
         policy_note = (
-            secret_policy_note(stored["policy_limit"], config.secret_days)
+            secret_policy_note(
+                stored["policy_limit"],
+                config.secret_days,
+                "certificate" if stored.get("kind") == "certificate" else "client secret",
+            )
             if stored.get("policy_limit")
             else ""
         )

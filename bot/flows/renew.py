@@ -247,7 +247,11 @@ class Renewals:
                 flow.get("parent_ts"),
                 blocks.note(
                     ":hourglass: "
-                    + secret_policy_note(new["policy_limit"], self.ctx.config.secret_days)
+                    + secret_policy_note(
+                        new["policy_limit"],
+                        self.ctx.config.secret_days,
+                        "certificate" if new.get("kind") == "certificate" else "client secret",
+                    )
                 ),
             )
 
