@@ -26,7 +26,7 @@ from tests.fakes.tls import TestCA
 from tests.fakes.vbazure import DEFAULT_PASSWORD, DEFAULT_USERNAME, VBAzureDouble
 from tests.harness import ADMIN, Bot
 from tests.test_provision import sign_in
-from tests.test_renew import alert, approve_next, wait_renew
+from tests.test_renew import alert, approve_next, retire_offer, wait_renew, wait_retire
 
 SUB = DEFAULT_SUBSCRIPTIONS[0][0]
 
@@ -228,3 +228,65 @@ def test_the_certificate_lifetime_is_capped_by_the_tenant_policy(
     assert "certificates of at most 90 days" in note
     refused = [r for r in ms.requests if r.method == "PATCH" and r.status == 400]
     assert len(refused) == 1
+
+
+def test_a_certificate_that_never_works_is_rolled_back(bot: Bot, ms: MicrosoftDouble) -> None:
+    ms.new_secret_delay = 1000  # every client assertion refused
+    bot.services.provision.proof_budget = 1.5
+    sign_in(bot, f"create prod --subscription {SUB} --credential certificate")
+    flow = bot.wait_state("prod", "rolled_back", timeout=30)
+    text = bot.wait_thread("prod", "Rolled back")
+    assert "certificate could not obtain a token" in text and "AADSTS700027" in text
+    assert ms.applications == [] and len(ms.deleted_applications) == 1
+    assert len(ms.client_logins) == 0
+    account = bot.db.table("accounts").get(flow["account_id"])
+    assert account["state"] == "rolled_back"
+    states = {r["state"] for r in bot.db.table("secrets").rows}
+    assert states == {"retired"}
+    # nothing was assigned: the proof comes before the roles
+    assert not [r for r in ms.requests if r.method == "PUT" and "roleAssignments" in r.path]
+
+
+def test_a_failed_certificate_creation_after_the_roles_rolls_everything_back(
+    bot: Bot, ms: MicrosoftDouble
+) -> None:
+    ms.fault(
+        "arm",
+        "PUT",
+        r"/roleAssignments/",
+        403,
+        body={"error": {"code": "AuthorizationFailed", "message": "no"}},
+        times=10,
+    )
+    sign_in(bot, f"create prod --subscription {SUB} --credential certificate")
+    bot.wait_state("prod", "rolled_back", timeout=30)
+    assert ms.applications == []
+    [deleted] = ms.deleted_applications
+    assert len(deleted.keys) == 1  # the certificate went with its application
+
+
+def test_without_an_appliance_the_old_certificate_goes_once_veeam_has_the_new_one(
+    bot: Bot, ms: MicrosoftDouble, slack: SlackDouble
+) -> None:
+    account = created(bot)
+    app = ms.application(app_id=account["app_id"])
+    [old] = app.keys
+    ts = alert(bot, account)
+    assert "certificate of" in json.dumps(slack.calls_to("chat.postMessage")[-1].args)
+    bot.click(ids.ACTION_RENEW, str(account["id"]), user=ADMIN, message_ts=ts)
+    approve_next(bot, 2)
+    flow = wait_renew(bot, "done")
+    assert len(app.keys) == 2  # overlap: both live until Veeam has the new one
+    offer = retire_offer(bot, flow["channel_id"], flow["parent_ts"])
+    assert "secret show prod --out prod.pfx" in json.dumps(offer["blocks"])
+    [old_id] = [
+        e["value"] for b in offer["blocks"] if b["type"] == "actions" for e in b["elements"]
+    ]
+    bot.click(ids.ACTION_RETIRE_OLD_SECRET, old_id, user=ADMIN, message_ts=offer["ts"])
+    approve_next(bot, 3)
+    wait_retire(bot, "done")
+    [new] = app.keys
+    assert new.key_id != old.key_id and ms.refused_proofs == []
+    [remove] = [r for r in ms.requests if r.path.endswith("/removeKey")]
+    header = json.loads(base64.urlsafe_b64decode(remove.body["proof"].split(".")[0] + "=="))
+    assert base64.urlsafe_b64decode(header["x5t"] + "=") == new.sha1  # signed by the one kept

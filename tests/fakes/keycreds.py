@@ -50,6 +50,7 @@ class KeyCred:
     der: bytes
     start: float
     end: float
+    pending_rejections: int = 0  # new_secret_delay: client assertions still refused
 
     @property
     def cert(self) -> x509.Certificate:

@@ -1967,6 +1967,9 @@ class MicrosoftDouble:
             if key is None:
                 self.refused_assertions.append(str(assertion)[:12])
                 return self._aad_error(req, code, client_id=client_id)
+            if key.pending_rejections > 0:  # a new certificate takes a while to work
+                key.pending_rejections -= 1
+                return self._aad_error(req, 700027, client_id=client_id)
             return self._client_token(req, resolved, client_id, scopes, aud, key.key_id)
         if not secret:
             return self._aad_error(req, 7000215, client_id=client_id)
@@ -2670,6 +2673,7 @@ class MicrosoftDouble:
             refused = self._key_refusal(req, parsed)
             if refused is not None:
                 return refused
+            parsed.pending_rejections = self.new_secret_delay
             out.append(parsed)
         return out
 
