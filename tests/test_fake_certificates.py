@@ -5,6 +5,7 @@ against the uploaded certificate (rules and sources in tests/fakes/keycreds.py).
 from __future__ import annotations
 
 import base64
+import json
 from datetime import UTC, datetime, timedelta
 
 import msal
@@ -13,7 +14,9 @@ import pytest
 from bot.clients.signin import DiscoveryCache
 from bot.core.certs import new_certificate
 from tests.fakes.microsoft import DEFAULT_TENANT_ID, MicrosoftDouble
+from tests.fakes.vbazure import DEFAULT_PASSWORD, DEFAULT_USERNAME, VBAzureDouble
 from tests.test_fake_microsoft import bearer, create_app, create_sp
+from tests.test_fake_vbazure import body, check
 
 
 @pytest.fixture(autouse=True)
@@ -219,3 +222,57 @@ def test_key_credentials_are_checked_and_capped_by_the_policy(dbl, http):
     assert r.json()["error"]["code"] == "CredentialInvalidLifetimeAsPerAppPolicy"
     dbl.tenants[DEFAULT_TENANT_ID].key_max_days = 60
     assert patch(good).status_code == 204
+
+
+# --------------------------------------------------------------------------- the appliance
+
+
+def test_the_appliance_double_takes_a_certificate_only_as_a_pkcs12_its_password_opens(
+    ca,
+) -> None:
+    with VBAzureDouble(ca) as vb, ca.httpx_client(timeout=10) as client:
+        token = client.post(
+            f"{vb.url}/api/oauth2/token",
+            data={
+                "grant_type": "Password",
+                "username": DEFAULT_USERNAME,
+                "password": DEFAULT_PASSWORD,
+            },
+        ).json()["access_token"]
+        auth = {"Authorization": f"Bearer {token}"}
+        url = f"{vb.url}/api/v8.1/accounts/azure/service/saveByApp"
+        pfx = base64.b64encode(CERT.pkcs12("prod.pfx", "right-password")).decode()
+
+        def save(**login):
+            sent = body()
+            del sent["clientLoginParameters"]["clientSecret"]
+            sent["clientLoginParameters"].update(login)
+            return client.post(url, headers=auth, json=sent)
+
+        good = {
+            "applicationCertificate": pfx,
+            "certificatePassword": "right-password",
+            "applicationCertificateName": "prod.pfx",
+        }
+        for bad in (
+            {**good, "certificatePassword": "wrong-password"},
+            {**good, "applicationCertificate": base64.b64encode(b"junk").decode()},
+            {**good, "applicationCertificateName": None},
+            {**good, "clientSecret": "also-a-secret"},
+            {**good, "certificateThumbprint": "AB"},  # not a ClientLoginParameters field
+        ):
+            r = save(**bad)
+            assert r.status_code == 400, (bad.keys(), r.text)
+            check("problem-details", r.json())
+        assert vb.accounts == {}
+        r = save(**good)
+        assert r.status_code == 200, r.text
+        [held] = vb.accounts.values()
+        assert held["origin"] == "Imported Certificate"
+        assert held["certificate"] == CERT.cert_pem
+        listed = client.get(f"{vb.url}/api/v8.1/accounts/azure/service", headers=auth).json()
+        [account] = listed["results"]
+        check("azure-account", account)
+        assert account["accountOrigin"] == "Imported Certificate"
+        assert account["applicationCertificateName"] == "prod.pfx"
+        assert "certificatePassword" not in json.dumps(account)
