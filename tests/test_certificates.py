@@ -10,14 +10,17 @@ import json
 import stat
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
+from prometheus_client import CollectorRegistry
 
 from bot.cli import main
+from bot.flows.stats import DatabaseCollector
 from bot.slack import ids
 from storage.db import open_store
 from tests.fakes.microsoft import DEFAULT_SUBSCRIPTIONS, DEFAULT_TENANT_ID, MicrosoftDouble
@@ -290,3 +293,11 @@ def test_without_an_appliance_the_old_certificate_goes_once_veeam_has_the_new_on
     [remove] = [r for r in ms.requests if r.path.endswith("/removeKey")]
     header = json.loads(base64.urlsafe_b64decode(remove.body["proof"].split(".")[0] + "=="))
     assert base64.urlsafe_b64decode(header["x5t"] + "=") == new.sha1  # signed by the one kept
+
+
+def test_metrics_count_certificates_apart_from_secrets(bot: Bot) -> None:
+    created(bot)
+    registry = CollectorRegistry()
+    registry.register(DatabaseCollector(bot.store, lambda: datetime.now(UTC)))
+    assert registry.get_sample_value("veeam_sa_certificates", {"bucket": "gt_30"}) == 1
+    assert registry.get_sample_value("veeam_sa_secrets", {"bucket": "gt_30"}) == 0
