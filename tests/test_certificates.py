@@ -301,3 +301,11 @@ def test_metrics_count_certificates_apart_from_secrets(bot: Bot) -> None:
     registry.register(DatabaseCollector(bot.store, lambda: datetime.now(UTC)))
     assert registry.get_sample_value("veeam_sa_certificates", {"bucket": "gt_30"}) == 1
     assert registry.get_sample_value("veeam_sa_secrets", {"bucket": "gt_30"}) == 0
+
+
+def test_list_and_show_name_the_certificate(bot: Bot) -> None:
+    created(bot)
+    hint = next(bot.db.table("secrets").rows)["hint"]
+    shown = bot.command("list")
+    assert f"certificate `{hint}" in shown
+    assert f"Certificate (thumbprint) `{hint}" in bot.command("show prod")
