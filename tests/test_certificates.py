@@ -309,3 +309,19 @@ def test_list_and_show_name_the_certificate(bot: Bot) -> None:
     shown = bot.command("list")
     assert f"certificate `{hint}" in shown
     assert f"Certificate (thumbprint) `{hint}" in bot.command("show prod")
+
+
+def test_appliance_down_during_create_then_sync_hands_the_certificate(
+    vbot: Bot, ms: MicrosoftDouble, vb: VBAzureDouble, slack: SlackDouble
+) -> None:
+    vb.fault("POST", r"saveByApp", 503, times=10)
+    account = created(vbot)
+    assert account["handoff"] == "failed" and vb.accounts == {}
+    vb.faults.clear()
+    mark = slack.mark()
+    assert "Handing `prod`" in vbot.command("sync prod")
+    reply = slack.wait_for("response_url", after=mark, timeout=10)
+    assert "registered with the Veeam appliance" in json.dumps(reply.args)
+    [held] = vb.accounts.values()
+    [key] = ms.application(app_id=account["app_id"]).keys
+    assert held_certificate(held) == key.der
