@@ -133,8 +133,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("rotate-key", help="re-encrypt stored secrets and device codes under a new key")
     secret = sub.add_parser("secret", help="host-only access to stored secrets")
     secret_sub = secret.add_subparsers(dest="secret_command", required=True)
-    show = secret_sub.add_parser("show", help="print an account's current client secret (audited)")
+    show = secret_sub.add_parser(
+        "show",
+        help="print an account's current client secret, or write its certificate (audited)",
+    )
     show.add_argument("name")
+    show.add_argument(
+        "--out",
+        metavar="PATH",
+        help="certificate accounts: write the PKCS#12 (.pfx) here (mode 0600) and print its password",
+    )
     show.add_argument("--yes", action="store_true", help="skip the confirmation prompt")
     args = parser.parse_args(argv)
     if args.command in (None, "run"):
@@ -154,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "rotate-key":
         return ops.rotate_key()
     if args.command == "secret":
-        return ops.secret_show(args.name, args.yes)
+        return ops.secret_show(args.name, args.yes, out=args.out)
     parser.error(f"unknown command {args.command}")
     return EXIT_CONFIG
 

@@ -7,7 +7,7 @@ from sqlite_utils import Database, Migrations
 migrations = Migrations("veeam-sa")
 
 #: Name of the newest migration: `doctor` reports a database short of it as out of date.
-LATEST = "m006_retiring_secret"
+LATEST = "m007_certificates"
 
 
 @migrations()
@@ -156,3 +156,12 @@ def m006_retiring_secret(db: Database) -> None:
     secrets.add_column("retire_channel_id", str)
     secrets.add_column("retire_thread_ts", str)
     secrets.add_column("retire_ts", str)
+
+
+@migrations()
+def m007_certificates(db: Database) -> None:
+    # An account signs in with a client secret or a certificate. A certificate row keeps
+    # Graph's keyCredential id in `key_id`, the start of its thumbprint in `hint`, and the
+    # private key with its certificate, encrypted, in `ciphertext`.
+    db.table("secrets").add_column("kind", str, not_null_default="password")
+    db.table("accounts").add_column("credential", str, not_null_default="secret")

@@ -137,3 +137,11 @@ def test_dotenv_is_read_and_environment_wins(tmp_path: Path) -> None:
     assert config.slack_bot_token == "xoxb-from-file"
     assert config.admins == ("U0FILE",)
     assert config.port == 5000
+
+
+def test_the_default_credential_is_a_secret_or_a_certificate() -> None:
+    assert load().credential == "secret"
+    assert load(VEEAM_SA_CREDENTIAL="Certificate").credential == "certificate"
+    with pytest.raises(ConfigError) as info:
+        load(VEEAM_SA_CREDENTIAL="password")
+    assert "VEEAM_SA_CREDENTIAL" in str(info.value)

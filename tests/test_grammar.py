@@ -32,6 +32,11 @@ SUB2 = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
             Command("create", name="prod", description="nightly DR copies"),
         ),
         ("create --description 'x y' prod", Command("create", name="prod", description="x y")),
+        (
+            "create prod --credential Certificate",
+            Command("create", name="prod", credential="certificate"),
+        ),
+        ("create prod --credential=secret", Command("create", name="prod", credential="secret")),
     ],
 )
 def test_valid_commands(text: str, expected: Command) -> None:
@@ -57,6 +62,9 @@ def test_valid_commands(text: str, expected: Command) -> None:
         ("list all", "takes no arguments"),
         ("x" * 4001, "limit is 4000"),
         ("create pr\u00f6d", "not a valid name"),
+        ("create prod --credential password", "`secret` or `certificate`"),
+        ("create prod --credential", "needs a value"),
+        ("create prod --credential secret --credential certificate", "given twice"),
     ],
 )
 def test_bad_commands_say_why(text: str, fragment: str) -> None:

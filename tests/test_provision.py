@@ -350,6 +350,7 @@ def test_application_is_created_beside_the_graph_check(bot: Bot, ms: MicrosoftDo
     assert rv.met, rv.waited
     assert_provisioned(bot, ms, "beside", [SUB1])
     # the thread still tells the checks' answer, before the account is ready
+    bot.wait_thread("beside", "is ready")
     texts = [m.get("text", "") for m in bot.slack.thread(flow["channel_id"], flow["parent_ts"])]
     prereq = next(i for i, t in enumerate(texts) if t.startswith("Prerequisites"))
     ready = next(i for i, t in enumerate(texts) if "is ready" in t)

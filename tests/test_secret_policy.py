@@ -92,5 +92,11 @@ def test_policy_forbidding_secrets_leaves_nothing_behind(bot: Bot, ms: Microsoft
     assert ms.role_assignments == [] or all(
         ra.principal_type != "ServicePrincipal" for ra in ms.role_assignments
     )
+    # the certificate path is offered, and works in this tenant
+    assert "--credential certificate" in text
+    sign_in(bot, f"create nosecret --subscription {SUB} --credential certificate")
+    assert bot.wait_state("nosecret", "done", timeout=30)["state"] == "done"
+    [app] = ms.applications
+    assert app.passwords == [] and len(app.keys) == 1
     # the name is free again
     assert "Starting" in bot.command(f"create nosecret-2 --subscription {SUB}")

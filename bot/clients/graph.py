@@ -235,6 +235,65 @@ class GraphClient(MicrosoftApi):
         app = self._retry_visible(lambda: self.get_application(object_id))
         return [str(p.get("keyId")) for p in app.get("passwordCredentials") or []]
 
+    # -- certificates (keyCredentials) ----------------------------------------------------
+
+    def key_max_lifetime(self, policy: str | None = None) -> timedelta | None:
+        """The longest certificate an app management policy allows (`keyCredentials`
+        restriction `asymmetricKeyLifetime`); None when there is no cap or it cannot be read."""
+        if policy and policy != DEFAULT_APP_POLICY_ID:
+            path, key = f"/v1.0/policies/appManagementPolicies/{policy}", "restrictions"
+        else:
+            path, key = "/v1.0/policies/defaultAppManagementPolicy", "applicationRestrictions"
+        try:
+            found = self.get_json(path)
+        except MicrosoftError as exc:
+            if exc.status in (400, 401, 403, 404):
+                return None
+            raise
+        if not isinstance(found, dict) or found.get("isEnabled") is False:
+            return None
+        for item in (found.get(key) or {}).get("keyCredentials") or []:
+            if (
+                isinstance(item, dict)
+                and item.get("restrictionType") == "asymmetricKeyLifetime"
+                and item.get("state", "enabled") == "enabled"
+            ):
+                return iso_duration(item.get("maxLifetime"))
+        return None
+
+    def set_first_key(self, object_id: str, credential: dict[str, Any]) -> None:
+        """Put the application's first certificate on it: `PATCH keyCredentials` replaces the
+        whole collection (so a certificate a crash left behind unknown goes too). `addKey`
+        cannot do this: it needs a proof signed by a certificate the application already has."""
+        self._retry_visible(
+            lambda: self.request(
+                "PATCH", f"/v1.0/applications/{object_id}", json={"keyCredentials": [credential]}
+            )
+        )
+
+    def add_key(self, object_id: str, credential: dict[str, Any], proof: str) -> dict[str, Any]:
+        """Add a certificate beside the current ones; `proof` is signed by a current one."""
+        body = {"keyCredential": credential, "passwordCredential": None, "proof": proof}
+        return dict(
+            self.request("POST", f"/v1.0/applications/{object_id}/addKey", json=body).json()
+        )
+
+    def remove_key(self, object_id: str, key_id: str, proof: str) -> None:
+        try:
+            self.request(
+                "POST",
+                f"/v1.0/applications/{object_id}/removeKey",
+                json={"keyId": key_id, "proof": proof},
+            )
+        except MicrosoftError as exc:
+            if exc.status == 404 or "No key credential" in str(exc):
+                return
+            raise
+
+    def key_credentials(self, object_id: str) -> list[dict[str, Any]]:
+        app = self._retry_visible(lambda: self.get_application(object_id))
+        return [dict(k) for k in app.get("keyCredentials") or []]
+
     # -- replication -------------------------------------------------------------------------
 
     def _retry_visible(

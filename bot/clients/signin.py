@@ -189,6 +189,13 @@ class DiscoveryCache:
         return response
 
     def post(self, url: str, **kwargs: Any) -> Any:
+        data = kwargs.get("data")
+        if isinstance(data, dict) and any(isinstance(v, bytes) for v in data.values()):
+            # MSAL hands a signed client assertion over as bytes; httpx would send the
+            # text "b'eyJ…'" for it, which Entra refuses (AADSTS50027). Send the JWT itself.
+            kwargs["data"] = {
+                k: v.decode("ascii") if isinstance(v, bytes) else v for k, v in data.items()
+            }
         return self._http.post(url, **kwargs)
 
     def close(self) -> None:  # MSAL may close its client; the shared one is not its to close
@@ -361,6 +368,54 @@ class DeviceSignIn:
                     else str(body.get("error", response.status_code))
                 )
             except (httpx.HTTPError, ValueError) as exc:
+                last = type(exc).__name__
+            if time.monotonic() + delay > deadline:
+                return last
+            sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    def prove_certificate(
+        self,
+        tenant_id: str,
+        client_id: str,
+        private_key_pem: str,
+        thumbprint: str,
+        budget: float,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> str | None:
+        """The client-credentials grant with a signed client assertion (MSAL's
+        `ConfidentialClientApplication`, RS256 with the certificate's SHA-1 thumbprint as
+        `x5t`), retried while a new certificate propagates. None when a token came back, else
+        what the last attempt answered. A fresh application each time: nothing is cached."""
+        config = self._config
+        deadline = time.monotonic() + budget
+        delay = 1.0
+        last = "no answer"
+        while True:
+            try:
+                app = msal.ConfidentialClientApplication(
+                    client_id,
+                    client_credential={"private_key": private_key_pem, "thumbprint": thumbprint},
+                    authority=f"{config.authority_host}/{tenant_id}",
+                    instance_discovery=config.authority_host.endswith(
+                        (
+                            "login.microsoftonline.com",
+                            "login.microsoftonline.us",
+                            "login.chinacloudapi.cn",
+                        )
+                    ),
+                    http_client=self._msal_http,
+                )
+                result = app.acquire_token_for_client(scopes=[config.arm_scope])
+                if "access_token" in result:
+                    return None
+                codes = result.get("error_codes") or []
+                last = (
+                    f"{result.get('error')} (AADSTS{codes[0]})"
+                    if codes
+                    else str(result.get("error") or "no token")
+                )
+            except (httpx.HTTPError, ValueError, msal.exceptions.MsalError) as exc:
                 last = type(exc).__name__
             if time.monotonic() + delay > deadline:
                 return last

@@ -48,6 +48,8 @@ BUILTIN_ROLES: dict[str, str] = {
     "Storage Queue Data Contributor": "974c5e8b-45b9-4653-ba55-5f855dd0fb88",
 }
 DEFAULT_ROLES = ("Contributor", "Key Vault Crypto User", "Storage Queue Data Contributor")
+#: What a service account can sign in with (`VEEAM_SA_CREDENTIAL`, `create --credential`).
+CREDENTIALS = ("secret", "certificate")
 
 GUID_RE = re.compile(
     r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
@@ -103,6 +105,8 @@ class Config:
     require_email_match: bool = False
     veeam_api_version: str = "v8.1"
     veeam_purposes: tuple[str, ...] = ()
+    #: What a new account signs in with unless `create --credential` says otherwise.
+    credential: str = "secret"
 
     @property
     def socket_mode(self) -> bool:
@@ -326,6 +330,12 @@ def load_config(
 
     roles = _roles(get("VEEAM_SA_ROLES") or ",".join(DEFAULT_ROLES))
     secret_days = _int("VEEAM_SA_SECRET_DAYS", get("VEEAM_SA_SECRET_DAYS") or "365", 1, 730)
+    credential = (get("VEEAM_SA_CREDENTIAL") or "secret").strip().lower()
+    if credential not in CREDENTIALS:
+        raise ConfigError(
+            "VEEAM_SA_CREDENTIAL",
+            f"must be 'secret' or 'certificate' (got {credential!r})",
+        )
 
     warn_raw = get("VEEAM_SA_WARN_DAYS") or "30,14,7,1"
     warn: list[int] = []
@@ -416,4 +426,5 @@ def load_config(
         require_email_match=_bool(
             "VEEAM_SA_REQUIRE_EMAIL_MATCH", get("VEEAM_SA_REQUIRE_EMAIL_MATCH") or "false"
         ),
+        credential=credential,
     )

@@ -13,15 +13,18 @@ before — and never an empty list. `VEEAM_PURPOSES` is only for accounts the bo
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import re
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from bot.clients.vbazure import AZURE_ENVIRONMENTS, ORIGIN_CERTIFICATE
+from bot.clients.vbazure import AZURE_ENVIRONMENTS, ORIGIN_CERTIFICATE, CertificateUpload
+from bot.core.certs import Certificate, new_password
 from bot.core.clock import parse_time
 from bot.core.errors import ApplianceError
+from bot.core.logs import register_secret_value as register
 from bot.slack import blocks
 from bot.slack.messages import appliance_text
 from storage import queries
@@ -35,8 +38,37 @@ log = logging.getLogger(__name__)
 HEALTHY = frozenset({"Valid"})
 
 
-def hand_off(services: Context, account: dict[str, Any], secret_text: str, actor: str) -> str:
-    """Register the account with the appliance (or update it); returns the appliance id.
+def certificate_upload(account: dict[str, Any], cert: Certificate) -> CertificateUpload:
+    """The certificate as the appliance takes it: a PKCS#12 file under a password made for
+    this one hand-off (never stored, masked in logs)."""
+    password = register(new_password())
+    name = f"{account['name']}-{cert.hint}.pfx"
+    return CertificateUpload(
+        pkcs12_b64=base64.b64encode(cert.pkcs12(name, password)).decode(),
+        password=password,
+        name=name,
+    )
+
+
+def hand_off_stored(
+    services: Context, account: dict[str, Any], row: dict[str, Any], actor: str
+) -> str:
+    """`hand_off` of a stored credential row: a client secret, or a certificate."""
+    plain = services.cipher.decrypt(row["ciphertext"])
+    if row.get("kind") == "certificate":
+        return hand_off(services, account, None, actor, certificate=Certificate.load(plain))
+    return hand_off(services, account, plain, actor)
+
+
+def hand_off(
+    services: Context,
+    account: dict[str, Any],
+    secret_text: str | None,
+    actor: str,
+    certificate: Certificate | None = None,
+) -> str:
+    """Register the account with the appliance (or update it) with its client secret or its
+    certificate; returns the appliance id.
     Raises `ApplianceError`; records the outcome on the account either way."""
     appliance = services.appliance
     assert appliance is not None
@@ -49,6 +81,7 @@ def hand_off(services: Context, account: dict[str, Any], secret_text: str, actor
         "application_id": account["app_id"],
         "tenant_id": account["tenant_id"],
         "client_secret": secret_text,
+        "certificate": certificate_upload(account, certificate) if certificate else None,
         "subscriptions": recorded,
         "purposes": list(config.veeam_purposes),
         "environment": AZURE_ENVIRONMENTS.get(config.cloud, "Global"),
@@ -93,6 +126,7 @@ def hand_off(services: Context, account: dict[str, Any], secret_text: str, actor
             detail={
                 "appliance_id": appliance_id,
                 "update": bool(account.get("appliance_id")),
+                "credential": "certificate" if certificate else "secret",
                 "subscriptions": len(kwargs["subscriptions"]),
                 "purposes": list(kwargs["purposes"]),
             },
@@ -263,9 +297,7 @@ def sync(services: Context, name: str, user: str) -> dict[str, Any]:
             with_help_hint=False,
         )
     try:
-        appliance_id = hand_off(
-            services, account, services.cipher.decrypt(secrets[-1]["ciphertext"]), user
-        )
+        appliance_id = hand_off_stored(services, account, secrets[-1], user)
     except ApplianceError as exc:
         return blocks.error_message(
             f"`{name}` was not handed to Veeam: {appliance_text(exc)}.", with_help_hint=False

@@ -51,6 +51,7 @@ class CreateFlow:
                 data={
                     "subscriptions": list(command.subscriptions),
                     "description": command.description,
+                    "credential": command.credential or self.ctx.config.credential,
                     "steps": {"sign_in": "running"},
                 },
                 detail={"subscriptions": list(command.subscriptions)},

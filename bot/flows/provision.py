@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -35,12 +36,15 @@ from bot.core.errors import (
     error_label,
 )
 from bot.core.fanout import both, parallel
-from bot.flows.appliance import hand_off
+from bot.flows.appliance import hand_off_stored
 from bot.flows.context import Context
 from bot.flows.record import Record
 from bot.flows.secrets import (
+    PROOF_BUDGET_S,
+    add_certificate,
     add_secret,
     crash_point,
+    prove_certificate,
 )
 from bot.flows.signin import SignInEngine
 from bot.slack import blocks
@@ -56,6 +60,8 @@ class Provisioner:
         self.record = record
         self.signin = signin
         self.notifier = ctx.notifier
+        self.proof_budget = PROOF_BUDGET_S
+        self._sleep: Callable[[float], None] = time.sleep
 
     @property
     def _db(self) -> Any:
@@ -174,6 +180,7 @@ class Provisioner:
                         "channel_id": flow["channel_id"],
                         "alert_channel_id": config.alert_channel or flow["channel_id"],
                         "state": "provisioning",
+                        "credential": data.get("credential") or "secret",
                     },
                 )
                 queries.update_flow(self._db, flow_id, account_id=account_id)
@@ -213,9 +220,23 @@ class Provisioner:
 
         sp_id, stored = both(principal, secret)
         self.record.set_step(flow_id, "principal", "done")
+        if stored.get("kind") == "certificate":
+            # proven before anything depends on it: a token with a signed client assertion
+            self.signin.stop_if_cancelled(flow_id)
+            prove_certificate(
+                self.ctx,
+                {"tenant_id": identity.get("tenant_id"), "app_id": app["appId"]},
+                stored,
+                self.proof_budget,
+                self._sleep,
+            )
         self.record.set_step(flow_id, "secret", "done")
         policy_note = (
-            secret_policy_note(stored["policy_limit"], config.secret_days)
+            secret_policy_note(
+                stored["policy_limit"],
+                config.secret_days,
+                "certificate" if stored.get("kind") == "certificate" else "client secret",
+            )
             if stored.get("policy_limit")
             else ""
         )
@@ -250,7 +271,13 @@ class Provisioner:
 
         # 5. hand the secret to the VBAzure appliance (when one is configured)
         self.signin.stop_if_cancelled(flow_id)
+        certificate = stored.get("kind") == "certificate"
         where = "kept encrypted in the bot's database; never shown in Slack"
+        if certificate and self.ctx.appliance is None:
+            where = (
+                "its private key is kept encrypted in the bot's database; an operator exports it "
+                f"for Veeam with `veeam-sa-bot secret show {flow['name']} --out FILE.pfx`"
+            )
         if self.ctx.appliance is not None:
             where = self._hand_off(flow, account_id, stored) or where
         with self._db.atomic():
@@ -283,7 +310,8 @@ class Provisioner:
             ),
             "*Roles:*\n"
             + "\n".join(f"• `{sub}`: {', '.join(names)}" for sub, names in roles.items()),
-            f"*Client secret:* `{stored['hint']}…` expires "
+            ("*Certificate:* thumbprint " if certificate else "*Client secret:* ")
+            + f"`{stored['hint']}…` expires "
             + blocks.slack_date(end.timestamp(), end.date().isoformat())
             + f" — {where}."
             + (f" {policy_note}" if policy_note else ""),
@@ -300,12 +328,7 @@ class Provisioner:
         account = queries.get_account_by_id(self._db, account_id)
         assert account is not None
         try:
-            appliance_id = hand_off(
-                self.ctx,
-                account,
-                self.ctx.cipher.decrypt(stored["ciphertext"]),
-                flow["requester"],
-            )
+            appliance_id = hand_off_stored(self.ctx, account, stored, flow["requester"])
         except ApplianceError as exc:
             self.record.set_step(flow["id"], "handoff", "failed")
             self.record.say(
@@ -329,6 +352,11 @@ class Provisioner:
         existing = queries.active_secrets(self._db, account_id)
         if existing:
             return existing[-1]
+        if self.record.data(flow).get("credential") == "certificate":
+            # PATCH keyCredentials replaces them all: one a crash left unknown goes too
+            return add_certificate(
+                self.ctx, graph, object_id, flow, account_id, "active", "after_add_key"
+            )
         if resumed:  # a password Graph issued before a crash, but never stored, is unknowable
             for key_id in graph.password_key_ids(object_id):
                 graph.remove_password(object_id, key_id)

@@ -44,6 +44,7 @@ from slack_sdk.errors import SlackApiError
 
 from bot.clients.graph import GraphClient
 from bot.clients.signin import Identity, Session
+from bot.core.certs import Certificate
 from bot.core.clock import parse_time
 from bot.core.errors import (
     Cancelled,
@@ -53,16 +54,19 @@ from bot.core.errors import (
     as_flow_error,
     error_label,
 )
-from bot.flows.appliance import hand_off
+from bot.flows.appliance import hand_off_stored
 from bot.flows.context import Context
 from bot.flows.record import Record
 from bot.flows.secrets import (
     SecretProofFailed,
+    add_certificate,
     add_secret,
     check_tenant,
     crash_point,
     object_id_of,
     old_key_ids,
+    prove_certificate,
+    stored_certificate,
 )
 from bot.flows.signin import SignInEngine
 from bot.slack import blocks
@@ -193,8 +197,32 @@ class Renewals:
         pending = queries.pending_secrets(self._db, account["id"])
 
         self.signin.stop_if_cancelled(flow["id"])
+        certificate = any(s.get("kind") == "certificate" for s in old) or (
+            account.get("credential") == "certificate"
+        )
+        signer = self._signer(old) if certificate else None
         if pending:  # resumed after a crash: the new secret exists and is stored
             new = pending[-1]
+        elif signer is not None:
+            # 0. a certificate added before a crash but never stored is unknowable
+            for key in graph.key_credentials(object_id):
+                key_id = str(key.get("keyId"))
+                if key_id not in known:
+                    graph.remove_key(
+                        object_id, key_id, signer.proof_token(object_id, self.ctx.clock())
+                    )
+            # 1. add the new certificate beside the current one (addKey proves possession
+            # of the current one); store it encrypted before anything else
+            new = add_certificate(
+                self.ctx,
+                graph,
+                object_id,
+                flow,
+                account["id"],
+                "pending",
+                "renew_after_add_key",
+                current=signer,
+            )
         else:
             # 0. a password Graph issued before a crash but the bot never stored is unknowable
             # (an imported account's passwords are all unknown to the bot: leave them be)
@@ -219,7 +247,11 @@ class Renewals:
                 flow.get("parent_ts"),
                 blocks.note(
                     ":hourglass: "
-                    + secret_policy_note(new["policy_limit"], self.ctx.config.secret_days)
+                    + secret_policy_note(
+                        new["policy_limit"],
+                        self.ctx.config.secret_days,
+                        "certificate" if new.get("kind") == "certificate" else "client secret",
+                    )
                 ),
             )
 
@@ -227,29 +259,35 @@ class Renewals:
         # 3. prove it can obtain a token before the old one goes
         try:
             self.signin.stop_if_cancelled(flow["id"])
-            self._prove(account, self.ctx.cipher.decrypt(new["ciphertext"]))
+            if new.get("kind") == "certificate":
+                prove_certificate(self.ctx, account, new, self.proof_budget, self._sleep)
+            else:
+                self._prove(account, self.ctx.cipher.decrypt(new["ciphertext"]))
             self.signin.stop_if_cancelled(flow["id"])
         except Exception:
-            self._discard(graph, object_id, new, account)
+            self._discard(graph, object_id, new, account, signer)
             raise
 
         # 3b. hand the new secret to the appliance before the old one goes
         if self.ctx.appliance is not None:
             try:
-                hand_off(
-                    self.ctx,
-                    account,
-                    self.ctx.cipher.decrypt(new["ciphertext"]),
-                    flow["requester"],
-                )
+                hand_off_stored(self.ctx, account, new, flow["requester"])
             except Exception:
-                self._discard(graph, object_id, new, account)
+                self._discard(graph, object_id, new, account, signer)
                 raise
 
         # 4. retire the old secret(s): at once when the appliance holds the new one; else
         # they stay live until someone confirms that Veeam has it.
         keep_old = self.ctx.appliance is None and bool(old)
-        if not keep_old:
+        if not keep_old and new.get("kind") == "certificate":
+            # the proof is signed by the new certificate, which stays
+            newest = stored_certificate(self.ctx, new)
+            for s in old:
+                if s.get("kind") == "certificate":
+                    graph.remove_key(
+                        object_id, s["key_id"], newest.proof_token(object_id, self.ctx.clock())
+                    )
+        elif not keep_old:
             for key_id in old_key_ids(graph, object_id, old, new):
                 graph.remove_password(object_id, key_id)
         with self._db.atomic():
@@ -289,6 +327,7 @@ class Renewals:
             end_date=end.date().isoformat(),
             hint=new["hint"],
             old_removed=not keep_old,
+            certificate=new.get("kind") == "certificate",
         )
         if flow.get("parent_ts") and not json.loads(flow.get("data") or "{}").get("alert_digest"):
             self.notifier.update(flow["channel_id"], flow["parent_ts"], payload)
@@ -299,8 +338,9 @@ class Renewals:
             flow["channel_id"],
             flow.get("parent_ts"),
             blocks.note(
-                f":white_check_mark: Renewed. The new secret `{new['hint']}…` is in Veeam and in "
-                "use; the old one is removed."
+                ":white_check_mark: Renewed. The new "
+                + ("certificate" if new.get("kind") == "certificate" else "secret")
+                + f" `{new['hint']}…` is in Veeam and in use; the old one is removed."
             ),
         )
 
@@ -328,6 +368,7 @@ class Renewals:
                 }
                 for s in old
             ],
+            certificate=new.get("kind") == "certificate",
         )
         try:
             ts = self.notifier.post(flow["channel_id"], payload, thread_ts=flow.get("parent_ts"))
@@ -340,11 +381,33 @@ class Renewals:
             return
         queries.set_retire_message(self._db, [s["id"] for s in old], ts)
 
+    def _signer(self, old: list[dict[str, Any]]) -> Certificate:
+        """The current certificate: it signs the proofs `addKey` and `removeKey` need."""
+        held = [s for s in old if s.get("kind") == "certificate" and s.get("ciphertext")]
+        if not held:
+            raise SecretProofFailed(
+                "the bot holds no current certificate of this account to prove possession "
+                "with; add a certificate in the Entra admin center, or create the account again"
+            )
+        return stored_certificate(self.ctx, held[-1])
+
     def _discard(
-        self, graph: GraphClient, object_id: str, new: dict[str, Any], account: dict[str, Any]
+        self,
+        graph: GraphClient,
+        object_id: str,
+        new: dict[str, Any],
+        account: dict[str, Any],
+        signer: Certificate | None = None,
     ) -> None:
         try:
-            graph.remove_password(object_id, new["key_id"])
+            if new.get("kind") == "certificate":
+                if signer is None:
+                    signer = stored_certificate(self.ctx, new)
+                graph.remove_key(
+                    object_id, new["key_id"], signer.proof_token(object_id, self.ctx.clock())
+                )
+            else:
+                graph.remove_password(object_id, new["key_id"])
         except MicrosoftError:
             log.warning("could not remove the unused new secret of %s", account["name"])
         queries.set_secret_state(self._db, [new["id"]], "retired")

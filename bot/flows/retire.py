@@ -28,6 +28,7 @@ from bot.flows.secrets import (
     check_tenant,
     object_id_of,
     old_key_ids,
+    stored_certificate,
 )
 from bot.flows.signin import SignInEngine
 from bot.slack import blocks
@@ -141,9 +142,19 @@ class Retirements:
         object_id = object_id_of(self._db, graph, account)
         keep = current[-1] if current else {"key_id": ""}
         self.signin.stop_if_cancelled(flow["id"])
-        for key_id in old_key_ids(graph, object_id, old, keep):
+        certificates = [s for s in old if s.get("kind") == "certificate"]
+        passwords = [s for s in old if s.get("kind") != "certificate"]
+        for key_id in old_key_ids(graph, object_id, passwords, keep):
             if key_id not in {s["key_id"] for s in current}:
                 graph.remove_password(object_id, key_id)
+        if certificates:
+            # removeKey needs a proof signed by a certificate that stays: the current one
+            signer = stored_certificate(self.ctx, current[-1])
+            for s in certificates:
+                if s["key_id"] not in {c["key_id"] for c in current}:
+                    graph.remove_key(
+                        object_id, s["key_id"], signer.proof_token(object_id, self.ctx.clock())
+                    )
         with self._db.atomic():
             queries.set_secret_state(self._db, [s["id"] for s in old], "retired")
             queries.add_audit(

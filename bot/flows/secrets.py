@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import os
 import signal
+import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from bot.clients.graph import GraphClient
 from bot.clients.signin import Identity
+from bot.core.certs import Certificate, new_certificate, new_key
 from bot.core.clock import iso_utc, parse_time
 from bot.core.errors import POLICY_LIFETIME, MicrosoftError, SignInError, VeeamSAError, policy_id
 from bot.core.logs import register_secret_value as register
@@ -135,6 +138,148 @@ def add_secret(
     return row
 
 
+def _within_policy(
+    put: Callable[[timedelta], dict[str, Any]],
+    cap_of: Callable[[str | None], timedelta | None],
+    wanted: timedelta,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """`put(wanted)`, or — when the tenant's app management policy refuses that lifetime —
+    `put` with the longest the policy allows (see `add_password_within_policy`)."""
+    try:
+        return put(wanted), None
+    except MicrosoftError as exc:
+        if exc.code != POLICY_LIFETIME:
+            raise
+        refused = exc
+    policy = policy_id(refused)
+    cap = cap_of(policy)
+    tries: list[timedelta] = []
+    if cap is not None and cap < wanted:
+        tries.append(cap - POLICY_MARGIN if cap > 2 * POLICY_MARGIN else cap)
+    ceiling = min(wanted, cap) if cap is not None else wanted
+    tries += [timedelta(days=d) for d in STEP_DOWN_DAYS if timedelta(days=d) < ceiling]
+    for lifetime in tries:
+        try:
+            created = put(lifetime)
+        except MicrosoftError as exc:
+            if exc.code != POLICY_LIFETIME:
+                raise
+            continue
+        return created, {
+            "policy": policy,
+            "days": max(1, round(lifetime.total_seconds() / 86400)),
+            "read": cap is not None,
+        }
+    raise refused
+
+
+def stored_certificate(services: Context, row: dict[str, Any]) -> Certificate:
+    """The certificate (and private key) a stored row holds."""
+    return Certificate.load(services.cipher.decrypt(row["ciphertext"]))
+
+
+def add_certificate(
+    services: Context,
+    graph: GraphClient,
+    object_id: str,
+    flow: dict[str, Any],
+    account_id: int,
+    state: str,
+    crash_step: str,
+    current: Certificate | None = None,
+) -> dict[str, Any]:
+    """A new key pair and self-signed certificate, put on the application and stored (the
+    private key encrypted) at once; the row looks like a secret's (`kind` `certificate`,
+    `hint` the start of the thumbprint).
+
+    The first certificate of an application is set with `PATCH keyCredentials`, which
+    replaces the whole collection — so one a crash left unknown goes with it. A renewal
+    adds one beside `current` with `addKey`, proving possession of `current`. The lifetime
+    is `VEEAM_SA_SECRET_DAYS`, or the longest the tenant's policy allows for certificates.
+    """
+    now = services.clock()
+    key = new_key()
+    subject = f"veeam-sa {flow['name']}"
+    label = f"veeam-sa {now.date().isoformat()}"
+    made: dict[str, Certificate] = {}
+
+    def put(lifetime: timedelta) -> dict[str, Any]:
+        cert = new_certificate(subject, now, lifetime, key)
+        credential = {**cert.key_credential(label), "keyId": str(uuid.uuid4())}
+        if current is None:
+            graph.set_first_key(object_id, credential)
+            answer: dict[str, Any] = {"keyId": credential["keyId"]}
+        else:
+            answer = graph.add_key(object_id, credential, current.proof_token(object_id, now))
+        made["cert"] = cert
+        return answer
+
+    created, limit = _within_policy(
+        put, graph.key_max_lifetime, timedelta(days=services.config.secret_days)
+    )
+    cert = made["cert"]
+    crash_point(crash_step)  # on the application, not yet stored
+    for line in cert.key_pem.splitlines():
+        if len(line) >= 40:  # the key's base64 lines, masked in logs while the flow runs
+            register(line, flow["id"])
+    row = {
+        "account_id": account_id,
+        "key_id": str(created["keyId"]),
+        "hint": cert.hint,
+        "end_at": cert.not_after.astimezone(UTC).isoformat(timespec="seconds"),
+        "created_at": queries.utcnow_iso(now),
+        "ciphertext": services.cipher.encrypt(cert.dump()),
+        "state": state,
+        "kind": "certificate",
+    }
+    db = services.store.db
+    with db.atomic():
+        row["id"] = queries.insert_secret(db, row)
+        queries.add_audit(
+            db,
+            actor=flow["requester"],
+            action="azure.certificate",
+            target=flow["name"],
+            outcome="created",
+            detail={
+                "flow": flow["id"],
+                "key_id": row["key_id"],
+                "thumbprint": cert.thumbprint,
+                "end_at": row["end_at"],
+                **({"policy_limit": limit} if limit else {}),
+            },
+        )
+    if limit:
+        row["policy_limit"] = limit
+    return row
+
+
+#: How long to keep trying a new credential before calling it broken.
+PROOF_BUDGET_S = 60.0
+
+
+def prove_certificate(
+    services: Context,
+    account: dict[str, Any],
+    row: dict[str, Any],
+    budget: float,
+    sleep: Callable[[float], None],
+) -> None:
+    """A token for the application with a client assertion signed by the stored
+    certificate, retried while it propagates; `SecretProofFailed` when none comes."""
+    cert = stored_certificate(services, row)
+    failure = services.device.prove_certificate(
+        str(account["tenant_id"]),
+        str(account["app_id"]),
+        cert.key_pem,
+        cert.thumbprint,
+        budget,
+        sleep,
+    )
+    if failure is not None:
+        raise SecretProofFailed(f"the new certificate could not obtain a token: {failure}")
+
+
 def check_tenant(identity: Identity, account: dict[str, Any]) -> None:
     """A renewal or retirement signs in to the tenant the account lives in."""
     if identity.tenant_id.lower() != str(account["tenant_id"]).lower():
@@ -166,17 +311,13 @@ def old_key_ids(
     """Graph key ids of the secrets being replaced. An imported account's old secret is
     known only by the expiry the appliance reported: match Graph's passwords on it."""
     keys = [s["key_id"] for s in old if not s["key_id"].startswith("appliance:")]
-    placeholders = [
-        parse_time(s["end_at"]) for s in old if s["key_id"].startswith("appliance:")
-    ]
+    placeholders = [parse_time(s["end_at"]) for s in old if s["key_id"].startswith("appliance:")]
     if placeholders:
         for password in graph.passwords(object_id):
             key_id = str(password.get("keyId"))
             end = password.get("endDateTime")
             if key_id == new["key_id"] or not end:
                 continue
-            if any(
-                abs((parse_time(str(end)) - p).total_seconds()) <= 86400 for p in placeholders
-            ):
+            if any(abs((parse_time(str(end)) - p).total_seconds()) <= 86400 for p in placeholders):
                 keys.append(key_id)
     return keys

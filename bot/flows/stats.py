@@ -57,7 +57,7 @@ class DatabaseCollector(Collector):
         self._clock = clock
 
     def describe(self) -> Iterable[Metric]:
-        return list(_families())
+        return [*_families(), _certificate_family()]
 
     def collect(self) -> Iterable[Metric]:
         try:
@@ -70,6 +70,7 @@ class DatabaseCollector(Collector):
     def _collect(self) -> list[Metric]:
         db = self._store.db
         flows, failures, pending, secrets, last_scan = _families()
+        certificates = _certificate_family()
 
         ended: dict[tuple[str, str], int] = {
             (kind, state): 0 for kind in KINDS for state in ("started", *TERMINAL_STATES)
@@ -95,12 +96,16 @@ class DatabaseCollector(Collector):
 
         now = self._clock()
         buckets = dict.fromkeys(SECRET_BUCKET_LABELS, 0)
-        for end_at in queries.active_secret_ends(db):
-            buckets[secret_bucket(parse_time(end_at), now)] += 1
+        cert_buckets = dict.fromkeys(SECRET_BUCKET_LABELS, 0)
+        for end_at, kind in queries.active_credential_ends(db):
+            into = cert_buckets if kind == "certificate" else buckets
+            into[secret_bucket(parse_time(end_at), now)] += 1
         for label, count in buckets.items():
             secrets.add_metric([label], count)
+        for label, count in cert_buckets.items():
+            certificates.add_metric([label], count)
 
-        metrics: list[Metric] = [flows, failures, pending, secrets]
+        metrics: list[Metric] = [flows, failures, pending, secrets, certificates]
         scanned = queries.get_meta(db, "last_scan_at")
         if scanned:
             last_scan.add_metric([], parse_time(scanned).timestamp())
@@ -141,4 +146,12 @@ def _families() -> tuple[
             "veeam_sa_last_scan_timestamp_seconds",
             "Unix time of the last completed expiry scan.",
         ),
+    )
+
+
+def _certificate_family() -> GaugeMetricFamily:
+    return GaugeMetricFamily(
+        "veeam_sa_certificates",
+        "Active certificates of active accounts, by days to expiry.",
+        labels=["bucket"],
     )

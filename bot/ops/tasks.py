@@ -8,11 +8,13 @@ from __future__ import annotations
 import functools
 import getpass
 import json
+import os
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from bot.core.certs import Certificate, new_password
 from bot.core.config import Config, load_config
 from bot.core.crypto import (
     Cipher,
@@ -24,6 +26,7 @@ from bot.core.crypto import (
     write_key_file,
 )
 from bot.core.errors import ConfigError, StorageError, VeeamSAError
+from bot.core.logs import register_secret_value
 from storage import queries
 from storage.db import Store, open_store
 from storage.keys import (
@@ -211,9 +214,16 @@ def _rewrap(store: Store, cipher: Cipher) -> int:
 
 @operator_command
 def secret_show(
-    config: Config, store: Store, name: str, yes: bool, stdin: TextIO | None = None
+    config: Config,
+    store: Store,
+    name: str,
+    yes: bool,
+    stdin: TextIO | None = None,
+    out: str | None = None,
 ) -> int:
-    """Print an account's current secret after a confirmation; leaves an audit row."""
+    """Print an account's current secret after a confirmation; leaves an audit row. A
+    certificate account's key and certificate are written to `out` as a PKCS#12 file (owner
+    read/write only) under a new password, printed once and kept nowhere."""
     try:
         found = verify(store, config)
     except ConfigError as exc:
@@ -231,9 +241,23 @@ def secret_show(
     if not secrets or not secrets[-1].get("ciphertext"):
         _err(f"the bot holds no secret for {name!r}")
         return 1
+    certificate = secrets[-1].get("kind") == "certificate"
+    if certificate and not out:
+        _err(
+            f"{name!r} signs in with a certificate: name the file for it, "
+            f"e.g. `veeam-sa-bot secret show {name} --out {name}.pfx`"
+        )
+        return 2
+    if out and not certificate:
+        _err(f"{name!r} signs in with a client secret; --out is for certificate accounts")
+        return 2
+    if out and os.path.lexists(out):
+        _err(f"{out} exists already; name a new file (nothing was written)")
+        return 2
+    what = "the certificate and private key" if certificate else "the client secret"
     if not yes:
         print(
-            f"This prints the client secret of {account['name']}. Type the name to confirm: ",
+            f"This prints {what} of {account['name']}. Type the name to confirm: ",
             end="",
             file=sys.stderr,
         )
@@ -249,6 +273,9 @@ def secret_show(
             _err("not confirmed; nothing shown")
             return 1
     secret = secrets[-1]
+    if certificate:
+        assert out is not None
+        return _write_pfx(store, account, secret, cipher, out)
     value = cipher.decrypt(secret["ciphertext"])
     queries.add_audit(
         store.db,
@@ -259,4 +286,34 @@ def secret_show(
         detail={"key_id": secret["key_id"]},
     )
     _out(value)
+    return 0
+
+
+def _write_pfx(
+    store: Store, account: dict[str, Any], row: dict[str, Any], cipher: Cipher, out: str
+) -> int:
+    """Write the certificate account's PKCS#12 file (mode 0600) and print its password."""
+    cert = Certificate.load(cipher.decrypt(row["ciphertext"]))
+    password = register_secret_value(new_password())
+    blob = cert.pkcs12(f"{account['name']}-{cert.hint}.pfx", password)
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        _err(f"cannot create {out}: {exc.strerror}")
+        return 1
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(blob)
+    queries.add_audit(
+        store.db,
+        actor=_host_actor(),
+        action="secret.show",
+        target=account["name"],
+        outcome="written",
+        detail={"key_id": row["key_id"], "thumbprint": cert.thumbprint, "path": str(out)},
+    )
+    _err(
+        f"wrote {out} (PKCS#12, certificate thumbprint {cert.thumbprint}, expires "
+        f"{row['end_at']}); its password, shown this once:"
+    )
+    _out(password)
     return 0

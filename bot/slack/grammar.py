@@ -1,6 +1,6 @@
 """The slash-command grammar: text in, a `Command` out, or a `CommandError` that says why.
 
-/veeam-sa create NAME [--subscription ID]... [--description TEXT]
+/veeam-sa create NAME [--subscription ID]... [--description TEXT] [--credential secret|certificate]
 /veeam-sa list
 /veeam-sa show NAME
 /veeam-sa renew NAME
@@ -17,7 +17,7 @@ import re
 import shlex
 from dataclasses import dataclass, field
 
-from bot.core.config import GUID_RE
+from bot.core.config import CREDENTIALS, GUID_RE
 from bot.core.errors import CommandError
 
 MAX_TEXT = 4000
@@ -27,7 +27,10 @@ NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
 SUBCOMMANDS = ("create", "list", "show", "renew", "retire", "cancel", "sync", "import", "help")
 
 USAGE = {
-    "create": "/veeam-sa create NAME [--subscription ID]... [--description TEXT]",
+    "create": (
+        "/veeam-sa create NAME [--subscription ID]... [--description TEXT]"
+        " [--credential secret|certificate]"
+    ),
     "list": "/veeam-sa list",
     "show": "/veeam-sa show NAME",
     "renew": "/veeam-sa renew NAME",
@@ -48,6 +51,8 @@ class Command:
     name: str | None = None
     subscriptions: tuple[str, ...] = field(default_factory=tuple)
     description: str | None = None
+    #: `secret` or `certificate`; None: `VEEAM_SA_CREDENTIAL` decides.
+    credential: str | None = None
 
 
 def validate_name(name: str) -> str:
@@ -109,12 +114,13 @@ def _parse_create(words: list[str]) -> Command:
     name: str | None = None
     subscriptions: list[str] = []
     description: str | None = None
+    credential: str | None = None
     i = 0
     while i < len(words):
         word = words[i]
         if word.startswith("--"):
             flag, eq, inline = word.partition("=")
-            if flag not in ("--subscription", "--description"):
+            if flag not in ("--subscription", "--description", "--credential"):
                 raise _usage_error("create", f"`{_clip(flag)}` is not an option of `create`.")
             if eq:
                 value = inline
@@ -123,7 +129,16 @@ def _parse_create(words: list[str]) -> Command:
                 value = words[i]
             else:
                 raise _usage_error("create", f"`{flag}` needs a value.")
-            if flag == "--subscription":
+            if flag == "--credential":
+                if credential is not None:
+                    raise _usage_error("create", "`--credential` is given twice.")
+                if value.lower() not in CREDENTIALS:
+                    raise _usage_error(
+                        "create",
+                        f"`--credential` is `secret` or `certificate`, not `{_clip(value)}`.",
+                    )
+                credential = value.lower()
+            elif flag == "--subscription":
                 for part in filter(None, (p.strip() for p in value.split(","))):
                     if not GUID_RE.fullmatch(part):
                         raise _usage_error(
@@ -155,4 +170,10 @@ def _parse_create(words: list[str]) -> Command:
         i += 1
     if name is None:
         raise _usage_error("create", "`create` needs a NAME.")
-    return Command("create", name=name, subscriptions=tuple(subscriptions), description=description)
+    return Command(
+        "create",
+        name=name,
+        subscriptions=tuple(subscriptions),
+        description=description,
+        credential=credential,
+    )

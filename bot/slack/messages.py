@@ -85,17 +85,20 @@ def sign_in_failure(error: SignInError) -> str:
     return advice + support_suffix(error.aadsts, error.correlation_id)
 
 
-def secret_policy_note(limit: dict[str, Any], wanted_days: int) -> str:
-    """Why a client secret lasts less than asked: the tenant's app management policy."""
+def secret_policy_note(
+    limit: dict[str, Any], wanted_days: int, noun: str = "client secret"
+) -> str:
+    """Why a client secret (or certificate) lasts less than asked: the tenant's app
+    management policy."""
     policy = f" (`{limit['policy']}`)" if limit.get("policy") else ""
     days = int(limit["days"])
     if limit.get("read"):
         return (
-            f"The tenant's app management policy{policy} allows client secrets of at most "
+            f"The tenant's app management policy{policy} allows {noun}s of at most "
             f"{days} days, so this one lasts {days} days instead of {wanted_days}."
         )
     return (
-        f"The tenant's app management policy{policy} refused a {wanted_days}-day client secret; "
+        f"The tenant's app management policy{policy} refused a {wanted_days}-day {noun}; "
         f"the longest it accepted is {days} days, so this one lasts {days} days."
     )
 
@@ -106,9 +109,11 @@ def microsoft_failure(error: MicrosoftError) -> str:
     if error.code == POLICY_NO_SECRETS:
         return (
             f"The tenant's app management policy{named} does not allow client secrets on "
-            "applications, and Veeam Backup for Microsoft Azure signs in with one. Ask a tenant "
-            "admin to exempt this application from the policy (or to allow client secrets), then "
-            "try again."
+            "applications. Veeam Backup for Microsoft Azure can sign in with a certificate "
+            "instead: create the account with `/veeam-sa create NAME --credential certificate` "
+            "(or set `VEEAM_SA_CREDENTIAL=certificate` to make it the default). Otherwise ask a "
+            "tenant admin to exempt this application from the policy (or to allow client "
+            "secrets), then try again."
         )
     if error.code == POLICY_LIFETIME:
         return (

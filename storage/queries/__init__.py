@@ -33,6 +33,7 @@ from storage.queries.common import (
     utcnow_iso,
 )
 from storage.queries.flows import (
+    active_credential_ends,
     active_secret_ends,
     add_audit,
     audit_rows,
@@ -68,6 +69,7 @@ __all__ = [
     "RETIRING_REMINDER",
     "TERMINAL_FLOW_STATES",
     "active_accounts_by_app_id",
+    "active_credential_ends",
     "active_secret_ends",
     "active_secrets",
     "add_audit",

@@ -196,6 +196,17 @@ def failure_counts(db: Database, states: Iterable[str]) -> list[tuple[str, str |
     ]
 
 
+def active_credential_ends(db: Database) -> list[tuple[str, str]]:
+    """(end, kind) of every active secret or certificate of an active account."""
+    return [
+        (str(end_at), str(kind or "password"))
+        for (end_at, kind) in db.execute(
+            "SELECT s.end_at, s.kind FROM secrets s JOIN accounts a ON a.id = s.account_id "
+            "WHERE s.state = 'active' AND a.state = 'active'"
+        ).fetchall()
+    ]
+
+
 def active_secret_ends(db: Database) -> list[str]:
     """The end of every active secret of an active account."""
     return [

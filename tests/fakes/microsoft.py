@@ -36,6 +36,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
+from tests.fakes import keycreds
 from tests.fakes.tls import TestCA, TLSHandler, TLSServer
 
 # --------------------------------------------------------------------------- constants
@@ -319,6 +320,31 @@ AADSTS: dict[int, tuple[str, int, str, dict]] = {
         "(application ID URI).",
         {},
     ),
+    50027: (
+        "invalid_request",
+        400,
+        "JWT token is invalid or malformed.",
+        {},
+    ),
+    700021: (
+        "invalid_client",
+        401,
+        "Client assertion application identifier doesn't match 'client_id' parameter.",
+        {},
+    ),
+    700024: (
+        "invalid_client",
+        401,
+        "Client assertion is not within its valid time range.",
+        {},
+    ),
+    700027: (
+        "invalid_client",
+        401,
+        "Client assertion failed signature validation, or the certificate that signed it is "
+        "not registered on application '{client_id}'.",
+        {},
+    ),
     7000215: (
         "invalid_client",
         401,
@@ -415,6 +441,8 @@ class Tenant:
     #: `passwordLifetime` (max days) and `passwordAddition` (no client secrets at all).
     password_max_days: float | None = None
     passwords_blocked: bool = False
+    #: The same policy for certificates: `asymmetricKeyLifetime` (max days).
+    key_max_days: float | None = None
 
     @property
     def default_domain(self) -> str:
@@ -500,6 +528,7 @@ class Application:
     created_at: float
     props: dict  # displayName, uniqueName, signInAudience, description, notes, tags, ...
     passwords: list[Password] = field(default_factory=list)
+    keys: list[keycreds.KeyCred] = field(default_factory=list)
     owners: list[str] = field(default_factory=list)
     invisible: int = 0  # replication delay: reads/uses still answered "not found"
     deleted_at: float | None = None
@@ -748,6 +777,9 @@ class MicrosoftDouble:
         self.access_tokens: dict[str, AccessToken] = {}
         self.refresh_tokens: dict[str, RefreshToken] = {}
         self.client_logins: list[ClientLogin] = []
+        #: Why client assertions / key-rolling proofs were refused (for assertions).
+        self.refused_assertions: list[str] = []
+        self.refused_proofs: list[str] = []
         self.requests: list[RecordedRequest] = []
         self.faults: list[Fault] = []
         self.rendezvous: list[Rendezvous] = []
@@ -1966,6 +1998,21 @@ class MicrosoftDouble:
                 client_id=client_id,
                 tenant_name=resolved.display_name,
             )
+        assertion = form.get("client_assertion")
+        if assertion is not None or form.get("client_assertion_type"):
+            if form.get("client_assertion_type") != keycreds.JWT_BEARER:
+                return self._aad_error(req, 50027)
+            endpoint = f"{self.authority_host}{req.path.split('?', 1)[0]}"
+            code, key = keycreds.check_assertion(
+                assertion, client_id, endpoint, app.keys, self.now()
+            )
+            if key is None:
+                self.refused_assertions.append(str(assertion)[:12])
+                return self._aad_error(req, code, client_id=client_id)
+            if key.pending_rejections > 0:  # a new certificate takes a while to work
+                key.pending_rejections -= 1
+                return self._aad_error(req, 700027, client_id=client_id)
+            return self._client_token(req, resolved, client_id, scopes, aud, key.key_id)
         if not secret:
             return self._aad_error(req, 7000215, client_id=client_id)
         pwd = next(
@@ -1979,6 +2026,10 @@ class MicrosoftDouble:
         now = self.now()
         if pwd.end <= now or pwd.start > now + 300:
             return self._aad_error(req, 7000222, client_id=client_id)
+        return self._client_token(req, resolved, client_id, scopes, aud, pwd.key_id)
+
+    def _client_token(self, req: _Req, resolved, client_id: str, scopes, aud, key_id: str) -> _Resp:
+        now = self.now()
         sp = next(
             (s for s in self._sps.values() if s.app_id == client_id and s.tenant_id == resolved.id),
             None,
@@ -1989,7 +2040,7 @@ class MicrosoftDouble:
         at = self._new_access_token(
             "app", aud[0], resolved.id, client_id, scopes, int(now), lifetime, sp=sp
         )
-        self.client_logins.append(ClientLogin(client_id, pwd.key_id, resolved.id, aud[0], now))
+        self.client_logins.append(ClientLogin(client_id, key_id, resolved.id, aud[0], now))
         return _Resp(
             200,
             {
@@ -2098,6 +2149,8 @@ class MicrosoftDouble:
                 re.compile(v + r"/applications" + key + r"/removePassword$"),
                 self._g_remove_password,
             ),
+            ("POST", re.compile(v + r"/applications" + key + r"/addKey$"), self._g_add_key),
+            ("POST", re.compile(v + r"/applications" + key + r"/removeKey$"), self._g_remove_key),
             ("POST", re.compile(v + r"/servicePrincipals/?$"), self._g_create_sp),
             ("GET", re.compile(v + r"/servicePrincipals/?$"), self._g_list_sps),
             ("GET", re.compile(v + r"/servicePrincipals" + key + r"$"), self._g_get_sp),
@@ -2412,6 +2465,7 @@ class MicrosoftDouble:
         }
         body.update(app.props)
         body["passwordCredentials"] = [self._pwd_json(p, False) for p in app.passwords]
+        body["keyCredentials"] = [keycreds.key_json(k) for k in app.keys]
         if context:
             body = {"@odata.context": self._ctx("applications/$entity"), **body}
         return body
@@ -2616,7 +2670,114 @@ class MicrosoftDouble:
             return self._graph_error(
                 400, "Request_BadRequest", "Property 'uniqueName' is read-only once it is set."
             )
+        if "keyCredentials" in props:
+            keys = self._key_credentials(req, props.pop("keyCredentials"))
+            if isinstance(keys, _Resp):
+                return keys
+            app.keys = keys  # PATCH replaces the whole collection
         app.props.update(props)
+        return self._g_ok(204)
+
+    # ---- certificates (keyCredentials, addKey, removeKey): rules in tests/fakes/keycreds.py
+
+    def _key_refusal(self, req: _Req, cred: keycreds.KeyCred) -> _Resp | None:
+        tenant = self.tenants.get(req.token.tenant_id)
+        if (
+            tenant is not None
+            and tenant.key_max_days is not None
+            and cred.end - cred.start > tenant.key_max_days * 86400
+        ):
+            message = (
+                "Credential lifetime exceeds the max value allowed as per assigned policy "
+                f"'{DEFAULT_APP_POLICY_ID}'."
+            )
+            return self._graph_error(
+                400,
+                "CredentialInvalidLifetimeAsPerAppPolicy",
+                message,
+                details=[{"code": "InvalidKeyEndDate", "message": message, "target": "EndDate"}],
+            )
+        return None
+
+    def _key_credentials(self, req: _Req, creds: Any) -> list[keycreds.KeyCred] | _Resp:
+        if not isinstance(creds, list):
+            return self._graph_error(
+                400, "Request_BadRequest", "Property 'keyCredentials' must be a collection."
+            )
+        out = []
+        for cred in creds:
+            try:
+                parsed = keycreds.parse_key_credential(cred, self.now())
+            except keycreds.Refused as exc:
+                return self._graph_error(
+                    400, "Request_BadRequest", f"Invalid value for property 'keyCredentials': {exc}."
+                )
+            refused = self._key_refusal(req, parsed)
+            if refused is not None:
+                return refused
+            parsed.pending_rejections = self.new_secret_delay
+            out.append(parsed)
+        return out
+
+    def _proof_refused(self, req: _Req, app: Application, proof: Any) -> _Resp | None:
+        try:
+            keycreds.check_proof(proof, app.id, app.keys, self.now())
+        except keycreds.Refused as exc:
+            self.refused_proofs.append(str(exc))
+            return self._graph_error(
+                400, "Request_BadRequest", f"Proof of possession validation failed: {exc}."
+            )
+        return None
+
+    def _g_add_key(self, req: _Req) -> _Resp:
+        app = self._find_app(req)
+        if isinstance(app, _Resp):
+            return app
+        body = self._need_json(req)
+        if isinstance(body, _Resp):
+            return body
+        if not self._caller_can_manage(req, app):
+            return self._denied()
+        refused = self._proof_refused(req, app, body.get("proof"))
+        if refused is not None:
+            return refused
+        if body.get("passwordCredential") is not None:
+            return self._graph_error(
+                400,
+                "Request_BadRequest",
+                "passwordCredential is only for keys of type X509CertAndPassword.",
+            )
+        keys = self._key_credentials(req, [body.get("keyCredential")])
+        if isinstance(keys, _Resp):
+            return keys
+        new = keys[0]
+        if any(k.key_id == new.key_id for k in app.keys):
+            return self._graph_error(400, "Request_BadRequest", "The keyId is already in use.")
+        app.keys.append(new)
+        return self._g_ok(
+            200,
+            {"@odata.context": self._ctx("microsoft.graph.keyCredential"), **keycreds.key_json(new)},
+        )
+
+    def _g_remove_key(self, req: _Req) -> _Resp:
+        app = self._find_app(req)
+        if isinstance(app, _Resp):
+            return app
+        body = self._need_json(req)
+        if isinstance(body, _Resp):
+            return body
+        if not self._caller_can_manage(req, app):
+            return self._denied()
+        refused = self._proof_refused(req, app, body.get("proof"))
+        if refused is not None:
+            return refused
+        key_id = str(body.get("keyId") or "")
+        found = next((k for k in app.keys if k.key_id.lower() == key_id.lower()), None)
+        if found is None:
+            return self._graph_error(
+                400, "Request_BadRequest", f"No key credential found with keyId '{key_id}'."
+            )
+        app.keys.remove(found)
         return self._g_ok(204)
 
     def _g_delete_app(self, req: _Req) -> _Resp:
@@ -2749,6 +2910,18 @@ class MicrosoftDouble:
                     "restrictForAppsCreatedAfterDateTime": "2019-01-01T00:00:00Z",
                 }
             )
+        # keyCredentialConfiguration: restrictionType asymmetricKeyLifetime (Graph
+        # appManagementConfiguration resource).
+        key_restrictions = []
+        if tenant.key_max_days is not None:
+            key_restrictions.append(
+                {
+                    "restrictionType": "asymmetricKeyLifetime",
+                    "state": "enabled",
+                    "maxLifetime": f"P{int(tenant.key_max_days)}D",
+                    "restrictForAppsCreatedAfterDateTime": "2019-01-01T00:00:00Z",
+                }
+            )
         return self._g_ok(
             200,
             {
@@ -2757,10 +2930,10 @@ class MicrosoftDouble:
                 "displayName": "Default app management tenant policy",
                 "description": "Default tenant policy that enforces app management restrictions "
                 "on applications and service principals.",
-                "isEnabled": bool(restrictions),
+                "isEnabled": bool(restrictions or key_restrictions),
                 "applicationRestrictions": {
                     "passwordCredentials": restrictions,
-                    "keyCredentials": [],
+                    "keyCredentials": key_restrictions,
                 },
                 "servicePrincipalRestrictions": {"passwordCredentials": [], "keyCredentials": []},
             },

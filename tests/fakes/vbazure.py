@@ -64,6 +64,8 @@ seen by the token endpoint, lower-cased), ``internal_errors``.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 import secrets
@@ -76,6 +78,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
 
 from tests.fakes.tls import TestCA, TLSHandler, TLSServer
 
@@ -104,6 +109,20 @@ ENVIRONMENTS = frozenset({"Global", "China", "USGovernment", "Germany"})
 
 _GUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
+#: v8.1 ``ClientLoginParameters`` properties ("additionalProperties": false).
+_LOGIN_FIELDS = frozenset(
+    {
+        "azureEnvironment",
+        "applicationId",
+        "clientSecret",
+        "tenantId",
+        "applicationCertificate",
+        "applicationCertificateName",
+        "certificatePassword",
+        "azureAccountPurposes",
+        "subscriptions",
+    }
+)
 _PROBLEM_TYPES = {
     400: "https://tools.ietf.org/html/rfc7231#section-6.5.1",
     401: "https://tools.ietf.org/html/rfc7235#section-3.1",
@@ -240,6 +259,7 @@ class _Req:
     user: str | None = None
     account_id: str | None = None
     client_secret: str | None = None
+    certificate: Any = None
 
 
 # --------------------------------------------------------------------------- HTTP plumbing
@@ -763,7 +783,18 @@ class VBAzureDouble:
                 + ", ".join(sorted(ENVIRONMENTS))
                 + ".",
             )
-        if not isinstance(login.get("clientSecret"), str) or not login["clientSecret"]:
+        unknown = sorted(set(login) - _LOGIN_FIELDS)
+        if unknown:  # ClientLoginParameters: "additionalProperties": false
+            return self._invalid(
+                req,
+                f"clientLoginParameters.{unknown[0]}",
+                f"The clientLoginParameters.{unknown[0]} field is not known.",
+            )
+        if login.get("applicationCertificate") is not None:
+            refused = self._check_certificate(req, login)
+            if refused is not None:
+                return refused
+        elif not isinstance(login.get("clientSecret"), str) or not login["clientSecret"]:
             return self._invalid(
                 req,
                 "clientLoginParameters.clientSecret",
@@ -790,6 +821,53 @@ class VBAzureDouble:
                     "The clientLoginParameters.subscriptions field must hold GUIDs.",
                 )
         return info, login
+
+    def _check_certificate(self, req: _Req, login: dict) -> _Resp | None:
+        """A certificate login (v8.1 ``ClientLoginParameters``: ``applicationCertificate``
+        "[Required to authenticate using certificate]", ``applicationCertificateName`` the
+        same, ``certificatePassword`` "used to encrypt the certificate"): the file must be a
+        PKCS#12 in base64 that opens with the password and holds a key and its certificate.
+        Secret and certificate are two ways to authenticate: not both."""
+        if login.get("clientSecret"):
+            return self._invalid(
+                req,
+                "clientLoginParameters.clientSecret",
+                "Give a client secret or a certificate, not both.",
+            )
+        name = login.get("applicationCertificateName")
+        if not isinstance(name, str) or not name:
+            return self._invalid(
+                req,
+                "clientLoginParameters.applicationCertificateName",
+                "The clientLoginParameters.applicationCertificateName field is required.",
+            )
+        password = login.get("certificatePassword")
+        if password is not None and not isinstance(password, str):
+            return self._invalid(
+                req,
+                "clientLoginParameters.certificatePassword",
+                "The clientLoginParameters.certificatePassword field must be a string.",
+            )
+        req.client_secret = password
+        try:
+            blob = base64.b64decode(str(login["applicationCertificate"]), validate=True)
+            key, cert, _ = pkcs12.load_key_and_certificates(
+                blob, password.encode() if password else None
+            )
+        except (ValueError, TypeError, binascii.Error):
+            return self._invalid(
+                req,
+                "clientLoginParameters.applicationCertificate",
+                "The certificate cannot be opened with the given password.",
+            )
+        if key is None or cert is None:
+            return self._invalid(
+                req,
+                "clientLoginParameters.applicationCertificate",
+                "The certificate file holds no private key and certificate.",
+            )
+        req.certificate = cert
+        return None
 
     def _new_operation(self, req: _Req, account_id: str | None, apply: Any) -> _Resp:
         """202 with an operation that passes through ``operation_statuses`` and ends in
@@ -838,11 +916,11 @@ class VBAzureDouble:
             "description": info.get("description") or "",
             "applicationId": login["applicationId"].lower(),
             "tenantId": login["tenantId"].lower(),
-            "clientSecret": login["clientSecret"],
+            "clientSecret": login.get("clientSecret") or "",
             "environment": login["azureEnvironment"],
             "purposes": list(login.get("azureAccountPurposes") or []),
             "subscriptions": [s.lower() for s in login.get("subscriptions") or []],
-            "origin": "Imported Secret",
+            **self._certificate_fields(req, login),
             "cloudState": "Valid" if login.get("subscriptions") else "NoSubscriptions",
             "expirationDate": self.expiration_date,
         }
@@ -879,17 +957,37 @@ class VBAzureDouble:
                 description=info.get("description") or "",
                 applicationId=login["applicationId"].lower(),
                 tenantId=login["tenantId"].lower(),
-                clientSecret=login["clientSecret"],
+                clientSecret=login.get("clientSecret") or "",
                 environment=login["azureEnvironment"],
                 # A PUT replaces the settings: what is not sent is gone.
                 purposes=list(login.get("azureAccountPurposes") or []),
                 subscriptions=[s.lower() for s in login.get("subscriptions") or []],
-                origin="Imported Secret",
+                **self._certificate_fields(req, login),
                 cloudState="Valid" if login.get("subscriptions") else "NoSubscriptions",
             )
             return account_id
 
         return self._answer_write(req, account_id, apply)
+
+    @staticmethod
+    def _certificate_fields(req: _Req, login: dict) -> dict:
+        """What the appliance keeps of a login: for assertions, the certificate it was given
+        (PEM), its name and the password (a double keeps it, as it keeps secrets)."""
+        cert = getattr(req, "certificate", None)
+        if cert is None:
+            return {
+                "origin": "Imported Secret",
+                "certificate": None,
+                "certificatePassword": None,
+                "applicationCertificateName": None,
+            }
+        return {
+            "origin": "Imported Certificate",
+            "certificate": cert.public_bytes(serialization.Encoding.PEM).decode(),
+            "certificatePassword": login.get("certificatePassword"),
+            "applicationCertificateBase64": login["applicationCertificate"],
+            "applicationCertificateName": login["applicationCertificateName"],
+        }
 
     def _account_json(self, record: dict, ver: str) -> dict:
         base = f"{self.url}/api/{ver}"
@@ -897,7 +995,7 @@ class VBAzureDouble:
             # ``AzureAccount`` (v8.1): the id is ``accountId``; the client adds an ``id`` alias.
             "accountId": record["id"],
             "applicationId": record["applicationId"],
-            "applicationCertificateName": None,
+            "applicationCertificateName": record.get("applicationCertificateName"),
             "name": record["name"],
             "description": record["description"],
             "region": record["environment"],

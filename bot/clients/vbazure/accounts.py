@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -34,10 +35,11 @@ class VBAzureClient(Transport):
         description: str,
         application_id: str,
         tenant_id: str,
-        client_secret: str,
+        client_secret: str | None = None,
         subscriptions: Sequence[str],
         purposes: Sequence[str] = DEFAULT_PURPOSES,
         environment: str = "Global",
+        certificate: CertificateUpload | None = None,
     ) -> str:
         """Add a service account for an existing application; returns the account id."""
         body = _account_body(
@@ -49,18 +51,18 @@ class VBAzureClient(Transport):
             subscriptions,
             purposes,
             environment,
+            certificate,
         )
+        secret = _masked(client_secret, certificate)
         path = "accounts/azure/service/saveByApp"
         for attempt in range(1, self._attempts + 1):
             try:
-                response = self._api(
-                    "POST", path, json=body, secret=client_secret, idempotent=False
-                )
+                response = self._api("POST", path, json=body, secret=secret, idempotent=False)
             except ApplianceError as exc:
                 if not exc.retryable or attempt == self._attempts:
                     raise
                 self._sleep(self._backoff(attempt, exc.retry_after))
-                existing = self._find(name, application_id, client_secret)
+                existing = self._find(name, application_id, secret)
                 if existing is not None:
                     # The lost answer was a success: make sure the secret is the one we hold.
                     log.info("VBAzure: account %s exists after a lost answer; updating", name)
@@ -74,12 +76,13 @@ class VBAzureClient(Transport):
                         subscriptions=subscriptions,
                         purposes=purposes,
                         environment=environment,
+                        certificate=certificate,
                     )
                     return existing
                 continue
-            account_id = self._write_result(response, client_secret)
+            account_id = self._write_result(response, secret)
             if not account_id:
-                account_id = self._find(name, application_id, client_secret) or ""
+                account_id = self._find(name, application_id, secret) or ""
             if not account_id:
                 raise ApplianceError(
                     f"the appliance accepted service account {name!r} but gave no account id",
@@ -96,10 +99,11 @@ class VBAzureClient(Transport):
         description: str,
         application_id: str,
         tenant_id: str,
-        client_secret: str,
+        client_secret: str | None = None,
         subscriptions: Sequence[str],
         purposes: Sequence[str] = DEFAULT_PURPOSES,
         environment: str = "Global",
+        certificate: CertificateUpload | None = None,
     ) -> None:
         """Replace the account's settings, its client secret included."""
         body = _account_body(
@@ -111,10 +115,12 @@ class VBAzureClient(Transport):
             subscriptions,
             purposes,
             environment,
+            certificate,
         )
+        secret = _masked(client_secret, certificate)
         path = f"accounts/azure/service/updateByApp/{quote(account_id, safe='')}"
         try:
-            response = self._api("PUT", path, json=body, secret=client_secret)
+            response = self._api("PUT", path, json=body, secret=secret)
         except ApplianceError as exc:
             if exc.status == 404:
                 raise ApplianceError(
@@ -126,7 +132,7 @@ class VBAzureClient(Transport):
                     detail=exc.detail,
                 ) from None
             raise
-        self._write_result(response, client_secret)
+        self._write_result(response, secret)
 
     def list_accounts(self) -> list[dict[str, Any]]:
         """Every service account on the appliance (no secrets), following the paging."""
@@ -255,30 +261,57 @@ class VBAzureClient(Transport):
         return None
 
 
+@dataclass(frozen=True)
+class CertificateUpload:
+    """A certificate for the appliance: the PKCS#12 file in base64, the password it is
+    protected with, and the name VBAzure shows for it (v8.1 `ClientLoginParameters`
+    `applicationCertificate`, `certificatePassword`, `applicationCertificateName`)."""
+
+    pkcs12_b64: str
+    password: str = field(repr=False)
+    name: str
+
+
+def _masked(client_secret: str | None, certificate: CertificateUpload | None) -> str:
+    """What an error from the appliance must never echo."""
+    if certificate is not None:
+        return certificate.password
+    if not client_secret:
+        raise ValueError("a client secret or a certificate is needed")
+    return client_secret
+
+
 def _account_body(
     name: str,
     description: str,
     application_id: str,
     tenant_id: str,
-    client_secret: str,
+    client_secret: str | None,
     subscriptions: Iterable[str],
     purposes: Iterable[str],
     environment: str,
+    certificate: CertificateUpload | None = None,
 ) -> dict[str, Any]:
     purposes = list(purposes)
     unknown = [p for p in purposes if p not in AZURE_ACCOUNT_PURPOSES]
     if unknown:
         log.warning("VBAzure: sending account purposes this client does not know: %s", unknown)
+    login: dict[str, Any] = {
+        "azureEnvironment": environment,
+        "applicationId": application_id,
+        "tenantId": tenant_id,
+    }
+    if certificate is not None:
+        login["applicationCertificate"] = certificate.pkcs12_b64
+        login["certificatePassword"] = certificate.password
+        login["applicationCertificateName"] = certificate.name
+    else:
+        login["clientSecret"] = client_secret
+    login["azureAccountPurposes"] = purposes
+    login["subscriptions"] = list(subscriptions)
     return {
         "accountInfo": {"name": name, "description": description},
-        "clientLoginParameters": {
-            "azureEnvironment": environment,
-            "applicationId": application_id,
-            "tenantId": tenant_id,
-            "clientSecret": client_secret,
-            "azureAccountPurposes": purposes,
-            "subscriptions": list(subscriptions),
-        },
+        "clientLoginParameters": login,
     }
 
 
@@ -301,7 +334,6 @@ def _account_id(value: Any) -> str:
         if isinstance(found, str):
             return found
     return ""
-
 
 
 def from_config(config: Config, http: httpx.Client) -> VBAzureClient | None:

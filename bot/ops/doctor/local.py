@@ -54,6 +54,7 @@ SETTINGS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "tenant": ("VEEAM_SA_TENANT", _plain),
     "roles": ("VEEAM_SA_ROLES", lambda roles: ", ".join(r.name for r in roles)),
     "secret_days": ("VEEAM_SA_SECRET_DAYS", _plain),
+    "credential": ("VEEAM_SA_CREDENTIAL", _plain),
     "warn_days": ("VEEAM_SA_WARN_DAYS", _joined),
     "veeam_url": ("VEEAM_URL", _plain),
     "veeam_username": ("VEEAM_USERNAME", _plain),

@@ -9,6 +9,7 @@ from bot.slack.blocks.common import (
     Payload,
     _context,
     _section,
+    is_certificate,
     slack_date,
 )
 from bot.slack.blocks.expiry import _when
@@ -51,7 +52,7 @@ def account_list(rows: list[dict[str, Any]]) -> Payload:
             subs += f"\n      :hourglass: {_retiring_line(row['name'], old)}"
         lines.append(
             f"{icons.get(row['status'], '')} *`{row['name']}`* · {row['status']} · "
-            f"secret `{row.get('hint') or '—'}…` {when}\n"
+            f"{'certificate' if is_certificate(row) else 'secret'} `{row.get('hint') or '—'}…` {when}\n"
             f"      tenant `{row.get('tenant_id')}` · subscriptions {subs}"
         )
     sections: list[list[str]] = []
@@ -111,7 +112,8 @@ def account_detail(account: dict[str, Any], history: list[dict[str, Any]]) -> Pa
         lines.append(f":warning: {account['appliance_flag']}")
     if account.get("end_at"):
         lines.append(
-            f"Secret `{account.get('hint')}…` expires {slack_date(account['end_ts'], account['end_at'][:10])}"
+            ("Certificate (thumbprint) " if is_certificate(account) else "Secret ")
+            + f"`{account.get('hint')}…` expires {slack_date(account['end_ts'], account['end_at'][:10])}"
         )
     for old in account.get("retiring") or []:
         lines.append(f":hourglass: {_retiring_line(account['name'], old)}")

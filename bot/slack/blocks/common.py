@@ -118,3 +118,13 @@ def note(text: str) -> Payload:
 
 
 # -- prerequisites, subscription choice, summary -----------------------------------------
+
+
+def is_certificate(row: dict[str, Any]) -> bool:
+    """Whether an account (or a view of one) signs in with a certificate."""
+    return row.get("credential") == "certificate" or row.get("kind") == "certificate"
+
+
+def credential_noun(row: dict[str, Any]) -> str:
+    """What the account signs in with, as the messages name it."""
+    return "certificate" if is_certificate(row) else "client secret"

@@ -12,6 +12,7 @@ from bot.slack.blocks.common import (
     Payload,
     _context,
     _section,
+    credential_noun,
     slack_date,
 )
 
@@ -40,16 +41,19 @@ def expiry_warning(item: Any, now: Any, follow_up: bool = False) -> Payload:
     expired = item.threshold == 0
     icon = ":rotating_light:" if expired or item.threshold <= 1 else ":warning:"
     state = "has *expired*" if expired else _when(item.days_left)
-    head = f"{icon} The client secret of *`{account['name']}`* {state}."
+    noun = credential_noun(account)
+    head = f"{icon} The {noun} of *`{account['name']}`* {state}."
     if expired:
         head += " Veeam backups that use this account are failing until it is renewed."
     date = slack_date(item.end_at.timestamp(), item.end_at.date().isoformat())
     details = (
         f"Application (client) id `{account.get('app_id')}` · tenant {account.get('tenant_name') or ''} "
-        f"`{account.get('tenant_id')}`\nSecret `{item.hint}…` expires {date} · "
+        f"`{account.get('tenant_id')}`\n"
+        + ("Certificate (thumbprint) " if noun == "certificate" else "Secret ")
+        + f"`{item.hint}…` expires {date} · "
         f"created by <@{account.get('created_by')}>"
     )
-    text = f"Client secret of {account['name']} {('has expired' if expired else _when(item.days_left))}"
+    text = f"{noun.capitalize()} of {account['name']} {('has expired' if expired else _when(item.days_left))}"
     blocks: list[dict[str, Any]] = [_section(head), _context(details)]
     if not follow_up:
         blocks.append(
@@ -143,15 +147,23 @@ def renew_parent(*, name: str, requester: str, outcome: str | None = None) -> Pa
 
 
 def renewed_alert(
-    *, name: str, by: str, end_ts: float, end_date: str, hint: str, old_removed: bool = True
+    *,
+    name: str,
+    by: str,
+    end_ts: float,
+    end_date: str,
+    hint: str,
+    old_removed: bool = True,
+    certificate: bool = False,
 ) -> Payload:
+    noun = "certificate" if certificate else "secret"
     text = (
-        f":white_check_mark: *`{name}`* was renewed by <@{by}>; the new secret `{hint}…` expires "
+        f":white_check_mark: *`{name}`* was renewed by <@{by}>; the new {noun} `{hint}…` expires "
         f"{slack_date(end_ts, end_date)}; "
         + (
-            "the old secret was removed."
+            f"the old {noun} was removed."
             if old_removed
-            else "the old secret stays live until Veeam has the new one (see the thread)."
+            else f"the old {noun} stays live until Veeam has the new one (see the thread)."
         )
     )
     return {"text": f"{name} renewed by <@{by}>", "blocks": [_section(text)]}
@@ -164,9 +176,12 @@ def renewed_keep_old(
     new_end_ts: float,
     new_end_date: str,
     old: list[dict[str, Any]],
+    certificate: bool = False,
 ) -> Payload:
     """Renewed without an appliance: where the new secret is, how to give it to Veeam, and
     the button that removes the old secret once Veeam has the new one."""
+    if certificate:
+        return _renewed_certificate_keep_old(name, new_hint, new_end_ts, new_end_date, old)
     olds = ", ".join(
         f"`{o['hint'] or '?'}…` (expires {slack_date(o['end_ts'], o['end_at'][:10])})" for o in old
     )
@@ -249,3 +264,54 @@ def retiring_reminder(
 
 
 # -- list and show -----------------------------------------------------------------------
+
+
+def _renewed_certificate_keep_old(
+    name: str, new_hint: str, new_end_ts: float, new_end_date: str, old: list[dict[str, Any]]
+) -> Payload:
+    """`renewed_keep_old` for a certificate account: the new certificate goes to Veeam as a
+    .pfx file the operator writes on the bot's host."""
+    olds = ", ".join(
+        f"`{o['hint'] or '?'}…` (expires {slack_date(o['end_ts'], o['end_at'][:10])})" for o in old
+    )
+    head = (
+        f":white_check_mark: Renewed. The new certificate `{new_hint}…` of *`{name}`* works (it "
+        f"obtained a token) and expires {slack_date(new_end_ts, new_end_date)}.\n"
+        f":warning: The old certificate {olds} is *still live*: Veeam keeps using it until you "
+        "give it the new one, and removing it before then stops Veeam's backups."
+    )
+    steps = (
+        "*Put the new certificate into Veeam*\n"
+        f"1. On the bot's host run `veeam-sa-bot secret show {name} --out {name}.pfx`: it writes "
+        "the certificate with its private key and prints the file's password once.\n"
+        f"2. In Veeam Backup for Microsoft Azure open *Service Accounts*, select `{name}`, "
+        "choose *Edit* and upload the file with its password; then delete the file.\n"
+        f"3. Then press the button (or run `/veeam-sa retire {name}`): the bot signs you in "
+        "and removes the old certificate in Entra."
+    )
+    button = {
+        "type": "button",
+        "action_id": ids.ACTION_RETIRE_OLD_SECRET,
+        "text": {"type": "plain_text", "text": "Veeam has the new one — remove the old one"},
+        "value": str(old[0]["id"]),
+        "style": "danger",
+        "confirm": {
+            "title": {"type": "plain_text", "text": "Remove the old certificate?"},
+            "text": {
+                "type": "mrkdwn",
+                "text": f"Only if Veeam already holds the new certificate of `{name}`: "
+                "a Veeam still using the old one stops backing up.",
+            },
+            "confirm": {"type": "plain_text", "text": "Remove it"},
+            "deny": {"type": "plain_text", "text": "Not yet"},
+        },
+    }
+    return {
+        "text": f"{name} renewed; the old certificate stays live until Veeam has the new one",
+        "blocks": [
+            _section(head),
+            _section(steps),
+            {"type": "actions", "elements": [button]},
+            _context("Only the bot's admins may remove it; it is audited."),
+        ],
+    }
