@@ -7,7 +7,7 @@ from sqlite_utils import Database, Migrations
 migrations = Migrations("veeam-sa")
 
 #: Name of the newest migration: `doctor` reports a database short of it as out of date.
-LATEST = "m006_retiring_secret"
+LATEST = "m007_least_privilege"
 
 
 @migrations()
@@ -156,3 +156,17 @@ def m006_retiring_secret(db: Database) -> None:
     secrets.add_column("retire_channel_id", str)
     secrets.add_column("retire_thread_ts", str)
     secrets.add_column("retire_ts", str)
+
+
+@migrations()
+def m007_least_privilege(db: Database) -> None:
+    accounts = db.table("accounts")
+    # JSON {"id", "name", "scope", "assignable_scopes"} of the custom role the bot created
+    # for the account (least-privilege accounts only).
+    accounts.add_column("custom_role", str)
+    # What the appliance said when last asked to check the account's permissions:
+    # its azurePermissionsState (JSON list), the per-subscription findings (JSON) and when.
+    accounts.add_column("permissions_state", str)
+    accounts.add_column("permissions_detail", str)
+    accounts.add_column("permissions_checked_at", str)
+    accounts.add_column("permissions_ts", str)  # the thread message showing the answer
