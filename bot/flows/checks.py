@@ -13,6 +13,7 @@ import json
 import logging
 from typing import Any
 
+from bot.clients.arm import ROLE_ASSIGNMENT_WRITE, ROLE_DEFINITION_WRITE
 from bot.clients.signin import Identity, Session
 from bot.core.errors import (
     CommandError,
@@ -129,9 +130,14 @@ class Prerequisites:
                     if not tenant or str(s.get("tenantId", tenant)).lower() == tenant.lower()
                 ]
 
+            # A least-privilege account gets a custom role: creating it needs
+            # roleDefinitions/write on each subscription besides roleAssignments/write.
+            least = data.get("roles_mode") == "least-privilege"
+            needed = [ROLE_ASSIGNMENT_WRITE] + ([ROLE_DEFINITION_WRITE] if least else [])
+
             def sub_check(sub: dict[str, Any]) -> dict[str, Any]:
                 try:
-                    ok = arm.can_assign_roles(sub["id"])
+                    held = arm.allowed(sub["id"], needed)
                 except MicrosoftError as exc:
                     if exc.status not in (401, 403, 404):
                         raise
@@ -139,12 +145,21 @@ class Prerequisites:
                     # or another tenant's).
                     reason = "this account cannot see the subscription (wrong tenant, or no access)"
                     return {**sub, "ok": False, "reason": reason}
-                reason = (
-                    "can assign roles"
-                    if ok
-                    else "lacks Microsoft.Authorization/roleAssignments/write; ask for Owner or "
-                    "User Access Administrator on this subscription"
-                )
+                ok = all(held.values())
+                lacking = [action for action, allowed in held.items() if not allowed]
+                if ok:
+                    reason = "can create a custom role and assign it" if least else "can assign roles"
+                else:
+                    reason = (
+                        "lacks "
+                        + " and ".join(lacking)
+                        + (
+                            " (a least-privilege account gets a custom role, which needs it)"
+                            if ROLE_DEFINITION_WRITE in lacking
+                            else ""
+                        )
+                        + "; ask for Owner or User Access Administrator on this subscription"
+                    )
                 return {**sub, "ok": ok, "reason": reason}
 
             wanted = data.get("subscriptions") or []

@@ -51,8 +51,12 @@ class CreateFlow:
                 data={
                     "subscriptions": list(command.subscriptions),
                     "description": command.description,
+                    "roles_mode": command.roles or self.ctx.config.role_mode,
                     "steps": {"sign_in": "running"},
                 },
-                detail={"subscriptions": list(command.subscriptions)},
+                detail={
+                    "subscriptions": list(command.subscriptions),
+                    "roles": command.roles or self.ctx.config.role_mode,
+                },
             )
         return flow_id

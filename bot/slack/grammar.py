@@ -1,6 +1,6 @@
 """The slash-command grammar: text in, a `Command` out, or a `CommandError` that says why.
 
-/veeam-sa create NAME [--subscription ID]... [--description TEXT]
+/veeam-sa create NAME [--subscription ID]... [--description TEXT] [--roles builtin|least-privilege]
 /veeam-sa list
 /veeam-sa show NAME
 /veeam-sa renew NAME
@@ -17,7 +17,7 @@ import re
 import shlex
 from dataclasses import dataclass, field
 
-from bot.core.config import GUID_RE
+from bot.core.config import GUID_RE, ROLE_MODES
 from bot.core.errors import CommandError
 
 MAX_TEXT = 4000
@@ -27,7 +27,8 @@ NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
 SUBCOMMANDS = ("create", "list", "show", "renew", "retire", "cancel", "sync", "import", "help")
 
 USAGE = {
-    "create": "/veeam-sa create NAME [--subscription ID]... [--description TEXT]",
+    "create": "/veeam-sa create NAME [--subscription ID]... [--description TEXT] "
+    "[--roles builtin|least-privilege]",
     "list": "/veeam-sa list",
     "show": "/veeam-sa show NAME",
     "renew": "/veeam-sa renew NAME",
@@ -48,6 +49,8 @@ class Command:
     name: str | None = None
     subscriptions: tuple[str, ...] = field(default_factory=tuple)
     description: str | None = None
+    #: "builtin" or "least-privilege" when `--roles` was given; None: the configured default.
+    roles: str | None = None
 
 
 def validate_name(name: str) -> str:
@@ -109,12 +112,13 @@ def _parse_create(words: list[str]) -> Command:
     name: str | None = None
     subscriptions: list[str] = []
     description: str | None = None
+    roles: str | None = None
     i = 0
     while i < len(words):
         word = words[i]
         if word.startswith("--"):
             flag, eq, inline = word.partition("=")
-            if flag not in ("--subscription", "--description"):
+            if flag not in ("--subscription", "--description", "--roles"):
                 raise _usage_error("create", f"`{_clip(flag)}` is not an option of `create`.")
             if eq:
                 value = inline
@@ -133,6 +137,15 @@ def _parse_create(words: list[str]) -> Command:
                         )
                     if part.lower() not in subscriptions:
                         subscriptions.append(part.lower())
+            elif flag == "--roles":
+                if roles is not None:
+                    raise _usage_error("create", "`--roles` is given twice.")
+                if value.lower() not in ROLE_MODES:
+                    raise _usage_error(
+                        "create",
+                        f"`--roles` takes `builtin` or `least-privilege` (got `{_clip(value)}`).",
+                    )
+                roles = value.lower()
             else:
                 if description is not None:
                     raise _usage_error("create", "`--description` is given twice.")
@@ -155,4 +168,10 @@ def _parse_create(words: list[str]) -> Command:
         i += 1
     if name is None:
         raise _usage_error("create", "`create` needs a NAME.")
-    return Command("create", name=name, subscriptions=tuple(subscriptions), description=description)
+    return Command(
+        "create",
+        name=name,
+        subscriptions=tuple(subscriptions),
+        description=description,
+        roles=roles,
+    )

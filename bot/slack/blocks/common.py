@@ -80,6 +80,7 @@ STEP_LABELS: dict[str, str] = {
     "secret": "Add the client secret",
     "roles": "Assign roles",
     "handoff": "Hand the secret to Veeam",
+    "confirm": "Veeam confirms the permissions",
 }
 STEP_ICONS = {
     "todo": ":white_circle:",
@@ -99,7 +100,7 @@ def slack_date(ts: float, fallback: str) -> str:
 def checklist(steps: dict[str, str]) -> str:
     lines = []
     for key, label in STEP_LABELS.items():
-        if key in ("handoff", "sign_in_again") and key not in steps:
+        if key in ("handoff", "sign_in_again", "confirm") and key not in steps:
             continue  # only with a VBAzure appliance / a tenant that asks for a second sign-in
         status = steps.get(key, "todo")
         lines.append(f"{STEP_ICONS.get(status, STEP_ICONS['todo'])} {label}")
