@@ -249,7 +249,9 @@ def test_missing_permission_shown_then_cleared_after_recheck(
         ]
         # a non-admin's click changes nothing
         bot.click(ids.ACTION_PERMISSIONS_RECHECK, str(account["id"]), user="U0NOBODY")
-        time.sleep(0.2)
+        assert [r["actor"] for r in bot.db.table("audit").rows_where("outcome = 'refused'")] == [
+            "U0NOBODY"
+        ]
         assert len(vb.events_for(r"/checkPermissions$", "POST")) == len(asks) + 1
     finally:
         bot.close()
@@ -287,6 +289,18 @@ def test_shipped_list_without_an_appliance(bot: Bot, ms: MicrosoftDouble) -> Non
     _, assigned = custom_role_of(ms, account["app_id"], SUB1)
     assert CONTRIBUTOR not in {ra.role_definition_id for ra in assigned}
     assert "VBAzure 8.1" in bot.wait_thread("prod", "custom role")
+
+
+def test_uncovered_purposes_without_an_appliance_are_refused_up_front(
+    env: dict[str, str], slack: SlackDouble, ms: MicrosoftDouble
+) -> None:
+    bot = Bot({**env, "VEEAM_PURPOSES": "VirtualMachineBackup,WorkerManagement"}, slack, ms)
+    try:
+        answer = bot.command(f"create prod --subscription {SUB1} --roles least-privilege")
+        assert "cannot be made here" in answer and "WorkerManagement" in answer
+        assert ms.flows == [] and list(bot.db.table("flows").rows) == []
+    finally:
+        bot.close()
 
 
 def test_prerequisites_ask_for_role_definition_write(bot: Bot, ms: MicrosoftDouble) -> None:

@@ -74,14 +74,16 @@ class Confirmations:
             else None
         )
         if account is None or account["state"] != "active" or not account.get("appliance_id"):
-            raise CommandError("That account is not managed here with a Veeam appliance (any more).")
+            raise CommandError(
+                "That account is not managed here with a Veeam appliance (any more)."
+            )
         self.ctx.authz.require_admin(user, "recheck permissions of", account["name"])
         if self.ctx.appliance is None:
-            raise CommandError("No Veeam appliance is configured (VEEAM_URL), so none can be asked.")
+            raise CommandError(
+                "No Veeam appliance is configured (VEEAM_URL), so none can be asked."
+            )
         flow = queries.create_flow_of_account(self._db, account["id"])
-        self.ctx.workers.submit(
-            self.ask, account["id"], flow["id"] if flow else None, None, user
-        )
+        self.ctx.workers.submit(self.ask, account["id"], flow["id"] if flow else None, None, user)
 
     def ask(
         self,
@@ -140,7 +142,9 @@ class Confirmations:
                 detail={
                     "state": [str(s) for s in state],
                     "missing": {
-                        f["id"]: len(f["permissions"]) + len(f["data_actions"]) + len(f["providers"])
+                        f["id"]: len(f["permissions"])
+                        + len(f["data_actions"])
+                        + len(f["providers"])
                         for f in missing
                     },
                 },
@@ -154,13 +158,19 @@ class Confirmations:
             retrying_for_s=sum(delays[attempt:]) if retrying and attempt is not None else None,
             by=by,
         )
-        self._show(account, flow, payload, "running" if retrying else ("failed" if missing else "done"))
+        self._show(
+            account, flow, payload, "running" if retrying else ("failed" if missing else "done")
+        )
         if retrying and attempt is not None:
             self.ctx.workers.call_later(delays[attempt], self.ask, account_id, flow_id, attempt + 1)
         return str(state[0]) if state else None
 
     def _show(
-        self, account: dict[str, Any], flow: dict[str, Any] | None, payload: dict[str, Any], step: str
+        self,
+        account: dict[str, Any],
+        flow: dict[str, Any] | None,
+        payload: dict[str, Any],
+        step: str,
     ) -> None:
         """Post the answer in the creation's thread (editing the previous answer), and tick the
         checklist's last step."""
@@ -196,7 +206,9 @@ def _findings(answer: dict[str, Any], asked: list[str]) -> list[dict[str, Any]]:
         permissions = [str(p) for p in sub.get("missingPermissions") or []]
         data_actions = [str(p) for p in sub.get("missingDataActions") or []]
         providers = [str(p) for p in sub.get("missingResourceProviders") or []]
-        unknown = sub.get("permissionsState") == "Unknown" or sub.get("availability") == "NotAvailable"
+        unknown = (
+            sub.get("permissionsState") == "Unknown" or sub.get("availability") == "NotAvailable"
+        )
         out.append(
             {
                 "id": sid,

@@ -127,7 +127,9 @@ def account_detail(account: dict[str, Any], history: list[dict[str, Any]]) -> Pa
         )
     custom = account.get("custom_role")
     if isinstance(custom, dict) and custom.get("name"):
-        lines.append(f"Least privilege: custom role `{escape(custom['name'])}` (`{custom.get('id')}`)")
+        lines.append(
+            f"Least privilege: custom role `{escape(custom['name'])}` (`{custom.get('id')}`)"
+        )
     if account.get("appliance_flag"):
         lines.append(f":warning: {account['appliance_flag']}")
     if account.get("end_at"):

@@ -32,6 +32,8 @@ def help_message() -> Payload:
         "*Examples*\n"
         "• `/veeam-sa create prod-backup --subscription 11111111-2222-3333-4444-555555555555`\n"
         '• `/veeam-sa create dr-site --description "DR copy jobs"` — pick subscriptions after sign-in\n'
+        "• `/veeam-sa create lean --roles least-privilege` — one custom role with only what "
+        "Veeam needs, instead of Contributor\n"
         "• `/veeam-sa renew prod-backup`\n"
         "• `/veeam-sa retire prod-backup` — after a renewal, once Veeam has the new secret\n"
         "• `/veeam-sa list`"
