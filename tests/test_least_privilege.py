@@ -403,3 +403,20 @@ def test_crash_after_the_custom_role_resumes_without_a_second_one(
     [app] = ms.applications
     _, assigned = custom_role_of(ms, app.app_id, SUB1)
     assert [ra.role_definition_id for ra in assigned] == [role.id]
+
+
+def test_an_appliance_that_cannot_check_leaves_recheck(
+    vbot: Bot, ms: MicrosoftDouble, vb: VBAzureDouble
+) -> None:
+    vb.fault("POST", r"/checkPermissions$", 400, times=1)
+    sign_in(vbot, f"create prod --subscription {SUB1}")
+    vbot.wait_state("prod", "done", timeout=30)
+    wait_for(
+        lambda: "could not check the permissions" in thread_blocks(vbot, "prod"),
+        "the check's failure in the thread",
+    )
+    assert ids.ACTION_PERMISSIONS_RECHECK in thread_blocks(vbot, "prod")
+    assert vbot.flow("prod")["state"] == "done"  # the account stands; only Veeam's word is missing
+    account = account_row(vbot, "prod")
+    vbot.click(ids.ACTION_PERMISSIONS_RECHECK, str(account["id"]))
+    vbot.wait_thread("prod", "Veeam confirms")
