@@ -141,6 +141,18 @@ def register(app: App, services: Services) -> None:
 
         _answer(respond, retire)
 
+    @app.action(ids.ACTION_PERMISSIONS_RECHECK)
+    def on_permissions_recheck(
+        ack: Ack, body: dict[str, Any], action: dict[str, Any], respond: Respond
+    ) -> None:
+        ack()
+
+        def recheck() -> None:
+            account_ref = _row_id(action, "That account is not managed by this bot (any more).")
+            services.provision.confirmations.recheck(account_ref, _user(body))
+
+        _answer(respond, recheck)
+
     @app.action(re.compile(".*"))
     def on_unknown_action(ack: Ack, action: dict[str, Any]) -> None:
         # Registered last: a button from an older message, or a forged payload.

@@ -7,7 +7,7 @@ from sqlite_utils import Database, Migrations
 migrations = Migrations("veeam-sa")
 
 #: Name of the newest migration: `doctor` reports a database short of it as out of date.
-LATEST = "m007_certificates"
+LATEST = "m008_least_privilege"
 
 
 @migrations()
@@ -165,3 +165,17 @@ def m007_certificates(db: Database) -> None:
     # private key with its certificate, encrypted, in `ciphertext`.
     db.table("secrets").add_column("kind", str, not_null_default="password")
     db.table("accounts").add_column("credential", str, not_null_default="secret")
+
+
+@migrations()
+def m008_least_privilege(db: Database) -> None:
+    accounts = db.table("accounts")
+    # JSON {"id", "name", "scope", "assignable_scopes"} of the custom role the bot created
+    # for the account (least-privilege accounts only).
+    accounts.add_column("custom_role", str)
+    # What the appliance said when last asked to check the account's permissions:
+    # its azurePermissionsState (JSON list), the per-subscription findings (JSON) and when.
+    accounts.add_column("permissions_state", str)
+    accounts.add_column("permissions_detail", str)
+    accounts.add_column("permissions_checked_at", str)
+    accounts.add_column("permissions_ts", str)  # the thread message showing the answer

@@ -1107,3 +1107,117 @@ def test_rendezvous_reports_requests_sent_one_after_the_other(dbl, http):
     assert _get_me(http, dbl, token).status_code == 200
     assert not rv.met
     assert rv.waited == [False, True]
+
+
+def put_role(http, dbl, token, sub, rd_id, name="veeam-sa custom", scopes=None, **props):
+    body = {
+        "properties": {
+            "roleName": name,
+            "description": "test role",
+            "type": "CustomRole",
+            "permissions": [
+                {
+                    "actions": ["Microsoft.Compute/disks/read"],
+                    "notActions": [],
+                    "dataActions": ["Microsoft.KeyVault/vaults/keys/read"],
+                    "notDataActions": [],
+                }
+            ],
+            "assignableScopes": scopes if scopes is not None else [f"/subscriptions/{sub}"],
+            **props,
+        }
+    }
+    return http.put(
+        f"{dbl.arm_url}/subscriptions/{sub}/providers/Microsoft.Authorization/"
+        f"roleDefinitions/{rd_id}",
+        params={"api-version": "2022-04-01"},
+        headers=bearer(token),
+        json=body,
+    )
+
+
+def test_custom_role_definitions_follow_arms_rules(dbl, http):
+    owner = dbl.token_for(audience="arm")
+    graph = dbl.token_for()
+    app = create_app(http, dbl, graph)
+    sp = create_sp(http, dbl, graph, app["appId"])
+    rd_id = str(uuid.uuid4())
+
+    # created once, then the same GUID again is an update
+    created = put_role(
+        http, dbl, owner, SUB1, rd_id, scopes=[f"/subscriptions/{SUB1}", f"/subscriptions/{SUB2}"]
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["properties"]["type"] == "CustomRole"
+    assert (
+        put_role(
+            http,
+            dbl,
+            owner,
+            SUB1,
+            rd_id,
+            scopes=[f"/subscriptions/{SUB1}", f"/subscriptions/{SUB2}"],
+        ).status_code
+        == 200
+    )
+    [custom] = dbl.custom_roles(DEFAULT_TENANT_ID)
+    assert custom.data_actions == ["Microsoft.KeyVault/vaults/keys/read"]
+
+    # the name is unique in the tenant
+    clash = put_role(http, dbl, owner, SUB1, str(uuid.uuid4()), name="VEEAM-SA CUSTOM")
+    assert clash.status_code == 409
+    assert clash.json()["error"]["code"] == "RoleDefinitionWithSameNameExists"
+    assert (
+        put_role(http, dbl, owner, SUB1, str(uuid.uuid4()), name="Contributor").status_code == 409
+    )
+
+    # assignable scopes: required, never the root
+    for scopes in ([], ["/"]):
+        bad = put_role(http, dbl, owner, SUB1, str(uuid.uuid4()), name="other", scopes=scopes)
+        assert bad.status_code == 400 and bad.json()["error"]["code"] == "InvalidRoleDefinition"
+
+    # roleDefinitions/write is needed on every assignable scope
+    dbl.add_user("uaa@contoso.onmicrosoft.com")
+    dbl.grant("uaa@contoso.onmicrosoft.com", SUB1, "Role Based Access Control Administrator")
+    rbac = dbl.token_for("uaa@contoso.onmicrosoft.com", audience="arm")
+    denied = put_role(http, dbl, rbac, SUB1, str(uuid.uuid4()), name="third")
+    assert denied.status_code == 403
+    assert "Microsoft.Authorization/roleDefinitions/write" in denied.json()["error"]["message"]
+
+    # a new definition replicates: the first assignments do not find it yet
+    dbl.role_definition_replication = 2
+    fresh = str(uuid.uuid4())
+    assert put_role(http, dbl, owner, SUB1, fresh, name="fresh").status_code == 201
+    for _ in range(2):
+        early = assign(http, dbl, owner, SUB1, sp["id"], role=fresh)
+        assert early.status_code == 400
+        assert early.json()["error"]["code"] == "RoleDefinitionDoesNotExist"
+    assignment = str(uuid.uuid4())
+    assert assign(http, dbl, owner, SUB1, sp["id"], role=fresh, name=assignment).status_code == 201
+    # only where it is assignable
+    outside = assign(http, dbl, owner, SUB2, sp["id"], role=fresh)
+    assert outside.status_code == 400
+
+    # the caller's permissions show it; data actions too
+    blocks = dbl.blocks_of_application(app["appId"], SUB1)
+    assert any("Microsoft.Compute/disks/read" in b["actions"] for b in blocks)
+
+    # not deleted while assigned; deleted after
+    url = (
+        f"{dbl.arm_url}/subscriptions/{SUB1}/providers/Microsoft.Authorization/"
+        f"roleDefinitions/{fresh}"
+    )
+    params = {"api-version": "2022-04-01"}
+    busy = http.delete(url, params=params, headers=bearer(owner))
+    assert busy.status_code == 409
+    assert busy.json()["error"]["code"] == "RoleDefinitionHasAssignments"
+    http.delete(
+        f"{dbl.arm_url}/subscriptions/{SUB1}/providers/Microsoft.Authorization/"
+        f"roleAssignments/{assignment}",
+        params=params,
+        headers=bearer(owner),
+    )
+    assert http.delete(url, params=params, headers=bearer(owner)).status_code == 200
+    assert http.delete(url, params=params, headers=bearer(owner)).status_code == 204
+    gone = http.get(url, params=params, headers=bearer(owner))
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "RoleDefinitionDoesNotExist"

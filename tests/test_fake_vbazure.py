@@ -297,3 +297,74 @@ def test_fault_after_processing_loses_only_the_answer(
     )
     assert lost.status_code == 504
     assert [a["name"] for a in dbl.accounts.values()] == ["prod"]
+
+
+def test_export_and_check_permissions(dbl: VBAzureDouble, http: httpx.Client) -> None:
+    """exportPermissionsByApp answers the role-like JSON file as octet-stream; checkPermissions
+    reads its query arrays, answers a SubscriptionsListingResult naming what is missing, and
+    records the outcome in the account's azurePermissionsState."""
+    auth = token(dbl, http)
+    base = f"{dbl.url}/api/v8.1/accounts/azure/service"
+    login = body()["clientLoginParameters"]
+
+    missing_sub = http.post(f"{base}/exportPermissionsByApp", headers=auth, json=login)
+    assert missing_sub.status_code == 400
+    exported = http.post(
+        f"{base}/exportPermissionsByApp", params={"subscriptionId": SUB_A}, headers=auth, json=login
+    )
+    assert exported.status_code == 200
+    assert exported.headers["content-type"] == "application/octet-stream"
+    [block] = json.loads(exported.content)["permissions"]
+    needed = dbl.required_permissions
+    assert set(block["actions"]) == set(
+        needed["VirtualMachineBackup"]["actions"] + needed["Repository"]["actions"]
+    )
+    assert set(block["dataActions"]) == set(needed["Repository"]["dataActions"])
+    assert block["notActions"] == [] and block["notDataActions"] == []
+
+    account_id = http.post(f"{base}/saveByApp", headers=auth, json=body()).json()
+    url = f"{base}/{account_id}/checkPermissions"
+    assert http.post(f"{base}/{uuid.uuid4()}/checkPermissions", headers=auth).status_code == 404
+
+    # everything present
+    ok = http.post(url, params=[("subscriptionId", SUB_A), ("purposes", "Repository")], headers=auth)
+    assert ok.status_code == 200
+    check("subscriptions-listing-result", ok.json())
+    [sub] = ok.json()["subscriptions"]
+    assert (sub["id"], sub["permissionsState"], sub["missingPermissions"]) == (
+        SUB_A,
+        "AvailableAll",
+        [],
+    )
+
+    # the application holds only some of it; one provider is not registered on SUB_B
+    held = {"actions": ["Microsoft.Storage/*"], "dataActions": []}
+    dbl.azure_permissions = lambda app_id, sub_id: [held] if app_id == APP_ID else []
+    dbl.missing_providers = {SUB_B: ["Microsoft.KeyVault"]}
+    answer = http.post(
+        url,
+        params=[("subscriptionId", SUB_A), ("subscriptionId", SUB_B), ("purposes", "Repository")],
+        headers=auth,
+    ).json()
+    check("subscriptions-listing-result", answer)
+    a, b = answer["subscriptions"]
+    assert a["missingPermissions"] == [] and a["permissionsState"] == "Insufficient"
+    assert set(a["missingDataActions"]) == set(needed["Repository"]["dataActions"])
+    assert a["missingPurposes"][0]["purpose"] == "Repository"
+    assert b["missingResourceProviders"] == ["Microsoft.KeyVault"]
+    assert b["resourceProvidersState"] == "Insufficient"
+    account = http.get(f"{base}/{account_id}", headers=auth).json()
+    check("azure-account", account)
+    assert account["azurePermissionsState"] == ["MissingPermissions"]
+    assert account["azurePermissionsStateCheckTimeUtc"]
+
+    # granted: cleared
+    held["dataActions"] = ["Microsoft.KeyVault/vaults/keys/*", "Microsoft.Storage/*"]
+    dbl.missing_providers = {}
+    again = http.post(
+        url, params=[("subscriptionId", SUB_A), ("purposes", "Repository")], headers=auth
+    ).json()
+    assert again["subscriptions"][0]["permissionsState"] == "AvailableAll"
+    assert http.get(f"{base}/{account_id}", headers=auth).json()["azurePermissionsState"] == [
+        "AllPermissionsAvailable"
+    ]

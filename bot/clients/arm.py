@@ -1,4 +1,15 @@
-"""Azure Resource Manager: subscriptions, the caller's permissions, role assignments."""
+"""Azure Resource Manager: subscriptions, the caller's permissions, role assignments, and
+the custom role definitions of least-privilege accounts.
+
+Custom roles (Microsoft's "Azure custom roles" and the REST reference "Role Definitions -
+Create Or Update", api-version 2022-04-01): `PUT {scope}/providers/Microsoft.Authorization/
+roleDefinitions/{guid}` with `roleName` (unique in the tenant), `type: CustomRole`,
+`permissions` and `assignableScopes`. The same GUID with the same body is an update, so a
+retried creation with a stable GUID is idempotent; another GUID with a taken name is refused
+with 409 `RoleDefinitionWithSameNameExists`. A new definition replicates for a while: an
+assignment that names it can meet 400 `RoleDefinitionDoesNotExist`, retried like
+`PrincipalNotFound`. A definition with assignments cannot be deleted, so assignments go first.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +23,16 @@ from bot.clients.msapi import MicrosoftApi
 from bot.core.errors import MicrosoftError
 
 ROLE_ASSIGNMENT_WRITE = "Microsoft.Authorization/roleAssignments/write"
+ROLE_DEFINITION_WRITE = "Microsoft.Authorization/roleDefinitions/write"
 SUBSCRIPTIONS_API = "2022-12-01"
 AUTHORIZATION_API = "2022-04-01"
 
 #: Names role assignments deterministically, so a retried creation reuses the same names.
 ASSIGNMENT_NAMESPACE = uuid.UUID("5d1f0f64-0f8e-4d0c-9a43-7a1b7e0c9a11")
+#: Names custom role definitions deterministically (per creation and set of subscriptions).
+DEFINITION_NAMESPACE = uuid.UUID("0c6b3f5e-7d64-4c1e-8a63-2f0f6a9d51c4")
+#: Answers that mean "not replicated yet": retried within `principal_budget`.
+_REPLICATION_CODES = frozenset({"PrincipalNotFound", "RoleDefinitionDoesNotExist"})
 
 
 @lru_cache(maxsize=512)
@@ -40,6 +56,12 @@ def assignment_name(key: str, subscription: str, role_definition_id: str) -> str
             ASSIGNMENT_NAMESPACE, f"{key}/{subscription.lower()}/{role_definition_id.lower()}"
         )
     )
+
+
+def role_definition_name(key: str, subscriptions: list[str]) -> str:
+    """The stable GUID of the custom role a creation (`key`) makes for its subscriptions."""
+    scope = ",".join(sorted(s.lower() for s in subscriptions))
+    return str(uuid.uuid5(DEFINITION_NAMESPACE, f"{key}/{scope}"))
 
 
 class ArmClient(MicrosoftApi):
@@ -70,10 +92,72 @@ class ArmClient(MicrosoftApi):
     def can_assign_roles(self, subscription: str) -> bool:
         return action_allowed(self.permissions(subscription), ROLE_ASSIGNMENT_WRITE)
 
+    def allowed(self, subscription: str, actions: list[str]) -> dict[str, bool]:
+        """Whether the caller may perform each of `actions` on the subscription."""
+        granted = self.permissions(subscription)
+        return {action: action_allowed(granted, action) for action in actions}
+
+    def put_role_definition(
+        self,
+        subscription: str,
+        definition_id: str,
+        *,
+        role_name: str,
+        description: str,
+        permissions: dict[str, list[str]],
+        assignable_subscriptions: list[str],
+    ) -> str:
+        """Create (201) or update (200) a custom role at `/subscriptions/{subscription}`.
+        Returns "created" or "updated"; raises `MicrosoftError` (e.g. 409
+        `RoleDefinitionWithSameNameExists`, 403 `AuthorizationFailed`)."""
+        scope = f"/subscriptions/{subscription}"
+        body = {
+            "properties": {
+                "roleName": role_name,
+                "description": description,
+                "type": "CustomRole",
+                "permissions": [permissions],
+                "assignableScopes": [f"/subscriptions/{s}" for s in assignable_subscriptions],
+            }
+        }
+        response = self.request(
+            "PUT",
+            f"{scope}/providers/Microsoft.Authorization/roleDefinitions/{definition_id}",
+            json=body,
+            params={"api-version": AUTHORIZATION_API},
+        )
+        return "created" if response.status_code == 201 else "updated"
+
+    def get_role_definition(self, subscription: str, definition_id: str) -> dict[str, Any] | None:
+        path = (
+            f"/subscriptions/{subscription}/providers/Microsoft.Authorization/roleDefinitions/"
+            f"{definition_id}"
+        )
+        try:
+            body = self.get_json(path, params={"api-version": AUTHORIZATION_API})
+        except MicrosoftError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return body if isinstance(body, dict) else None
+
+    def delete_role_definition(self, subscription: str, definition_id: str) -> None:
+        """Delete a custom role (gone already is fine). Its assignments must go first."""
+        path = (
+            f"/subscriptions/{subscription}/providers/Microsoft.Authorization/roleDefinitions/"
+            f"{definition_id}"
+        )
+        try:
+            self.request("DELETE", path, params={"api-version": AUTHORIZATION_API})
+        except MicrosoftError as exc:
+            if exc.status != 404:
+                raise
+
     def assign_role(
         self, subscription: str, role_definition_id: str, principal_id: str, name: str
     ) -> str:
-        """Assign the role; returns "created", "exists". Waits out principal replication."""
+        """Assign the role; returns "created", "exists". Waits out the replication of a new
+        principal or a new custom role definition."""
         scope = f"/subscriptions/{subscription}"
         body = {
             "properties": {
@@ -92,7 +176,7 @@ class ArmClient(MicrosoftApi):
             except MicrosoftError as exc:
                 if exc.code == "RoleAssignmentExists":
                     return "exists"
-                if exc.code != "PrincipalNotFound" or time.monotonic() + delay > deadline:
+                if exc.code not in _REPLICATION_CODES or time.monotonic() + delay > deadline:
                     raise
             self._sleep(delay)
             delay = min(delay * 1.5, 10.0)

@@ -50,6 +50,9 @@ BUILTIN_ROLES: dict[str, str] = {
 DEFAULT_ROLES = ("Contributor", "Key Vault Crypto User", "Storage Queue Data Contributor")
 #: What a service account can sign in with (`VEEAM_SA_CREDENTIAL`, `create --credential`).
 CREDENTIALS = ("secret", "certificate")
+#: How roles are given: the built-in ones above (or `VEEAM_SA_ROLES`' list), or one custom
+#: role per account holding exactly what VBAzure needs for the account's purposes.
+ROLE_MODES = ("builtin", "least-privilege")
 
 GUID_RE = re.compile(
     r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
@@ -107,6 +110,11 @@ class Config:
     veeam_purposes: tuple[str, ...] = ()
     #: What a new account signs in with unless `create --credential` says otherwise.
     credential: str = "secret"
+    #: "builtin" or "least-privilege" (see ROLE_MODES); `create --roles` overrides it.
+    role_mode: str = "builtin"
+    #: How long the appliance is asked again while it reports permissions missing (newly
+    #: granted rights can take up to 15 minutes to show there); then a Recheck button stays.
+    permission_check_window_s: float = 900.0
 
     @property
     def socket_mode(self) -> bool:
@@ -203,7 +211,7 @@ def _roles(value: str) -> tuple[Role, ...]:
                 f"names an unknown role {item!r}",
                 "use built-in role names ("
                 + ", ".join(BUILTIN_ROLES)
-                + ") or role-definition GUIDs",
+                + ") or role-definition GUIDs, or one word: builtin or least-privilege",
             )
     if not roles:
         raise ConfigError("VEEAM_SA_ROLES", "is empty", "name at least one role, or unset it")
@@ -328,7 +336,21 @@ def load_config(
             f"must be 'organizations', 'common', a tenant id or a tenant domain (got {tenant!r})",
         )
 
-    roles = _roles(get("VEEAM_SA_ROLES") or ",".join(DEFAULT_ROLES))
+    roles_raw = (get("VEEAM_SA_ROLES") or "").strip()
+    role_mode = roles_raw.lower() if roles_raw.lower() in ROLE_MODES else "builtin"
+    roles = _roles(
+        ",".join(DEFAULT_ROLES) if not roles_raw or roles_raw.lower() in ROLE_MODES else roles_raw
+    )
+    window_raw = get("VEEAM_SA_PERMISSION_CHECK_SECONDS") or "900"
+    try:
+        permission_window = float(window_raw)
+    except ValueError:
+        permission_window = -1.0
+    if not 0 <= permission_window <= 3600:
+        raise ConfigError(
+            "VEEAM_SA_PERMISSION_CHECK_SECONDS",
+            f"must be a number of seconds from 0 to 3600 (got {window_raw!r})",
+        )
     secret_days = _int("VEEAM_SA_SECRET_DAYS", get("VEEAM_SA_SECRET_DAYS") or "365", 1, 730)
     credential = (get("VEEAM_SA_CREDENTIAL") or "secret").strip().lower()
     if credential not in CREDENTIALS:
@@ -423,6 +445,8 @@ def load_config(
         ),
         veeam_api_version=veeam_api_version,
         veeam_purposes=purposes,
+        role_mode=role_mode,
+        permission_check_window_s=permission_window,
         require_email_match=_bool(
             "VEEAM_SA_REQUIRE_EMAIL_MATCH", get("VEEAM_SA_REQUIRE_EMAIL_MATCH") or "false"
         ),

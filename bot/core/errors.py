@@ -11,6 +11,7 @@
     │   ├── Throttled                 429 (carries Retry-After)
     │   └── Unreachable               timeouts, connection errors, 5xx after retries
     ├── ApplianceError                the VBAzure appliance refused, failed or was unreachable
+    ├── PermissionListError           a list of the permissions VBAzure needs cannot be used
     ├── Cancelled                     someone cancelled a flow while a step was running
     └── UnexpectedError               anything else a flow step raised (a bug, a truncated
                                       answer, a failed write): carries the log's reference
@@ -43,6 +44,11 @@ class ConfigError(VeeamSAError):
         if fix:
             text += f": {fix}"
         super().__init__(text)
+
+
+class PermissionListError(VeeamSAError):
+    """A list of the Azure permissions VBAzure needs (the appliance's export or the list the
+    bot ships) cannot be made into a least-privilege role; the message says why."""
 
 
 class StorageError(VeeamSAError):

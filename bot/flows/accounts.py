@@ -31,6 +31,9 @@ def _view(
     view = dict(account)
     view["subscriptions"] = json.loads(account.get("subscriptions") or "[]")
     view["roles"] = json.loads(account.get("roles") or "{}")
+    view["custom_role"] = json.loads(account.get("custom_role") or "null")
+    view["permissions_state"] = json.loads(account.get("permissions_state") or "null")
+    view["permissions_detail"] = json.loads(account.get("permissions_detail") or "null")
     end = parse_time(secret["end_at"]) if secret else None
     view["hint"] = secret.get("hint") if secret else None
     view["end_at"] = secret["end_at"] if secret else None

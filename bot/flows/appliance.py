@@ -183,6 +183,11 @@ def refresh(services: Context, now: datetime) -> int:
                     appliance_state=item.get("cloudState"),
                     appliance_expiry=item.get("expirationDate"),
                     appliance_checked_at=stamp,
+                    **(
+                        {"permissions_state": json.dumps(item["azurePermissionsState"])}
+                        if isinstance(item.get("azurePermissionsState"), list)
+                        else {}
+                    ),
                 )
                 seen += 1
     return seen

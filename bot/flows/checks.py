@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from bot.clients.arm import ArmClient
+from bot.clients.arm import ROLE_ASSIGNMENT_WRITE, ROLE_DEFINITION_WRITE, ArmClient
 from bot.clients.signin import Identity, Session
 from bot.core.errors import (
     CommandError,
@@ -40,6 +40,10 @@ NO_APP_RIGHT = (
     "Application Developer role (or Application Administrator / Cloud Application "
     "Administrator), or to turn on 'Users can register applications'"
 )
+
+
+def _least(data: dict[str, Any]) -> bool:
+    return data.get("roles_mode") == "least-privilege"
 
 
 class Prerequisites:
@@ -126,7 +130,9 @@ class Prerequisites:
         tenant = identity.tenant_id
         outcome: tuple[list[dict[str, Any]], list[dict[str, Any]]] | Exception
         try:
-            outcome = self._subscription_rights(self.ctx.arm(session), wanted, tenant)
+            outcome = self._subscription_rights(
+                self.ctx.arm(session), wanted, tenant, _least(data)
+            )
         except Exception as exc:  # noqa: BLE001 - `check` meets it as if it had asked
             outcome = exc
         with self._lock:
@@ -145,14 +151,17 @@ class Prerequisites:
         return early[1]
 
     def _subscription_rights(
-        self, arm: ArmClient, wanted: list[str], tenant: str | None
+        self, arm: ArmClient, wanted: list[str], tenant: str | None, least: bool
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """(visible subscriptions, each checked subscription with `ok` and `reason`): the named
-        ones when `wanted`, else every subscription of the tenant the account can see."""
+        ones when `wanted`, else every subscription of the tenant the account can see. A
+        least-privilege account gets a custom role: creating it needs roleDefinitions/write
+        on each subscription besides roleAssignments/write."""
+        needed = [ROLE_ASSIGNMENT_WRITE] + ([ROLE_DEFINITION_WRITE] if least else [])
 
         def sub_check(sub: dict[str, Any]) -> dict[str, Any]:
             try:
-                ok = arm.can_assign_roles(sub["id"])
+                held = arm.allowed(sub["id"], needed)
             except MicrosoftError as exc:
                 if exc.status not in (401, 403, 404):
                     raise
@@ -160,12 +169,21 @@ class Prerequisites:
                 # or another tenant's).
                 reason = "this account cannot see the subscription (wrong tenant, or no access)"
                 return {**sub, "ok": False, "reason": reason}
-            reason = (
-                "can assign roles"
-                if ok
-                else "lacks Microsoft.Authorization/roleAssignments/write; ask for Owner or "
-                "User Access Administrator on this subscription"
-            )
+            ok = all(held.values())
+            lacking = [action for action, allowed in held.items() if not allowed]
+            if ok:
+                reason = "can create a custom role and assign it" if least else "can assign roles"
+            else:
+                reason = (
+                    "lacks "
+                    + " and ".join(lacking)
+                    + (
+                        " (a least-privilege account gets a custom role, which needs it)"
+                        if ROLE_DEFINITION_WRITE in lacking
+                        else ""
+                    )
+                    + "; ask for Owner or User Access Administrator on this subscription"
+                )
             return {**sub, "ok": ok, "reason": reason}
 
         if wanted:
@@ -212,7 +230,8 @@ class Prerequisites:
                 app_right, app_reason = app_check()
             else:
                 (app_right, app_reason), (visible, results) = both(
-                    app_check, lambda: self._subscription_rights(arm, wanted, tenant)
+                    app_check,
+                    lambda: self._subscription_rights(arm, wanted, tenant, _least(data)),
                 )
             if wanted:
                 visible = data.get("visible", [])

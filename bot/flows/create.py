@@ -7,7 +7,8 @@ Handlers call `begin()` (a fast database write, safe on the ack path) and then
 
 from __future__ import annotations
 
-from bot.core.errors import CommandError
+from bot.core import permissions
+from bot.core.errors import CommandError, PermissionListError
 from bot.flows.context import Context
 from bot.flows.record import Record
 from bot.slack.grammar import Command
@@ -22,6 +23,14 @@ class CreateFlow:
     def begin(self, *, requester: str, channel_id: str, command: Command) -> str:
         """Record a new create flow; refuse a name that is managed or already in flight."""
         assert command.name is not None
+        mode = command.roles or self.ctx.config.role_mode
+        if mode == "least-privilege" and self.ctx.appliance is None:
+            try:  # without an appliance the bot's own list must cover the purposes
+                permissions.shipped(self.ctx.config.veeam_purposes)
+            except PermissionListError as exc:
+                raise CommandError(
+                    f"A least-privilege account cannot be made here: {exc}."
+                ) from None
         with self.ctx.store.quick() as db, db.atomic():
             existing = queries.get_account(db, command.name)
             if existing is not None and existing["state"] == "active":
@@ -52,8 +61,12 @@ class CreateFlow:
                     "subscriptions": list(command.subscriptions),
                     "description": command.description,
                     "credential": command.credential or self.ctx.config.credential,
+                    "roles_mode": mode,
                     "steps": {"sign_in": "running"},
                 },
-                detail={"subscriptions": list(command.subscriptions)},
+                detail={
+                    "subscriptions": list(command.subscriptions),
+                    "roles": mode,
+                },
             )
         return flow_id

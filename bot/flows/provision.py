@@ -24,8 +24,10 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from bot.clients.arm import ArmClient, assignment_name
+from bot.clients.arm import ArmClient, assignment_name, role_definition_name
 from bot.clients.graph import GraphClient
+from bot.clients.vbazure import AZURE_ENVIRONMENTS
+from bot.core import permissions as permission_lists
 from bot.core.errors import (
     ApplianceError,
     Cancelled,
@@ -37,6 +39,7 @@ from bot.core.errors import (
 )
 from bot.core.fanout import both, parallel
 from bot.flows.appliance import hand_off_stored
+from bot.flows.confirm import Confirmations
 from bot.flows.context import Context
 from bot.flows.record import Record
 from bot.flows.secrets import (
@@ -54,6 +57,12 @@ from storage import queries
 log = logging.getLogger(__name__)
 
 
+def custom_role_name(account: str, definition_id: str) -> str:
+    """A least-privilege account's role name: unique in the tenant (ARM's rule) through the
+    definition's GUID, at most 128 characters."""
+    return f"Veeam Backup for Azure - {account[:80]} ({definition_id[:8]})"
+
+
 class Provisioner:
     def __init__(self, ctx: Context, record: Record, signin: SignInEngine) -> None:
         self.ctx = ctx
@@ -62,6 +71,7 @@ class Provisioner:
         self.notifier = ctx.notifier
         self.proof_budget = PROOF_BUDGET_S
         self._sleep: Callable[[float], None] = time.sleep
+        self.confirmations = Confirmations(ctx, record)
 
     @property
     def _db(self) -> Any:
@@ -248,21 +258,24 @@ class Provisioner:
         self.signin.stop_if_cancelled(flow_id)
         self.record.set_step(flow_id, "roles", "running")
         subscriptions = data.get("subscriptions", [])
-        pairs = [(sub, role) for sub in subscriptions for role in config.roles]
-
-        def assign(pair: tuple[str, Any]) -> str:
-            sub, role = pair
-            return arm.assign_role(
-                sub,
-                role.definition_id,
-                str(sp_id),
-                assignment_name(flow_id, sub, role.definition_id),
-            )
-
-        outcomes = parallel(assign, pairs)
         roles: dict[str, list[str]] = {}
-        for (sub, role), _outcome in zip(pairs, outcomes, strict=True):
-            roles.setdefault(sub, []).append(role.name)
+        if data.get("roles_mode") == "least-privilege":
+            roles = self._custom_role(flow, account_id, app, stored, str(sp_id), subscriptions, arm)
+        else:
+            pairs = [(sub, role) for sub in subscriptions for role in config.roles]
+
+            def assign(pair: tuple[str, Any]) -> str:
+                sub, role = pair
+                return arm.assign_role(
+                    sub,
+                    role.definition_id,
+                    str(sp_id),
+                    assignment_name(flow_id, sub, role.definition_id),
+                )
+
+            outcomes = parallel(assign, pairs)
+            for (sub, role), _outcome in zip(pairs, outcomes, strict=True):
+                roles.setdefault(sub, []).append(role.name)
         queries.update_account(self._db, account_id, roles=json.dumps(roles))
         # shown by the next edit (the hand-off, or the summary right after): an edit of its
         # own would only hold up the summary behind it
@@ -278,8 +291,11 @@ class Provisioner:
                 "its private key is kept encrypted in the bot's database; an operator exports it "
                 f"for Veeam with `veeam-sa-bot secret show {flow['name']} --out FILE.pfx`"
             )
+        handed = False
         if self.ctx.appliance is not None:
-            where = self._hand_off(flow, account_id, stored) or where
+            handed_to = self._hand_off(flow, account_id, stored)
+            handed = handed_to is not None
+            where = handed_to or where
         with self._db.atomic():
             queries.update_account(self._db, account_id, state="active")
             queries.add_audit(
@@ -300,6 +316,8 @@ class Provisioner:
                 detail={"flow": flow_id, "app_id": app["appId"]},
             )
         self.signin.drop_session(flow_id)
+        if handed:  # the last step: Veeam itself checks the account's permissions
+            self.record.set_step(flow_id, "confirm", "running")
         flow = self.record.get(flow_id)
         end = datetime.fromisoformat(stored["end_at"].replace("Z", "+00:00"))
         tenant = blocks.escape(identity.get("tenant_name") or "")
@@ -316,8 +334,117 @@ class Provisioner:
             + f" — {where}."
             + (f" {policy_note}" if policy_note else ""),
         ]
-        self.record.render_parent(flow, outcome=":white_check_mark: Created.", summary=summary)
+        outcome = ":white_check_mark: Created."
+        flow_data = self.record.data(flow)
+        flow_data["final"] = {"outcome": outcome, "summary": summary}  # for the last step
+        self.record.save_data(flow_id, flow_data)
+        self.record.render_parent(flow, outcome=outcome, summary=summary)
         self.record.say(flow, f":white_check_mark: Service account `{flow['name']}` is ready.")
+        if handed:
+            try:
+                self.confirmations.begin(account_id, flow_id)
+            except Exception:  # noqa: BLE001 - the account is made; only Veeam's word is missing
+                log.exception("flow %s: the permission check by the appliance failed", flow_id)
+
+    def _needed_permissions(
+        self, flow: dict[str, Any], app: dict[str, Any], stored: dict[str, Any], subs: list[str]
+    ) -> permission_lists.Permissions:
+        """What the account's custom role must hold: the appliance's export for each
+        subscription (their union) when one is configured, else the bot's own list."""
+        config = self.ctx.config
+        purposes = list(config.veeam_purposes)
+        appliance = self.ctx.appliance
+        if appliance is None:
+            return permission_lists.shipped(purposes)
+        secret = self.ctx.cipher.decrypt(stored["ciphertext"])
+        tenant = self.record.data(flow).get("identity", {}).get("tenant_id")
+
+        def export(sub: str) -> permission_lists.Permissions:
+            document = appliance.export_permissions_by_app(
+                subscription=sub,
+                application_id=app["appId"],
+                tenant_id=str(tenant),
+                client_secret=secret,
+                subscriptions=subs,
+                purposes=purposes,
+                environment=AZURE_ENVIRONMENTS.get(config.cloud, "Global"),
+            )
+            return permission_lists.from_export(document, "the Veeam appliance's export")
+
+        exported = parallel(export, subs)
+        result = exported[0]
+        for more in exported[1:]:
+            result = result.union(more)
+        return result
+
+    def _custom_role(
+        self,
+        flow: dict[str, Any],
+        account_id: int,
+        app: dict[str, Any],
+        stored: dict[str, Any],
+        sp_id: str,
+        subs: list[str],
+        arm: ArmClient,
+    ) -> dict[str, list[str]]:
+        """Least privilege: one custom role holding exactly what VBAzure needs for the
+        purposes, assignable on the chosen subscriptions, assigned on each of them. Its GUID
+        is derived from the creation and its subscriptions, so a retry updates the same
+        definition; it is recorded before it is made, so a rollback finds it."""
+        flow_id = flow["id"]
+        needed = self._needed_permissions(flow, app, stored, subs)
+        definition_id = role_definition_name(flow_id, subs)
+        role_name = custom_role_name(flow["name"], definition_id)
+        record = {"id": definition_id, "name": role_name, "scope": subs[0], "subscriptions": subs}
+        queries.update_account(self._db, account_id, custom_role=json.dumps(record))
+        try:
+            outcome = arm.put_role_definition(
+                subs[0],
+                definition_id,
+                role_name=role_name,
+                description=(
+                    f"Veeam Backup for Microsoft Azure service account {flow['name']}: "
+                    f"the permissions its purposes need ({needed.source}). Made by veeam-sa."
+                )[:1024],
+                permissions=needed.block(),
+                assignable_subscriptions=subs,
+            )
+        except MicrosoftError as exc:
+            if exc.code == "RoleDefinitionWithSameNameExists":
+                raise VeeamSAError(
+                    f"Azure already has another custom role named `{role_name}` in this tenant; "
+                    "rename or delete it, then run the create again"
+                ) from None
+            raise
+        queries.add_audit(
+            self._db,
+            actor=flow["requester"],
+            action="azure.role_definition",
+            target=flow["name"],
+            outcome=outcome,
+            detail={
+                "flow": flow_id,
+                "id": definition_id,
+                "name": role_name,
+                "actions": len(needed.actions),
+                "data_actions": len(needed.data_actions),
+                "source": needed.source,
+            },
+        )
+        crash_point("after_role_definition")
+        parallel(
+            lambda sub: arm.assign_role(
+                sub, definition_id, sp_id, assignment_name(flow_id, sub, definition_id)
+            ),
+            subs,
+        )
+        self.record.say(
+            flow,
+            f":closed_lock_with_key: Least privilege: custom role `{role_name}` holds "
+            f"{len(needed.actions)} actions and {len(needed.data_actions)} data actions, from "
+            f"{needed.source}; no Contributor.",
+        )
+        return {sub: [role_name] for sub in subs}
 
     def _hand_off(
         self, flow: dict[str, Any], account_id: int, stored: dict[str, Any]
@@ -451,6 +578,26 @@ class Provisioner:
         )
         return [f"application `{app.get('appId')}`"], []
 
+    def _roll_back_custom_role(
+        self, flow: dict[str, Any], arm: ArmClient, custom: dict[str, Any]
+    ) -> tuple[list[str], list[str]]:
+        """Its assignments first (ARM keeps a definition that is still assigned), then the
+        definition itself."""
+        definition_id = str(custom["id"])
+        left: list[str] = []
+        for sub in custom.get("subscriptions") or []:
+            try:
+                arm.delete_role_assignment(sub, assignment_name(flow["id"], sub, definition_id))
+            except MicrosoftError:
+                left.append(f"the assignment of custom role `{custom.get('name')}` on `{sub}`")
+        if left:
+            return [], [*left, f"custom role `{custom.get('name')}` (`{definition_id}`)"]
+        try:
+            arm.delete_role_definition(str(custom["scope"]), definition_id)
+        except MicrosoftError:
+            return [], [f"custom role `{custom.get('name')}` (`{definition_id}`)"]
+        return [f"custom role `{custom.get('name')}` with its assignments"], []
+
     def _roll_back(self, flow: dict[str, Any]) -> tuple[list[str], list[str]]:
         account = queries.get_account_by_id(self._db, flow["account_id"])
         if account is None:
@@ -463,8 +610,14 @@ class Provisioner:
             return [], [f"application `{account['app_id']}`"]
         config = self.ctx.config
         data = self.record.data(flow)
+        custom = json.loads(account.get("custom_role") or "null")
+        if isinstance(custom, dict):
+            rolled_custom, left_custom = self._roll_back_custom_role(flow, arm, custom)
+            rolled += rolled_custom
+            leftover += left_custom
+        builtin = [] if data.get("roles_mode") == "least-privilege" else config.roles
         for sub in data.get("subscriptions", []):
-            for role in config.roles:
+            for role in builtin:
                 try:
                     arm.delete_role_assignment(
                         sub, assignment_name(flow["id"], sub, role.definition_id)

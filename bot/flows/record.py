@@ -152,7 +152,14 @@ class Record:
         )
         if account is None or account["state"] == "rolled_back":
             return "Nothing was created."
+        custom = json.loads(account.get("custom_role") or "null")
+        role = (
+            f" So may be its custom role `{custom.get('name')}` (`{custom.get('id')}`): remove its "
+            "assignments, then the role, in Access control (IAM)."
+            if isinstance(custom, dict)
+            else ""
+        )
         return (
             f"The application created before the interruption (`{account['app_id']}`) is still in the "
-            "tenant; delete it in the Entra admin center if you don't want it."
+            "tenant; delete it in the Entra admin center if you don't want it." + role
         )

@@ -1,6 +1,7 @@
 """The slash-command grammar: text in, a `Command` out, or a `CommandError` that says why.
 
 /veeam-sa create NAME [--subscription ID]... [--description TEXT] [--credential secret|certificate]
+                      [--roles builtin|least-privilege]
 /veeam-sa list
 /veeam-sa show NAME
 /veeam-sa renew NAME
@@ -17,7 +18,7 @@ import re
 import shlex
 from dataclasses import dataclass, field
 
-from bot.core.config import CREDENTIALS, GUID_RE
+from bot.core.config import CREDENTIALS, GUID_RE, ROLE_MODES
 from bot.core.errors import CommandError
 
 MAX_TEXT = 4000
@@ -29,7 +30,7 @@ SUBCOMMANDS = ("create", "list", "show", "renew", "retire", "cancel", "sync", "i
 USAGE = {
     "create": (
         "/veeam-sa create NAME [--subscription ID]... [--description TEXT]"
-        " [--credential secret|certificate]"
+        " [--credential secret|certificate] [--roles builtin|least-privilege]"
     ),
     "list": "/veeam-sa list",
     "show": "/veeam-sa show NAME",
@@ -53,6 +54,8 @@ class Command:
     description: str | None = None
     #: `secret` or `certificate`; None: `VEEAM_SA_CREDENTIAL` decides.
     credential: str | None = None
+    #: "builtin" or "least-privilege" when `--roles` was given; None: the configured default.
+    roles: str | None = None
 
 
 def validate_name(name: str) -> str:
@@ -115,12 +118,13 @@ def _parse_create(words: list[str]) -> Command:
     subscriptions: list[str] = []
     description: str | None = None
     credential: str | None = None
+    roles: str | None = None
     i = 0
     while i < len(words):
         word = words[i]
         if word.startswith("--"):
             flag, eq, inline = word.partition("=")
-            if flag not in ("--subscription", "--description", "--credential"):
+            if flag not in ("--subscription", "--description", "--credential", "--roles"):
                 raise _usage_error("create", f"`{_clip(flag)}` is not an option of `create`.")
             if eq:
                 value = inline
@@ -148,6 +152,15 @@ def _parse_create(words: list[str]) -> Command:
                         )
                     if part.lower() not in subscriptions:
                         subscriptions.append(part.lower())
+            elif flag == "--roles":
+                if roles is not None:
+                    raise _usage_error("create", "`--roles` is given twice.")
+                if value.lower() not in ROLE_MODES:
+                    raise _usage_error(
+                        "create",
+                        f"`--roles` takes `builtin` or `least-privilege` (got `{_clip(value)}`).",
+                    )
+                roles = value.lower()
             else:
                 if description is not None:
                     raise _usage_error("create", "`--description` is given twice.")
@@ -176,4 +189,5 @@ def _parse_create(words: list[str]) -> Command:
         subscriptions=tuple(subscriptions),
         description=description,
         credential=credential,
+        roles=roles,
     )

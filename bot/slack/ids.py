@@ -25,3 +25,4 @@ def renew_action(account_id: int) -> str:
 
 
 ACTION_RETIRE_OLD_SECRET = "veeam_sa.renew.retire_old"
+ACTION_PERMISSIONS_RECHECK = "veeam_sa.permissions.recheck"

@@ -94,6 +94,19 @@ def get_flow(db: Database, flow_id: str) -> dict[str, Any] | None:
     return rows[0] if rows else None
 
 
+def create_flow_of_account(db: Database, account_id: int) -> dict[str, Any] | None:
+    """The creation that made an account (its latest, should there be several)."""
+    rows = list(
+        db.table("flows").rows_where(
+            "account_id = ? AND kind = 'create'",
+            [account_id],
+            order_by="created_at desc",
+            limit=1,
+        )
+    )
+    return rows[0] if rows else None
+
+
 def update_flow(db: Database, flow_id: str, **changes: Any) -> None:
     changes.setdefault("updated_at", utcnow_iso())
     db.table("flows").update(flow_id, changes)

@@ -112,6 +112,8 @@ STORAGE_QUEUE_DATA_CONTRIBUTOR = "974c5e8b-45b9-4653-ba55-5f855dd0fb88"
 ROLE_ASSIGNMENT_WRITE = "Microsoft.Authorization/roleAssignments/write"
 ROLE_ASSIGNMENT_DELETE = "Microsoft.Authorization/roleAssignments/delete"
 ROLE_ASSIGNMENT_READ = "Microsoft.Authorization/roleAssignments/read"
+ROLE_DEFINITION_WRITE = "Microsoft.Authorization/roleDefinitions/write"
+ROLE_DEFINITION_DELETE = "Microsoft.Authorization/roleDefinitions/delete"
 
 _GUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 #: First-party resource application ids, as named in Conditional Access errors.
@@ -482,6 +484,13 @@ class RoleDefinition:
     not_actions: list[str] = field(default_factory=list)
     data_actions: list[str] = field(default_factory=list)
     not_data_actions: list[str] = field(default_factory=list)
+    # Custom roles (created through PUT …/roleDefinitions/{id}); built-ins leave these be.
+    custom: bool = False
+    tenant_id: str | None = None
+    assignable_scopes: list[str] = field(default_factory=list)
+    created_by: str | None = None
+    #: Replication: the number of role assignments that will not find it yet.
+    invisible: int = 0
 
     def permission_block(self) -> dict:
         return {
@@ -756,6 +765,9 @@ class MicrosoftDouble:
         #: "no_backing" (400), "local_tenant" (403), "not_exist" (404).
         self.sp_replication_form = "no_backing"
         self.new_secret_delay = 0
+        #: How many role assignments naming a just-created custom role definition are answered
+        #: 400 RoleDefinitionDoesNotExist before it has replicated.
+        self.role_definition_replication = 0
         self.latency = 0.0
         self.unknown_clients: set[str] = set()
 
@@ -3145,6 +3157,16 @@ class MicrosoftDouble:
             ("GET", re.compile(auth + r"/roleDefinitions/?$", i), self._a_list_role_defs),
             ("GET", re.compile(auth + r"/roleDefinitions/(?P<rd>[^/]+)$", i), self._a_role_def),
             (
+                "PUT",
+                re.compile(auth + r"/roleDefinitions/(?P<rd>[^/]+)$", i),
+                self._a_put_role_def,
+            ),
+            (
+                "DELETE",
+                re.compile(auth + r"/roleDefinitions/(?P<rd>[^/]+)$", i),
+                self._a_delete_role_def,
+            ),
+            (
                 "GET",
                 re.compile(
                     r"^/providers/Microsoft\.Authorization/roleDefinitions/"
@@ -3349,9 +3371,9 @@ class MicrosoftDouble:
             "name": rd.id,
             "properties": {
                 "roleName": rd.name,
-                "type": "BuiltInRole",
+                "type": "CustomRole" if rd.custom else "BuiltInRole",
                 "description": rd.description,
-                "assignableScopes": ["/"],
+                "assignableScopes": list(rd.assignable_scopes) if rd.custom else ["/"],
                 "permissions": [rd.permission_block()],
                 "createdOn": "2015-02-02T21:55:09.8806423Z",
                 "updatedOn": "2024-01-01T00:00:00.0000000Z",
@@ -3379,7 +3401,8 @@ class MicrosoftDouble:
         items = [
             self._rd_json(rd, sub.subscription_id)
             for rd in self.role_definitions.values()
-            if wanted is None or rd.name.lower() == wanted
+            if (wanted is None or rd.name.lower() == wanted)
+            and (not rd.custom or rd.tenant_id == sub.tenant_id)
         ]
         return self._a_page(req, items)
 
@@ -3394,13 +3417,187 @@ class MicrosoftDouble:
                 return sub
             sid = sub.subscription_id
         rd = self.role_definitions.get(req.group("rd").lower())
-        if rd is None:
+        if rd is None or (rd.custom and rd.tenant_id != req.token.tenant_id):
             return self._arm_error(
                 404,
                 "RoleDefinitionDoesNotExist",
                 f"The role definition '{req.group('rd')}' could not be found.",
             )
         return self._a_ok(200, self._rd_json(rd, sid), req)
+
+    # Custom roles. Rules from Microsoft's "Azure custom roles" and "Understand Azure role
+    # definitions" (learn.microsoft.com/azure/role-based-access-control/custom-roles,
+    # /role-definitions) and the REST reference "Role Definitions - Create Or Update"
+    # (api-version 2022-04-01):
+    # - the caller needs Microsoft.Authorization/roleDefinitions/write on every assignable
+    #   scope (Owner and User Access Administrator have it) — else 403 AuthorizationFailed;
+    # - `roleName` is unique in the tenant (directory): another definition with the same name
+    #   is 409 RoleDefinitionWithSameNameExists "A role definition cannot be updated with a
+    #   name that already exists." (as reported in pulumi/pulumi-azure#840 and
+    #   MicrosoftDocs/azure-docs#60446); the same GUID again is an update (200);
+    # - at most 128 characters of name, 1024 of description;
+    # - `assignableScopes` is required; a custom role cannot name the root scope "/";
+    # - a new definition replicates: right after creation it can be "not found"
+    #   (RoleDefinitionDoesNotExist, hashicorp/terraform-provider-azurerm#10479), here for
+    #   `role_definition_replication` assignments;
+    # - a definition that still has assignments cannot be deleted (409
+    #   RoleDefinitionHasAssignments); an assignment outside its assignable scopes is refused.
+    # The exact code of the last refusal and of a malformed body are the double's own.
+
+    def _a_put_role_def(self, req: _Req) -> _Resp:
+        bad = self._api_version(req)
+        if bad:
+            return bad
+        sub = self._subscription(req)
+        if isinstance(sub, _Resp):
+            return sub
+        rd_id = req.group("rd").lower()
+        if not _is_guid(rd_id):
+            return self._arm_error(
+                400,
+                "InvalidRoleDefinitionId",
+                f"The role definition ID '{req.group('rd')}' is not valid. The role "
+                "definition ID must be a GUID.",
+            )
+        props = req.body.get("properties") if isinstance(req.body, dict) else None
+        invalid = None
+        if not isinstance(props, dict):
+            invalid = "'properties' is required"
+        else:
+            name = props.get("roleName")
+            perms = props.get("permissions")
+            scopes = props.get("assignableScopes")
+            if not isinstance(name, str) or not name.strip() or len(name) > 128:
+                invalid = "'properties.roleName' must hold 1 to 128 characters"
+            elif len(str(props.get("description") or "")) > 1024:
+                invalid = "'properties.description' may hold at most 1024 characters"
+            elif str(props.get("type") or "CustomRole").lower() != "customrole":
+                invalid = "only custom roles can be created ('properties.type': CustomRole)"
+            elif (
+                not isinstance(perms, list)
+                or len(perms) != 1
+                or not isinstance(perms[0], dict)
+                or not all(
+                    isinstance(perms[0].get(k, []), list)
+                    and all(isinstance(a, str) for a in perms[0].get(k, []))
+                    for k in ("actions", "notActions", "dataActions", "notDataActions")
+                )
+            ):
+                invalid = "'properties.permissions' must hold one permission block"
+            elif not isinstance(scopes, list) or not scopes:
+                invalid = "'properties.assignableScopes' is required"
+            elif any(not isinstance(x, str) or x.strip() in ("", "/") for x in scopes):
+                invalid = "a custom role cannot be assignable at the root scope '/'"
+        if invalid:
+            return self._arm_error(
+                400, "InvalidRoleDefinition", f"The role definition is invalid: {invalid}."
+            )
+        assert isinstance(props, dict)
+        scopes = [str(x).rstrip("/") for x in props["assignableScopes"]]
+        own = f"/subscriptions/{sub.subscription_id}"
+        if not any(
+            own.lower() == x.lower() or own.lower().startswith(x.lower() + "/") for x in scopes
+        ):
+            return self._arm_error(
+                400,
+                "InvalidRoleDefinition",
+                f"The role definition's scope '{own}' is not one of its assignable scopes.",
+            )
+        for x in scopes:
+            m = re.fullmatch(r"/subscriptions/([^/]+)", x, re.I)
+            other = self.subscriptions.get(m.group(1).lower()) if m else None
+            if other is None or other.tenant_id != sub.tenant_id:
+                return self._arm_error(
+                    400,
+                    "InvalidRoleDefinition",
+                    f"The assignable scope '{x}' is not a subscription of this tenant.",
+                )
+            target = f"{x}/providers/Microsoft.Authorization/roleDefinitions/{rd_id}"
+            if not permissions_allow(
+                self._caller_blocks(req.token.principal_id, target), ROLE_DEFINITION_WRITE
+            ):
+                return self._authorization_failed(req, ROLE_DEFINITION_WRITE, target)
+        existing = self.role_definitions.get(rd_id)
+        if existing is not None and not existing.custom:
+            return self._arm_error(
+                403, "AuthorizationFailed", "Built-in role definitions cannot be changed."
+            )
+        name = props["roleName"].strip()
+        if any(
+            rd.id != rd_id
+            and rd.name.lower() == name.lower()
+            and (not rd.custom or rd.tenant_id == sub.tenant_id)
+            for rd in self.role_definitions.values()
+        ):
+            return self._arm_error(
+                409,
+                "RoleDefinitionWithSameNameExists",
+                "A role definition cannot be updated with a name that already exists.",
+            )
+        block = props["permissions"][0]
+        rd = RoleDefinition(
+            rd_id,
+            name,
+            str(props.get("description") or ""),
+            list(block.get("actions", [])),
+            list(block.get("notActions", [])),
+            list(block.get("dataActions", [])),
+            list(block.get("notDataActions", [])),
+            custom=True,
+            tenant_id=sub.tenant_id,
+            assignable_scopes=scopes,
+            created_by=req.token.principal_id,
+            invisible=existing.invisible if existing else self.role_definition_replication,
+        )
+        self.role_definitions[rd_id] = rd
+        return self._a_ok(200 if existing else 201, self._rd_json(rd, sub.subscription_id), req)
+
+    def _a_delete_role_def(self, req: _Req) -> _Resp:
+        bad = self._api_version(req)
+        if bad:
+            return bad
+        sub = self._subscription(req)
+        if isinstance(sub, _Resp):
+            return sub
+        rd_id = req.group("rd").lower()
+        rd = self.role_definitions.get(rd_id)
+        if rd is None or not rd.custom or rd.tenant_id != sub.tenant_id:
+            if rd is not None and not rd.custom:
+                return self._arm_error(
+                    403, "AuthorizationFailed", "Built-in role definitions cannot be deleted."
+                )
+            return self._a_ok(204, None, req)
+        for x in rd.assignable_scopes:
+            target = f"{x}/providers/Microsoft.Authorization/roleDefinitions/{rd_id}"
+            if not permissions_allow(
+                self._caller_blocks(req.token.principal_id, target), ROLE_DEFINITION_DELETE
+            ):
+                return self._authorization_failed(req, ROLE_DEFINITION_DELETE, target)
+        if any(ra.role_definition_id == rd_id for ra in self.role_assignments):
+            return self._arm_error(
+                409,
+                "RoleDefinitionHasAssignments",
+                f"There are existing role assignments referencing role (code: "
+                f"RoleDefinitionHasAssignments) '{rd_id}'.",
+            )
+        del self.role_definitions[rd_id]
+        return self._a_ok(200, self._rd_json(rd, sub.subscription_id), req)
+
+    def custom_roles(self, tenant_id: str | None = None) -> list[RoleDefinition]:
+        """The custom role definitions (of one tenant, or all)."""
+        return [
+            rd
+            for rd in self.role_definitions.values()
+            if rd.custom and (tenant_id is None or rd.tenant_id == tenant_id.lower())
+        ]
+
+    def blocks_of_application(self, app_id: str, subscription_id: str) -> list[dict]:
+        """The permission blocks an application's service principal holds on a subscription
+        (for the appliance double's permission check)."""
+        sp = self.service_principal(app_id)
+        if sp is None:
+            return []
+        return self._caller_blocks(sp.id, f"/subscriptions/{subscription_id.lower()}")
 
     def _ra_json(self, ra: RoleAssignment) -> dict:
         sid = ra.subscription_id
@@ -3481,6 +3678,26 @@ class MicrosoftDouble:
                 "RoleDefinitionDoesNotExist",
                 f"The specified role definition with ID '{rd_id or rd_path}' does not exist.",
             )
+        rd = self.role_definitions[rd_id]
+        if rd.custom:
+            if rd.tenant_id != sub.tenant_id or rd.invisible > 0:
+                if rd.invisible > 0:
+                    rd.invisible -= 1
+                return self._arm_error(
+                    400,
+                    "RoleDefinitionDoesNotExist",
+                    f"The specified role definition with ID '{rd_id}' does not exist.",
+                )
+            if not any(
+                scope.lower() == x.lower() or scope.lower().startswith(x.lower() + "/")
+                for x in rd.assignable_scopes
+            ):
+                return self._arm_error(
+                    400,
+                    "RoleDefinitionNotAssignableAtScope",
+                    f"The role definition '{rd_id}' is not available for assignment at scope "
+                    f"'{scope}'.",
+                )
         principal_id = str(props["principalId"]).lower()
         found = self._lookup_principal(sub.tenant_id, principal_id)
         if (

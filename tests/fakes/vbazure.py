@@ -20,6 +20,9 @@ Endpoints
     ``GET  /api/{ver}/accounts/azure/service`` (``Offset``/``Limit`` paging)
     ``GET  /api/{ver}/accounts/azure/service/{accountId}``
     ``GET  /api/{ver}/operations/{operationId}``
+    ``POST /api/{ver}/accounts/azure/service/exportPermissionsByApp`` (``subscriptionId``)
+    ``POST /api/{ver}/accounts/azure/service/{accountId}/checkPermissions``
+    (``subscriptionId`` and ``purposes`` query arrays)
 
 The wire formats follow the vendor's v8.1 OpenAPI document ("Veeam Backup for Microsoft
 Azure REST API", v8.1; operations ``AzureServiceAccount_GetAccounts``, ``_GetAccount``,
@@ -50,6 +53,11 @@ yields an MFA token), ``role_name`` ("Portal Administrator"), ``token_lifetime``
 ``refresh_lifetime`` (14 days), ``versions`` ({"v8", "v8.1"}), ``async_save``,
 ``async_reads``, ``operation_statuses``, ``operation_outcome``, ``warning_result``,
 ``total_count_null``,
+``required_permissions`` (purpose -> {"actions", "dataActions"}: what the export names and the
+check requires), ``azure_permissions`` (callable (application id, subscription id) -> the
+permission blocks the application holds there, e.g. ``MicrosoftDouble.blocks_of_application``;
+None: the check finds everything present), ``missing_providers`` (subscription id -> resource
+provider namespaces not registered there),
 ``page_size`` (most accounts per page, 100), ``expiration_date`` (given to new accounts).
 
 Scripting: ``fault`` (optionally ``after_processing``: the request is carried out and the
@@ -260,6 +268,8 @@ class _Req:
     account_id: str | None = None
     client_secret: str | None = None
     certificate: Any = None
+    #: Every value of each query parameter (``query`` keeps the last one).
+    query_all: dict[str, list[str]] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- HTTP plumbing
@@ -300,6 +310,12 @@ class VBAzureDouble:
         self.total_count_null = False
         self.page_size = 100
         self.expiration_date: str | None = None
+        self.required_permissions: dict[str, dict[str, list[str]]] = {
+            purpose: {"actions": list(actions), "dataActions": list(data)}
+            for purpose, (actions, data) in DEFAULT_REQUIRED_PERMISSIONS.items()
+        }
+        self.azure_permissions: Any = None
+        self.missing_providers: dict[str, list[str]] = {}
 
         # clock offset (see now/advance)
         self._offset = 0.0
@@ -331,6 +347,16 @@ class VBAzureDouble:
             ("GET", re.compile(api + r"/accounts/azure/service$", re.I), self._list),
             ("GET", re.compile(api + r"/accounts/azure/service/(?P<id>[^/]+)$", re.I), self._get),
             ("GET", re.compile(api + r"/operations/(?P<id>[^/]+)$", re.I), self._operation),
+            (
+                "POST",
+                re.compile(api + r"/accounts/azure/service/exportPermissionsByApp$", re.I),
+                self._export_permissions,
+            ),
+            (
+                "POST",
+                re.compile(api + r"/accounts/azure/service/(?P<id>[^/]+)/checkPermissions$", re.I),
+                self._check_permissions,
+            ),
         ]
 
     # ------------------------------------------------------------------ lifecycle
@@ -477,7 +503,8 @@ class VBAzureDouble:
         arrived = time.monotonic()
         split = urlsplit(h.path)
         path = unquote(split.path)
-        query = {k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
+        query_all = parse_qs(split.query, keep_blank_values=True)
+        query = {k: v[-1] for k, v in query_all.items()}
         headers = {k.lower(): v for k, v in h.headers.items()}
         length = int(headers.get("content-length") or 0)
         raw = h.rfile.read(length) if length else b""
@@ -494,7 +521,7 @@ class VBAzureDouble:
                     body = _BAD_JSON
             else:
                 body = text
-        req = _Req(h.command, path, query, headers, body, ctype)
+        req = _Req(h.command, path, query, headers, body, ctype, query_all=query_all)
 
         hang = self._take_hang(path)
         if hang is not None and not hang.after_processing:
@@ -551,6 +578,8 @@ class VBAzureDouble:
         ctype = headers.pop("Content-Type", None)
         if resp.body is None:
             payload = b""
+        elif isinstance(resp.body, bytes):
+            payload = resp.body
         else:
             payload = json.dumps(resp.body).encode()
             ctype = ctype or "application/json; charset=utf-8"
@@ -1012,8 +1041,10 @@ class VBAzureDouble:
             "managementGroupName": None,
             "subscriptionIds": list(record["subscriptions"]),
             "selectedForWorkermanagement": False,
-            "azurePermissionsState": ["AllPermissionsAvailable"],
-            "azurePermissionsStateCheckTimeUtc": None,
+            "azurePermissionsState": list(
+                record.get("azurePermissionsState") or ["AllPermissionsAvailable"]
+            ),
+            "azurePermissionsStateCheckTimeUtc": record.get("azurePermissionsStateCheckTimeUtc"),
             "subscriptionIdForWorkerDeployment": None,
             "_links": {
                 "self": {"href": f"{base}/accounts/azure/service/{record['id']}"},
@@ -1058,6 +1089,137 @@ class VBAzureDouble:
         ver = req.match.group("ver")
         return self._answer_read(req, lambda: self._account_json(self.accounts[account_id], ver))
 
+    # ------------------------------------------------------------------ permissions
+
+    def _needed(self, purposes: list[str]) -> tuple[list[str], list[str]]:
+        actions: list[str] = []
+        data: list[str] = []
+        for purpose in purposes:
+            entry = self.required_permissions.get(purpose) or {}
+            actions += [a for a in entry.get("actions", []) if a not in actions]
+            data += [a for a in entry.get("dataActions", []) if a not in data]
+        return actions, data
+
+    def _export_permissions(self, req: _Req) -> _Resp:
+        # AzureServiceAccount_ExportPermissionsByApp: ``subscriptionId`` (required, uuid) in the
+        # query, ``ClientLoginParameters`` as the body, 200 ``application/octet-stream`` with
+        # the JSON file VBAzure's Export Permissions button saves. Its content follows the
+        # permission lists of the VBAzure user guide ("Service Account Permissions"):
+        # {"permissions": [{"actions", "notActions", "dataActions", "notDataActions"}]}.
+        if "json" not in req.content_type:
+            return self._problem(415, "The request body must be application/json.", req)
+        sub = req.query.get("subscriptionId") or ""
+        if not _GUID_RE.match(sub):
+            return self._invalid(req, "subscriptionId", "The subscriptionId field is required.")
+        login = req.body
+        if not isinstance(login, dict):
+            return self._invalid(req, "body", "The request body is not a JSON object.")
+        if isinstance(login.get("clientSecret"), str):
+            req.client_secret = login["clientSecret"]
+        for key in ("applicationId", "tenantId"):
+            if not isinstance(login.get(key), str) or not _GUID_RE.match(login[key]):
+                return self._invalid(req, key, f"The {key} field is required and must be a GUID.")
+        if login.get("azureEnvironment") not in ENVIRONMENTS:
+            return self._invalid(req, "azureEnvironment", "The azureEnvironment field is invalid.")
+        purposes = login.get("azureAccountPurposes") or []
+        if not isinstance(purposes, list) or not all(p in ACCOUNT_PURPOSES for p in purposes):
+            return self._invalid(
+                req, "azureAccountPurposes", "The azureAccountPurposes field holds an unknown value."
+            )
+        actions, data = self._needed(purposes)
+        document = {
+            "permissions": [
+                {"actions": actions, "notActions": [], "dataActions": data, "notDataActions": []}
+            ]
+        }
+        return _Resp(
+            200,
+            json.dumps(document, indent=2).encode(),
+            {"Content-Type": "application/octet-stream"},
+        )
+
+    def _check_permissions(self, req: _Req) -> _Resp:
+        # AzureServiceAccount_CheckPermissions: ``subscriptionId`` and ``purposes`` are query
+        # arrays (repeated parameters); 200 with a ``SubscriptionsListingResult``.
+        assert req.match is not None
+        account_id = req.match.group("id")
+        req.account_id = account_id
+        record = self.accounts.get(account_id)
+        if record is None:
+            return self._problem(404, f"Service account {account_id} was not found.", req)
+        subs = [s.lower() for s in req.query_all.get("subscriptionId", [])] or list(
+            record["subscriptions"]
+        )
+        if not all(_GUID_RE.match(s) for s in subs):
+            return self._invalid(req, "subscriptionId", "The subscriptionId values must be GUIDs.")
+        purposes = req.query_all.get("purposes", []) or list(record["purposes"])
+        if not all(p in ACCOUNT_PURPOSES for p in purposes):
+            return self._invalid(req, "purposes", "The purposes field holds an unknown value.")
+        results = []
+        all_present = True
+        for sub in subs:
+            blocks = (
+                self.azure_permissions(record["applicationId"], sub)
+                if self.azure_permissions is not None
+                else None
+            )
+            missing_purposes = []
+            missing_actions: list[str] = []
+            missing_data: list[str] = []
+            for purpose in purposes:
+                actions, data = self._needed([purpose])
+                lacks = [a for a in actions if blocks is not None and not _allows(blocks, a)]
+                lacks_data = [
+                    a for a in data if blocks is not None and not _allows(blocks, a, data=True)
+                ]
+                if lacks or lacks_data:
+                    missing_purposes.append(
+                        {
+                            "purpose": purpose,
+                            "missingActions": lacks,
+                            "missingDataActions": lacks_data,
+                        }
+                    )
+                missing_actions += [a for a in lacks if a not in missing_actions]
+                missing_data += [a for a in lacks_data if a not in missing_data]
+            providers = list(self.missing_providers.get(sub, []))
+            if missing_actions or missing_data or providers:
+                all_present = False
+            results.append(
+                {
+                    "id": sub,
+                    "name": None,
+                    "tenantId": record["tenantId"],
+                    "permissionsState": "Insufficient"
+                    if missing_actions or missing_data
+                    else "AvailableAll",
+                    "missingPermissions": missing_actions,
+                    "missingDataActions": missing_data,
+                    "resourceProvidersState": "Insufficient" if providers else "AvailableAll",
+                    "missingResourceProviders": providers,
+                    "purposes": [
+                        p
+                        for p in purposes
+                        if p not in {m["purpose"] for m in missing_purposes}
+                    ],
+                    "missingPurposes": missing_purposes,
+                    "availability": "Available",
+                }
+            )
+        record["azurePermissionsState"] = [
+            "AllPermissionsAvailable" if all_present else "MissingPermissions"
+        ]
+        record["azurePermissionsStateCheckTimeUtc"] = _iso(time.time())
+        body = {
+            "environment": record["environment"],
+            "applianceTenantId": None,
+            "defaultTenantId": record["tenantId"],
+            "defaultTenantName": None,
+            "subscriptions": results,
+            "requiredRolesHint": None,
+        }
+        return self._answer_read(req, lambda: body)
+
     # ------------------------------------------------------------------ operations
 
     def _operation_json(self, op: _Operation, ver: str) -> dict:
@@ -1101,6 +1263,58 @@ class VBAzureDouble:
         req.account_id = op.account_id
         self._advance(op, req)
         return _Resp(200, self._operation_json(op, req.match.group("ver")))
+
+
+def _match(pattern: str, action: str) -> bool:
+    """ARM's matching: case-insensitive, ``*`` matches anything including ``/``."""
+    rx = "^" + ".*".join(re.escape(part) for part in pattern.split("*")) + "$"
+    return re.match(rx, action, re.I) is not None
+
+
+def _allows(blocks: list[dict], action: str, data: bool = False) -> bool:
+    allow, deny = ("dataActions", "notDataActions") if data else ("actions", "notActions")
+    return any(
+        any(_match(a, action) for a in block.get(allow, []))
+        and not any(_match(n, action) for n in block.get(deny, []))
+        for block in blocks
+    )
+
+
+#: What the double's appliance says each purpose needs (a small excerpt in the spirit of the
+#: VBAzure user guide's per-workload permission pages; tests may replace it).
+DEFAULT_REQUIRED_PERMISSIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "VirtualMachineBackup": (
+        (
+            "Microsoft.Authorization/roleAssignments/read",
+            "Microsoft.Compute/disks/read",
+            "Microsoft.Compute/snapshots/write",
+            "Microsoft.Compute/virtualMachines/read",
+        ),
+        (),
+    ),
+    "VirtualMachineRestore": (
+        ("Microsoft.Compute/disks/write", "Microsoft.Compute/virtualMachines/write"),
+        (),
+    ),
+    "AzureSqlBackup": (("Microsoft.Sql/servers/databases/read",), ()),
+    "AzureSqlRestore": (("Microsoft.Sql/servers/databases/write",), ()),
+    "AzureFiles": (("Microsoft.Storage/storageAccounts/fileServices/shares/read",), ()),
+    "VnetBackup": (("Microsoft.Network/virtualNetworks/read",), ()),
+    "VnetRestore": (("Microsoft.Network/virtualNetworks/write",), ()),
+    "CosmosBackup": (("Microsoft.DocumentDB/databaseAccounts/read",), ()),
+    "CosmosRestore": (("Microsoft.DocumentDB/databaseAccounts/restore/action",), ()),
+    "Repository": (
+        (
+            "Microsoft.Storage/storageAccounts/read",
+            "Microsoft.Storage/storageAccounts/blobServices/containers/write",
+        ),
+        (
+            "Microsoft.KeyVault/vaults/keys/encrypt/action",
+            "Microsoft.KeyVault/vaults/keys/decrypt/action",
+            "Microsoft.Storage/storageAccounts/queueServices/queues/messages/read",
+        ),
+    ),
+}
 
 
 class _BadJson:

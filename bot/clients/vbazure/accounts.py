@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 
@@ -173,6 +174,76 @@ class VBAzureClient(Transport):
                 return None
             raise
         return _normalise(body) if isinstance(body, dict) else None
+
+    def export_permissions_by_app(
+        self,
+        *,
+        subscription: str,
+        application_id: str,
+        tenant_id: str,
+        client_secret: str,
+        subscriptions: Sequence[str],
+        purposes: Sequence[str] = DEFAULT_PURPOSES,
+        environment: str = "Global",
+    ) -> Any:
+        """The permissions VBAzure needs for `purposes` on `subscription`, as the JSON file its
+        "Export Permissions" button saves (parsed). ``POST …/exportPermissionsByApp``
+        (``subscriptionId`` query, a ``ClientLoginParameters`` body) answers 200 with the file
+        as ``application/octet-stream``."""
+        login = _account_body(
+            "export",
+            "",
+            application_id,
+            tenant_id,
+            client_secret,
+            subscriptions,
+            purposes,
+            environment,
+        )["clientLoginParameters"]
+        query = urlencode({"subscriptionId": subscription})
+        response = self._api(
+            "POST",
+            f"accounts/azure/service/exportPermissionsByApp?{query}",
+            json=login,
+            secret=client_secret,
+        )
+        try:
+            return json.loads(response.content.decode("utf-8-sig"))
+        except (UnicodeDecodeError, ValueError):
+            raise self._error(
+                "the appliance's permission export is not a JSON file",
+                status=response.status_code,
+                secret=client_secret,
+            ) from None
+
+    def check_permissions(
+        self, account_id: str, *, subscriptions: Sequence[str], purposes: Sequence[str]
+    ) -> dict[str, Any]:
+        """Have the appliance check the account's Azure permissions: ``POST …/{accountId}/
+        checkPermissions`` (``subscriptionId`` and ``purposes`` query arrays) answers 200 with
+        a ``SubscriptionsListingResult`` (or 202 with an operation whose result it is): per
+        subscription ``permissionsState``, ``missingPermissions``, ``missingDataActions``,
+        ``resourceProvidersState``, ``missingResourceProviders``, ``missingPurposes``."""
+        query = urlencode(
+            [("subscriptionId", s) for s in subscriptions] + [("purposes", p) for p in purposes]
+        )
+        path = f"accounts/azure/service/{quote(account_id, safe='')}/checkPermissions?{query}"
+        try:
+            response = self._api("POST", path)
+        except ApplianceError as exc:
+            if exc.status == 404:
+                raise ApplianceError(
+                    f"the appliance has no service account {account_id!r}",
+                    kind="not_found",
+                    status=404,
+                    title=exc.title,
+                    detail=exc.detail,
+                ) from None
+            raise
+        body = self._wait(_json(response), None) if response.status_code == 202 else _json(response)
+        if not isinstance(body, dict):
+            raise self._error("the appliance answered a permission check with no result")
+        return body
 
     def _read(self, path: str, params: dict[str, str] | None = None) -> Any:
         """A GET whose answer is 200 with the body, or 202 with an operation whose

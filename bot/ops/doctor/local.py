@@ -72,6 +72,9 @@ SETTINGS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "require_email_match": ("VEEAM_SA_REQUIRE_EMAIL_MATCH", lambda v: "true" if v else "false"),
     "veeam_api_version": ("VEEAM_API_VERSION", _plain),
     "veeam_purposes": ("VEEAM_PURPOSES", _joined),
+    # VEEAM_SA_ROLES=builtin|least-privilege sets the mode; a list of roles sets `roles`.
+    "role_mode": ("VEEAM_SA_ROLES (mode)", _plain),
+    "permission_check_window_s": ("VEEAM_SA_PERMISSION_CHECK_SECONDS", _plain),
 }
 
 

@@ -3,7 +3,7 @@
 Each builder returns `{"text": ..., "blocks": [...]}` — `text` is the notification and
 screen-reader fallback. Nothing here talks to Slack or the database. By concern: `common`
 (pieces every message uses), `create`, `expiry` (warnings, renewal, retirement), `accounts`
-(list and show).
+(list and show), `permissions` (Veeam's permission check).
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ from bot.slack.blocks.expiry import (
     retired_old,
     retiring_reminder,
 )
+from bot.slack.blocks.permissions import permissions_message, permissions_unknown
 
 __all__ = [
     "CHECK_ICONS",
@@ -78,6 +79,8 @@ __all__ = [
     "expiry_digest",
     "expiry_warning",
     "help_message",
+    "permissions_message",
+    "permissions_unknown",
     "note",
     "prerequisites_message",
     "refusal_message",

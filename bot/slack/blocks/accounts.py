@@ -9,6 +9,7 @@ from bot.slack.blocks.common import (
     Payload,
     _context,
     _section,
+    escape,
     is_certificate,
     slack_date,
 )
@@ -107,6 +108,28 @@ def account_detail(account: dict[str, Any], history: list[dict[str, Any]]) -> Pa
                 if account.get("appliance_expiry")
                 else ""
             )
+        )
+    if account.get("appliance_id") and account.get("permissions_state"):
+        state = ", ".join(str(s) for s in account["permissions_state"])
+        checked = str(account.get("permissions_checked_at") or "")[:16].replace("T", " ")
+        missing = [
+            f
+            for f in account.get("permissions_detail") or []
+            if isinstance(f, dict) and f.get("missing")
+        ]
+        lines.append(
+            f"Veeam's permission check: {escape(state)}"
+            + (f" (asked {checked} UTC)" if checked else "")
+            + (
+                "; missing on " + ", ".join(f"`{f.get('id')}`" for f in missing[:10])
+                if missing
+                else ""
+            )
+        )
+    custom = account.get("custom_role")
+    if isinstance(custom, dict) and custom.get("name"):
+        lines.append(
+            f"Least privilege: custom role `{escape(custom['name'])}` (`{custom.get('id')}`)"
         )
     if account.get("appliance_flag"):
         lines.append(f":warning: {account['appliance_flag']}")

@@ -32,6 +32,8 @@ def help_message() -> Payload:
         "*Examples*\n"
         "• `/veeam-sa create prod-backup --subscription 11111111-2222-3333-4444-555555555555`\n"
         '• `/veeam-sa create dr-site --description "DR copy jobs"` — pick subscriptions after sign-in\n'
+        "• `/veeam-sa create lean --roles least-privilege` — one custom role with only what "
+        "Veeam needs, instead of Contributor\n"
         "• `/veeam-sa renew prod-backup`\n"
         "• `/veeam-sa retire prod-backup` — after a renewal, once Veeam has the new secret\n"
         "• `/veeam-sa list`"
@@ -80,6 +82,7 @@ STEP_LABELS: dict[str, str] = {
     "secret": "Add the client secret",
     "roles": "Assign roles",
     "handoff": "Hand the secret to Veeam",
+    "confirm": "Veeam confirms the permissions",
 }
 STEP_ICONS = {
     "todo": ":white_circle:",
@@ -99,7 +102,7 @@ def slack_date(ts: float, fallback: str) -> str:
 def checklist(steps: dict[str, str]) -> str:
     lines = []
     for key, label in STEP_LABELS.items():
-        if key in ("handoff", "sign_in_again") and key not in steps:
+        if key in ("handoff", "sign_in_again", "confirm") and key not in steps:
             continue  # only with a VBAzure appliance / a tenant that asks for a second sign-in
         status = steps.get(key, "todo")
         lines.append(f"{STEP_ICONS.get(status, STEP_ICONS['todo'])} {label}")
