@@ -7,7 +7,7 @@ from sqlite_utils import Database, Migrations
 migrations = Migrations("veeam-sa")
 
 #: Name of the newest migration: `doctor` reports a database short of it as out of date.
-LATEST = "m006_retiring_secret"
+LATEST = "m007_alerts"
 
 
 @migrations()
@@ -156,3 +156,14 @@ def m006_retiring_secret(db: Database) -> None:
     secrets.add_column("retire_channel_id", str)
     secrets.add_column("retire_thread_ts", str)
     secrets.add_column("retire_ts", str)
+
+
+@migrations()
+def m007_alerts(db: Database) -> None:
+    # A warning message's account renewed since: who renewed it (a digest shows "renewed by").
+    db.table("notices").add_column("renewed_by", str)
+    db.table("notices").create_index(["ts"])
+    # An admin's snooze: the secret's warnings are held until this time (ISO 8601 UTC).
+    secrets = db.table("secrets")
+    secrets.add_column("snoozed_until", str)
+    secrets.add_column("snoozed_by", str)
