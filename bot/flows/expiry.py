@@ -268,14 +268,14 @@ def scan(
 
 
 def _dm_requesters(notifier: Notifier, result: ScanResult) -> None:
-    """One DM per requester and channel for the warnings that just became loud."""
-    turned_loud: dict[tuple[str, str], list[Due]] = defaultdict(list)
+    """One DM per requester for the warnings that just became loud."""
+    turned_loud: dict[str, list[Due]] = defaultdict(list)
     for item in result.announced:
         who = requester(item)
         if who and loud(item.threshold) and (item.previous is None or not loud(item.previous)):
-            turned_loud[(who, item.channel)].append(item)
-    for (who, channel), items in turned_loud.items():
-        if notifier.dm(who, blocks.requester_dm(items, channel)):
+            turned_loud[who].append(item)
+    for who, items in turned_loud.items():
+        if notifier.dm(who, blocks.requester_dm(sorted(items, key=lambda i: i.end_at))):
             result.dms += 1
 
 

@@ -193,28 +193,35 @@ def expiry_digest(items: list[Any], now: Any, *, calls: str = "") -> Payload:
     return {"text": text, "blocks": blocks}
 
 
-def requester_dm(items: list[Any], channel: str) -> Payload:
-    """To an account's requester, once its secret is a week (or less) from its end."""
+#: A DM lists at most this many accounts (40 sections of DIGEST_LINES stay within 50 blocks).
+DM_MAX_ITEMS = 400
+
+
+def requester_dm(items: list[Any]) -> Payload:
+    """To an account's requester, once its secret is a week (or less) from its end: each
+    account, when, and the channel whose warning carries the Renew button."""
     lines = []
-    for item in items:
+    for item in items[:DM_MAX_ITEMS]:
         account = item.account
         date = slack_date(item.end_at.timestamp(), item.end_at.date().isoformat())
         state = f"expired {date}" if item.threshold == 0 else f"{_when(item.days_left)} ({date})"
-        lines.append(f"• *`{account['name']}`* — {state}")
-    names = ", ".join(i.account["name"] for i in items)
+        lines.append(f"• *`{account['name']}`* — {state} · warning in <#{item.channel}>")
+    if len(items) > DM_MAX_ITEMS:
+        lines.append(f"… and {len(items) - DM_MAX_ITEMS} more")
+    names = ", ".join(i.account["name"] for i in items[:20])
     head = (
         ":alarm_clock: The client secret of a service account you asked for is about to stop "
-        "working, and with it Veeam's backups that use it:"
+        "working, and with it the Veeam backups that use it:"
         if len(items) == 1
         else ":alarm_clock: The client secrets of service accounts you asked for are about to "
-        "stop working, and with them Veeam's backups that use them:"
+        "stop working, and with them the Veeam backups that use them:"
     )
     where = (
-        f"The warning with its *Renew* button is in <#{channel}>; an admin of the bot can renew "
-        "it there, or with `/veeam-sa renew NAME`."
+        "Each warning carries a *Renew* button; an admin of the bot can renew there, or with "
+        "`/veeam-sa renew NAME`."
     )
     return {
-        "text": f"Client secret expiring: {names}"[:3000],
+        "text": f"Client secret expiring soon: {names}"[:3000],
         "blocks": [_section(head), *(_section(t) for t in _pack_lines(lines)), _context(where)],
     }
 
