@@ -273,3 +273,40 @@ def test_snooze_until_the_warning_after_next_and_forged_values(
     result = scan_at(bot, clock, end - timedelta(hours=23))  # 1 day left: the snooze ended
     assert [d.threshold for d in result.due] == [1] and result.posted == 1
     assert bot.db.table("notices").count_where("threshold = 7") == 0
+
+
+def test_a_renewal_by_command_edits_the_warning_and_its_stale_renew_starts_nothing(
+    alerts_bot: Bot, slack: SlackDouble, ms: MicrosoftDouble, clock: Clock
+) -> None:
+    bot = alerts_bot
+    account = managed(bot)
+    secret = next(bot.db.table("secrets").rows_where("account_id = ?", [account["id"]]))
+    end = expiry.parse_time(secret["end_at"])
+    assert scan_at(bot, clock, end - timedelta(days=6)).posted == 1
+    warning = slack.calls_to("chat.postMessage", channel=CHANNEL)[-1]
+    ts = str(warning.response["ts"])
+    [renew] = [
+        b for b in buttons(slack.message(CHANNEL, ts)) if ids.RENEW_ACTION.search(b["action_id"])
+    ]
+    assert renew.get("style") == "primary"
+    assert all(
+        b.get("style") is None
+        for b in buttons(slack.message(CHANNEL, ts))
+        if b["action_id"] != renew["action_id"]
+    )
+
+    clock.shift = timedelta(0)
+    flows_before = len(ms.flows)
+    assert "Renewing `prod`" in bot.command("renew prod")
+    approve_next(bot, flows_before + 1)
+    wait_renew(bot, "done")
+    edited = wait_edit(slack, ts, "was renewed by")
+    assert buttons(edited) == []  # the warning's Renew and Snooze are gone
+
+    mark = slack.mark()
+    bot.click(renew["action_id"], renew["value"], message_ts=ts)
+    told = slack.wait_for("response_url", after=mark)
+    assert f"already renewed by <@{ADMIN}>" in json.dumps(told.args)
+    assert len(ms.flows) == flows_before + 1
+    assert bot.db.table("flows").count_where("kind = 'renew'") == 1
+    check_payloads(slack)
