@@ -16,7 +16,7 @@ import pytest
 from bot import scheduler
 from bot.flows import expiry
 from bot.flows.root import utcnow
-from bot.slack import ids
+from bot.slack import blocks, ids
 from tests.fakes.blockkit import block_errors
 from tests.fakes.microsoft import MicrosoftDouble
 from tests.fakes.slack import SlackDouble
@@ -313,3 +313,27 @@ def test_a_renewal_by_command_edits_the_warning_and_its_stale_renew_starts_nothi
     assert len(ms.flows) == flows_before + 1
     assert bot.db.table("flows").count_where("kind = 'renew'") == 1
     check_payloads(slack)
+
+
+def test_an_expired_digest_says_expired_not_expires() -> None:
+    now = utcnow()
+    items = [
+        expiry.Due(
+            secret_id=n,
+            threshold=0,
+            days_left=-2,
+            end_at=now - timedelta(days=1, hours=n),
+            account={"id": n, "name": f"gone-{n}", "app_id": "a", "created_by": REQUESTER},
+            hint="abc",
+            channel=CHANNEL,
+        )
+        for n in range(1, 8)
+    ]
+    payload = blocks.expiry_digest(items, now, calls=blocks.mentions([], [ADMIN_GROUP]))
+    text = json.dumps(payload["blocks"], ensure_ascii=False)
+    assert block_errors(payload["blocks"]) == []
+    assert text.count("*expired* <!date^") == 7 and "expires" not in text
+    assert payload["text"].startswith("7 client secrets need renewing — expired")
+    assert f"<!subteam^{ADMIN_GROUP}>" in payload["text"]
+    dm = blocks.requester_dm(items)
+    assert block_errors(dm["blocks"]) == [] and "expired <!date^" in json.dumps(dm["blocks"])
