@@ -54,6 +54,9 @@ class BuiltDb:
     far: int  # beyond the horizon: not due
     channels: list[str]
     due_per_channel: dict[str, int]
+    #: due warnings per channel and threshold: the scan posts one digest (or a few single
+    #: warnings) per channel and threshold
+    due_per_threshold: dict[str, dict[int, int]]
     seconds: float
     size_bytes: int
 
@@ -94,6 +97,7 @@ def build(
     secret_rows: list[tuple[object, ...]] = []
     notice_rows: list[tuple[object, ...]] = []
     due_per_channel: dict[str, int] = defaultdict(int)
+    due_per_threshold: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
     dealt = {"due": 0, "announced": 0, "far": 0}
     for i, kind in enumerate(kinds, start=1):
         channel = chans[dealt[kind] % len(chans)]
@@ -101,6 +105,8 @@ def build(
         if kind == "due":
             left = rng.uniform(-3 * 86400, horizon_s - 60)
             due_per_channel[channel] += 1
+            crossed_at = crossed(now + timedelta(seconds=round(left)), now, warn_days)
+            due_per_threshold[channel][crossed_at if crossed_at is not None else -1] += 1
         elif kind == "announced":
             left = rng.uniform(60, horizon_s - 60)
         else:
@@ -175,6 +181,7 @@ def build(
         far=accounts - due - announced,
         channels=chans,
         due_per_channel=dict(due_per_channel),
+        due_per_threshold={c: dict(t) for c, t in due_per_threshold.items()},
         seconds=time.perf_counter() - started,
         size_bytes=path.stat().st_size,
     )
@@ -305,7 +312,10 @@ def run(job: dict) -> dict:
             worker.join(float(job["scan_timeout"]))
             times: dict[str, list[float]] = defaultdict(list)
             for call in slack.calls_to("chat.postMessage"):
-                times[str(call.args.get("channel"))].append(call.at)
+                channel = str(call.args.get("channel"))
+                if channel.startswith("D"):  # the requesters' DMs are not channel posts
+                    continue
+                times[channel].append(call.at)
             result = outcome.get("result")
             scanned = {
                 "finished": not worker.is_alive(),
@@ -320,6 +330,7 @@ def run(job: dict) -> dict:
                 ),
                 "pace": {**asdict(paced := pace(times)), "rate": paced.rate},
                 "digest_size": expiry.DIGEST_SIZE,
+                "digest_after": expiry.DIGEST_AFTER,
                 "gap": expiry.CHANNEL_GAP_S,
             }
         finally:

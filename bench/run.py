@@ -939,8 +939,15 @@ def phase_expiry(b: Bench) -> None:
     )
     pace = scan["pace"]
     size = scan["digest_size"]
-    fewest = sum(math.ceil(n / size) for n in per_channel.values())
-    most = max((math.ceil(n / size) for n in per_channel.values()), default=0)
+    # one digest per channel and threshold (a few due at one threshold are posted singly)
+    by_threshold = built.get("due_per_threshold") or {c: {"": n} for c, n in per_channel.items()}
+    after = scan.get("digest_after", 0)
+    needed = {
+        c: sum(math.ceil(n / size) if n > after else n for n in t.values())
+        for c, t in by_threshold.items()
+    }
+    fewest = sum(needed.values())
+    most = max(needed.values(), default=0)
     if not scan["finished"]:
         figure = f"did not finish within {args.scan_timeout:g} s"
         ok = False
@@ -968,7 +975,8 @@ def phase_expiry(b: Bench) -> None:
             f"channel {'/'.join(str(n) for n in per_channel.values())}; rate from the times the "
             "double recorded the posts (`Call.at`)",
             figure,
-            f"{fewest} messages (⌈due per channel / {size}⌉ digests), {1 / scan['gap']:g} msg/s "
+            f"{fewest} messages (⌈due per channel and threshold / {size}⌉ digests), "
+            f"{1 / scan['gap']:g} msg/s "
             f"per channel: {(most - 1) * scan['gap']:.1f} s of pacing if channels are paced "
             "side by side",
             "≤ 1 msg/s per channel, with digests",

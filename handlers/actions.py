@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from slack_bolt import Ack, App, Respond
 
 from bot.core.errors import DATABASE_UNAVAILABLE, CommandError, NotAuthorised, StorageError
+from bot.flows import expiry
 from bot.slack import blocks, ids
 
 if TYPE_CHECKING:
@@ -152,6 +153,20 @@ def register(app: App, services: Services) -> None:
             services.provision.confirmations.recheck(account_ref, _user(body))
 
         _answer(respond, recheck)
+    @app.action(ids.SNOOZE_ACTION)
+    def on_snooze(ack: Ack, body: dict[str, Any], action: dict[str, Any], respond: Respond) -> None:
+        ack()
+        container = body.get("container") or {}
+        _answer(
+            respond,
+            lambda: expiry.snooze(
+                services.context,
+                _user(body),
+                _value(action),
+                container.get("channel_id") or (body.get("channel") or {}).get("id"),
+                container.get("message_ts"),
+            ),
+        )
 
     @app.action(re.compile(".*"))
     def on_unknown_action(ack: Ack, action: dict[str, Any]) -> None:

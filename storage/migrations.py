@@ -7,7 +7,7 @@ from sqlite_utils import Database, Migrations
 migrations = Migrations("veeam-sa")
 
 #: Name of the newest migration: `doctor` reports a database short of it as out of date.
-LATEST = "m008_least_privilege"
+LATEST = "m009_alerts"
 
 
 @migrations()
@@ -179,3 +179,14 @@ def m008_least_privilege(db: Database) -> None:
     accounts.add_column("permissions_detail", str)
     accounts.add_column("permissions_checked_at", str)
     accounts.add_column("permissions_ts", str)  # the thread message showing the answer
+
+
+@migrations()
+def m009_alerts(db: Database) -> None:
+    # A warning message's account renewed since: who renewed it (a digest shows "renewed by").
+    db.table("notices").add_column("renewed_by", str)
+    db.table("notices").create_index(["ts"])
+    # An admin's snooze: the secret's warnings are held until this time (ISO 8601 UTC).
+    secrets = db.table("secrets")
+    secrets.add_column("snoozed_until", str)
+    secrets.add_column("snoozed_by", str)

@@ -314,7 +314,7 @@ def test_imported_account_keeps_its_subscriptions_and_purposes_through_renewal(
     )
     [due] = result.due
     assert due.account["name"] == "legacy-backup" and due.days_left in (4, 5)
-    ts = str(slack.calls_to("chat.postMessage")[-1].response["ts"])
+    ts = str(slack.calls_to("chat.postMessage", channel=due.channel)[-1].response["ts"])
     vbot.click(ids.ACTION_RENEW, str(account["id"]), message_ts=ts)
     approve_next(vbot, 1)
     wait_renew(vbot, "done", name="legacy-backup")

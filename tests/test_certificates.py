@@ -275,7 +275,12 @@ def test_without_an_appliance_the_old_certificate_goes_once_veeam_has_the_new_on
     app = ms.application(app_id=account["app_id"])
     [old] = app.keys
     ts = alert(bot, account)
-    assert "certificate of" in json.dumps(slack.calls_to("chat.postMessage")[-1].args)
+    warnings = [
+        c for c in slack.calls_to("chat.postMessage") if c.args.get("channel") == account["alert_channel_id"]
+    ]
+    assert "certificate of" in json.dumps(warnings[-1].args)
+    dms = [c for c in slack.calls_to("chat.postMessage") if c.args.get("channel", "").startswith("D")]
+    assert dms and "Certificate expiring soon" in dms[-1].args["text"]
     bot.click(ids.ACTION_RENEW, str(account["id"]), user=ADMIN, message_ts=ts)
     approve_next(bot, 2)
     flow = wait_renew(bot, "done")

@@ -151,7 +151,7 @@ def test_one_warning_per_threshold_in_one_thread(
         posted.append(days)
     assert run(store, client, config, end + timedelta(minutes=1)).posted == 1  # expired
 
-    posts = slack.calls_to("chat.postMessage")
+    posts = slack.calls_to("chat.postMessage", channel="C0OPS")
     assert len(posts) == 5
     first = posts[0]
     assert first.args.get("thread_ts") is None
@@ -181,7 +181,7 @@ def test_a_new_process_posts_nothing_new(
         assert run(fresh, client, config, NOW).posted == 0
     finally:
         fresh.close()
-    assert len(slack.calls_to("chat.postMessage")) == 1
+    assert len(slack.calls_to("chat.postMessage", channel="C0OPS")) == 1
 
 
 def test_first_seen_at_five_days_gets_only_the_seven_day_warning(
@@ -204,7 +204,7 @@ def test_fifty_due_in_one_channel_make_a_digest(
         add_account(store, f"acct-{n:02d}", NOW + timedelta(days=3, minutes=n))
     result = run(store, client, config, NOW)
     assert result.digests == 1 and result.posted == 1
-    posts = slack.calls_to("chat.postMessage")
+    posts = slack.calls_to("chat.postMessage", channel="C0OPS")
     assert len(posts) == 1
     digest = posts[0].args["blocks"]
     buttons = [e for b in digest if b["type"] == "actions" for e in b["elements"]]

@@ -459,3 +459,40 @@ def test_ephemeral_to_a_non_member_is_refused(dbl: SlackDouble, client: WebClien
     dm = client.conversations_open(users="U0ADMIN")["channel"]["id"]
     client.chat_postMessage(channel=dm, text="by DM")
     assert [m["where"] for m in dbl.seen_by("U0ADMIN")] == ["dm"]
+
+
+def test_reply_broadcast_needs_a_thread_and_shows_in_the_channel(
+    dbl: SlackDouble, client: WebClient
+) -> None:
+    # "reply_broadcast: Used in conjunction with thread_ts" (chat.postMessage reference)
+    with pytest.raises(SlackApiError) as err:
+        client.chat_postMessage(channel="C0OPS", text="loud", reply_broadcast=True)
+    assert err.value.response["error"] == "invalid_arguments"
+    assert dbl.messages("C0OPS") == []
+
+    parent = client.chat_postMessage(channel="C0OPS", text="warning")["ts"]
+    quiet = client.chat_postMessage(channel="C0OPS", text="quiet", thread_ts=parent)["ts"]
+    loud = client.chat_postMessage(
+        channel="C0OPS", text="loud", thread_ts=parent, reply_broadcast=True
+    )["ts"]
+    assert dbl.message("C0OPS", loud)["subtype"] == "thread_broadcast"
+    assert [m["ts"] for m in dbl.channel_view("C0OPS")] == [parent, loud]
+    assert [m["ts"] for m in dbl.thread("C0OPS", parent)] == [quiet, loud]
+
+
+def test_only_the_bot_edits_its_own_existing_messages(dbl: SlackDouble, client: WebClient) -> None:
+    # chat.update errors: message_not_found, cant_update_message (chat.update reference)
+    theirs = dbl.post_as_user("C0OPS", "U0ALICE", "a person's message")
+    with pytest.raises(SlackApiError) as err:
+        client.chat_update(channel="C0OPS", ts=theirs, text="edited by the bot")
+    assert err.value.response["error"] == "cant_update_message"
+    assert dbl.message("C0OPS", theirs)["text"] == "a person's message"
+
+    ours = client.chat_postMessage(channel="C0OPS", text="ours")["ts"]
+    with pytest.raises(SlackApiError) as err:
+        client.chat_update(channel="C0OTHER", ts=ours, text="wrong channel")
+    assert err.value.response["error"] == "message_not_found"
+    client.chat_delete(channel="C0OPS", ts=ours)
+    with pytest.raises(SlackApiError) as err:
+        client.chat_update(channel="C0OPS", ts=ours, text="deleted")
+    assert err.value.response["error"] == "message_not_found"

@@ -51,7 +51,9 @@ def test_create_and_renew_leak_nothing(
         expiry.scan(
             bot.store, bot.services.slack, bot.config, end - timedelta(days=3), sleep=lambda s: None
         )
-        ts = str(slack.calls_to("chat.postMessage")[-1].response["ts"])
+        ts = str(
+            slack.calls_to("chat.postMessage", channel=account["channel_id"])[-1].response["ts"]
+        )
         bot.click(ids.ACTION_RENEW, str(account["id"]), user=ADMIN, message_ts=ts)
         approve_next(bot, 2)
         flow = wait_renew(bot, "done")

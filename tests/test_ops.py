@@ -73,7 +73,7 @@ def test_scan_dry_run_then_for_real(
     assert slack.calls_to("chat.postMessage") == []
     assert main(["scan"]) == 0
     assert "posted 1 message(s)" in capsys.readouterr().out
-    assert len(slack.calls_to("chat.postMessage")) == 1
+    assert len(slack.calls_to("chat.postMessage", channel="C0OPS")) == 1
     assert main(["scan"]) == 0
     assert "0 warning(s) due" in capsys.readouterr().out
 

@@ -33,7 +33,7 @@ def alert(bot: Bot, account: dict) -> str:
         bot.store, bot.services.slack, bot.config, end - timedelta(days=6), sleep=lambda s: None
     )
     assert result.posted == 1
-    return str(bot.slack.calls_to("chat.postMessage")[-1].response["ts"])
+    return str(bot.slack.calls_to("chat.postMessage", channel=CHANNEL)[-1].response["ts"])
 
 
 def approve_next(bot: Bot, count: int) -> None:

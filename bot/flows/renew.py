@@ -54,6 +54,7 @@ from bot.core.errors import (
     as_flow_error,
     error_label,
 )
+from bot.flows import expiry
 from bot.flows.appliance import hand_off_stored
 from bot.flows.context import Context
 from bot.flows.record import Record
@@ -77,6 +78,29 @@ log = logging.getLogger(__name__)
 
 #: How long to keep trying a new secret before calling it broken.
 PROOF_BUDGET_S = 60.0
+
+
+def _refuse_if_already_renewed(db: Any, account: dict[str, Any], message_ts: str) -> None:
+    """A Renew clicked on a warning whose secrets were all replaced since: say so (and by
+    whom) instead of starting a sign-in. A click elsewhere (no warning of ours) goes on."""
+    listed = queries.listed_secrets(db, message_ts, account["id"])
+    if not listed or any(s["state"] == "active" for s in listed):
+        return
+    last = queries.last_renewal(db, account["id"])
+    who = next((s["renewed_by"] for s in listed if s.get("renewed_by")), None) or (
+        last["requester"] if last else None
+    )
+    current = queries.active_secrets(db, account["id"])
+    ends = (
+        f"; its current secret expires {max(s['end_at'] for s in current)[:10]}"
+        if current
+        else ""
+    )
+    raise CommandError(
+        f"`{account['name']}` was already renewed"
+        + (f" by <@{who}>" if who else "")
+        + f"{ends}. Nothing to do: no sign-in was started."
+    )
 
 
 class Renewals:
@@ -132,6 +156,8 @@ class Renewals:
                     f"<@{who}> is already {'renewing' if running['kind'] == 'renew' else 'working on'} "
                     f"`{account['name']}`; wait for that to finish."
                 )
+            if thread_ts is not None:
+                _refuse_if_already_renewed(db, account, thread_ts)
             own_parent = thread_ts is None
             digest = thread_ts is not None and queries.is_digest(db, thread_ts)
             flow_id = self.record.new_flow(
@@ -331,6 +357,14 @@ class Renewals:
         )
         if flow.get("parent_ts") and not json.loads(flow.get("data") or "{}").get("alert_digest"):
             self.notifier.update(flow["channel_id"], flow["parent_ts"], payload)
+        # every other warning that offered Renew for the old secret says it is done
+        expiry.mark_renewed(
+            self.ctx,
+            [s["id"] for s in old],
+            flow["requester"],
+            single=payload,
+            skip=(flow["channel_id"], flow.get("parent_ts")),
+        )
         if keep_old:
             self._offer_retirement(flow, account, new, old)
             return

@@ -26,3 +26,13 @@ def renew_action(account_id: int) -> str:
 
 ACTION_RETIRE_OLD_SECRET = "veeam_sa.renew.retire_old"
 ACTION_PERMISSIONS_RECHECK = "veeam_sa.permissions.recheck"
+
+#: An expiry warning's Snooze buttons (admins): `snooze_action("1d")`, `snooze_action("next")`;
+#: the value is `SECRET_ID:OPTION`.
+ACTION_SNOOZE = "veeam_sa.alert.snooze"
+SNOOZE_ACTION = re.compile(r"\A" + re.escape(ACTION_SNOOZE) + r":(?:1d|next)\Z")
+
+
+def snooze_action(option: str) -> str:
+    """A Snooze button's action_id for one of its options."""
+    return f"{ACTION_SNOOZE}:{option}"

@@ -71,11 +71,38 @@ class Notifier:
         """Send the edits still queued, then stop."""
         self._pool.shutdown(wait=True)
 
-    def post(self, channel: str, payload: dict[str, Any], thread_ts: str | None = None) -> str:
+    def post(
+        self,
+        channel: str,
+        payload: dict[str, Any],
+        thread_ts: str | None = None,
+        *,
+        broadcast: bool = False,
+    ) -> str:
+        """Post; a thread reply with `broadcast` is also shown in the channel
+        (`reply_broadcast`, which Slack only takes with a `thread_ts`)."""
+        extra: dict[str, Any] = {"reply_broadcast": True} if broadcast and thread_ts else {}
         response = self._client.chat_postMessage(
-            channel=channel, thread_ts=thread_ts, unfurl_links=False, unfurl_media=False, **payload
+            channel=channel,
+            thread_ts=thread_ts,
+            unfurl_links=False,
+            unfurl_media=False,
+            **extra,
+            **payload,
         )
         return str(response["ts"])
+
+    def dm(self, user: str, payload: dict[str, Any]) -> bool:
+        """A direct message to `user`; False (logged) when Slack refuses it."""
+        try:
+            opened = self._client.conversations_open(users=user)
+            self._client.chat_postMessage(
+                channel=opened["channel"]["id"], unfurl_links=False, unfurl_media=False, **payload
+            )
+        except SlackApiError as exc:
+            log.warning("could not send a DM to %s: %s", user, exc.response.get("error"))
+            return False
+        return True
 
     def update(self, channel: str, ts: str, payload: dict[str, Any]) -> None:
         try:

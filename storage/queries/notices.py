@@ -78,11 +78,11 @@ def is_digest(db: Database, ts: str) -> bool:
 
 def secrets_due_by(db: Database, horizon: str) -> list[dict[str, Any]]:
     """Active secrets of active accounts ending by `horizon`, soonest first: each row is the
-    account's columns plus `secret_id`, `end_at`, `hint` and `announced` (the most urgent
-    threshold already announced for the secret, or None)."""
+    account's columns plus `secret_id`, `end_at`, `hint`, `snoozed_until` and `announced`
+    (the most urgent threshold already announced for the secret, or None)."""
     rows = db.execute(
         """
-        SELECT s.id AS secret_id, s.end_at, s.hint, a.*,
+        SELECT s.id AS secret_id, s.end_at, s.hint, s.snoozed_until, a.*,
                (SELECT MIN(n.threshold) FROM notices n WHERE n.secret_id = s.id) AS announced
         FROM secrets s JOIN accounts a ON a.id = s.account_id
         WHERE s.state = 'active' AND a.state = 'active' AND s.end_at <= ?
@@ -92,6 +92,96 @@ def secrets_due_by(db: Database, horizon: str) -> list[dict[str, Any]]:
     )
     columns = [c[0] for c in rows.description]
     return [dict(zip(columns, values, strict=True)) for values in rows.fetchall()]
+
+
+# -- alerts: snoozes, the messages that list a secret, renewed marks ----------------------------
+
+
+def snooze_secret(db: Database, secret_id: int, until: str, by: str) -> None:
+    db.execute(
+        "UPDATE secrets SET snoozed_until = ?, snoozed_by = ? WHERE id = ?", [until, by, secret_id]
+    )
+
+
+def warned_secret(db: Database, secret_id: int) -> dict[str, Any] | None:
+    """A secret with its account's name and state, and the most urgent threshold announced."""
+    rows = _dicts(
+        db,
+        "SELECT s.id AS secret_id, s.account_id, s.end_at, s.state, s.snoozed_until, "
+        "a.name, a.state AS account_state, "
+        "(SELECT MIN(n.threshold) FROM notices n WHERE n.secret_id = s.id AND n.threshold >= 0) "
+        "AS announced "
+        "FROM secrets s JOIN accounts a ON a.id = s.account_id WHERE s.id = ?",
+        [secret_id],
+    )
+    return rows[0] if rows else None
+
+
+def warning_messages(db: Database, secret_ids: list[int]) -> list[dict[str, Any]]:
+    """The messages that carry a Renew button for these secrets: every digest that lists
+    them and each one's first (top-level) single warning. `channel_id`, `ts`, `digest`."""
+    if not secret_ids:
+        return []
+    marks = ",".join("?" * len(secret_ids))
+    return _dicts(
+        db,
+        f"SELECT DISTINCT channel_id, ts, digest FROM notices WHERE ts IS NOT NULL AND ("  # noqa: S608 - placeholders only
+        f"(digest = 1 AND secret_id IN ({marks})) OR id IN (SELECT MIN(id) FROM notices "
+        f"WHERE ts IS NOT NULL AND threshold >= 0 AND secret_id IN ({marks}) GROUP BY secret_id)) "
+        "ORDER BY ts",
+        [*secret_ids, *secret_ids],
+    )
+
+
+def mark_notices_renewed(db: Database, secret_ids: list[int], by: str) -> None:
+    if not secret_ids:
+        return
+    marks = ",".join("?" * len(secret_ids))
+    db.execute(
+        f"UPDATE notices SET renewed_by = ? WHERE secret_id IN ({marks})",  # noqa: S608 - placeholders only
+        [by, *secret_ids],
+    )
+
+
+def digest_rows(db: Database, channel: str, ts: str) -> list[dict[str, Any]]:
+    """Everything a digest lists, to draw it again: each row is the account's columns plus
+    `secret_id`, `threshold`, `posted_at`, `renewed_by`, `end_at` and `hint`."""
+    return _dicts(
+        db,
+        "SELECT n.secret_id, n.threshold, n.posted_at, n.renewed_by, s.end_at, s.hint, a.* "
+        "FROM notices n JOIN secrets s ON s.id = n.secret_id JOIN accounts a ON a.id = s.account_id "
+        "WHERE n.ts = ? AND n.channel_id = ? AND n.digest = 1 ORDER BY s.end_at",
+        [ts, channel],
+    )
+
+
+def listed_secrets(db: Database, ts: str, account_id: int) -> list[dict[str, Any]]:
+    """The account's secrets that the warning message `ts` was about (its first single
+    warning, a follow-up, or a digest), with their state and `renewed_by`."""
+    return _dicts(
+        db,
+        "SELECT s.id, s.state, s.end_at, n.renewed_by FROM notices n "
+        "JOIN secrets s ON s.id = n.secret_id "
+        "WHERE n.ts = ? AND s.account_id = ? AND n.threshold >= 0",
+        [ts, account_id],
+    )
+
+
+def last_renewal(db: Database, account_id: int) -> dict[str, Any] | None:
+    """The account's latest finished renewal: `requester`, `updated_at`."""
+    rows = _dicts(
+        db,
+        "SELECT requester, updated_at FROM flows WHERE account_id = ? AND kind = 'renew' "
+        "AND state = 'done' ORDER BY updated_at DESC LIMIT 1",
+        [account_id],
+    )
+    return rows[0] if rows else None
+
+
+def _dicts(db: Database, sql: str, params: list[Any]) -> list[dict[str, Any]]:
+    cursor = db.execute(sql, params)
+    columns = [c[0] for c in cursor.description]
+    return [dict(zip(columns, values, strict=True)) for values in cursor.fetchall()]
 
 
 # -- encrypted values (the doctor, key rotation) -----------------------------------------------

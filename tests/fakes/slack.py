@@ -333,6 +333,28 @@ class SlackDouble:
         with self._lock:
             return _copy(self._messages[(channel, ts)])
 
+    def channel_view(self, channel: str) -> list[dict[str, Any]]:
+        """What the channel itself shows, oldest first: top-level messages and thread replies
+        broadcast to the channel (``reply_broadcast``), not the other replies."""
+        return [
+            m
+            for m in self.messages(channel)
+            if not m.get("thread_ts")
+            or m["thread_ts"] == m["ts"]
+            or m.get("subtype") == "thread_broadcast"
+        ]
+
+    def post_as_user(
+        self, channel: str, user: str, text: str, thread_ts: str | None = None
+    ) -> str:
+        """A message a person wrote (not the bot): returns its ts."""
+        with self._lock:
+            msg = self._post(channel, {"text": text, "thread_ts": thread_ts})
+            msg["user"] = user
+            msg.pop("bot_id", None)
+            msg.pop("app_id", None)
+            return str(msg["ts"])
+
     def thread(self, channel: str, thread_ts: str) -> list[dict[str, Any]]:
         """Replies in the thread under ``thread_ts`` (parent excluded), oldest first."""
         return [
@@ -925,7 +947,21 @@ class SlackDouble:
     def _m_chat_postMessage(self, args: dict[str, Any], token: str | None) -> dict[str, Any]:
         channel = self._resolve_channel(args.get("channel"))
         self._check_content(args)
+        broadcast = _truthy(args.get("reply_broadcast"))
+        if broadcast:
+            # chat.postMessage reference, argument reply_broadcast: "Used in conjunction with
+            # thread_ts and indicates whether reply should be made visible to everyone in the
+            # channel or conversation." (https://api.slack.com/methods/chat.postMessage
+            # #arg_reply_broadcast). Without a thread_ts there is nothing to broadcast and
+            # Slack would post a plain message; the double refuses it ("invalid_arguments",
+            # from the method's error list) so a broadcast that would be lost shows up.
+            if not args.get("thread_ts"):
+                raise _SlackError("invalid_arguments")
         msg = self._post(channel, args)
+        if broadcast:
+            # A broadcast reply is also a channel message, subtype "thread_broadcast"
+            # (https://docs.slack.dev/reference/events/message/thread_broadcast).
+            msg["subtype"] = "thread_broadcast"
         return {"channel": channel, "ts": msg["ts"], "message": self._echo(msg)}
 
     def _m_chat_postEphemeral(self, args: dict[str, Any], token: str | None) -> dict[str, Any]:
@@ -963,6 +999,9 @@ class SlackDouble:
         if msg is None or msg["deleted"]:
             raise _SlackError("message_not_found")
         self._check_content(args, required=False)
+        # chat.update reference, errors: "cant_update_message: Authenticated user does not
+        # have permission to update this message." A bot token may edit only the messages
+        # its bot posted (https://api.slack.com/methods/chat.update#errors).
         if msg["user"] != self.bot_user_id:
             raise _SlackError("cant_update_message")
         self._apply_update(msg, args)
@@ -1301,6 +1340,13 @@ def _describe(match: Match, arg_filters: dict[str, Any]) -> str:
         else ("any call" if match is None else getattr(match, "__name__", repr(match)))
     )
     return f"{what} {arg_filters}" if arg_filters else str(what)
+
+
+def _truthy(value: Any) -> bool:
+    """A boolean argument as JSON (``true``) or form-encoded (``"true"``, ``"1"``)."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1")
+    return bool(value)
 
 
 def _copy(value: dict[str, Any]) -> dict[str, Any]:

@@ -17,14 +17,30 @@ from bot.slack.blocks.common import (
 )
 
 
-def _renew_button(account_id: int, name: str) -> dict[str, Any]:
-    return {
+def _renew_button(account_id: int, name: str, primary: bool = True) -> dict[str, Any]:
+    button: dict[str, Any] = {
         "type": "button",
         "action_id": ids.renew_action(account_id),
         "text": {"type": "plain_text", "text": f"Renew {name}"[:MAX_BUTTON_TEXT]},
         "value": str(account_id),
-        "style": "primary",
     }
+    if primary:  # one primary button per message; the rest keep the default style
+        button["style"] = "primary"
+    return button
+
+
+def _snooze_button(secret_id: int, option: str, label: str) -> dict[str, Any]:
+    return {
+        "type": "button",
+        "action_id": ids.snooze_action(option),
+        "text": {"type": "plain_text", "text": label[:MAX_BUTTON_TEXT]},
+        "value": f"{int(secret_id)}:{option}",
+    }
+
+
+def mentions(users: list[str], groups: list[str]) -> str:
+    """Who a loud warning calls: people as `<@U…>`, user groups as `<!subteam^S…>`."""
+    return " ".join([*(f"<@{u}>" for u in users), *(f"<!subteam^{g}>" for g in groups)])
 
 
 def _when(days_left: int) -> str:
@@ -35,8 +51,16 @@ def _when(days_left: int) -> str:
     return f"expires in {days_left} day{'s' if days_left != 1 else ''}"
 
 
-def expiry_warning(item: Any, now: Any, follow_up: bool = False) -> Payload:
-    """One account's warning: account, application id, tenant, expiry, creator, Renew."""
+def expiry_warning(
+    item: Any,
+    now: Any,
+    follow_up: bool = False,
+    *,
+    calls: str = "",
+    snooze: list[tuple[str, str]] | None = None,
+) -> Payload:
+    """One account's warning: account, application id, tenant, expiry, creator, Renew (and
+    the admins' Snooze choices). `calls` (mentions) is added to loud warnings."""
     account = item.account
     expired = item.threshold == 0
     icon = ":rotating_light:" if expired or item.threshold <= 1 else ":warning:"
@@ -45,20 +69,26 @@ def expiry_warning(item: Any, now: Any, follow_up: bool = False) -> Payload:
     head = f"{icon} The {noun} of *`{account['name']}`* {state}."
     if expired:
         head += " Veeam backups that use this account are failing until it is renewed."
+    if calls:
+        head += f"\n{calls}"
     date = slack_date(item.end_at.timestamp(), item.end_at.date().isoformat())
     details = (
         f"Application (client) id `{account.get('app_id')}` · tenant {account.get('tenant_name') or ''} "
         f"`{account.get('tenant_id')}`\n"
         + ("Certificate (thumbprint) " if noun == "certificate" else "Secret ")
-        + f"`{item.hint}…` expires {date} · "
+        + f"`{item.hint}…` {'expired' if expired else 'expires'} {date} · "
         f"created by <@{account.get('created_by')}>"
     )
     text = f"{noun.capitalize()} of {account['name']} {('has expired' if expired else _when(item.days_left))}"
+    if calls:
+        text += f" — {calls}"
     blocks: list[dict[str, Any]] = [_section(head), _context(details)]
     if not follow_up:
-        blocks.append(
-            {"type": "actions", "elements": [_renew_button(int(account["id"]), account["name"])]}
-        )
+        elements = [_renew_button(int(account["id"]), account["name"])]
+        elements += [
+            _snooze_button(item.secret_id, option, label) for option, label in snooze or []
+        ]
+        blocks.append({"type": "actions", "elements": elements})
     return {"text": text, "blocks": blocks}
 
 
@@ -69,10 +99,13 @@ MAX_MESSAGE_BLOCKS = 50  # Block Kit: at most 50 blocks in a message
 
 def _digest_line(item: Any) -> str:
     account = item.account
-    state = "*expired*" if item.threshold == 0 else _when(item.days_left)
+    date = slack_date(item.end_at.timestamp(), item.end_at.date().isoformat())
+    renewed_by = getattr(item, "renewed_by", None)
+    if renewed_by:
+        return f":white_check_mark: ~`{account['name']}`~ — renewed by <@{renewed_by}>"
+    state = f"*expired* {date}" if item.threshold == 0 else f"{_when(item.days_left)} ({date})"
     return (
-        f"*`{account['name']}`* — {state} "
-        f"({slack_date(item.end_at.timestamp(), item.end_at.date().isoformat())}) · "
+        f"*`{account['name']}`* — {state} · "
         f"app `{account.get('app_id')}` · by <@{account.get('created_by')}>"
     )
 
@@ -117,26 +150,86 @@ def digest_pages(items: list[Any], max_items: int) -> list[list[Any]]:
     return pages
 
 
-def expiry_digest(items: list[Any], now: Any) -> Payload:
+def _digest_heading(items: list[Any]) -> tuple[str, str]:
+    """The digest's first line and its notification text."""
+    count = len(items)
+    plural = "s" if count != 1 else ""
+    need = "need" if count != 1 else "needs"
+    thresholds = {i.threshold for i in items}
+    if thresholds == {0}:
+        icon, when = ":rotating_light:", " — expired"
+    elif max(thresholds) <= 1:
+        icon, when = ":rotating_light:", " within a day"
+    else:
+        icon, when = ":warning:", f" within {max(thresholds)} days"
+    text = f"{count} client secret{plural} {need} renewing{when}"
+    renewed = sum(1 for i in items if getattr(i, "renewed_by", None))
+    tail = f" ({renewed} renewed since)" if renewed else ""
+    return f"{icon} *{text}.*{tail} Soonest first:", text
+
+
+def expiry_digest(items: list[Any], now: Any, *, calls: str = "") -> Payload:
     """Many accounts due at once: one message, a line per account, and their Renew buttons
     in groups of 25 (Block Kit's limit per actions block). Each button's action_id names its
     account, as action_ids must be unique within a block; `digest_pages` decides how many
-    accounts one message can hold."""
+    accounts one message can hold. An account renewed since shows who renewed it instead of
+    its button. `calls` (mentions) is added to loud digests."""
+    heading, text = _digest_heading(items)
+    if calls:
+        heading += f"\n{calls}"
+        text += f" — {calls}"
     buttoned: set[int] = set()
-    blocks: list[dict[str, Any]] = [
-        _section(f":warning: *{len(items)} client secrets need renewing.* Soonest first:")
-    ]
+    blocks: list[dict[str, Any]] = [_section(heading)]
     for number, group in enumerate(_digest_groups(items)):
-        blocks += [_section(text) for text in _pack_lines([_digest_line(i) for i in group])]
+        blocks += [_section(line) for line in _pack_lines([_digest_line(i) for i in group])]
         buttons = []
         for item in group:
             account_id = int(item.account["id"])
+            if getattr(item, "renewed_by", None):
+                continue
             if account_id not in buttoned:  # one button per account, even with two secrets due
                 buttoned.add(account_id)
-                buttons.append(_renew_button(account_id, item.account["name"]))
+                buttons.append(
+                    _renew_button(account_id, item.account["name"], primary=len(buttoned) == 1)
+                )
         if buttons:
             blocks.append({"type": "actions", "block_id": f"renew-{number}", "elements": buttons})
-    return {"text": f"{len(items)} client secrets need renewing", "blocks": blocks}
+    return {"text": text, "blocks": blocks}
+
+
+#: A DM lists at most this many accounts (40 sections of DIGEST_LINES stay within 50 blocks).
+DM_MAX_ITEMS = 400
+
+
+def requester_dm(items: list[Any]) -> Payload:
+    """To an account's requester, once its secret is a week (or less) from its end: each
+    account, when, and the channel whose warning carries the Renew button."""
+    lines = []
+    for item in items[:DM_MAX_ITEMS]:
+        account = item.account
+        date = slack_date(item.end_at.timestamp(), item.end_at.date().isoformat())
+        state = f"expired {date}" if item.threshold == 0 else f"{_when(item.days_left)} ({date})"
+        lines.append(f"• *`{account['name']}`* — {state} · warning in <#{item.channel}>")
+    if len(items) > DM_MAX_ITEMS:
+        lines.append(f"… and {len(items) - DM_MAX_ITEMS} more")
+    names = ", ".join(i.account["name"] for i in items[:20])
+    nouns = {credential_noun(i.account) for i in items}
+    noun = nouns.pop() if len(nouns) == 1 else "credential"
+    head = (
+        f":alarm_clock: The {noun} of a service account you asked for is about to stop "
+        "working, and with it the Veeam backups that use it:"
+        if len(items) == 1
+        else f":alarm_clock: The {noun}s of service accounts you asked for are about to "
+        "stop working, and with them the Veeam backups that use them:"
+    )
+    where = (
+        "Each warning carries a *Renew* button; an admin of the bot can renew there, or with "
+        "`/veeam-sa renew NAME`."
+    )
+    return {
+        "text": f"{noun.capitalize()} expiring soon: {names}"[:3000],
+        "blocks": [_section(head), *(_section(t) for t in _pack_lines(lines)), _context(where)],
+    }
 
 
 def renew_parent(*, name: str, requester: str, outcome: str | None = None) -> Payload:
