@@ -25,3 +25,6 @@ def renew_action(account_id: int) -> str:
 
 
 ACTION_RETIRE_OLD_SECRET = "veeam_sa.renew.retire_old"
+
+#: The Repair button of a drift alert (its value is the drift's row id).
+ACTION_REPAIR_DRIFT = "veeam_sa.drift.repair"

@@ -71,6 +71,8 @@ SETTINGS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "require_email_match": ("VEEAM_SA_REQUIRE_EMAIL_MATCH", lambda v: "true" if v else "false"),
     "veeam_api_version": ("VEEAM_API_VERSION", _plain),
     "veeam_purposes": ("VEEAM_PURPOSES", _joined),
+    "health_hours": ("VEEAM_SA_HEALTH_INTERVAL", _plain),
+    "health_rate": ("VEEAM_SA_HEALTH_RATE", _plain),
 }
 
 
