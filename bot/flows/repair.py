@@ -156,16 +156,6 @@ class Repairs:
         if repaired:
             queries.close_drift(self._db, drift["id"], "repaired", stamp, flow["requester"])
         self.health.record(fresh, health, now)
-        with self._db.atomic():
-            queries.transition_flow(self._db, flow["id"], ["repairing"], "done")
-            queries.add_audit(
-                self._db,
-                actor=flow["requester"],
-                action="repair.completed",
-                target=account["name"],
-                outcome="ok" if repaired else "still_drifting",
-                detail={"flow": flow["id"], "drift": drift["id"], "kind": kind, "done": done},
-            )
         self.health.edit_alert(
             account["name"],
             drift["id"],
@@ -181,6 +171,16 @@ class Repairs:
                 + (still.detail if still else "; ".join(health.problems) or "nothing it could confirm")
             )
         self.record.say(flow, text)
+        with self._db.atomic():
+            queries.transition_flow(self._db, flow["id"], ["repairing"], "done")
+            queries.add_audit(
+                self._db,
+                actor=flow["requester"],
+                action="repair.completed",
+                target=account["name"],
+                outcome="ok" if repaired else "still_drifting",
+                detail={"flow": flow["id"], "drift": drift["id"], "kind": kind, "done": done},
+            )
 
     def _assign_roles(
         self, flow: dict[str, Any], account: dict[str, Any], arm: ArmClient, principal: str
