@@ -348,3 +348,36 @@ def test_the_scheduler_runs_the_health_check_as_its_own_job(bot: Bot) -> None:
     finally:
         scheduler.shutdown(wait=True)
     assert scheduler.stopping.is_set()
+
+
+# -- `veeam-sa-bot check [NAME]` ------------------------------------------------------------
+
+
+def test_the_check_command_reports_and_alerts_like_the_job(
+    bot: Bot,
+    ms: MicrosoftDouble,
+    slack: SlackDouble,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path,
+) -> None:
+    from bot.cli import main
+
+    account = managed(bot)
+    monkeypatch.chdir(tmp_path)
+    for key, value in bot.env.items():
+        monkeypatch.setenv(key, value)
+    assert main(["check", "prod"]) == 0
+    assert "prod: healthy" in capsys.readouterr().out
+
+    ms.remove_password_out_of_band(account["app_id"])
+    assert main(["check"]) == 1
+    out = capsys.readouterr().out
+    assert "prod: drift — Entra rejects its client secret" in out and "AADSTS7000215" in out
+    assert "1 alert(s) posted" in out
+    assert len(drift_alerts(slack)) == 1
+    assert main(["check", "prod"]) == 1
+    assert len(drift_alerts(slack)) == 1  # still one alert
+
+    assert main(["check", "nope"]) == 1
+    assert "no managed service account 'nope'" in capsys.readouterr().err
