@@ -1129,10 +1129,22 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument(
         "--scan-timeout", type=float, default=120.0, help="expiry rows: limit for the scan (s)"
     )
+    p.add_argument(
+        "--health-accounts", type=int, default=1000, help="health row: accounts checked"
+    )
+    p.add_argument(
+        "--health-interval",
+        type=float,
+        default=150.0,
+        help="health row: the (shortened) interval the run spreads over (s)",
+    )
+    p.add_argument(
+        "--health-rate", type=float, default=20.0, help="health row: request rate limit (per s)"
+    )
     p.add_argument("--seed", type=int, default=1, help="random seed (request order, sampling)")
     p.add_argument(
         "--only",
-        choices=["startup", "ack", "pending", "debug", "provision", "expiry"],
+        choices=["startup", "ack", "pending", "debug", "provision", "expiry", "health"],
         action="append",
         help="run only these phases (repeatable); default all",
     )
@@ -1161,6 +1173,43 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def phase_health(b: Bench) -> None:
+    """Row 8: the health check over many accounts in one run, spread over a shortened
+    interval, paced by `VEEAM_SA_HEALTH_RATE` (bench/health.py)."""
+    from bench.health import measure
+
+    args = b.args
+    log(
+        f"health: {args.health_accounts} accounts over {args.health_interval:g} s at most "
+        f"{args.health_rate:g} requests/s"
+    )
+    res = measure(args.health_accounts, args.health_interval, args.health_rate, args.ms_latency)
+    states = ", ".join(f"{n} {s}" for s, n in res["states"].items())
+    ok = (
+        res["checked"] == res["accounts"]
+        and res["states"].get("healthy") == res["accounts"]
+        and res["alerted"] == 0
+        and res["max_in_1s"] <= res["rate_limit"] + 1
+        and res["took_s"] <= res["interval_s"]
+    )
+    b.rows.append(
+        Row(
+            f"Health check: `HealthCheck.run` over {res['accounts']:,} accounts (token + role "
+            f"assignments on one subscription each) spread over a {res['interval_s']:g} s "
+            f"interval, rate limit {res['rate_limit']:g} requests/s, Microsoft double latency "
+            f"{ms(args.ms_latency)}; rate from the times the double recorded the requests",
+            f"{secs(res['took_s'])} total; {res['checked']:,} checked ({states}); "
+            f"{res['requests']:,} requests ({res['tokens']:,} token, {res['arm']:,} ARM); "
+            f"measured {res['mean_rate']:.1f} requests/s mean, at most {res['max_in_1s']} in "
+            f"any 1 s, closest {res['min_gap'] * 1000:.1f} ms apart",
+            f"{res['accounts'] * 2:,} requests at {res['rate_limit']:g}/s: "
+            f"{res['accounts'] * 2 / res['rate_limit']:.1f} s of pacing",
+            f"≤ {res['rate_limit']:g} requests in any 1 s; done within the interval",
+            verdict(ok),
+        )
+    )
+
+
 PHASES: dict[str, Callable[[Bench], None]] = {
     "startup": phase_startup,
     "ack": phase_ack,
@@ -1168,6 +1217,7 @@ PHASES: dict[str, Callable[[Bench], None]] = {
     "provision": phase_provision,
     "expiry": phase_expiry,
     "debug": phase_debug,
+    "health": phase_health,
 }
 
 
@@ -1181,7 +1231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ca = TestCA()
     b = Bench(args=args, ca=ca, workdir=workdir, load_start=load_average())
     wanted = args.only or list(PHASES)
-    order = ["ack", "pending", "debug", "provision", "startup", "expiry"]
+    order = ["ack", "pending", "debug", "provision", "startup", "expiry", "health"]
     try:
         for name in order:
             if name in wanted:

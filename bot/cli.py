@@ -124,6 +124,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     scan.add_argument(
         "--dry-run", action="store_true", help="print what would be posted; post nothing"
     )
+    check = sub.add_parser(
+        "check",
+        help="run the health check now: does each account's secret still yield a token, are "
+        "its roles and application there, does Veeam call it valid (exit 1 on drift)",
+    )
+    check.add_argument("name", nargs="?", help="only this account")
     audit = sub.add_parser("audit", help="print the audit trail")
     audit.add_argument("--account", help="only rows about this account")
     audit.add_argument(
@@ -157,6 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ops.init_database()
     if args.command == "scan":
         return ops.scan(args.dry_run)
+    if args.command == "check":
+        return ops.check(args.name)
     if args.command == "audit":
         return ops.audit(args.account, args.since, args.json)
     if args.command == "rotate-key":

@@ -1,6 +1,6 @@
-"""The scheduler: APScheduler 3.11 wiring for the expiry scan and the flow watchdog. Jobs
-themselves are plain functions (`bot.flows.expiry.scan`, `Endings.watchdog`); this module only
-decides when they run.
+"""The scheduler: APScheduler 3.11 wiring for the expiry scan, the flow watchdog and the
+health check. Jobs themselves are plain functions (`bot.flows.expiry.scan`,
+`Endings.watchdog`, `HealthCheck.run`); this module only decides when they run.
 
 One scheduler per database: two bot processes on one database would both post (the
 notice rows keep each warning to one post, but run one replica anyway).
@@ -9,11 +9,12 @@ notice rows keep each warning to one post, but run one replica anyway).
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+import threading
+from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from bot.flows import appliance, expiry
+from bot.flows import appliance, expiry, health
 from bot.flows.root import Services
 
 log = logging.getLogger(__name__)
@@ -21,6 +22,38 @@ log = logging.getLogger(__name__)
 JOB_ID = "expiry-scan"
 WATCHDOG_JOB_ID = "flow-watchdog"
 WATCHDOG_MINUTES = 5
+HEALTH_JOB_ID = "health-check"
+#: The first health check starts this long after start-up (the expiry scan goes first).
+HEALTH_FIRST_DELAY = timedelta(minutes=5)
+
+
+class Scheduler(BackgroundScheduler):
+    """APScheduler's background scheduler, with an event that tells a long job (the health
+    check spreads over hours) to stop when the scheduler shuts down."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.stopping = threading.Event()
+
+    def shutdown(self, wait: bool = True) -> None:
+        self.stopping.set()
+        super().shutdown(wait=wait)
+
+
+def run_health(services: Services, stop: threading.Event | None = None) -> health.RunResult:
+    """Check every account once, spread over the configured interval."""
+    result = services.health.run(interval_s=services.config.health_hours * 3600, stop=stop)
+    services.store.checkpoint()
+    log.info(
+        "health check: %d checked (%s), %d alert(s), %d cleared, %d request(s) in %.0fs",
+        result.checked,
+        ", ".join(f"{n} {s}" for s, n in result.states.items()),
+        result.alerted,
+        result.cleared,
+        result.requests,
+        result.took_s,
+    )
+    return result
 
 
 def run_watchdog(services: Services) -> list[str]:
@@ -51,7 +84,7 @@ def run_scan(services: Services) -> expiry.ScanResult:
 
 
 def start_scheduler(services: Services) -> BackgroundScheduler:
-    scheduler = BackgroundScheduler(timezone=UTC)
+    scheduler = Scheduler(timezone=UTC)
     scheduler.add_job(
         run_scan,
         "interval",
@@ -72,6 +105,19 @@ def start_scheduler(services: Services) -> BackgroundScheduler:
         id=WATCHDOG_JOB_ID,
         replace_existing=True,
         misfire_grace_time=WATCHDOG_MINUTES * 60,
+        coalesce=True,
+        max_instances=1,
+    )
+    hours = services.config.health_hours
+    scheduler.add_job(
+        run_health,
+        "interval",
+        args=[services, scheduler.stopping],
+        hours=hours,
+        id=HEALTH_JOB_ID,
+        replace_existing=True,
+        next_run_time=datetime.now(UTC) + HEALTH_FIRST_DELAY,
+        misfire_grace_time=hours * 3600,
         coalesce=True,
         max_instances=1,
     )

@@ -153,6 +153,7 @@ def register(app: App, services: Services) -> None:
             services.provision.confirmations.recheck(account_ref, _user(body))
 
         _answer(respond, recheck)
+
     @app.action(ids.SNOOZE_ACTION)
     def on_snooze(ack: Ack, body: dict[str, Any], action: dict[str, Any], respond: Respond) -> None:
         ack()
@@ -167,6 +168,25 @@ def register(app: App, services: Services) -> None:
                 container.get("message_ts"),
             ),
         )
+
+    @app.action(ids.ACTION_REPAIR_DRIFT)
+    def on_repair(ack: Ack, body: dict[str, Any], action: dict[str, Any], respond: Respond) -> None:
+        ack()
+        container = body.get("container") or {}
+
+        def repair() -> None:
+            drift_ref = _row_id(
+                action, "That drift is no longer open (it was repaired or cleared); nothing to do."
+            )
+            services.authz.require_admin(_user(body), "repair", drift_ref)
+            flow_id = services.repair.begin(
+                requester=_user(body),
+                drift_ref=drift_ref,
+                channel_id=container.get("channel_id") or (body.get("channel") or {}).get("id"),
+            )
+            services.workers.submit(services.signin.start, flow_id)
+
+        _answer(respond, repair)
 
     @app.action(re.compile(".*"))
     def on_unknown_action(ack: Ack, action: dict[str, Any]) -> None:

@@ -7,7 +7,7 @@ from sqlite_utils import Database, Migrations
 migrations = Migrations("veeam-sa")
 
 #: Name of the newest migration: `doctor` reports a database short of it as out of date.
-LATEST = "m009_alerts"
+LATEST = "m010_health"
 
 
 @migrations()
@@ -190,3 +190,37 @@ def m009_alerts(db: Database) -> None:
     secrets = db.table("secrets")
     secrets.add_column("snoozed_until", str)
     secrets.add_column("snoozed_by", str)
+
+
+@migrations()
+def m010_health(db: Database) -> None:
+    # The health check's last word on each account, and one row per drift it found: open
+    # while the drift lasts (one alert per account and kind), then cleared or repaired.
+    accounts = db.table("accounts")
+    accounts.add_column("health_state", str)  # healthy | drift | unknown | None (not yet)
+    accounts.add_column("health_checked_at", str)
+    accounts.add_column("health_ok_at", str)  # the last check that found nothing wrong
+    db.table("drifts").create(
+        {
+            "id": int,
+            "account_id": int,
+            "kind": str,  # credential | application | roles | appliance
+            "detail": str,  # what differs, in words (never a secret)
+            "missing": str,  # JSON: what a repair restores (e.g. {subscription: [role ids]})
+            "since": str,  # the first check that found it
+            "last_ok_at": str,  # the last check before it that found the account healthy
+            "seen_at": str,  # the latest check that found it
+            "channel_id": str,
+            "ts": str,  # the alert
+            "state": str,  # open | cleared | repaired
+            "closed_at": str,
+            "closed_by": str,
+        },
+        pk="id",
+        foreign_keys=[("account_id", "accounts", "id")],
+        not_null={"account_id", "kind", "since", "state"},
+        defaults={"state": "open"},
+    )
+    db.execute(
+        "CREATE UNIQUE INDEX idx_drifts_open ON drifts(account_id, kind) WHERE state = 'open'"
+    )

@@ -24,6 +24,7 @@ from tests.fakes.microsoft import (
     DEFAULT_SUBSCRIPTIONS,
     DEFAULT_TENANT_ID,
     GLOBAL_ADMINISTRATOR,
+    KEY_VAULT_CRYPTO_USER,
     MSA_TENANT_ID,
     OWNER,
     ROLE_ASSIGNMENT_WRITE,
@@ -1221,3 +1222,81 @@ def test_custom_role_definitions_follow_arms_rules(dbl, http):
     assert http.delete(url, params=params, headers=bearer(owner)).status_code == 204
     gone = http.get(url, params=params, headers=bearer(owner))
     assert gone.status_code == 404 and gone.json()["error"]["code"] == "RoleDefinitionDoesNotExist"
+
+
+# --------------------------------------------------------------------------- out-of-band changes
+
+
+def test_out_of_band_changes_show_as_the_token_endpoint_and_arm_show_them(dbl, http):
+    """What the health check relies on, per Microsoft's documentation:
+    - Role Assignments - List For Scope: "Use $filter=principalId eq {id} to return all role
+      assignments at, above or below the scope for the specified principal"; the caller needs
+      Microsoft.Authorization/roleAssignments/read, else 403 AuthorizationFailed
+      (learn.microsoft.com/rest/api/authorization/role-assignments/list-for-scope);
+    - the token endpoint (Entra error codes reference): AADSTS7000215 invalid client secret
+      (a deleted secret), AADSTS7000222 expired secret, AADSTS700016 application not found
+      in the directory (a deleted application)."""
+    token = dbl.token_for()
+    app = create_app(http, dbl, token)
+    sp = create_sp(http, dbl, token, app["appId"])
+    secret = http.post(
+        f"{dbl.graph_url}/v1.0/applications/{app['id']}/addPassword",
+        headers=bearer(token),
+        json={"passwordCredential": {"displayName": "veeam"}},
+    ).json()["secretText"]
+    owner = dbl.token_for(audience="arm")
+    assert assign(http, dbl, owner, SUB1, sp["id"], role=CONTRIBUTOR).status_code == 201
+    assert assign(http, dbl, owner, SUB1, sp["id"], role=KEY_VAULT_CRYPTO_USER).status_code == 201
+
+    def login():
+        return http.post(
+            f"{dbl.authority_host}/{DEFAULT_TENANT_ID}/oauth2/v2.0/token",
+            data={
+                "grant_type": "client_credentials",
+                "client_id": app["appId"],
+                "client_secret": secret,
+                "scope": f"{dbl.arm_url}/.default",
+            },
+        )
+
+    def own_assignments(filter_):
+        return http.get(
+            f"{dbl.arm_url}/subscriptions/{SUB1}/providers/Microsoft.Authorization/roleAssignments",
+            params={"api-version": "2022-04-01", "$filter": filter_},
+            headers=bearer(login().json()["access_token"]),
+        )
+
+    listed = own_assignments(f"principalId eq '{sp['id']}'")
+    assert listed.status_code == 200
+    roles = {a["properties"]["roleDefinitionId"].rsplit("/", 1)[-1] for a in listed.json()["value"]}
+    assert roles == {CONTRIBUTOR, KEY_VAULT_CRYPTO_USER}
+    assert own_assignments("principalId ne 'x'").status_code == 400  # unsupported filter
+
+    # one role removed in the portal: the listing no longer has it
+    assert dbl.remove_role_assignment(sp["id"], SUB1, "Key Vault Crypto User") == 1
+    listed = own_assignments(f"principalId eq '{sp['id']}'").json()["value"]
+    assert [a["properties"]["roleDefinitionId"].rsplit("/", 1)[-1] for a in listed] == [CONTRIBUTOR]
+    # the role that allowed reading gone too: 403 AuthorizationFailed, naming the action
+    dbl.remove_role_assignment(sp["id"], SUB1, "Contributor")
+    denied = own_assignments(f"principalId eq '{sp['id']}'")
+    assert denied.status_code == 403
+    assert denied.json()["error"]["code"] == "AuthorizationFailed"
+    assert "Microsoft.Authorization/roleAssignments/read" in denied.json()["error"]["message"]
+
+    # the secret deleted in the portal: AADSTS7000215
+    assert login().status_code == 200
+    assert dbl.remove_password_out_of_band(app["appId"]) == 1
+    gone = login()
+    assert gone.status_code == 401
+    assert gone.json()["error"] == "invalid_client" and gone.json()["error_codes"] == [7000215]
+
+    # the application deleted in the portal: AADSTS700016, and it is soft-deleted
+    dbl.delete_application_out_of_band(app["appId"])
+    missing = login()
+    assert missing.status_code == 400
+    assert missing.json()["error"] == "unauthorized_client"
+    assert missing.json()["error_codes"] == [700016]
+    assert app["appId"] in missing.json()["error_description"]
+    assert dbl.application(app_id=app["appId"]) is None
+    assert [a.app_id for a in dbl.deleted_applications] == [app["appId"]]
+    assert dbl.service_principal(app["appId"]) is None

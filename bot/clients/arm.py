@@ -181,6 +181,20 @@ class ArmClient(MicrosoftApi):
             self._sleep(delay)
             delay = min(delay * 1.5, 10.0)
 
+    def assignments_of(self, subscription: str, principal_id: str) -> list[dict[str, Any]]:
+        """The role assignments of one principal that apply on the subscription
+        (`$filter=principalId eq '…'`: at, above or below the scope). Needs
+        `Microsoft.Authorization/roleAssignments/read` there; without it ARM answers 403
+        `AuthorizationFailed`, raised as a `MicrosoftError`."""
+        return self.paged(
+            f"/subscriptions/{subscription}/providers/Microsoft.Authorization/roleAssignments",
+            "nextLink",
+            params={
+                "api-version": AUTHORIZATION_API,
+                "$filter": f"principalId eq '{principal_id}'",
+            },
+        )
+
     def delete_role_assignment(self, subscription: str, name: str) -> None:
         path = f"/subscriptions/{subscription}/providers/Microsoft.Authorization/roleAssignments/{name}"
         try:

@@ -201,6 +201,10 @@ class DiscoveryCache:
     def close(self) -> None:  # MSAL may close its client; the shared one is not its to close
         pass
 
+#: RFC 7523's client assertion type, as the Microsoft identity platform takes it.
+JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+
 class DeviceSignIn:
     """Starts and polls device-code sign-ins against the configured authority."""
 
@@ -422,6 +426,76 @@ class DeviceSignIn:
             sleep(delay)
             delay = min(delay * 2, 10.0)
 
+    def app_token(
+        self,
+        tenant_id: str,
+        client_id: str,
+        secret: str | None,
+        *,
+        assertion: Callable[[str], str] | None = None,
+        before: Callable[[], None] | None = None,
+        hold: Callable[[float], None] | None = None,
+        attempts: int = 3,
+        max_wait: float = 60.0,
+    ) -> AppToken:
+        """One client-credentials grant for Azure management, as the application itself:
+        what the health check proves a stored secret with. Calls `before()` ahead of every
+        request (a rate limiter); a 429 or 5xx is retried after its `Retry-After` (also
+        passed to `hold`), at most `attempts` times. Never raises for what Microsoft answers.
+        A certificate account passes `assertion` instead of a secret: given the token
+        endpoint's URL, it returns a freshly signed client assertion (RS256 JWT)."""
+        config = self._config
+        url = f"{config.authority_host}/{tenant_id}/oauth2/v2.0/token"
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": client_id,
+            "scope": config.arm_scope,
+        }
+        if secret is not None:
+            form["client_secret"] = secret
+        problem = "no answer"
+        for attempt in range(1, attempts + 1):
+            if before is not None:
+                before()
+            if assertion is not None:  # a new one each time: it carries its own expiry
+                form["client_assertion_type"] = JWT_BEARER
+                form["client_assertion"] = assertion(url)
+            wait = min(2.0**attempt, max_wait)
+            try:
+                response = self.http.post(url, data=form)
+            except httpx.HTTPError as exc:
+                problem = type(exc).__name__
+            else:
+                try:
+                    body = response.json()
+                except ValueError:
+                    body = {}
+                if not isinstance(body, dict):
+                    body = {}
+                if response.status_code == 200 and body.get("access_token"):
+                    return AppToken(token=str(body["access_token"]))
+                if response.status_code != 429 and response.status_code < 500:
+                    error = classify(body)
+                    return AppToken(
+                        aadsts=_aadsts(body),
+                        error=str(body.get("error") or response.status_code),
+                        summary=str(error),
+                        correlation_id=error.correlation_id,
+                    )
+                problem = f"HTTP {response.status_code}"
+                retry_after = response.headers.get("Retry-After")
+                if retry_after is not None:
+                    try:
+                        wait = max(0.0, float(retry_after))
+                    except ValueError:
+                        pass
+                    if hold is not None:
+                        hold(wait)
+            if attempt == attempts or wait > max_wait:
+                break
+            self._sleep(wait)
+        return AppToken(transient=problem)
+
     def token(self, session: Session, scope: str) -> str:
         """An access token for `scope` for the signed-in account (from memory, else silently
         with the refresh token). Network failures, 429 and 5xx are retried within
@@ -457,6 +531,19 @@ class DeviceSignIn:
             log.info("silent token for %s failed (%s); retrying", self.resource_name(scope), problem)
             self._sleep(delay)
             delay = min(delay * 2, 8.0)
+
+
+@dataclass
+class AppToken:
+    """What the token endpoint answered a client-credentials grant: a token, a refusal (its
+    AADSTS code and summary), or nothing known (`transient`: network, 429, 5xx)."""
+
+    token: str | None = None
+    aadsts: int | None = None
+    error: str | None = None
+    summary: str = ""
+    correlation_id: str | None = None
+    transient: str | None = None
 
 
 class TransientError(Exception):

@@ -115,6 +115,10 @@ class Config:
     #: How long the appliance is asked again while it reports permissions missing (newly
     #: granted rights can take up to 15 minutes to show there); then a Recheck button stays.
     permission_check_window_s: float = 900.0
+    #: The health check: every managed account once per this many hours, spread over them.
+    health_hours: int = 24
+    #: At most this many requests per second to Microsoft from the health check.
+    health_rate: float = 2.0
 
     @property
     def socket_mode(self) -> bool:
@@ -181,6 +185,19 @@ def _int(name: str, value: str, low: int, high: int) -> int:
     if not low <= number <= high:
         raise ConfigError(name, f"must be a whole number from {low} to {high} (got {number})")
     return number
+
+
+def _rate(name: str, value: str) -> float:
+    """Requests per second: a number from 0.01 to 100."""
+    try:
+        rate = float(value)
+    except ValueError:
+        rate = float("nan")
+    if not 0.01 <= rate <= 100:
+        raise ConfigError(
+            name, f"must be a number of requests per second from 0.01 to 100 (got {value!r})"
+        )
+    return rate
 
 
 def _bool(name: str, value: str) -> bool:
@@ -404,6 +421,10 @@ def load_config(
     if log_format not in ("text", "json"):
         raise ConfigError("VEEAM_SA_LOG_FORMAT", f"must be text or json (got {log_format!r})")
     scan_minutes = _int("VEEAM_SA_SCAN_MINUTES", get("VEEAM_SA_SCAN_MINUTES") or "60", 1, 24 * 60)
+    health_hours = _int(
+        "VEEAM_SA_HEALTH_INTERVAL", get("VEEAM_SA_HEALTH_INTERVAL") or "24", 1, 7 * 24
+    )
+    health_rate = _rate("VEEAM_SA_HEALTH_RATE", get("VEEAM_SA_HEALTH_RATE") or "2")
     log_level = (get("VEEAM_SA_LOG_LEVEL") or "INFO").upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(
@@ -447,6 +468,8 @@ def load_config(
         veeam_purposes=purposes,
         role_mode=role_mode,
         permission_check_window_s=permission_window,
+        health_hours=health_hours,
+        health_rate=health_rate,
         require_email_match=_bool(
             "VEEAM_SA_REQUIRE_EMAIL_MATCH", get("VEEAM_SA_REQUIRE_EMAIL_MATCH") or "false"
         ),

@@ -27,8 +27,10 @@ def _view(
     now: datetime,
     warn: tuple[int, ...],
     retiring: list[dict[str, Any]] | None = None,
+    drift_kinds: list[str] | None = None,
 ) -> dict[str, Any]:
     view = dict(account)
+    view["drift_kinds"] = drift_kinds or []
     view["subscriptions"] = json.loads(account.get("subscriptions") or "[]")
     view["roles"] = json.loads(account.get("roles") or "{}")
     view["custom_role"] = json.loads(account.get("custom_role") or "null")
@@ -77,8 +79,9 @@ def account_views(store: Store, now: datetime, warn_days: tuple[int, ...]) -> li
     retiring: dict[int, list[dict[str, Any]]] = {}
     for old in queries.retiring_secrets(db):
         retiring.setdefault(old["account_id"], []).append(old)
+    drifts = queries.open_drift_kinds(db)
     views = [
-        _view(a, latest.get(a["id"]), now, warn_days, retiring.get(a["id"]))
+        _view(a, latest.get(a["id"]), now, warn_days, retiring.get(a["id"]), drifts.get(a["id"]))
         for a in queries.list_accounts(db)
     ]
     far = float("inf")
@@ -98,9 +101,26 @@ def account_view(
         now,
         warn_days,
         queries.retiring_secrets(store.db, account["id"]),
+        queries.open_drift_kinds(store.db, account["id"]).get(account["id"]),
     )
 
 
 def account_history(store: Store, name: str) -> list[dict[str, Any]]:
     """The audit rows about an account, oldest first."""
     return queries.audit_rows(store.db, target=name)
+
+
+def health_summary(store: Store) -> dict[str, Any]:
+    """The health check's state for a dashboard (the App Home): accounts by health state,
+    the open drifts by account name and kind, and when the last check run ended."""
+    db = store.db
+    names = {a["id"]: a["name"] for a in queries.list_accounts(db)}
+    return {
+        "counts": queries.health_counts(db),
+        "drifts": {
+            names[account_id]: kinds
+            for account_id, kinds in queries.open_drift_kinds(db).items()
+            if account_id in names
+        },
+        "last_check_at": queries.get_meta(db, "last_health_check_at"),
+    }

@@ -85,6 +85,8 @@ class Record:
     ) -> dict[str, Any] | None:
         """The flow's parent message; None for a renewal that lives in an alert's thread."""
         data = self.data(flow)
+        if flow["kind"] == "repair":  # lives in its drift alert's thread
+            return None
         if flow["kind"] in ("renew", "retire"):
             if not data.get("own_parent"):
                 return None

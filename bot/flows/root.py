@@ -29,9 +29,11 @@ from bot.flows.checks import Prerequisites
 from bot.flows.context import Context
 from bot.flows.create import CreateFlow
 from bot.flows.endings import Endings
+from bot.flows.health import HealthCheck
 from bot.flows.provision import Provisioner
 from bot.flows.record import Record
 from bot.flows.renew import Renewals
+from bot.flows.repair import Repairs
 from bot.flows.retire import Retirements
 from bot.flows.signin import SignInEngine
 from bot.slack.authz import Authorizer
@@ -54,6 +56,8 @@ class Services:
     provision: Provisioner
     renew: Renewals
     retire: Retirements
+    health: HealthCheck
+    repair: Repairs
 
     @property
     def config(self) -> Config:
@@ -138,17 +142,25 @@ def build_services(
     checks = Prerequisites(ctx, record, signin, provision)
     renew = Renewals(ctx, record, signin)
     retire = Retirements(ctx, record, signin)
+    health = HealthCheck(ctx)
+    repair = Repairs(ctx, record, signin, health)
     endings = Endings(
         ctx,
         record,
         signin,
-        enders={"create": provision.end, "renew": renew.end, "retire": retire.end},
+        enders={
+            "create": provision.end,
+            "renew": renew.end,
+            "retire": retire.end,
+            "repair": repair.end,
+        },
     )
 
     next_step: dict[str, Callable[[str, Identity, Session], None]] = {
         "create": checks.on_signed_in,
         "renew": renew.on_signed_in,
         "retire": retire.on_signed_in,
+        "repair": repair.on_signed_in,
     }
 
     def on_signed_in(flow_id: str, identity: Identity, session: Session) -> None:
@@ -174,4 +186,6 @@ def build_services(
         provision=provision,
         renew=renew,
         retire=retire,
+        health=health,
+        repair=repair,
     )

@@ -49,7 +49,12 @@ TRANSIENT_BACKOFF_CAP = 30.0
 #: A poll that keeps failing for a reason other than the database gives up after this many.
 MAX_STALLED_POLLS = 5
 #: What the sign-in code is for, as the code's message says it ("to … `NAME`").
-PURPOSES = {"create": "create", "renew": "renew", "retire": "remove the old secret of"}
+PURPOSES = {
+    "create": "create",
+    "renew": "renew",
+    "retire": "remove the old secret of",
+    "repair": "repair",
+}
 
 
 

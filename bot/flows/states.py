@@ -16,10 +16,11 @@ POST_SIGN_IN_STATES = (
     "provisioning",
     "renewing",
     "retiring",
+    "repairing",
 )
 CANCELLABLE_AFTER_SIGN_IN = ("signed_in", "blocked", "choosing")
 #: States in which a step runs in the background; a cancel stops it at its next boundary.
-RUNNING_STATES = ("checking", "provisioning", "renewing", "retiring")
+RUNNING_STATES = ("checking", "provisioning", "renewing", "retiring", "repairing")
 #: How long a state may stand still with no job for it before the watchdog acts (seconds).
 STEP_LIMITS_S = {
     "starting": 120,
@@ -29,6 +30,7 @@ STEP_LIMITS_S = {
     "provisioning": 1800,
     "renewing": 1800,
     "retiring": 900,
+    "repairing": 1800,
 }
 #: States that wait for a person; closed after a day.
 PARKED_STATES = ("blocked", "choosing")

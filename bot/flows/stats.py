@@ -57,7 +57,7 @@ class DatabaseCollector(Collector):
         self._clock = clock
 
     def describe(self) -> Iterable[Metric]:
-        return [*_families(), _certificate_family()]
+        return [*_families(), _certificate_family(), _health_family()]
 
     def collect(self) -> Iterable[Metric]:
         try:
@@ -105,12 +105,24 @@ class DatabaseCollector(Collector):
         for label, count in cert_buckets.items():
             certificates.add_metric([label], count)
 
-        metrics: list[Metric] = [flows, failures, pending, secrets, certificates]
+        health = _health_family()
+        for state, count in queries.health_counts(db).items():
+            health.add_metric([state], count)
+        metrics: list[Metric] = [flows, failures, pending, secrets, certificates, health]
         scanned = queries.get_meta(db, "last_scan_at")
         if scanned:
             last_scan.add_metric([], parse_time(scanned).timestamp())
             metrics.append(last_scan)
         return metrics
+
+
+def _health_family() -> GaugeMetricFamily:
+    return GaugeMetricFamily(
+        "veeam_sa_accounts_by_health",
+        "Active accounts by the health check's last word: healthy, drift (something was "
+        "changed behind the bot's back), unknown (the check could not tell), unchecked.",
+        labels=["state"],
+    )
 
 
 def _families() -> tuple[

@@ -317,3 +317,38 @@ def _write_pfx(
     )
     _out(password)
     return 0
+@operator_command
+def check(config: Config, store: Store, name: str | None) -> int:
+    """Run the health check now (all accounts, or the one named), without spreading it;
+    posts and edits drift alerts like the scheduled check. Exit 1 when something drifts."""
+    from bot.flows.root import build_services
+    from bot.slack.client import make_web_client
+
+    try:
+        found = verify(store, config)
+    except ConfigError as exc:
+        _err(str(exc))
+        return 2
+    if name is not None and queries.get_account(store.db, name) is None:
+        _err(f"there is no managed service account {name!r}")
+        return 1
+    if found is None:
+        _err("the bot holds no secrets yet (there is no key): nothing to check")
+        return 1
+    services = build_services(
+        config, store=store, cipher=Cipher(*found[0]), slack=make_web_client(config)
+    )
+    try:
+        result = services.health.run(name=name)
+    finally:
+        services.workers.shutdown(wait=False)
+        services.notifier.close()
+        services.http.close()
+    for line in result.lines:
+        _out(line)
+    states = ", ".join(f"{count} {state}" for state, count in result.states.items())
+    _out(
+        f"{result.checked} account(s) checked ({states}); {result.alerted} alert(s) posted, "
+        f"{result.cleared} cleared; {result.requests} request(s) to Microsoft"
+    )
+    return 1 if result.states.get("drift") else 0

@@ -36,3 +36,6 @@ SNOOZE_ACTION = re.compile(r"\A" + re.escape(ACTION_SNOOZE) + r":(?:1d|next)\Z")
 def snooze_action(option: str) -> str:
     """A Snooze button's action_id for one of its options."""
     return f"{ACTION_SNOOZE}:{option}"
+
+#: The Repair button of a drift alert (its value is the drift's row id).
+ACTION_REPAIR_DRIFT = "veeam_sa.drift.repair"

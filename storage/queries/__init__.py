@@ -48,6 +48,19 @@ from storage.queries.flows import (
     transition_flow,
     update_flow,
 )
+from storage.queries.health import (
+    HEALTH_STATES,
+    accounts_to_check,
+    close_drift,
+    get_drift,
+    health_counts,
+    open_drift,
+    open_drift_kinds,
+    open_drifts,
+    seen_drift,
+    set_drift_ts,
+    set_health,
+)
 from storage.queries.notices import (
     ENCRYPTED_COLUMNS,
     META_KEY_FINGERPRINTS,
@@ -72,6 +85,17 @@ from storage.queries.notices import (
 )
 
 __all__ = [
+    "HEALTH_STATES",
+    "accounts_to_check",
+    "close_drift",
+    "get_drift",
+    "health_counts",
+    "open_drift",
+    "open_drift_kinds",
+    "open_drifts",
+    "seen_drift",
+    "set_drift_ts",
+    "set_health",
     "ENCRYPTED_COLUMNS",
     "META_KEY_FINGERPRINTS",
     "RETIRING_REMINDER",

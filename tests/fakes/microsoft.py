@@ -1001,6 +1001,54 @@ class MicrosoftDouble:
             self.role_assignments[:] = keep
         return removed
 
+    # -- out-of-band changes: what a person does in the portal, behind the bot's back ------
+
+    def remove_role_assignment(self, principal_id: str, subscription_id: str, role: str) -> int:
+        """Someone deletes one role assignment of a principal (Access control (IAM) →
+        Remove). Returns how many went."""
+        return self.revoke(principal_id, subscription_id, role)
+
+    def remove_password_out_of_band(self, app_id: str, key_id: str | None = None) -> int:
+        """Someone deletes a client secret (Certificates & secrets → Delete): that one, or
+        all of the application's. Client-credential grants with it then answer
+        AADSTS7000215 ("Invalid client secret provided"). Returns how many went."""
+        with self.lock:
+            app = self.application(app_id=app_id)
+            if app is None:
+                raise KeyError(f"no live application {app_id}")
+            before = len(app.passwords)
+            app.passwords[:] = [p for p in app.passwords if key_id is not None and p.key_id != key_id]
+            return before - len(app.passwords)
+
+    def remove_certificate_out_of_band(self, app_id: str) -> int:
+        """Someone deletes the application's certificates (Certificates & secrets →
+        Certificates → Delete): client assertions signed with them then answer AADSTS700027.
+        Returns how many went."""
+        with self.lock:
+            app = self.application(app_id=app_id)
+            if app is None:
+                raise KeyError(f"no live application {app_id}")
+            before = len(app.keys)
+            app.keys[:] = []
+            return before
+
+    def delete_application_out_of_band(self, app_id: str) -> None:
+        """Someone deletes the app registration in the portal: soft-deleted (restorable 30
+        days) with its service principal, as `DELETE /applications/{id}` does; its role
+        assignments stay behind as "Identity not found" rows. Client-credential grants for
+        it then answer AADSTS700016 (application not found in the directory)."""
+        with self.lock:
+            app = self.application(app_id=app_id)
+            if app is None:
+                raise KeyError(f"no live application {app_id}")
+            del self._apps[app.id]
+            app.deleted_at = self.now()
+            self.deleted_applications.append(app)
+            for sp in [
+                s for s in self._sps.values() if s.app_id == app.app_id and s.tenant_id == app.tenant_id
+            ]:
+                del self._sps[sp.id]
+
     def set_allowed_to_create_apps(self, tenant_id: str, allowed: bool) -> None:
         self.tenants[tenant_id.lower()].allowed_to_create_apps = allowed
 

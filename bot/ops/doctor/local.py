@@ -75,6 +75,8 @@ SETTINGS: dict[str, tuple[str, Callable[[Any], str]]] = {
     # VEEAM_SA_ROLES=builtin|least-privilege sets the mode; a list of roles sets `roles`.
     "role_mode": ("VEEAM_SA_ROLES (mode)", _plain),
     "permission_check_window_s": ("VEEAM_SA_PERMISSION_CHECK_SECONDS", _plain),
+    "health_hours": ("VEEAM_SA_HEALTH_INTERVAL", _plain),
+    "health_rate": ("VEEAM_SA_HEALTH_RATE", _plain),
 }
 
 

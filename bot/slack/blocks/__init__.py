@@ -54,9 +54,14 @@ from bot.slack.blocks.expiry import (
     retired_old,
     retiring_reminder,
 )
+from bot.slack.blocks.health import DRIFT_TITLES, REPAIR_PLANS, drift_alert, health_line
 from bot.slack.blocks.permissions import permissions_message, permissions_unknown
 
 __all__ = [
+    "DRIFT_TITLES",
+    "REPAIR_PLANS",
+    "drift_alert",
+    "health_line",
     "CHECK_ICONS",
     "DIGEST_BUTTONS",
     "DIGEST_LINES",

@@ -14,6 +14,7 @@ from bot.slack.blocks.common import (
     slack_date,
 )
 from bot.slack.blocks.expiry import _when
+from bot.slack.blocks.health import health_line
 
 LIST_PER_SECTION = 12
 LIST_MAX_BLOCKS = 48
@@ -51,6 +52,9 @@ def account_list(rows: list[dict[str, Any]]) -> Payload:
             subs += f"\n      :warning: {row['appliance_flag']}"
         for old in row.get("retiring") or []:
             subs += f"\n      :hourglass: {_retiring_line(row['name'], old)}"
+        health = health_line(row)
+        if health:
+            subs += f"\n      {health}"
         lines.append(
             f"{icons.get(row['status'], '')} *`{row['name']}`* · {row['status']} · "
             f"{'certificate' if is_certificate(row) else 'secret'} `{row.get('hint') or '—'}…` {when}\n"
@@ -140,6 +144,8 @@ def account_detail(account: dict[str, Any], history: list[dict[str, Any]]) -> Pa
         )
     for old in account.get("retiring") or []:
         lines.append(f":hourglass: {_retiring_line(account['name'], old)}")
+    health = health_line(account)
+    lines.append(f"Health: {health}" if health else "Health: not checked yet")
     if subs:
         lines.append(
             "Roles:\n" + "\n".join(f"• `{s}`: {', '.join(roles.get(s, []))}" for s in subs)
