@@ -305,12 +305,10 @@ class Provisioner:
         if not created or not (rolled or leftover):
             text += "\nNothing was created in Azure."
         self.record.say(flow, text)
-        steps = self.record.data(self.record.get(flow_id)).get("steps", {})
-        running = [k for k, v in steps.items() if v == "running"]
-        for step in running:
-            self.record.set_step(flow_id, step, "failed")
-        self.record.render_parent(
-            self.record.get(flow_id),
+        self.record.finish_steps(
+            flow_id,
+            running="skipped" if cancelled else "failed",
+            rolled_back=bool(rolled) and not leftover,
             outcome=(":no_entry_sign: Cancelled" if cancelled else ":x: Failed")
             + (" and rolled back." if rolled and not leftover else "."),
         )

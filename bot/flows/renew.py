@@ -219,7 +219,8 @@ class Renewals:
                 flow.get("parent_ts"),
                 blocks.note(
                     ":hourglass: "
-                    + secret_policy_note(new["policy_limit"], self.ctx.config.secret_days)
+                    + secret_policy_note(new["policy_limit"], self.ctx.config.secret_days),
+                    account=flow["name"],
                 ),
             )
 
@@ -300,7 +301,8 @@ class Renewals:
             flow.get("parent_ts"),
             blocks.note(
                 f":white_check_mark: Renewed. The new secret `{new['hint']}…` is in Veeam and in "
-                "use; the old one is removed."
+                "use; the old one is removed.",
+                account=flow["name"],
             ),
         )
 
@@ -382,5 +384,5 @@ class Renewals:
         self.notifier.thread(
             flow["channel_id"],
             flow.get("parent_ts"),
-            blocks.note(f"{head}\nThe old secret is still in place."),
+            blocks.note(f"{head}\nThe old secret is still in place.", account=flow["name"]),
         )

@@ -216,7 +216,17 @@ class SignInEngine:
             again=again,
         )
         try:
-            where = self.notifier.to_user(flow["channel_id"], flow["requester"], payload)
+            where, dm_channel, dm_ts = self.notifier.to_user_at(
+                flow["channel_id"], flow["requester"], payload
+            )
+            if dm_ts:  # kept so the code's message can be closed once sign-in is over
+                data = self.record.data(self.record.get(flow["id"]))
+                data["code_dm"] = {
+                    "channel": dm_channel,
+                    "ts": dm_ts,
+                    "purpose": PURPOSES.get(flow["kind"], "create"),
+                }
+                self.record.save_data(flow["id"], data)
         except SlackApiError as exc:
             log.warning(
                 "could not deliver the sign-in code for flow %s: %s",
@@ -227,7 +237,7 @@ class SignInEngine:
         self.notifier.thread(
             flow["channel_id"],
             flow.get("parent_ts"),
-            blocks.note(blocks.code_delivery_note(flow["requester"], where)),
+            blocks.note(blocks.code_delivery_note(flow["requester"], where), account=flow["name"]),
         )
         return where
 
@@ -367,9 +377,11 @@ class SignInEngine:
             text = f"{who}: {text}"
         if flow.get("account_id"):
             text += "\n" + self.record.leftover_text(flow)
-        self.notifier.thread(flow["channel_id"], flow.get("parent_ts"), blocks.note(f":x: {text}"))
-        self.record.set_step(
-            flow_id, "sign_in", "failed", outcome=":x: Sign-in failed; nothing was created."
+        self.notifier.thread(
+            flow["channel_id"], flow.get("parent_ts"), blocks.note(f":x: {text}", account=flow["name"])
+        )
+        self.record.finish_steps(
+            flow_id, running="failed", outcome=":x: Sign-in failed; nothing was created."
         )
 
     def expire(self, flow_id: str, while_down: bool = False) -> None:
@@ -391,13 +403,13 @@ class SignInEngine:
             flow["channel_id"],
             flow.get("parent_ts"),
             blocks.note(
-                f":hourglass: {text} Run `/veeam-sa create {flow['name']}` again for a fresh code."
+                f":hourglass: {text} Run `/veeam-sa create {flow['name']}` again for a fresh code.",
+                account=flow["name"],
             ),
         )
-        self.record.set_step(
+        self.record.finish_steps(
             flow_id,
-            "sign_in",
-            "failed",
+            running="failed",
             outcome=":hourglass: Sign-in code expired; nothing was created.",
         )
 
