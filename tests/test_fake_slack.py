@@ -18,7 +18,7 @@ from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.webhook import WebhookClient
 
-from tests.fakes.slack import APP_TOKEN, BOT_TOKEN, SlackDouble
+from tests.fakes.slack import APP_TOKEN, BOT_TOKEN, SlackDouble, unfurls
 from tests.fakes.slack_requests import (
     block_action_body,
     block_action_payload,
@@ -459,3 +459,31 @@ def test_ephemeral_to_a_non_member_is_refused(dbl: SlackDouble, client: WebClien
     dm = client.conversations_open(users="U0ADMIN")["channel"]["id"]
     client.chat_postMessage(channel=dm, text="by DM")
     assert [m["where"] for m in dbl.seen_by("U0ADMIN")] == ["dm"]
+
+
+def test_unfurl_flags_are_recorded_on_messages_and_ephemerals(dbl: SlackDouble) -> None:
+    client = WebClient(token=BOT_TOKEN, base_url=dbl.api_url)
+    quiet = client.chat_postMessage(
+        channel="C0OPS", text="https://example.com", unfurl_links=False, unfurl_media=False
+    )
+    loud = client.chat_postMessage(channel="C0OPS", text="https://example.com")
+    client.chat_postEphemeral(
+        channel="C0OPS", user="U0ADMIN", text="x", unfurl_links=False, unfurl_media=False
+    )
+    client.chat_postEphemeral(channel="C0OPS", user="U0ADMIN", text="y", unfurl_links=True)
+    quiet_msg = dbl.message("C0OPS", quiet["ts"])
+    loud_msg = dbl.message("C0OPS", loud["ts"])
+    assert (quiet_msg["unfurl_links"], quiet_msg["unfurl_media"]) == (False, False)
+    assert (loud_msg["unfurl_links"], loud_msg["unfurl_media"]) == (None, None)
+    assert not unfurls(quiet_msg)
+    assert unfurls(loud_msg)  # media unfurl unless switched off
+    first, second = dbl.ephemerals("C0OPS")
+    assert not unfurls(first)
+    assert unfurls(second)
+    # form-encoded flags are read as Slack reads them
+    httpx.post(
+        dbl.api_url + "chat.postMessage",
+        data={"channel": "C0OPS", "text": "z", "unfurl_links": "false", "unfurl_media": "0"},
+        headers={"Authorization": f"Bearer {BOT_TOKEN}"},
+    )
+    assert not unfurls(dbl.messages("C0OPS")[-1])
