@@ -171,8 +171,11 @@ class Provisioner:
         # 5. hand the secret to the VBAzure appliance (when one is configured)
         self.signin.stop_if_cancelled(flow_id)
         where = "kept encrypted in the bot's database; never shown in Slack"
+        handed_off = False
         if self.ctx.appliance is not None:
-            where = self._hand_off(flow, account_id, stored) or where
+            handed = self._hand_off(flow, account_id, stored)
+            handed_off = handed is not None
+            where = handed or where
         with self._db.atomic():
             queries.update_account(self._db, account_id, state="active")
             queries.add_audit(
@@ -196,8 +199,11 @@ class Provisioner:
         flow = self.record.get(flow_id)
         end = datetime.fromisoformat(stored["end_at"].replace("Z", "+00:00"))
         tenant = blocks.escape(identity.get("tenant_name") or "")
+        portal = blocks.portal_app_url(
+            self.ctx.config.cloud, str(identity.get("tenant_id") or ""), str(app["appId"])
+        )
         summary = [
-            f"*Application (client) id:* `{app['appId']}`",
+            f"*Application (client) id:* `{app['appId']}` · <{portal}|open it in the Azure portal>",
             f"*Tenant:* {tenant} `{identity.get('tenant_id')}`".replace(
                 "*Tenant:*  ", "*Tenant:* "
             ),
@@ -207,9 +213,23 @@ class Provisioner:
             + blocks.slack_date(end.timestamp(), end.date().isoformat())
             + f" — {where}."
             + (f" {policy_note}" if policy_note else ""),
+            blocks.next_steps(
+                name=flow["name"],
+                handed_off=handed_off,
+                appliance_failed=self.ctx.appliance is not None and not handed_off,
+            ),
         ]
         self.record.render_parent(flow, outcome=":white_check_mark: Created.", summary=summary)
-        self.record.say(flow, f":white_check_mark: Service account `{flow['name']}` is ready.")
+        self.record.say(
+            flow,
+            f":white_check_mark: Service account `{flow['name']}` is ready"
+            + (
+                " and Veeam has it."
+                if handed_off
+                else f". Next: `veeam-sa-bot secret show {flow['name']}` on the bot's host, "
+                "then add it in Veeam (the summary above says how)."
+            ),
+        )
 
     def _hand_off(
         self, flow: dict[str, Any], account_id: int, stored: dict[str, Any]

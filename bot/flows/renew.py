@@ -235,9 +235,10 @@ class Renewals:
             raise
 
         # 3b. hand the new secret to the appliance before the old one goes
+        appliance_id: str | None = None
         if self.ctx.appliance is not None:
             try:
-                hand_off(
+                appliance_id = hand_off(
                     self.ctx,
                     account,
                     self.ctx.cipher.decrypt(new["ciphertext"]),
@@ -300,8 +301,15 @@ class Renewals:
             flow["channel_id"],
             flow.get("parent_ts"),
             blocks.note(
-                f":white_check_mark: Renewed. The new secret `{new['hint']}…` is in Veeam and in "
-                "use; the old one is removed.",
+                blocks.renewal_done(
+                    name=account["name"],
+                    new_hint=new["hint"],
+                    new_key_id=new.get("key_id"),
+                    end_ts=end.timestamp(),
+                    end_date=end.date().isoformat(),
+                    old_hints=[s.get("hint") or "?" for s in old],
+                    appliance_id=appliance_id,
+                ),
                 account=flow["name"],
             ),
         )

@@ -254,3 +254,49 @@ def subscription_chooser(
 
 
 # -- expiry warnings and renewal ---------------------------------------------------------
+
+
+#: The Azure portal of each cloud: each national cloud has its own ("Azure portal for US
+#: Government https://portal.azure.us", "Azure portal China operated by 21Vianet
+#: https://portal.azure.cn", Microsoft identity platform, National clouds:
+#: https://learn.microsoft.com/entra/identity-platform/authentication-national-cloud).
+PORTAL_HOSTS = {
+    "AzureCloud": "https://portal.azure.com",
+    "AzureUSGovernment": "https://portal.azure.us",
+    "AzureChinaCloud": "https://portal.azure.cn",
+}
+
+
+def portal_app_url(cloud: str, tenant_id: str, app_id: str) -> str:
+    """The application's page (App registrations → Overview) in its cloud's Azure portal,
+    in its own tenant's directory."""
+    host = PORTAL_HOSTS.get(cloud, PORTAL_HOSTS["AzureCloud"])
+    return (
+        f"{host}/{tenant_id}/#view/Microsoft_AAD_RegisteredApps/ApplicationMenuBlade/"
+        f"~/Overview/appId/{app_id}"
+    )
+
+
+def next_steps(*, name: str, handed_off: bool, appliance_failed: bool = False) -> str:
+    """What the person does next with a new account: nothing when the appliance has it,
+    else how to put the secret into Veeam by hand."""
+    if handed_off:
+        return (
+            "*Next:* nothing to do — Veeam Backup for Microsoft Azure already has this account "
+            "(*Configuration → Service Accounts*). Warnings come to this channel before the "
+            "secret expires."
+        )
+    lead = (
+        "*Next:* the hand-off to Veeam failed (see the thread): retry it with "
+        f"`/veeam-sa sync {name}`, or add the account by hand:"
+        if appliance_failed
+        else "*Next:* add it to Veeam Backup for Microsoft Azure:"
+    )
+    return (
+        f"{lead}\n"
+        f"1. On the bot's host run `veeam-sa-bot secret show {name}`: it prints the client "
+        "secret (the bot never shows it in Slack).\n"
+        "2. In Veeam Backup for Microsoft Azure open *Configuration → Service Accounts*, "
+        "add an account that uses an existing application, and enter the application "
+        "(client) id, the tenant id and that secret."
+    )
