@@ -110,7 +110,10 @@ def test_checklist_after_a_cancel_keeps_what_succeeded_and_retires_recheck(
 
 @pytest.mark.parametrize(
     ("cloud", "portal"),
-    [("AzureUSGovernment", "https://portal.azure.us"), ("AzureChinaCloud", "https://portal.azure.cn")],
+    [
+        ("AzureUSGovernment", "https://portal.azure.us"),
+        ("AzureChinaCloud", "https://portal.azure.cn"),
+    ],
 )
 def test_summary_links_the_portal_of_the_configured_cloud(
     env: dict[str, str], slack: SlackDouble, ms: MicrosoftDouble, cloud: str, portal: str
