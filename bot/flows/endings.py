@@ -115,14 +115,15 @@ class Endings:
             return blocks.note("This sign-in no longer exists; nothing to cancel.")
         self.ctx.authz.require_requester_or_admin(by, flow["requester"], "cancel", flow["name"])
         purpose = PURPOSES.get(flow["kind"], "create")
-        if flow["state"] in SIGN_IN_STATES:
+        if flow["state"] not in queries.TERMINAL_FLOW_STATES:
             try:
                 self.cancel(flow_id, by)
             except CommandError:
                 pass  # it ended meanwhile: say how, below
             else:
+                running = flow["state"] in RUNNING_STATES
                 return blocks.code_message_closed(
-                    name=flow["name"], purpose=purpose, state="cancelled"
+                    name=flow["name"], purpose=purpose, state="cancelling" if running else "cancelled"
                 )
         flow = queries.get_flow(self._db, flow_id) or flow
         state = flow["state"]

@@ -188,6 +188,8 @@ def code_message_closed(*, name: str, purpose: str, state: str) -> Payload:
     words = {
         "signed_in": ":white_check_mark: Signed in; this code is used and no longer works.",
         "cancelled": ":no_entry_sign: Cancelled; this code no longer works.",
+        "cancelling": ":no_entry_sign: Cancel requested: it stops at its next step, and the "
+        "thread says what was undone.",
         "expired": ":hourglass: This code expired; run the command again for a fresh one.",
         "failed": ":x: The sign-in failed (the thread says why); this code no longer works.",
     }
