@@ -222,6 +222,16 @@ def test_forbidden_midway_rolls_back(bot: Bot, ms: MicrosoftDouble) -> None:
     assert "AuthorizationFailed" in text
     account = bot.db.table("accounts").get(flow["account_id"])
     assert account["state"] == "rolled_back"
+    # the checklist tells the truth, in words: what was made and undone, what failed
+    checklist = bot.slack.message(flow["channel_id"], flow["parent_ts"])["blocks"][2]["text"]["text"]
+    assert checklist.splitlines() == [
+        ":white_check_mark: done — Sign in to Microsoft",
+        ":white_check_mark: done — Check permissions",
+        ":leftwards_arrow_with_hook: rolled back — Create the application",
+        ":leftwards_arrow_with_hook: rolled back — Create the service principal",
+        ":leftwards_arrow_with_hook: rolled back — Add the client secret",
+        ":x: failed — Assign roles",
+    ]
     # the name is free again
     assert "Starting" in bot.command(f"create prod --subscription {SUB1}")
 

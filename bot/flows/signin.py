@@ -156,7 +156,7 @@ class SignInEngine:
                 else "Try again in a moment."
             )
             self._tell_requester_directly(
-                flow, f"I could not post in this channel (`{error}`). {hint}"
+                flow, f"`{flow['name']}`: I could not post in this channel (`{error}`). {hint}"
             )
             return
         queries.update_flow(self._db, flow_id, parent_ts=posted)
