@@ -160,3 +160,16 @@ def test_routine_polls_show_when_debug_is_on(
         r for r in caplog.records if r.name == "httpx" and "400 Bad Request" in r.getMessage()
     ]
     assert pending and {r.levelname for r in pending} == {"DEBUG"}
+
+
+@pytest.mark.parametrize(
+    "text", ["<!here>", "create <!channel>", "list <!here>", "create x --<!here>"]
+)
+def test_command_text_quoted_back_cannot_ping(bot: Bot, text: str) -> None:
+    """Slack sends `<`, `>` and `&` as entities; a raw one (a client that did not) is escaped
+    before any part of the command is quoted back."""
+    answer = bot.command(text)
+    assert ":warning:" in answer
+    assert "<!here>" not in answer and "<!channel>" not in answer
+    assert "&lt;!" in answer
+    assert bot.db.table("flows").count == 0
