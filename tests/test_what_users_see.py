@@ -173,3 +173,25 @@ def test_command_text_quoted_back_cannot_ping(bot: Bot, text: str) -> None:
     assert "<!here>" not in answer and "<!channel>" not in answer
     assert "&lt;!" in answer
     assert bot.db.table("flows").count == 0
+
+
+def test_code_by_dm_is_closed_when_the_sign_in_fails(
+    bot: Bot, slack: SlackDouble, ms: MicrosoftDouble
+) -> None:
+    slack.channel_members[CHANNEL] = {"U0OTHER"}
+    assert "Starting" in bot.command(f"create prod --subscription {SUB}")
+    flow = bot.wait_state("prod", "awaiting_sign_in")
+    dm = slack.dm_channel(ADMIN)
+    ms.decline(ms.flows[-1].user_code)
+    bot.wait_state("prod", "failed")
+    deadline = time.monotonic() + 5
+    shown: list = []  # type: ignore[type-arg]
+    while time.monotonic() < deadline and not any("The sign-in failed" in m["text"] for m in shown):
+        time.sleep(0.02)
+        shown = slack.messages(dm)
+    [closed] = shown
+    assert "this code no longer works" in json.dumps(closed["blocks"])
+    assert all(b["type"] != "actions" for b in closed["blocks"])
+    checklist = json.dumps(slack.message(CHANNEL, flow["parent_ts"])["blocks"], ensure_ascii=False)
+    assert ":x: failed — Sign in to Microsoft" in checklist
+    assert ":heavy_minus_sign: skipped — Check permissions" in checklist
