@@ -219,14 +219,8 @@ class SignInEngine:
             where, dm_channel, dm_ts = self.notifier.to_user_at(
                 flow["channel_id"], flow["requester"], payload
             )
-            if dm_ts:  # kept so the code's message can be closed once sign-in is over
-                data = self.record.data(self.record.get(flow["id"]))
-                data["code_dm"] = {
-                    "channel": dm_channel,
-                    "ts": dm_ts,
-                    "purpose": PURPOSES.get(flow["kind"], "create"),
-                }
-                self.record.save_data(flow["id"], data)
+            if dm_ts and dm_channel:
+                self._keep_code_message(flow, dm_channel, dm_ts)
         except SlackApiError as exc:
             log.warning(
                 "could not deliver the sign-in code for flow %s: %s",
@@ -240,6 +234,26 @@ class SignInEngine:
             blocks.note(blocks.code_delivery_note(flow["requester"], where), account=flow["name"]),
         )
         return where
+
+    def _keep_code_message(self, flow: dict[str, Any], channel: str, ts: str) -> None:
+        """Remember where the code's direct message is, so it can be closed once sign-in is
+        over; compare-and-set on the state, so a sign-in that finished meanwhile (and wrote
+        the flow's data) is not overwritten: its message is closed at once instead."""
+        current = self.record.get(flow["id"])
+        data = self.record.data(current)
+        data["code_dm"] = {
+            "channel": channel,
+            "ts": ts,
+            "purpose": PURPOSES.get(flow["kind"], "create"),
+        }
+        state = current["state"]
+        if state in SIGN_IN_STATES and queries.transition_flow(
+            self._db, flow["id"], [state], state, data=json.dumps(data, sort_keys=True)
+        ):
+            return
+        current = self.record.get(flow["id"])
+        current["data"] = json.dumps({**self.record.data(current), "code_dm": data["code_dm"]})
+        self.record.retire_controls(current)
 
     def _tell_requester_directly(self, flow: dict[str, Any], text: str) -> None:
         try:
