@@ -80,9 +80,10 @@ def register(app: App, services: Services) -> None:
         ack()
 
         def cancel() -> None:
-            flow = services.endings.cancel(_value(action), _user(body))
+            # The code's message is replaced either way: its Cancel never outlives the sign-in.
             respond(
-                **blocks.note(f"Cancelled the sign-in for `{flow['name']}`."), replace_original=True
+                **services.endings.cancel_from_code(_value(action), _user(body)),
+                replace_original=True,
             )
 
         _answer(respond, cancel)

@@ -76,6 +76,12 @@ def test_create_hands_the_same_secret_to_the_appliance(
     parent = slack.message(account["channel_id"], vbot.flow("prod")["parent_ts"])
     text = json.dumps(parent["blocks"])
     assert "Hand the secret to Veeam" in text and held["id"] in text
+    # what to do next: nothing, Veeam has it; and where the application is
+    assert "nothing to do" in text and "secret show" not in text
+    assert (
+        f"https://portal.azure.com/{DEFAULT_TENANT_ID}/#view/Microsoft_AAD_RegisteredApps/"
+        f"ApplicationMenuBlade/~/Overview/appId/{app.app_id}|open it in the Azure portal>"
+    ) in text
     assert all(app.passwords[0].secret_text not in json.dumps(c.args) for c in slack.calls)
 
 
@@ -94,6 +100,11 @@ def test_renewal_updates_the_appliance_before_the_old_secret_goes(
     assert new.key_id != old_key and len(app.passwords) == 1
     [held] = vb.accounts.values()
     assert held["clientSecret"] == new.secret_text
+    # the thread says what really happened: which secret, the appliance, the old one
+    done = vbot.wait_thread("prod", "Renewed")
+    assert f"(id `{new.key_id}`)" in done
+    assert f"The Veeam appliance was updated: its account `{held['id']}` now uses the new secret" in done
+    assert "was removed in Entra" in done
     offset = time.time() - time.monotonic()
     [update] = vb.events_for(r"updateByApp", "PUT")
     [removal] = [

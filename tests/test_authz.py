@@ -41,7 +41,12 @@ def refusals(bot: Bot) -> list[tuple[str, str]]:
 @pytest.mark.parametrize("text", ["list", "show prod", "create prod", "renew prod", "cancel"])
 def test_non_admin_is_refused_every_command_and_it_is_audited(abot: Bot, text: str) -> None:
     answer = abot.command(text, user=OTHER)
-    assert "only the bot's admins (VEEAM_SA_ADMINS) may do this" in answer
+    # who may do it, by name (people and the admin group), instead of a setting's name
+    assert "only the bot's admins may" in answer
+    assert "Ask <!subteam^S0OPS>, <@U0ADMIN> or <@U0ADMIN2>" in answer
+    assert "VEEAM_SA_ADMINS" not in answer
+    if text == "list":  # and who could open `list` to everyone
+        assert "whoever runs the bot can also let everyone" in answer
     verb = text.split()[0]
     assert refusals(abot) == [(OTHER, f"{verb}.refused")]
     assert abot.db.table("flows").count == 0
@@ -77,7 +82,8 @@ def test_cancel_button_requester_other_admin_and_non_admin(abot: Bot, slack: Sla
     flow = abot.wait_state("prod", "awaiting_sign_in")
 
     abot.click(ids.ACTION_CANCEL_FLOW, flow["id"], user=OTHER)
-    assert "only the person who started this" in json.dumps(slack.wait_for("response_url").args)
+    refused = json.dumps(slack.wait_for("response_url").args)
+    assert f"only <@{MEMBER}>, who started this, or an admin may do this" in refused
     assert refusals(abot) == [(OTHER, "cancel.refused")]
     assert abot.flow("prod")["state"] == "awaiting_sign_in"
 
@@ -92,7 +98,7 @@ def test_choose_and_recheck_buttons(abot: Bot, slack: SlackDouble, ms: Microsoft
     for intruder in (ADMIN2, OTHER):  # requester only, even for another admin
         mark = slack.mark()
         abot.click(ids.ACTION_CREATE, flow["id"], user=intruder, state_values=state)
-        assert "only the person who started this creation" in json.dumps(
+        assert "only <@U0ADMIN>, who started this creation, may choose" in json.dumps(
             slack.wait_for("response_url", after=mark).args
         )
     assert abot.flow("prod")["state"] == "choosing"
@@ -100,7 +106,7 @@ def test_choose_and_recheck_buttons(abot: Bot, slack: SlackDouble, ms: Microsoft
 
     mark = slack.mark()
     abot.click(ids.ACTION_RECHECK, flow["id"], user=OTHER)
-    assert "only the person who started this" in json.dumps(
+    assert "only <@U0ADMIN>, who started this, or an admin may do this" in json.dumps(
         slack.wait_for("response_url", after=mark).args
     )
 

@@ -97,6 +97,38 @@ BUILDERS = {
         subscriptions=subscriptions(300),
         blocked=True,
     ),
+    "prerequisites rechecked": lambda: blocks.prerequisites_message(
+        flow_id=FLOW,
+        app_right=False,
+        app_reason="A" * 500,
+        subscriptions=[{**s, "ok": False} for s in subscriptions(300)],
+        blocked=True,
+        name=NAME,
+        checked_at=NOW.timestamp(),
+        again=True,
+    ),
+    "prerequisites closed": lambda: blocks.prerequisites_message(
+        flow_id=FLOW,
+        app_right=False,
+        app_reason="A" * 500,
+        subscriptions=subscriptions(300),
+        blocked=True,
+        name=NAME,
+        closed="Closed: the creation was cancelled.",
+    ),
+    "code closed": lambda: blocks.code_message_closed(name=NAME, purpose="renew", state="expired"),
+    "renewal done": lambda: blocks.note(
+        blocks.renewal_done(
+            name=NAME,
+            new_hint="abc",
+            new_key_id=GUID,
+            end_ts=NOW.timestamp(),
+            end_date="2028-03-01",
+            old_hints=["xyz"] * 50,
+            appliance_id=GUID,
+        ),
+        account=NAME,
+    ),
     "subscription chooser": lambda: blocks.subscription_chooser(
         flow_id=FLOW, requester=USER, subscriptions=subscriptions(300)
     ),

@@ -18,7 +18,7 @@ from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.webhook import WebhookClient
 
-from tests.fakes.slack import APP_TOKEN, BOT_TOKEN, SlackDouble
+from tests.fakes.slack import APP_TOKEN, BOT_TOKEN, SlackDouble, unfurls
 from tests.fakes.slack_requests import (
     block_action_body,
     block_action_payload,
@@ -496,3 +496,31 @@ def test_only_the_bot_edits_its_own_existing_messages(dbl: SlackDouble, client: 
     with pytest.raises(SlackApiError) as err:
         client.chat_update(channel="C0OPS", ts=ours, text="deleted")
     assert err.value.response["error"] == "message_not_found"
+
+
+def test_unfurl_flags_are_recorded_on_messages_and_ephemerals(dbl: SlackDouble) -> None:
+    client = WebClient(token=BOT_TOKEN, base_url=dbl.api_url)
+    quiet = client.chat_postMessage(
+        channel="C0OPS", text="https://example.com", unfurl_links=False, unfurl_media=False
+    )
+    loud = client.chat_postMessage(channel="C0OPS", text="https://example.com")
+    client.chat_postEphemeral(
+        channel="C0OPS", user="U0ADMIN", text="x", unfurl_links=False, unfurl_media=False
+    )
+    client.chat_postEphemeral(channel="C0OPS", user="U0ADMIN", text="y", unfurl_links=True)
+    quiet_msg = dbl.message("C0OPS", quiet["ts"])
+    loud_msg = dbl.message("C0OPS", loud["ts"])
+    assert (quiet_msg["unfurl_links"], quiet_msg["unfurl_media"]) == (False, False)
+    assert (loud_msg["unfurl_links"], loud_msg["unfurl_media"]) == (None, None)
+    assert not unfurls(quiet_msg)
+    assert unfurls(loud_msg)  # media unfurl unless switched off
+    first, second = dbl.ephemerals("C0OPS")
+    assert not unfurls(first)
+    assert unfurls(second)
+    # form-encoded flags are read as Slack reads them
+    httpx.post(
+        dbl.api_url + "chat.postMessage",
+        data={"channel": "C0OPS", "text": "z", "unfurl_links": "false", "unfurl_media": "0"},
+        headers={"Authorization": f"Bearer {BOT_TOKEN}"},
+    )
+    assert not unfurls(dbl.messages("C0OPS")[-1])

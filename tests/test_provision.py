@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -113,17 +114,34 @@ def test_no_app_registration_right_then_recheck(bot: Bot, ms: MicrosoftDouble) -
     flow = sign_in(bot, f"create prod --subscription {SUB1}", user=BOB)
     bot.wait_state("prod", "blocked", timeout=20)
     text = bot.wait_thread("prod", "Prerequisites")
-    assert "something is missing" in text
+    assert text == "Prerequisites for prod: still missing the right to register applications"
     thread = bot.slack.thread(flow["channel_id"], flow["parent_ts"])
     prereq = next(m for m in thread if m.get("text", "").startswith("Prerequisites"))
     assert "Application Developer" in json.dumps(prereq["blocks"])
+    assert "something is missing" in prereq["blocks"][0]["text"]["text"]
     assert ms.applications == []
+
+    # a Recheck that finds the same says when it ran (in the reader's zone) and what is missing
+    bot.click(ids.ACTION_RECHECK, flow["id"], user=ADMIN)
+    deadline = time.monotonic() + 10
+    head = ""
+    while "checked at" not in head and time.monotonic() < deadline:
+        time.sleep(0.05)
+        head = bot.slack.message(flow["channel_id"], prereq["ts"])["blocks"][0]["text"]["text"]
+    assert re.search(
+        r"checked at <!date\^\d+\^\{time\}\|[^>]+>, still missing: the right to register", head
+    ), head
+    bot.wait_state("prod", "blocked")
 
     ms.set_allowed_to_create_apps(DEFAULT_TENANT_ID, True)
     status, _ = bot.click(ids.ACTION_RECHECK, flow["id"], user=ADMIN)
     assert status == 200
     bot.wait_state("prod", "done", timeout=30)
     assert_provisioned(bot, ms, "prod", [SUB1])
+    # the Recheck button is gone once the rights are there
+    rechecked = bot.slack.message(flow["channel_id"], prereq["ts"])
+    assert "all met (checked at <!date^" in rechecked["blocks"][0]["text"]["text"]
+    assert all(b["type"] != "actions" for b in rechecked["blocks"])
 
 
 def test_policy_unreadable_falls_back_to_roles(bot: Bot, ms: MicrosoftDouble) -> None:
@@ -205,6 +223,16 @@ def test_forbidden_midway_rolls_back(bot: Bot, ms: MicrosoftDouble) -> None:
     assert "AuthorizationFailed" in text
     account = bot.db.table("accounts").get(flow["account_id"])
     assert account["state"] == "rolled_back"
+    # the checklist tells the truth, in words: what was made and undone, what failed
+    checklist = bot.slack.message(flow["channel_id"], flow["parent_ts"])["blocks"][2]["text"]["text"]
+    assert checklist.splitlines() == [
+        ":white_check_mark: done — Sign in to Microsoft",
+        ":white_check_mark: done — Check permissions",
+        ":leftwards_arrow_with_hook: rolled back — Create the application",
+        ":leftwards_arrow_with_hook: rolled back — Create the service principal",
+        ":leftwards_arrow_with_hook: rolled back — Add the client secret",
+        ":x: failed — Assign roles",
+    ]
     # the name is free again
     assert "Starting" in bot.command(f"create prod --subscription {SUB1}")
 
@@ -233,7 +261,7 @@ def test_choose_subscriptions_from_the_list(
     status, _ = bot.click(ids.ACTION_CREATE, flow["id"], user=OTHER, state_values=state)
     assert status == 200
     refusal = slack.wait_for("response_url")
-    assert "only the person who started this creation" in json.dumps(refusal.args)
+    assert "who started this creation, may choose its subscriptions" in json.dumps(refusal.args)
     assert bot.flow("prod")["state"] == "choosing"
 
     bot.click(ids.ACTION_CREATE, flow["id"], user=ADMIN, state_values=state)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -338,8 +339,15 @@ def test_list_and_show(bot: Bot) -> None:
     managed(bot, "alpha")
     listing = bot.command("list")
     assert "alpha" in listing and "valid" in listing
+    assert "*1 managed service account*" in listing  # one, not "1 … accounts"
     detail = bot.command("show alpha")
-    assert "create.completed" in detail and "azure.secret" in detail
+    # history in plain words, each at a time Slack shows in the reader's own zone
+    history = json.loads(detail.split("\n", 1)[1])[-1]["text"]["text"]
+    assert "create.completed" not in history and "sign_in" not in history
+    assert re.search(r"<!date\^\d+\^\{date_short_pretty\} \{time\}\|[^>]+> · <@U0ADMIN> asked for it", history)
+    assert "<@U0ADMIN> signed in as alice@" in history
+    assert re.search(r"secret added, expires <!date\^\d+\^", history)
+    assert history.endswith("· ready")
     assert "only the bot's admins" in bot.command("list", user=OTHER)
     assert "no managed service account `beta`" in bot.command("show beta")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -171,13 +172,30 @@ def test_cancel_by_button_and_refusal_for_others(
     status, _ = bot.click(ids.ACTION_CANCEL_FLOW, flow["id"], user=OTHER)
     assert status == 200
     refusal = slack.wait_for("response_url")
-    assert "only the person who started this" in str(refusal.args)
+    # the refusal says who may: the requester, and the admins by name
+    assert "only <@U0ADMIN>, who started this, or an admin may do this" in str(refusal.args)
+    assert "Ask <@U0ADMIN>." in str(refusal.args)
+    assert "VEEAM_SA_ADMINS" not in str(refusal.args)
+    assert refusal.args["replace_original"] is False  # the code's message stays for its owner
     assert bot.flow("prod-backup")["state"] == "awaiting_sign_in"
 
+    mark = slack.mark()
     status, _ = bot.click(ids.ACTION_CANCEL_FLOW, flow["id"], user=ADMIN)
     assert status == 200
     bot.wait_state("prod-backup", "cancelled")
     assert "Cancelled by" in bot.wait_thread("prod-backup", "Cancelled by")
+    # the code's message is replaced: no code, no Cancel
+    replaced = slack.wait_for("response_url", after=mark)
+    assert replaced.args["replace_original"] is True
+    assert "Cancelled; this code no longer works" in replaced.args["text"]
+    assert "actions" not in json.dumps(replaced.args["blocks"])
+    # a Cancel pressed again (an older copy of the message) says what became of the flow
+    mark = slack.mark()
+    bot.click(ids.ACTION_CANCEL_FLOW, flow["id"], user=ADMIN)
+    again = slack.wait_for("response_url", after=mark)
+    assert again.args["replace_original"] is True
+    assert "can't be cancelled" not in again.args["text"]
+    assert "Cancelled; this code no longer works" in again.args["text"]
     # polling stopped: no poll after the cancel has settled
     polls = len(ms.flows[-1].poll_times)
     time.sleep(1.5)

@@ -33,6 +33,7 @@ import msal.exceptions
 
 from bot.core.config import Config
 from bot.core.errors import SignInError
+from bot.core.logs import quiet_routine_polls, routine_poll
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +219,7 @@ class DeviceSignIn:
         self.http = http
         self._msal_http = DiscoveryCache(http)
         self._sleep = sleep
+        quiet_routine_polls()
         #: How long a silent token may keep failing on the network (or 429/5xx) before the
         #: flow is failed as unreachable.
         self.transient_budget = 30.0
@@ -304,7 +306,10 @@ class DeviceSignIn:
         if time.time() > float(flow.get("expires_at", 0)):
             raise SignInError("expired", "The sign-in code expired before it was used.")
         try:
-            result = session.app.acquire_token_by_device_flow(flow, exit_condition=lambda f: True)
+            with routine_poll():  # a pending poll's 400 is no news: httpx logs it at DEBUG
+                result = session.app.acquire_token_by_device_flow(
+                    flow, exit_condition=lambda f: True
+                )
         except (httpx.HTTPError, ValueError, msal.exceptions.MsalServiceError) as exc:
             # network errors, 5xx (MSAL raises "HTTP Error: 5xx"), non-JSON bodies
             raise TransientError(str(exc)[:80] or type(exc).__name__) from None
@@ -331,7 +336,9 @@ class DeviceSignIn:
             return Poll(pending=True, interval=interval)
         if error in ("temporarily_unavailable", "server_error") or _throttled(result):
             raise TransientError(str(error))
-        raise classify(result)
+        ended = classify(result)
+        log.info("a device-code sign-in ended: %s (%s)", error, ended.aadsts or "no AADSTS code")
+        raise ended
 
     def prove_secret(
         self,

@@ -14,11 +14,14 @@ Exception text is scrubbed the same way before it is written.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
 import re
 import sys
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -209,3 +212,43 @@ def configure_logging(config: Any, stream: TextIO | None = None) -> logging.Hand
     ):
         register_secret(value)
     return handler
+
+
+# -- routine device-code polls ---------------------------------------------------------------
+
+#: Set while a device-code poll is on the wire: the token endpoint answers every poll of a
+#: sign-in nobody has finished yet with HTTP 400 `authorization_pending` (RFC 8628 §3.5),
+#: and httpx logs each response at INFO ("HTTP Request: POST … "HTTP/1.1 400 Bad Request"").
+_polling: contextvars.ContextVar[bool] = contextvars.ContextVar("veeam_sa_polling", default=False)
+
+
+@contextlib.contextmanager
+def routine_poll() -> Iterator[None]:
+    """Within this block, httpx's line for a 400 answer is routine: logged at DEBUG."""
+    token = _polling.set(True)
+    try:
+        yield
+    finally:
+        _polling.reset(token)
+
+
+class RoutinePollFilter(logging.Filter):
+    """On the `httpx` logger: a 400 answer to a device-code poll is demoted to DEBUG (and
+    dropped unless DEBUG is on); every other request line is left as it is. What a poll
+    really ended with (declined, expired, …) is reported by the sign-in itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _polling.get() or record.levelno != logging.INFO:
+            return True
+        args = record.args if isinstance(record.args, tuple) else ()
+        if len(args) < 4 or args[3] != 400 or not str(record.msg).startswith("HTTP Request"):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+def quiet_routine_polls() -> None:
+    """Install `RoutinePollFilter` on httpx's logger (once)."""
+    httpx_log = logging.getLogger("httpx")
+    if not any(isinstance(f, RoutinePollFilter) for f in httpx_log.filters):
+        httpx_log.addFilter(RoutinePollFilter())

@@ -332,7 +332,7 @@ def import_all(services: Context, user: str, channel: str | None) -> dict[str, A
         )
     names = ", ".join(f"`{n}`" for n in adopted)
     return blocks.note(
-        f":inbox_tray: Now watching {len(adopted)} account(s) from the appliance: {names}. "
+        f":inbox_tray: Now watching {blocks.plural(len(adopted), 'account')} from the appliance: {names}. "
         "Their expiry is warned about like any other; renewing one gives it a new secret and "
         "keeps the subscriptions and purposes the appliance holds for it." + left
     )

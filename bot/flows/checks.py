@@ -270,10 +270,12 @@ class Prerequisites:
                 flow.get("parent_ts"),
                 blocks.prerequisites_message(
                     flow_id=flow_id,
+                    name=flow["name"],
                     app_right=right,
                     app_reason=reason,
                     subscriptions=results,
                     blocked=False,
+                    checked_at=self.ctx.clock().timestamp(),
                 ),
                 wait=False,
             )
@@ -303,13 +305,16 @@ class Prerequisites:
             blocked = app_right is False or any(not r["ok"] for r in results)
         else:
             blocked = app_right is False
-        payload = blocks.prerequisites_message(
-            flow_id=flow_id,
-            app_right=app_right,
-            app_reason=app_reason,
-            subscriptions=results if wanted else [],
-            blocked=blocked,
-        )
+        prereq: dict[str, Any] = {
+            "app_right": app_right,
+            "app_reason": app_reason,
+            "subscriptions": results if wanted else [],
+            "blocked": blocked,
+            "checked_at": self.ctx.clock().timestamp(),
+            "again": bool(data.get("prereq_ts")),
+        }
+        data["prereq"] = prereq
+        payload = blocks.prerequisites_message(flow_id=flow_id, name=flow["name"], **prereq)
         self._show(flow, data, "prereq_ts", payload)
         if blocked:
             self._park(

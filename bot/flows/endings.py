@@ -24,7 +24,7 @@ from bot.core.errors import (
 )
 from bot.flows.context import Context
 from bot.flows.record import Record
-from bot.flows.signin import SignInEngine, unexpected_sign_in
+from bot.flows.signin import PURPOSES, SignInEngine, unexpected_sign_in
 from bot.flows.states import (
     CANCELLABLE_AFTER_SIGN_IN,
     PARKED_LIMIT_S,
@@ -96,16 +96,40 @@ class Endings:
         self.ctx.notifier.thread(
             flow["channel_id"],
             flow.get("parent_ts"),
-            blocks.note(f":no_entry_sign: Cancelled by <@{by}>. {self.record.leftover_text(flow)}"),
+            blocks.note(
+                f":no_entry_sign: Cancelled by <@{by}>. {self.record.leftover_text(flow)}",
+                account=flow["name"],
+            ),
         )
-        steps = self.record.data(flow).get("steps", {})
-        self.record.set_step(
-            flow_id,
-            "sign_in",
-            "done" if steps.get("sign_in") == "done" else "skipped",
-            outcome=f":no_entry_sign: Cancelled by <@{by}>.",
+        self.record.finish_steps(
+            flow_id, running="skipped", outcome=f":no_entry_sign: Cancelled by <@{by}>."
         )
         return flow
+
+    def cancel_from_code(self, flow_id: str, by: str) -> dict[str, Any]:
+        """The Cancel button of a sign-in code's message: cancel the flow, or, when it is
+        already past sign-in, say what became of it. Returns what replaces the code's
+        message (its Cancel button retires either way). Raises `NotAuthorised`."""
+        flow = queries.get_flow(self._db, flow_id)
+        if flow is None:
+            return blocks.note("This sign-in no longer exists; nothing to cancel.")
+        self.ctx.authz.require_requester_or_admin(by, flow["requester"], "cancel", flow["name"])
+        purpose = PURPOSES.get(flow["kind"], "create")
+        if flow["state"] not in queries.TERMINAL_FLOW_STATES:
+            try:
+                self.cancel(flow_id, by)
+            except CommandError:
+                pass  # it ended meanwhile: say how, below
+            else:
+                running = flow["state"] in RUNNING_STATES
+                return blocks.code_message_closed(
+                    name=flow["name"], purpose=purpose, state="cancelling" if running else "cancelled"
+                )
+        flow = queries.get_flow(self._db, flow_id) or flow
+        state = flow["state"]
+        if state not in ("cancelled", "expired", "failed"):
+            state = "signed_in"
+        return blocks.code_message_closed(name=flow["name"], purpose=purpose, state=state)
 
     def _cancel_running(self, flow: dict[str, Any], by: str) -> dict[str, Any]:
         """A step is running: it stops at the next step boundary, and what the flow made is
@@ -128,7 +152,8 @@ class Endings:
             flow["channel_id"],
             flow.get("parent_ts"),
             blocks.note(
-                f":no_entry_sign: <@{by}> cancelled this; it stops at the next step and {undo}."
+                f":no_entry_sign: <@{by}> cancelled this; it stops at the next step and {undo}.",
+                account=flow["name"],
             ),
         )
         return flow
@@ -177,8 +202,12 @@ class Endings:
             self.ctx.notifier.thread(
                 flow["channel_id"],
                 flow.get("parent_ts"),
-                blocks.note(f":x: {flow_failure(error)} {self.record.leftover_text(flow)}"),
+                blocks.note(
+                    f":x: {flow_failure(error)} {self.record.leftover_text(flow)}",
+                    account=flow["name"],
+                ),
             )
+            self.record.finish_steps(flow_id, running="failed", outcome=":x: Failed.")
 
     def watchdog(self, now: datetime) -> list[str]:
         """Find flows whose state has not moved for longer than their step can take and for
@@ -238,9 +267,7 @@ class Endings:
             + ("a Recheck" if flow["state"] == "blocked" else "a choice of subscriptions")
             + f". Nothing was created; run `/veeam-sa create {flow['name']}` again when ready.",
         )
-        self.record.render_parent(
-            queries.get_flow(self._db, flow["id"]) or flow, outcome=":hourglass: Closed."
-        )
+        self.record.finish_steps(flow["id"], running="skipped", outcome=":hourglass: Closed.")
 
     def resume_all(self) -> None:
         """After a restart: poll again every unexpired sign-in; close the expired ones."""
@@ -256,7 +283,8 @@ class Endings:
                     flow["channel_id"],
                     flow.get("parent_ts"),
                     blocks.note(
-                        ":arrows_counterclockwise: The bot restarted; still waiting for the sign-in."
+                        ":arrows_counterclockwise: The bot restarted; still waiting for the sign-in.",
+                        account=flow["name"],
                     ),
                 )
                 self.ctx.workers.submit(self.signin.poll, flow["id"])
@@ -282,7 +310,8 @@ class Endings:
             blocks.note(
                 f":arrows_counterclockwise: The bot restarted while creating `{flow['name']}`. "
                 f"<@{flow['requester']}>, sign in again with the new code to finish it "
-                "(or cancel it)."
+                "(or cancel it).",
+                account=flow["name"],
             ),
         )
         self.ctx.workers.submit(self.signin.start, flow["id"])

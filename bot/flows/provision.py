@@ -296,6 +296,7 @@ class Provisioner:
             handed_to = self._hand_off(flow, account_id, stored)
             handed = handed_to is not None
             where = handed_to or where
+        handed_off = handed
         with self._db.atomic():
             queries.update_account(self._db, account_id, state="active")
             queries.add_audit(
@@ -321,8 +322,11 @@ class Provisioner:
         flow = self.record.get(flow_id)
         end = datetime.fromisoformat(stored["end_at"].replace("Z", "+00:00"))
         tenant = blocks.escape(identity.get("tenant_name") or "")
+        portal = blocks.portal_app_url(
+            self.ctx.config.cloud, str(identity.get("tenant_id") or ""), str(app["appId"])
+        )
         summary = [
-            f"*Application (client) id:* `{app['appId']}`",
+            f"*Application (client) id:* `{app['appId']}` · <{portal}|open it in the Azure portal>",
             f"*Tenant:* {tenant} `{identity.get('tenant_id')}`".replace(
                 "*Tenant:*  ", "*Tenant:* "
             ),
@@ -333,13 +337,32 @@ class Provisioner:
             + blocks.slack_date(end.timestamp(), end.date().isoformat())
             + f" — {where}."
             + (f" {policy_note}" if policy_note else ""),
+            blocks.next_steps(
+                name=flow["name"],
+                handed_off=handed_off,
+                appliance_failed=self.ctx.appliance is not None and not handed_off,
+            ),
         ]
         outcome = ":white_check_mark: Created."
         flow_data = self.record.data(flow)
         flow_data["final"] = {"outcome": outcome, "summary": summary}  # for the last step
         self.record.save_data(flow_id, flow_data)
         self.record.render_parent(flow, outcome=outcome, summary=summary)
-        self.record.say(flow, f":white_check_mark: Service account `{flow['name']}` is ready.")
+        if handed_off:
+            next_step = " and Veeam has it."
+        elif certificate:
+            next_step = (
+                f". Next: `veeam-sa-bot secret show {flow['name']} --out FILE.pfx` on the bot's "
+                "host, then add it in Veeam (the summary above says how)."
+            )
+        else:
+            next_step = (
+                f". Next: `veeam-sa-bot secret show {flow['name']}` on the bot's host, then add "
+                "it in Veeam (the summary above says how)."
+            )
+        self.record.say(
+            flow, f":white_check_mark: Service account `{flow['name']}` is ready{next_step}"
+        )
         if handed:
             try:
                 self.confirmations.begin(account_id, flow_id)
@@ -540,12 +563,10 @@ class Provisioner:
         if not created or not (rolled or leftover):
             text += "\nNothing was created in Azure."
         self.record.say(flow, text)
-        steps = self.record.data(self.record.get(flow_id)).get("steps", {})
-        running = [k for k, v in steps.items() if v == "running"]
-        for step in running:
-            self.record.set_step(flow_id, step, "failed")
-        self.record.render_parent(
-            self.record.get(flow_id),
+        self.record.finish_steps(
+            flow_id,
+            running="skipped" if cancelled else "failed",
+            rolled_back=bool(rolled) and not leftover,
             outcome=(":no_entry_sign: Cancelled" if cancelled else ":x: Failed")
             + (" and rolled back." if rolled and not leftover else "."),
         )

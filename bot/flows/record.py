@@ -17,6 +17,10 @@ if TYPE_CHECKING:
     from bot.flows.context import Context
 
 
+#: Steps a creation shows only when it takes them (an appliance, a second sign-in).
+OPTIONAL_STEPS = ("handoff", "sign_in_again", "confirm")
+
+
 class Record:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -130,6 +134,68 @@ class Record:
             self.render_parent(flow, outcome)
         return flow
 
+    def finish_steps(
+        self,
+        flow_id: str,
+        *,
+        running: str,
+        rolled_back: bool = False,
+        outcome: str | None = None,
+    ) -> None:
+        """The checklist as the flow ends: a step that was running becomes `running` (failed,
+        skipped); steps never reached are skipped; steps that succeeded stay done, unless
+        their work was `rolled_back`. Then the parent is shown with `outcome`."""
+        flow = self.get(flow_id)
+        data = self.data(flow)
+        steps = data.setdefault("steps", {})
+        for key in blocks.STEP_LABELS:
+            status = steps.get(key)
+            if status == "running":
+                steps[key] = running
+            elif status is None and flow["kind"] == "create" and key not in OPTIONAL_STEPS:
+                steps[key] = "skipped"
+            elif status == "done" and rolled_back and key not in ("sign_in", "sign_in_again", "checks"):
+                steps[key] = "rolled_back"
+        self.save_data(flow_id, data)
+        flow["data"] = json.dumps(data)
+        self.render_parent(flow, outcome)
+        self.retire_controls(flow)
+
+    def retire_controls(self, flow: dict[str, Any]) -> None:
+        """Buttons that can no longer do anything go: the prerequisites' Recheck once the
+        creation has ended, and the sign-in code's message (with Cancel) once sign-in is
+        over, where Slack lets the bot edit it (a direct message; an ephemeral one is
+        replaced when its Cancel is pressed)."""
+        data = self.data(flow)
+        state = flow["state"]
+        prereq = data.get("prereq")
+        if prereq and prereq.get("blocked") and data.get("prereq_ts") and state != "blocked":
+            closed = {
+                "cancelled": "Closed: the creation was cancelled.",
+                "expired": "Closed: nobody rechecked for a day.",
+            }.get(state, f"Closed: the creation is {state.replace('_', ' ')}.")
+            self.notifier.update(
+                flow["channel_id"],
+                data["prereq_ts"],
+                blocks.prerequisites_message(
+                    flow_id=flow["id"], name=flow["name"], closed=closed, **prereq
+                ),
+            )
+        code = data.get("code_dm")
+        if code and state not in ("starting", "awaiting_sign_in") and not code.get("closed"):
+            code_state = state if state in ("cancelled", "expired", "failed") else "signed_in"
+            self.notifier.update(
+                code["channel"],
+                code["ts"],
+                blocks.code_message_closed(
+                    name=flow["name"],
+                    purpose=str(code.get("purpose") or "create"),
+                    state=code_state,
+                ),
+            )
+            code["closed"] = True
+            self.save_data(flow["id"], data)
+
     def audit(self, flow: dict[str, Any], action: str, outcome: str, **detail: Any) -> None:
         queries.add_audit(
             self._db,
@@ -142,7 +208,9 @@ class Record:
         )
 
     def say(self, flow: dict[str, Any], text: str) -> None:
-        self.notifier.thread(flow["channel_id"], flow.get("parent_ts"), blocks.note(text))
+        self.notifier.thread(
+            flow["channel_id"], flow.get("parent_ts"), blocks.note(text, account=flow.get("name"))
+        )
 
     def leftover_text(self, flow: dict[str, Any]) -> str:
         if flow["kind"] != "create":

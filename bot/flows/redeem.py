@@ -118,10 +118,11 @@ class Redemption:
         self.engine.notifier.thread(
             flow["channel_id"],
             flow.get("parent_ts"),
-            blocks.note(f":key: Signed in as *{who}* in tenant {tenant}."),
+            blocks.note(f":key: Signed in as *{who}* in tenant {tenant}.", account=flow["name"]),
             wait=False,
         )
         self.engine.record.render_parent(flow)
+        self.engine.record.retire_controls(flow)
         if self.engine.on_signed_in is not None:
             self.engine.on_signed_in(flow_id, identity, session)
 
@@ -223,7 +224,8 @@ class Redemption:
             blocks.note(
                 f":closed_lock_with_key: Signed in as {blocks.escape(identity.upn)}, but the tenant asks for "
                 f"{reason} to reach {resource}{support_suffix(error.aadsts, error.correlation_id)}. "
-                "One more sign-in is needed."
+                "One more sign-in is needed.",
+                account=flow["name"],
             ),
         )
         self.engine.record.render_parent(flow)

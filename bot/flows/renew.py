@@ -277,7 +277,8 @@ class Renewals:
                         new["policy_limit"],
                         self.ctx.config.secret_days,
                         "certificate" if new.get("kind") == "certificate" else "client secret",
-                    )
+                    ),
+                    account=flow["name"],
                 ),
             )
 
@@ -295,9 +296,10 @@ class Renewals:
             raise
 
         # 3b. hand the new secret to the appliance before the old one goes
+        appliance_id: str | None = None
         if self.ctx.appliance is not None:
             try:
-                hand_off_stored(self.ctx, account, new, flow["requester"])
+                appliance_id = hand_off_stored(self.ctx, account, new, flow["requester"])
             except Exception:
                 self._discard(graph, object_id, new, account, signer)
                 raise
@@ -372,9 +374,17 @@ class Renewals:
             flow["channel_id"],
             flow.get("parent_ts"),
             blocks.note(
-                ":white_check_mark: Renewed. The new "
-                + ("certificate" if new.get("kind") == "certificate" else "secret")
-                + f" `{new['hint']}…` is in Veeam and in use; the old one is removed."
+                blocks.renewal_done(
+                    name=account["name"],
+                    new_hint=new["hint"],
+                    new_key_id=new.get("key_id"),
+                    end_ts=end.timestamp(),
+                    end_date=end.date().isoformat(),
+                    old_hints=[s.get("hint") or "?" for s in old],
+                    appliance_id=appliance_id,
+                    noun="certificate" if new.get("kind") == "certificate" else "secret",
+                ),
+                account=flow["name"],
             ),
         )
 
@@ -479,5 +489,5 @@ class Renewals:
         self.notifier.thread(
             flow["channel_id"],
             flow.get("parent_ts"),
-            blocks.note(f"{head}\nThe old secret is still in place."),
+            blocks.note(f"{head}\nThe old secret is still in place.", account=flow["name"]),
         )

@@ -204,7 +204,8 @@ class Retirements:
             flow.get("parent_ts"),
             blocks.note(
                 f":x: The old secret of `{account['name']}` was not removed: {reason}\n"
-                f"It is still live; try again with the button or `/veeam-sa retire {account['name']}`."
+                f"It is still live; try again with the button or `/veeam-sa retire {account['name']}`.",
+                account=flow["name"],
             ),
         )
 

@@ -164,7 +164,7 @@ class SignInEngine:
                 else "Try again in a moment."
             )
             self._tell_requester_directly(
-                flow, f"I could not post in this channel (`{error}`). {hint}"
+                flow, f"`{flow['name']}`: I could not post in this channel (`{error}`). {hint}"
             )
             return
         queries.update_flow(self._db, flow_id, parent_ts=posted)
@@ -224,7 +224,11 @@ class SignInEngine:
             again=again,
         )
         try:
-            where = self.notifier.to_user(flow["channel_id"], flow["requester"], payload)
+            where, dm_channel, dm_ts = self.notifier.to_user_at(
+                flow["channel_id"], flow["requester"], payload
+            )
+            if dm_ts and dm_channel:
+                self._keep_code_message(flow, dm_channel, dm_ts)
         except SlackApiError as exc:
             log.warning(
                 "could not deliver the sign-in code for flow %s: %s",
@@ -235,9 +239,29 @@ class SignInEngine:
         self.notifier.thread(
             flow["channel_id"],
             flow.get("parent_ts"),
-            blocks.note(blocks.code_delivery_note(flow["requester"], where)),
+            blocks.note(blocks.code_delivery_note(flow["requester"], where), account=flow["name"]),
         )
         return where
+
+    def _keep_code_message(self, flow: dict[str, Any], channel: str, ts: str) -> None:
+        """Remember where the code's direct message is, so it can be closed once sign-in is
+        over; compare-and-set on the state, so a sign-in that finished meanwhile (and wrote
+        the flow's data) is not overwritten: its message is closed at once instead."""
+        current = self.record.get(flow["id"])
+        data = self.record.data(current)
+        data["code_dm"] = {
+            "channel": channel,
+            "ts": ts,
+            "purpose": PURPOSES.get(flow["kind"], "create"),
+        }
+        state = current["state"]
+        if state in SIGN_IN_STATES and queries.transition_flow(
+            self._db, flow["id"], [state], state, data=json.dumps(data, sort_keys=True)
+        ):
+            return
+        current = self.record.get(flow["id"])
+        current["data"] = json.dumps({**self.record.data(current), "code_dm": data["code_dm"]})
+        self.record.retire_controls(current)
 
     def _tell_requester_directly(self, flow: dict[str, Any], text: str) -> None:
         try:
@@ -375,9 +399,11 @@ class SignInEngine:
             text = f"{who}: {text}"
         if flow.get("account_id"):
             text += "\n" + self.record.leftover_text(flow)
-        self.notifier.thread(flow["channel_id"], flow.get("parent_ts"), blocks.note(f":x: {text}"))
-        self.record.set_step(
-            flow_id, "sign_in", "failed", outcome=":x: Sign-in failed; nothing was created."
+        self.notifier.thread(
+            flow["channel_id"], flow.get("parent_ts"), blocks.note(f":x: {text}", account=flow["name"])
+        )
+        self.record.finish_steps(
+            flow_id, running="failed", outcome=":x: Sign-in failed; nothing was created."
         )
 
     def expire(self, flow_id: str, while_down: bool = False) -> None:
@@ -399,13 +425,13 @@ class SignInEngine:
             flow["channel_id"],
             flow.get("parent_ts"),
             blocks.note(
-                f":hourglass: {text} Run `/veeam-sa create {flow['name']}` again for a fresh code."
+                f":hourglass: {text} Run `/veeam-sa create {flow['name']}` again for a fresh code.",
+                account=flow["name"],
             ),
         )
-        self.record.set_step(
+        self.record.finish_steps(
             flow_id,
-            "sign_in",
-            "failed",
+            running="failed",
             outcome=":hourglass: Sign-in code expired; nothing was created.",
         )
 

@@ -19,8 +19,10 @@ from bot.core.errors import NotAuthorised
 
 log = logging.getLogger(__name__)
 
-RULE_ADMINS = "only the bot's admins (VEEAM_SA_ADMINS) may do this"
+RULE_ADMINS = "only the bot's admins may do this"
 RULE_REQUESTER = "only the person who started this, or an admin, may do this"
+#: At most this many admins are named one by one in a refusal.
+MAX_NAMED_ADMINS = 10
 RULE_REQUESTER_ONLY = "only the person who started this creation may choose its subscriptions"
 
 #: Called on every refusal: (Slack user, action, target, rule). Writes the audit row.
@@ -102,6 +104,21 @@ class Authorizer:
             return True
         return any(user_id in self._members(group) for group in self._groups)
 
+    def admins_text(self) -> str:
+        """Who the admins are, as Slack mentions: people (`<@U…>`) and user groups
+        (`<!subteam^S…>`), so a refused person knows whom to ask."""
+        people = [f"<@{u}>" for u in sorted(self._users)]
+        groups = [f"<!subteam^{g}>" for g in self._groups]
+        named = groups + people[:MAX_NAMED_ADMINS]
+        if len(people) > MAX_NAMED_ADMINS:
+            named.append(f"{len(people) - MAX_NAMED_ADMINS} more")
+        if not named:
+            return "nobody yet (whoever runs the bot names the admins)"
+        return named[0] if len(named) == 1 else ", ".join(named[:-1]) + " or " + named[-1]
+
+    def _who(self, rule: str) -> str:
+        return f"{rule}. Ask {self.admins_text()}."
+
     def refuse(self, user_id: str, rule: str, action: str, target: str | None) -> NotAuthorised:
         """Record the refusal (audit) and return the error to raise."""
         if self._on_refusal is not None:
@@ -117,11 +134,17 @@ class Authorizer:
         self, user_id: str, action: str = "command", target: str | None = None
     ) -> None:
         if not self.is_admin(user_id):
-            raise self.refuse(user_id, RULE_ADMINS, action, target)
+            raise self.refuse(user_id, self._who(RULE_ADMINS), action, target)
 
     def require_lister(self, user_id: str) -> None:
-        if not self.list_for_everyone:
-            self.require_admin(user_id, "list")
+        if not self.list_for_everyone and not self.is_admin(user_id):
+            raise self.refuse(
+                user_id,
+                f"only the bot's admins may list the managed accounts. Ask {self.admins_text()}; "
+                "whoever runs the bot can also let everyone in the workspace list them.",
+                "list",
+                None,
+            )
 
     def require_requester_or_admin(
         self, user_id: str, requester: str, action: str = "flow", target: str | None = None
@@ -129,10 +152,20 @@ class Authorizer:
         if user_id and user_id == requester:
             return
         if not self.is_admin(user_id):
-            raise self.refuse(user_id, RULE_REQUESTER, action, target)
+            rule = (
+                f"only <@{requester}>, who started this, or an admin may do this"
+                if requester
+                else RULE_REQUESTER
+            )
+            raise self.refuse(user_id, self._who(rule), action, target)
 
     def require_requester(
         self, user_id: str, requester: str, action: str, target: str | None
     ) -> None:
         if not user_id or user_id != requester:
-            raise self.refuse(user_id, RULE_REQUESTER_ONLY, action, target)
+            rule = (
+                f"only <@{requester}>, who started this creation, may choose its subscriptions"
+                if requester
+                else RULE_REQUESTER_ONLY
+            )
+            raise self.refuse(user_id, rule + ".", action, target)

@@ -74,7 +74,10 @@ def validate_name(name: str) -> str:
 
 
 def _clip(text: str, limit: int = 60) -> str:
-    text = text.replace("`", "'")
+    """A piece of the command, to quote back. Slack sends `<`, `>` and `&` as entities;
+    any raw `<`/`>` left (a client that did not) is escaped, so nothing quoted back can
+    become a mention or a link."""
+    text = text.replace("`", "'").replace("<", "&lt;").replace(">", "&gt;")
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

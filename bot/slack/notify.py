@@ -171,9 +171,18 @@ class Notifier:
         shows nothing ("Ephemeral messages in threads are only shown if there is already an
         active thread", chat.postEphemeral reference).
         """
+        return self.to_user_at(channel, user, payload)[0]
+
+    def to_user_at(
+        self, channel: str, user: str, payload: dict[str, Any]
+    ) -> tuple[str, str | None, str | None]:
+        """`to_user`, and where a DM went (its channel and ts, so it can be edited later;
+        an ephemeral message cannot be edited through the Web API)."""
         try:
-            self._client.chat_postEphemeral(channel=channel, user=user, **payload)
-            return "ephemeral"
+            self._client.chat_postEphemeral(
+                channel=channel, user=user, unfurl_links=False, unfurl_media=False, **payload
+            )
+            return "ephemeral", None, None
         except SlackApiError as exc:
             log.info(
                 "ephemeral to %s in %s failed (%s); sending a DM",
@@ -182,10 +191,10 @@ class Notifier:
                 exc.response.get("error"),
             )
         opened = self._client.conversations_open(users=user)
-        self._client.chat_postMessage(
+        posted = self._client.chat_postMessage(
             channel=opened["channel"]["id"], unfurl_links=False, unfurl_media=False, **payload
         )
-        return "dm"
+        return "dm", str(posted["channel"]), str(posted["ts"])
 
     def email_of(self, user: str) -> str | None:
         """The email on a Slack user's profile; None when the bot cannot see it."""

@@ -111,6 +111,29 @@ class _Fault:
     status: int = 200
 
 
+def _unfurl_flags(args: dict[str, Any]) -> dict[str, Any]:
+    """The unfurl flags a post asked for, as recorded on the message: ``None`` when absent.
+    chat.postMessage unfurls text links only when ``unfurl_links`` is true and media by
+    default unless ``unfurl_media`` is false (https://docs.slack.dev/reference/methods/
+    chat.postMessage: "unfurl_links: Pass true to enable unfurling of primarily text-based
+    content", "unfurl_media: Pass false to disable unfurling of media content"); Slack
+    also unfurls links of bot messages it judges to be media, so the bot sends both as
+    false. Form-encoded posts carry them as strings ("false", "0")."""
+    flags: dict[str, Any] = {}
+    for key in ("unfurl_links", "unfurl_media"):
+        value = args.get(key)
+        if isinstance(value, str):
+            value = value.lower() not in ("false", "0", "")
+        flags[key] = value
+    return flags
+
+
+def unfurls(message: dict[str, Any]) -> bool:
+    """Whether Slack may unfurl links or media in ``message`` (a posted message or an
+    ephemeral as the double records them): media unfurl unless switched off."""
+    return message.get("unfurl_links") is True or message.get("unfurl_media") is not False
+
+
 def _default_users() -> dict[str, dict[str, Any]]:
     return {
         "U0ADMIN": {"name": "ada", "real_name": "Ada Admin", "email": "ada@contoso.example"},
@@ -884,6 +907,7 @@ class SlackDouble:
             msg["thread_ts"] = str(args["thread_ts"])
         if args.get("attachments"):
             msg["attachments"] = args["attachments"]
+        msg.update(_unfurl_flags(args))
         if args.get("metadata"):
             msg["metadata"] = args["metadata"]
         return msg
@@ -914,7 +938,8 @@ class SlackDouble:
         out = {
             k: v
             for k, v in msg.items()
-            if k not in ("channel", "deleted", "reply_count", "latest_reply")
+            if k
+            not in ("channel", "deleted", "reply_count", "latest_reply", "unfurl_links", "unfurl_media")
         }
         out["bot_profile"] = {
             "id": self.bot_id,
@@ -986,6 +1011,7 @@ class SlackDouble:
                 "blocks": args.get("blocks") or [],
                 "thread_ts": thread_ts,
                 "shown": self._ephemeral_shown(channel, thread_ts),
+                **_unfurl_flags(args),
             }
         )
         return {"message_ts": ts}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
 from typing import Any
 
 from bot.slack.blocks.common import (
@@ -11,6 +13,7 @@ from bot.slack.blocks.common import (
     _section,
     escape,
     is_certificate,
+    plural,
     slack_date,
 )
 from bot.slack.blocks.expiry import _when
@@ -74,7 +77,7 @@ def account_list(rows: list[dict[str, Any]]) -> Payload:
     shown_sections = sections[: LIST_MAX_BLOCKS - 2]
     shown = sum(len(c) for c in shown_sections)
     blocks: list[dict[str, Any]] = [
-        _section(f"*Managed service accounts* ({len(rows)}), soonest expiry first")
+        _section(f"*{plural(len(rows), 'managed service account')}*, soonest expiry first")
     ]
     blocks += [_section("\n".join(c)) for c in shown_sections]
     if shown < len(lines):
@@ -83,7 +86,7 @@ def account_list(rows: list[dict[str, Any]]) -> Payload:
                 f"…and {len(lines) - shown} more not shown. Use `/veeam-sa show NAME` for one account."
             )
         )
-    return {"text": f"{len(rows)} managed service accounts", "blocks": blocks}
+    return {"text": plural(len(rows), "managed service account"), "blocks": blocks}
 
 
 def _retiring_line(name: str, old: dict[str, Any]) -> str:
@@ -101,7 +104,7 @@ def account_detail(account: dict[str, Any], history: list[dict[str, Any]]) -> Pa
         f"*`{account['name']}`* — {account.get('status', account.get('state'))}",
         f"Application (client) id `{account.get('app_id')}` · object id `{account.get('app_object_id')}`",
         f"Tenant {account.get('tenant_name') or ''} `{account.get('tenant_id')}`",
-        f"Created by <@{account.get('created_by')}> on {str(account.get('created_at'))[:10]}",
+        f"Created by <@{account.get('created_by')}> on {_when_at(str(account.get('created_at')))}",
     ]
     if account.get("appliance_id"):
         lines.append(
@@ -150,13 +153,87 @@ def account_detail(account: dict[str, Any], history: list[dict[str, Any]]) -> Pa
         lines.append(
             "Roles:\n" + "\n".join(f"• `{s}`: {', '.join(roles.get(s, []))}" for s in subs)
         )
-    events = [
-        f"{r['at'][:16].replace('T', ' ')} · {r['action']} · {r['outcome']} · <@{r['actor']}>"
-        if r["actor"].startswith(("U", "W"))
-        else f"{r['at'][:16].replace('T', ' ')} · {r['action']} · {r['outcome']}"
-        for r in history[-20:]
-    ]
+    events = [history_line(r) for r in history[-20:]]
     blocks = [_section("\n".join(lines))]
     if events:
         blocks.append(_section("*History*\n" + "\n".join(events)))
     return {"text": f"Service account {account['name']}", "blocks": blocks}
+
+
+#: What each audited step means, in words; `{who}` is the person (a Slack mention, which
+#: Slack shows as their name), `{upn}` the Microsoft account, `{end}` a secret's expiry.
+HISTORY_WORDS: dict[str, str] = {
+    "create.requested": "{who} asked for it",
+    "sign_in.started": "sign-in code sent to {who}",
+    "sign_in.completed": "{who} signed in{upn}",
+    "sign_in.again": "the tenant asked {who} to sign in once more",
+    "sign_in.failed": "{who}'s sign-in failed",
+    "sign_in.expired": "{who}'s sign-in code expired unused",
+    "create.prerequisites": "rights missing for {who}",
+    "azure.application": "application created",
+    "azure.secret": "secret added, expires {end}",
+    "azure.role_assignments": "roles assigned",
+    "azure.rollback": "what was created was rolled back",
+    "create.completed": "ready",
+    "create.failed": "creation failed",
+    "create.cancelled": "{who} cancelled the creation",
+    "create.expired": "closed after waiting a day",
+    "renew.requested": "{who} asked for a new secret",
+    "renew.completed": "secret renewed",
+    "renew.failed": "renewal failed; the old secret stayed",
+    "renew.cancelled": "{who} cancelled the renewal",
+    "retire.requested": "{who} asked to remove the old secret",
+    "retire.completed": "old secret removed",
+    "retire.failed": "removing the old secret failed",
+    "appliance.handoff": "handed to the Veeam appliance",
+    "appliance.import": "imported from the Veeam appliance",
+    "secret.show": "secret read on the bot's host",
+    "key.rotated": "encryption key rotated",
+}
+#: Outcomes that the words above already say.
+_PLAIN_OUTCOMES = {"ok", "created", "accepted", "pending", "done", "cancelled", "expired"}
+
+
+def history_line(row: dict[str, Any]) -> str:
+    """One audit row as a person would say it, at a time Slack shows in the reader's zone:
+    "<date> · @alice signed in as alice@contoso.com" rather than "sign_in.completed"."""
+    actor = str(row.get("actor") or "")
+    who = f"<@{actor}>" if actor[:1] in ("U", "W") else escape(actor or "the bot")
+    try:
+        detail = json.loads(row.get("detail") or "{}")
+    except (TypeError, ValueError):
+        detail = {}
+    if not isinstance(detail, dict):
+        detail = {}
+    action, outcome = str(row.get("action") or ""), str(row.get("outcome") or "")
+    end = "—"
+    if detail.get("end_at"):
+        try:
+            end_at = datetime.fromisoformat(str(detail["end_at"]).replace("Z", "+00:00"))
+            end_at = end_at if end_at.tzinfo else end_at.replace(tzinfo=UTC)
+            end = slack_date(end_at.timestamp(), end_at.date().isoformat())
+        except ValueError:
+            end = escape(detail["end_at"])
+    upn = f" as {escape(detail['entra_upn'])}" if detail.get("entra_upn") else ""
+    words = HISTORY_WORDS.get(action)
+    if words is None:
+        verb = action.split(".", 1)[0].replace("_", " ")
+        if action.endswith(".refused"):
+            words = "{who} was refused (" + escape(verb) + ")"
+        elif action.endswith(".cancel_requested"):
+            words = "{who} asked to stop the " + escape(verb)
+        else:
+            words = escape(action.replace("_", " ").replace(".", ": "))
+    text = words.replace("{who}", who).replace("{upn}", upn).replace("{end}", end)
+    if outcome and outcome not in _PLAIN_OUTCOMES and outcome not in ("refused", "failed"):
+        text += f" ({escape(outcome.replace('_', ' '))})"
+    return f"{_when_at(str(row.get('at') or ''))} · {text}"
+
+
+def _when_at(at: str) -> str:
+    try:
+        moment = datetime.fromisoformat(at.replace("Z", "+00:00"))
+    except ValueError:
+        return escape(at[:16])
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return slack_date(moment.timestamp(), moment.strftime("%Y-%m-%d %H:%M UTC"))

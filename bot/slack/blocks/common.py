@@ -92,6 +92,16 @@ STEP_ICONS = {
     "skipped": ":heavy_minus_sign:",
     "rolled_back": ":leftwards_arrow_with_hook:",
 }
+#: The state of each step in words, beside its emoji: screen readers read emoji names
+#: ("white check mark"), which say nothing about the step.
+STEP_WORDS = {
+    "todo": "to do",
+    "running": "in progress",
+    "done": "done",
+    "failed": "failed",
+    "skipped": "skipped",
+    "rolled_back": "rolled back",
+}
 
 
 def slack_date(ts: float, fallback: str) -> str:
@@ -105,7 +115,9 @@ def checklist(steps: dict[str, str]) -> str:
         if key in ("handoff", "sign_in_again", "confirm") and key not in steps:
             continue  # only with a VBAzure appliance / a tenant that asks for a second sign-in
         status = steps.get(key, "todo")
-        lines.append(f"{STEP_ICONS.get(status, STEP_ICONS['todo'])} {label}")
+        if status not in STEP_ICONS:
+            status = "todo"
+        lines.append(f"{STEP_ICONS[status]} {STEP_WORDS[status]} — {label}")
     return "\n".join(lines)
 
 
@@ -116,8 +128,23 @@ def escape(text: object) -> str:
     return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def note(text: str) -> Payload:
-    return {"text": text, "blocks": [_section(text)]}
+def note(text: str, account: str | None = None) -> Payload:
+    """A plain message. Its `text` is what a notification shows (on a phone, nothing else):
+    with `account`, it names the account when the message itself does not."""
+    fallback = text
+    if account and account not in text:
+        fallback = f"{account}: {text}"
+    return {"text": fallback, "blocks": [_section(text)]}
+
+
+def plural(count: int, singular: str, plural_form: str | None = None) -> str:
+    """`1 managed service account`, `2 managed service accounts`."""
+    return f"{count} {singular if count == 1 else (plural_form or singular + 's')}"
+
+
+def slack_time(ts: float, fallback: str) -> str:
+    """A time of day Slack renders in the reader's own time zone."""
+    return f"<!date^{int(ts)}^{{time}}|{fallback}>"
 
 
 # -- prerequisites, subscription choice, summary -----------------------------------------

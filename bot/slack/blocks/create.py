@@ -13,6 +13,7 @@ from bot.slack.blocks.common import (
     checklist,
     escape,
     slack_date,
+    slack_time,
 )
 
 
@@ -58,7 +59,8 @@ def device_code_message(
     resource of a further sign-in the tenant asked for."""
     expiry = slack_date(expires_at, "in 15 minutes")
     return {
-        "text": f"Sign in to Microsoft with code {user_code} at {verification_uri} (expires {expiry}).",
+        "text": f"Sign in to Microsoft to {purpose} {name} with code {user_code} at "
+        f"{verification_uri} (expires {expiry}).",
         "blocks": [
             _section(
                 f"*Sign in to Microsoft to {purpose} `{name}`*"
@@ -130,15 +132,33 @@ def prerequisites_message(
     app_reason: str,
     subscriptions: list[dict[str, Any]],
     blocked: bool,
+    name: str | None = None,
+    checked_at: float | None = None,
+    again: bool = False,
+    closed: str | None = None,
 ) -> Payload:
-    """Like VBAzure's Scope step: one line per check, the fix for each failure, Recheck."""
+    """Like VBAzure's Scope step: one line per check, the fix for each failure, Recheck.
+    `again` marks a recheck (the head says when it ran and what is still missing);
+    `closed` retires the Recheck button with the reason the creation ended."""
     lines = [f"{CHECK_ICONS[app_right]} Register applications in the tenant — {app_reason}"]
+    missing = ["the right to register applications"] if app_right is False else []
     for sub in subscriptions:
         label = f"`{sub['id']}`" + (f" {escape(sub['name'])}" if sub.get("name") else "")
         lines.append(f"{CHECK_ICONS[sub['ok']]} Assign roles on {label} — {sub['reason']}")
-    head = "*Prerequisites*" + (" — something is missing" if blocked else "")
+        if sub["ok"] is False:
+            missing.append(f"role assignment rights on {label}")
+    when = slack_time(checked_at, "just now") if checked_at is not None else None
+    head = "*Prerequisites*" + (f" for `{name}`" if name else "")
+    if blocked and again and when:
+        head += f" — checked at {when}, still missing: " + "; ".join(missing or ["see below"])
+    elif blocked:
+        head += " — something is missing"
+    elif when:
+        head += f" — all met (checked at {when})"
     blocks = [_section(head + "\n" + "\n".join(lines))]
-    if blocked:
+    if blocked and closed:
+        blocks.append(_context(closed))
+    elif blocked:
         blocks.append(
             {
                 "type": "actions",
@@ -153,8 +173,33 @@ def prerequisites_message(
             }
         )
         blocks.append(_context("Ask your tenant admin for what is missing, then press Recheck."))
-    text = "Prerequisites: " + ("something is missing" if blocked else "all met")
+    about = f" for {name}" if name else ""
+    if blocked:
+        text = f"Prerequisites{about}: still missing " + "; ".join(missing or ["a right"])
+        if closed:
+            text += f" ({closed})"
+    else:
+        text = f"Prerequisites{about}: all met"
     return {"text": text, "blocks": blocks}
+
+
+def code_message_closed(*, name: str, purpose: str, state: str) -> Payload:
+    """The sign-in code's message once its flow is past sign-in: no code, no Cancel."""
+    words = {
+        "signed_in": ":white_check_mark: Signed in; this code is used and no longer works.",
+        "cancelled": ":no_entry_sign: Cancelled; this code no longer works.",
+        "cancelling": ":no_entry_sign: Cancel requested: it stops at its next step, and the "
+        "thread says what was undone.",
+        "expired": ":hourglass: This code expired; run the command again for a fresh one.",
+        "failed": ":x: The sign-in failed (the thread says why); this code no longer works.",
+    }
+    text = f"*Sign in to Microsoft to {purpose} `{name}`*\n" + words.get(
+        state, f"This sign-in has ended ({state.replace('_', ' ')}); nothing to cancel."
+    )
+    return {
+        "text": f"Sign-in for {name}: " + words.get(state, f"ended ({state})").split(" ", 1)[1],
+        "blocks": [_section(text)],
+    }
 
 
 def subscription_chooser(
@@ -211,3 +256,49 @@ def subscription_chooser(
 
 
 # -- expiry warnings and renewal ---------------------------------------------------------
+
+
+#: The Azure portal of each cloud: each national cloud has its own ("Azure portal for US
+#: Government https://portal.azure.us", "Azure portal China operated by 21Vianet
+#: https://portal.azure.cn", Microsoft identity platform, National clouds:
+#: https://learn.microsoft.com/entra/identity-platform/authentication-national-cloud).
+PORTAL_HOSTS = {
+    "AzureCloud": "https://portal.azure.com",
+    "AzureUSGovernment": "https://portal.azure.us",
+    "AzureChinaCloud": "https://portal.azure.cn",
+}
+
+
+def portal_app_url(cloud: str, tenant_id: str, app_id: str) -> str:
+    """The application's page (App registrations → Overview) in its cloud's Azure portal,
+    in its own tenant's directory."""
+    host = PORTAL_HOSTS.get(cloud, PORTAL_HOSTS["AzureCloud"])
+    return (
+        f"{host}/{tenant_id}/#view/Microsoft_AAD_RegisteredApps/ApplicationMenuBlade/"
+        f"~/Overview/appId/{app_id}"
+    )
+
+
+def next_steps(*, name: str, handed_off: bool, appliance_failed: bool = False) -> str:
+    """What the person does next with a new account: nothing when the appliance has it,
+    else how to put the secret into Veeam by hand."""
+    if handed_off:
+        return (
+            "*Next:* nothing to do — Veeam Backup for Microsoft Azure already has this account "
+            "(*Configuration → Service Accounts*). Warnings come to this channel before the "
+            "secret expires."
+        )
+    lead = (
+        "*Next:* the hand-off to Veeam failed (see the thread): retry it with "
+        f"`/veeam-sa sync {name}`, or add the account by hand:"
+        if appliance_failed
+        else "*Next:* add it to Veeam Backup for Microsoft Azure:"
+    )
+    return (
+        f"{lead}\n"
+        f"1. On the bot's host run `veeam-sa-bot secret show {name}`: it prints the client "
+        "secret (the bot never shows it in Slack).\n"
+        "2. In Veeam Backup for Microsoft Azure open *Configuration → Service Accounts*, "
+        "add an account that uses an existing application, and enter the application "
+        "(client) id, the tenant id and that secret."
+    )

@@ -262,6 +262,36 @@ def renewed_alert(
     return {"text": f"{name} renewed by <@{by}>", "blocks": [_section(text)]}
 
 
+def renewal_done(
+    *,
+    name: str,
+    new_hint: str,
+    new_key_id: str | None,
+    end_ts: float,
+    end_date: str,
+    old_hints: list[str],
+    appliance_id: str | None,
+    noun: str = "secret",
+) -> str:
+    """What a renewal that finished did, step by step: the new secret (or certificate),
+    where it went, and what became of the old one."""
+    ident = f" (id `{new_key_id}`)" if new_key_id else ""
+    lines = [
+        f":white_check_mark: Renewed *`{name}`*: the new {noun} `{new_hint}…`{ident} works (it "
+        f"obtained a token) and expires {slack_date(end_ts, end_date)}."
+    ]
+    if appliance_id:
+        lines.append(
+            f"The Veeam appliance was updated: its account `{appliance_id}` now uses the new {noun}."
+        )
+    if old_hints:
+        olds = ", ".join(f"`{h}…`" for h in old_hints)
+        lines.append(f"The old {noun} {olds} was removed in Entra.")
+    else:
+        lines.append(f"There was no old {noun} to remove.")
+    return "\n".join(lines)
+
+
 def renewed_keep_old(
     *,
     name: str,
@@ -280,7 +310,8 @@ def renewed_keep_old(
     )
     head = (
         f":white_check_mark: Renewed. The new secret `{new_hint}…` of *`{name}`* works (it "
-        f"obtained a token) and expires {slack_date(new_end_ts, new_end_date)}.\n"
+        f"obtained a token) and expires {slack_date(new_end_ts, new_end_date)}. No Veeam "
+        "appliance is connected to the bot, so Veeam was not updated.\n"
         f":warning: The old secret {olds} is *still live*: Veeam keeps using it until you give "
         "it the new one, and removing it before then stops Veeam's backups."
     )
