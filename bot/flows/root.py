@@ -29,6 +29,7 @@ from bot.flows.checks import Prerequisites
 from bot.flows.context import Context
 from bot.flows.create import CreateFlow
 from bot.flows.endings import Endings
+from bot.flows.home import HomeTab
 from bot.flows.provision import Provisioner
 from bot.flows.record import Record
 from bot.flows.renew import Renewals
@@ -54,6 +55,7 @@ class Services:
     provision: Provisioner
     renew: Renewals
     retire: Retirements
+    home: HomeTab
 
     @property
     def config(self) -> Config:
@@ -151,10 +153,18 @@ def build_services(
         "retire": retire.on_signed_in,
     }
 
+    home = HomeTab(ctx)
+    ctx.changed = home.changed
+
     def on_signed_in(flow_id: str, identity: Identity, session: Session) -> None:
         flow = queries.get_flow(ctx.store.db, flow_id)
         kind = flow["kind"] if flow is not None else "create"
-        next_step.get(kind, checks.on_signed_in)(flow_id, identity, session)
+        try:
+            next_step.get(kind, checks.on_signed_in)(flow_id, identity, session)
+        finally:
+            # A kind's steps after sign-in (a renewal's whole run) may end the flow without
+            # touching its record's checklist: the Home hears of it here.
+            ctx.changed()
 
     signin.on_signed_in = on_signed_in
 
@@ -173,4 +183,5 @@ def build_services(
         provision=provision,
         renew=renew,
         retire=retire,
+        home=home,
     )

@@ -25,3 +25,13 @@ def renew_action(account_id: int) -> str:
 
 
 ACTION_RETIRE_OLD_SECRET = "veeam_sa.renew.retire_old"
+
+#: The create form (a modal): its callback id and its fields (block_id = action_id).
+VIEW_CREATE = "veeam_sa.create.form"
+FORM_NAME = "name"
+FORM_DESCRIPTION = "description"
+FORM_SUBSCRIPTIONS = "subscriptions"
+
+#: The App Home's page buttons: `veeam_sa.home.page.prev` / `.next`, the page in the value.
+ACTION_HOME_PAGE = "veeam_sa.home.page"
+HOME_PAGE_ACTION = re.compile(r"\A" + re.escape(ACTION_HOME_PAGE) + r"\.(?:prev|next)\Z")
