@@ -15,6 +15,7 @@ from storage import queries
 from tests.fakes.blockkit import view_errors
 from tests.fakes.microsoft import DEFAULT_SUBSCRIPTIONS
 from tests.fakes.slack import SlackDouble
+from tests.fakes.slack_requests import app_home_opened_event, event_callback_payload
 from tests.harness import ADMIN, OTHER, Bot
 from tests.test_provision import sign_in
 from tests.test_renew import approve_next, renew_flow, wait_renew
@@ -250,3 +251,12 @@ def test_a_burst_of_changes_is_one_publish_per_viewer(bot: Bot, slack: SlackDoub
         assert sent == [ADMIN]  # OTHER may not list accounts: their Home reads the same
     finally:
         ctx.workers = real
+
+
+def test_home_opened_over_socket_mode(bot: Bot, slack: SlackDouble) -> None:
+    with slack.socket_mode(bot.app):
+        messages_tab = app_home_opened_event(ADMIN, tab="messages")
+        slack.socket_send("events_api", event_callback_payload(messages_tab))
+        slack.socket_send("events_api", event_callback_payload(app_home_opened_event(ADMIN)))
+        call = slack.wait_for("views.publish", user_id=ADMIN)
+    assert call.ok and len(slack.calls_to("views.publish")) == 1  # not for the Messages tab
