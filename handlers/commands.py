@@ -131,8 +131,8 @@ def _open_form(services: Services, ack: Ack, command: dict[str, Any], parsed: Co
     )
     try:
         services.notifier.open_view(command.get("trigger_id", ""), view)
-    except SlackApiError as exc:
-        error = exc.response.get("error")
+    except (SlackApiError, OSError) as exc:
+        error = exc.response.get("error") if isinstance(exc, SlackApiError) else type(exc).__name__
         log.warning("could not open the create form: %s", error)
         ack(
             **blocks.error_message(
