@@ -8,6 +8,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from bot.flows import appliance
 from bot.flows.home import HomeTab
 from bot.slack import ids
 from bot.slack.blocks.home import PER_PAGE, home_view
@@ -16,7 +17,9 @@ from tests.fakes.blockkit import view_errors
 from tests.fakes.microsoft import DEFAULT_SUBSCRIPTIONS
 from tests.fakes.slack import SlackDouble
 from tests.fakes.slack_requests import app_home_opened_event, event_callback_payload
+from tests.fakes.vbazure import VBAzureDouble
 from tests.harness import ADMIN, OTHER, Bot
+from tests.test_appliance_flow import created, vb, vbot  # noqa: F401 - fixtures
 from tests.test_provision import sign_in
 from tests.test_renew import approve_next, renew_flow, wait_renew
 
@@ -260,3 +263,20 @@ def test_home_opened_over_socket_mode(bot: Bot, slack: SlackDouble) -> None:
         slack.socket_send("events_api", event_callback_payload(app_home_opened_event(ADMIN)))
         call = slack.wait_for("views.publish", user_id=ADMIN)
     assert call.ok and len(slack.calls_to("views.publish")) == 1  # not for the Messages tab
+
+
+def test_the_home_shows_what_the_appliance_reports(
+    vbot: Bot,  # noqa: F811
+    vb: VBAzureDouble,  # noqa: F811
+    slack: SlackDouble,
+) -> None:
+    vbot.services.home.delay = 0.05
+    account = created(vbot)
+    vbot.open_home(ADMIN)
+    wait_home(slack, ADMIN, "*`prod`*")
+    assert appliance.refresh(vbot.services.context, datetime.now(UTC)) == 1
+    wait_home(slack, ADMIN, "Veeam: Valid")
+    # The appliance finds the secret expired: the next scan shows it on the open Home.
+    vb.set_cloud_state(account["appliance_id"], "ExpiredClientSecret")
+    appliance.refresh(vbot.services.context, datetime.now(UTC))
+    wait_home(slack, ADMIN, ":warning: Veeam reports ExpiredClientSecret")

@@ -84,6 +84,8 @@ def _appliance(account: dict[str, Any], appliance: bool) -> str:
         return f":warning: {escape(account['appliance_flag'])}"
     if account.get("appliance_state"):
         return f"Veeam: {escape(account['appliance_state'])}"
+    if account.get("handoff") == "done":
+        return "Veeam: has the secret (state not read yet)"
     return "Veeam: not reported yet" if appliance else "Veeam: no appliance connected"
 
 
