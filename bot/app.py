@@ -8,6 +8,8 @@ from slack_bolt import App
 
 import handlers.actions
 import handlers.commands
+import handlers.forms
+import handlers.home
 from bot.flows.root import Services
 
 
@@ -21,5 +23,7 @@ def build_app(services: Services) -> App:
         logger=logging.getLogger("slack_bolt"),
     )
     handlers.commands.register(app, services)
+    handlers.home.register(app, services)
+    handlers.forms.register(app, services)
     handlers.actions.register(app, services)
     return app

@@ -107,6 +107,10 @@ def register(app: App, services: Services) -> None:
     def on_renew(ack: Ack, body: dict[str, Any], action: dict[str, Any], respond: Respond) -> None:
         ack()
         container = body.get("container") or {}
+        # A Renew on the App Home has no message, channel or response_url: the renewal
+        # reports in the account's channel, and the answer goes on the clicker's Home.
+        on_home = container.get("type") == "view"
+        answer: Any = _home_answer(services, _user(body)) if on_home else respond
 
         def renew() -> None:
             account_ref = _row_id(action, "That account is not managed by this bot (any more).")
@@ -119,8 +123,14 @@ def register(app: App, services: Services) -> None:
                 thread_ts=container.get("message_ts"),
             )
             services.workers.submit(services.signin.start, flow_id)
+            if on_home:
+                flow = services.renew.record.get(flow_id)
+                answer(
+                    text=f":arrows_counterclockwise: Renewing `{flow['name']}`: the progress is in "
+                    f"<#{flow['channel_id']}>, and the sign-in code comes only to you."
+                )
 
-        _answer(respond, renew)
+        _answer(answer, renew)
 
     @app.action(ids.ACTION_RETIRE_OLD_SECRET)
     def on_retire(ack: Ack, body: dict[str, Any], action: dict[str, Any], respond: Respond) -> None:
@@ -194,6 +204,15 @@ def register(app: App, services: Services) -> None:
         # Registered last: a button from an older message, or a forged payload.
         ack()
         log.info("ignored an unknown action %r", str(action.get("action_id"))[:80])
+
+
+def _home_answer(services: Services, user: str) -> Callable[..., None]:
+    """A `respond` for a click on the App Home: the answer shows at the top of the Home."""
+
+    def answer(**payload: Any) -> None:
+        services.workers.submit(services.home.notice, user, str(payload.get("text") or ""))
+
+    return answer
 
 
 def _selected_options(body: dict[str, Any]) -> list[str]:

@@ -8,12 +8,14 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from slack_bolt import Ack, App, Respond
+from slack_sdk.errors import SlackApiError
 
 from bot.core.errors import DATABASE_UNAVAILABLE, CommandError, NotAuthorised, StorageError
 from bot.flows import appliance
 from bot.flows.accounts import account_history, account_view, account_views
 from bot.slack import blocks, ids
-from bot.slack.grammar import parse
+from bot.slack.blocks.forms import create_form
+from bot.slack.grammar import Command, parse
 
 if TYPE_CHECKING:
     from bot.flows.root import Services
@@ -33,12 +35,18 @@ def register(app: App, services: Services) -> None:
         if parsed.verb == "help":
             ack(**blocks.help_message())
             return
+        if not (command.get("text") or "").strip() and not services.authz.is_admin(user):
+            # Bare `/veeam-sa` opens the create form for those who may create; others get help.
+            ack(**blocks.help_message())
+            return
         try:
             if parsed.verb == "list":
                 services.authz.require_lister(user)
             else:
                 services.authz.require_admin(user, parsed.verb, parsed.name)
-            if parsed.verb == "create":
+            if parsed.verb == "create" and parsed.name is None:
+                _open_form(services, ack, command, parsed)
+            elif parsed.verb == "create":
                 flow_id = services.create.begin(
                     requester=user, channel_id=command.get("channel_id", ""), command=parsed
                 )
@@ -112,6 +120,28 @@ def register(app: App, services: Services) -> None:
         except (sqlite3.Error, StorageError):
             log.exception("database error while handling /veeam-sa %s", parsed.verb)
             ack(**blocks.error_message(DATABASE_UNAVAILABLE, with_help_hint=False))
+
+
+def _open_form(services: Services, ack: Ack, command: dict[str, Any], parsed: Command) -> None:
+    """Open the create form (filled in with what the command named) for the command's user."""
+    view = create_form(
+        channel_id=command.get("channel_id", ""),
+        description=parsed.description,
+        subscriptions=parsed.subscriptions,
+    )
+    try:
+        services.notifier.open_view(command.get("trigger_id", ""), view)
+    except (SlackApiError, OSError) as exc:
+        error = exc.response.get("error") if isinstance(exc, SlackApiError) else type(exc).__name__
+        log.warning("could not open the create form: %s", error)
+        ack(
+            **blocks.error_message(
+                f"I could not open the create form (Slack said `{error}`). Try again, or type "
+                f"`{ids.COMMAND} create NAME [--subscription ID]... [--description TEXT]`."
+            )
+        )
+        return
+    ack()
 
 
 def _cancel_mine(services: Services, user: str, respond: Respond) -> None:

@@ -26,7 +26,16 @@ from storage.db import open_store
 from tests.fakes.blockkit import block_errors
 from tests.fakes.microsoft import MicrosoftDouble
 from tests.fakes.slack import BOT_TOKEN, SlackDouble
-from tests.fakes.slack_requests import block_action_body, sign, slash_command_body
+from tests.fakes.slack_requests import (
+    app_home_opened_event,
+    block_action_body,
+    event_callback_payload,
+    interaction_body,
+    sign,
+    slash_command_body,
+    view_action_payload,
+    view_submission_payload,
+)
 
 SIGNING_SECRET = "harness-signing-secret"
 ADMIN = "U0ADMIN"
@@ -89,7 +98,11 @@ class Bot:
         """Send `/veeam-sa TEXT`; returns the text of the immediate (ephemeral) answer."""
         status, body = self._dispatch(
             slash_command_body(
-                text, user_id=user, channel_id=channel, response_url=self.slack.response_url()
+                text,
+                user_id=user,
+                channel_id=channel,
+                response_url=self.slack.response_url(),
+                trigger_id=self.slack.trigger_id(),
             )
         )
         assert status == 200, body
@@ -124,6 +137,33 @@ class Bot:
             **kwargs,
         )
         return self._dispatch(body)
+
+    def open_home(self, user: str = ADMIN) -> None:
+        """The user opens the bot's Home tab: Slack's signed `app_home_opened` event."""
+        event = app_home_opened_event(user, view=self.slack.home(user))
+        status, body = self._dispatch(json.dumps(event_callback_payload(event)))
+        assert status == 200, body
+
+    def click_home(self, action_id: str, value: str | None, user: str = ADMIN) -> tuple[int, str]:
+        """A click on a button of the Home tab `user` sees now."""
+        view = self.slack.home(user)
+        assert view is not None, f"{user} has no Home tab"
+        payload = view_action_payload(
+            action_id, value, view, user_id=user, trigger_id=self.slack.trigger_id()
+        )
+        return self._dispatch(interaction_body(payload))
+
+    def submit_view(
+        self, view_id: str, values: dict[str, dict[str, dict[str, Any]]], user: str = ADMIN
+    ) -> dict[str, Any]:
+        """Submit the modal `view_id` with `values`; Slack applies the bot's answer (a refused
+        answer fails the test). Returns `{"closed", "errors"}`."""
+        payload = view_submission_payload(
+            self.slack.view(view_id), values, user_id=user, trigger_id=self.slack.trigger_id()
+        )
+        status, body = self._dispatch(interaction_body(payload))
+        assert status == 200, body
+        return self.slack.check_view_ack(view_id, json.loads(body) if body else None)
 
     # -- looking -----------------------------------------------------------------------------
 

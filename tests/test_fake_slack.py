@@ -110,7 +110,7 @@ def test_ephemeral_dm_and_views(dbl: SlackDouble, client: WebClient) -> None:
     assert client.conversations_info(channel=dm)["channel"]["is_im"] is True
 
     view = client.views_open(
-        trigger_id="123.456",
+        trigger_id=dbl.trigger_id(),
         view={"type": "modal", "title": {"type": "plain_text", "text": "t"}, "blocks": []},
     )
     assert view["view"]["id"].startswith("V") and dbl.views[0]["type"] == "modal"

@@ -386,11 +386,11 @@ VIEW_LIMITS: dict[str, tuple[int, Callable[[int], dict[str, Any]], str]] = {
 
 
 @pytest.mark.parametrize("rule", sorted(VIEW_LIMITS))
-def test_each_view_limit_fires(client: WebClient, rule: str) -> None:
+def test_each_view_limit_fires(dbl: SlackDouble, client: WebClient, rule: str) -> None:
     limit, view, pointer = VIEW_LIMITS[rule]
-    assert client.views_open(trigger_id="1.2", view=view(limit))["ok"]
+    assert client.views_open(trigger_id=dbl.trigger_id(), view=view(limit))["ok"]
     with pytest.raises(SlackApiError) as err:
-        client.views_open(trigger_id="1.2", view=view(limit + 1))
+        client.views_open(trigger_id=dbl.trigger_id(), view=view(limit + 1))
     answer = err.value.response
     assert answer["error"] == "invalid_arguments"
     assert any(f"[json-pointer:{pointer}" in e for e in answer["errors"]), answer["errors"]
@@ -468,10 +468,12 @@ def _ephemeral_response_url(
 
 def _view(method: str) -> Callable[[WebClient, SlackDouble, Blocks], tuple[bool, str]]:
     def call(client: WebClient, dbl: SlackDouble, blocks: Blocks) -> tuple[bool, str]:
-        opened = client.views_open(trigger_id="1.2", view=modal([section("first")]))["view"]
+        opened = client.views_open(trigger_id=dbl.trigger_id(), view=modal([section("first")]))[
+            "view"
+        ]
         args: dict[str, Any] = {"view": modal(blocks)}
         if method in ("views.open", "views.push"):
-            args["trigger_id"] = "1.3"
+            args["trigger_id"] = dbl.trigger_id()
         elif method == "views.update":
             args["view_id"] = opened["id"]
         elif method == "views.publish":

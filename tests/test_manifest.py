@@ -115,3 +115,10 @@ def test_broken_manifest_is_rejected(
     broken = copy.deepcopy(manifest)
     breakage(broken)
     assert _errors(validator, broken), f"schema accepted a manifest with {label}"
+
+
+def test_home_tab_and_its_event(manifest: dict) -> None:
+    # The App Home is published when someone opens it: the tab must be enabled (views.publish
+    # answers not_enabled otherwise) and the app_home_opened bot event subscribed.
+    assert manifest["features"]["app_home"]["home_tab_enabled"] is True
+    assert manifest["settings"]["event_subscriptions"]["bot_events"] == ["app_home_opened"]

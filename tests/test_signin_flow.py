@@ -228,7 +228,7 @@ def test_name_in_flight_is_refused_with_a_pointer_to_renew(bot: Bot) -> None:
 @pytest.mark.parametrize(
     "text",
     [
-        "create",
+        "create --description",
         "create bad!name",
         "create ok --subscription nope",
         "create ok --region x",

@@ -190,6 +190,8 @@ def refresh(services: Context, now: datetime) -> int:
                     ),
                 )
                 seen += 1
+    if seen:
+        services.changed()
     return seen
 
 
@@ -270,6 +272,8 @@ def import_accounts(
                 },
             )
         adopted.append(name)
+    if adopted:
+        services.changed()
     return adopted, skipped
 
 
@@ -307,6 +311,7 @@ def sync(services: Context, name: str, user: str) -> dict[str, Any]:
         return blocks.error_message(
             f"`{name}` was not handed to Veeam: {appliance_text(exc)}.", with_help_hint=False
         )
+    services.changed()
     return blocks.note(
         f":white_check_mark: `{name}` is registered with the Veeam appliance (account `{appliance_id}`)."
     )

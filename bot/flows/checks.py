@@ -29,6 +29,7 @@ from bot.flows.provision import Provisioner
 from bot.flows.record import Record
 from bot.flows.signin import SignInEngine
 from bot.slack import blocks
+from bot.slack.blocks.forms import subscriptions_chosen
 from storage import queries
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,18 @@ class Prerequisites:
             self._db, flow_id, ["choosing"], "signed_in", data=json.dumps(data, sort_keys=True)
         ):
             return "Someone else already pressed Create."
+        if data.get("chooser_ts"):
+            # The chooser has done its job: it now says what was chosen, and by whom.
+            names = {s["id"]: s.get("name") for s in data.get("visible", [])}
+            self.notifier.update(
+                flow["channel_id"],
+                data["chooser_ts"],
+                subscriptions_chosen(
+                    by=user,
+                    chosen=[{"id": c, "name": names.get(c)} for c in chosen],
+                    name=flow["name"],
+                ),
+            )
         self.record.render_parent(self.record.get(flow_id))
         self.ctx.workers.submit(self.check, flow_id)
         return None

@@ -41,6 +41,10 @@ class Context:
     device: DeviceSignIn
     clock: Callable[[], datetime] = field(default=utcnow)
     appliance: VBAzureClient | None = None
+    #: Called when something a person's App Home shows may have changed (a flow started,
+    #: moved on or ended; an account created or renewed). The composition root points it at
+    #: the Home's debounced refresh; it must be cheap and must not raise.
+    changed: Callable[[], None] = field(default=lambda: None)
 
     @property
     def db(self) -> Any:

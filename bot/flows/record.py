@@ -75,6 +75,7 @@ class Record:
             outcome="accepted",
             detail={"flow": flow_id, **(detail or {})},
         )
+        self.ctx.changed()
         return flow_id
 
     @staticmethod
@@ -109,6 +110,7 @@ class Record:
     def render_parent(
         self, flow: dict[str, Any], outcome: str | None = None, summary: list[str] | None = None
     ) -> None:
+        self.ctx.changed()
         if not flow.get("parent_ts"):
             return
         payload = self.parent_payload(flow, outcome, summary)

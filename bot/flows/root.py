@@ -30,6 +30,7 @@ from bot.flows.context import Context
 from bot.flows.create import CreateFlow
 from bot.flows.endings import Endings
 from bot.flows.health import HealthCheck
+from bot.flows.home import HomeTab
 from bot.flows.provision import Provisioner
 from bot.flows.record import Record
 from bot.flows.renew import Renewals
@@ -58,6 +59,7 @@ class Services:
     retire: Retirements
     health: HealthCheck
     repair: Repairs
+    home: HomeTab
 
     @property
     def config(self) -> Config:
@@ -163,10 +165,18 @@ def build_services(
         "repair": repair.on_signed_in,
     }
 
+    home = HomeTab(ctx)
+    ctx.changed = home.changed
+
     def on_signed_in(flow_id: str, identity: Identity, session: Session) -> None:
         flow = queries.get_flow(ctx.store.db, flow_id)
         kind = flow["kind"] if flow is not None else "create"
-        next_step.get(kind, checks.on_signed_in)(flow_id, identity, session)
+        try:
+            next_step.get(kind, checks.on_signed_in)(flow_id, identity, session)
+        finally:
+            # A kind's steps after sign-in (a renewal's whole run) may end the flow without
+            # touching its record's checklist: the Home hears of it here.
+            ctx.changed()
 
     signin.on_signed_in = on_signed_in
     signin.on_token = checks.prefetch
@@ -188,4 +198,5 @@ def build_services(
         retire=retire,
         health=health,
         repair=repair,
+        home=home,
     )

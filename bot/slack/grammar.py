@@ -10,6 +10,10 @@
 /veeam-sa sync NAME
 /veeam-sa import
 /veeam-sa help
+
+Bare `/veeam-sa`, and `create` without a NAME, mean "open the create form": the `Command`
+is `create` with no name (and the options given, to fill the form in). `form_command`
+checks the form's fields by the same rules.
 """
 
 from __future__ import annotations
@@ -93,7 +97,7 @@ def parse(text: str) -> Command:
     except ValueError as exc:
         raise CommandError(f"I could not read the quoting in that command ({exc}).") from None
     if not words:
-        return Command("help")
+        return Command("create")
     verb, rest = words[0].lower(), words[1:]
     if verb not in SUBCOMMANDS:
         raise CommandError(
@@ -184,8 +188,6 @@ def _parse_create(words: list[str]) -> Command:
                 " (quote a description with spaces).",
             )
         i += 1
-    if name is None:
-        raise _usage_error("create", "`create` needs a NAME.")
     return Command(
         "create",
         name=name,
@@ -194,3 +196,51 @@ def _parse_create(words: list[str]) -> Command:
         credential=credential,
         roles=roles,
     )
+
+
+class FieldErrors(CommandError):
+    """What is wrong with the create form, per field (the form's block ids)."""
+
+    def __init__(self, fields: dict[str, str]) -> None:
+        super().__init__(" ".join(fields.values()))
+        self.fields = fields
+
+
+def _plain(message: str) -> str:
+    """A grammar message for a plain-text surface (a form's field errors show no mrkdwn)."""
+    return message.replace("`", "")
+
+
+def form_command(
+    name: str | None, description: str | None, subscriptions: str | None
+) -> Command:
+    """The create form's fields as a `create` command, by the command's own rules; raises
+    `FieldErrors` naming each bad field ("name", "description", "subscriptions")."""
+    errors: dict[str, str] = {}
+    name = (name or "").strip()
+    if not name:
+        errors["name"] = "Enter a name for the service account."
+    else:
+        try:
+            validate_name(name)
+        except CommandError as exc:
+            errors["name"] = _plain(str(exc))
+    text = (description or "").strip() or None
+    if text is not None and len(text) > 1024:
+        errors["description"] = f"The description is {len(text)} characters long; the limit is 1024."
+    chosen: list[str] = []
+    for part in re.split(r"[\s,;]+", subscriptions or ""):
+        if not part:
+            continue
+        if not GUID_RE.fullmatch(part):
+            errors["subscriptions"] = (
+                f"{_clip(part).replace('`', '')} is not a subscription id (a GUID such as "
+                "11111111-2222-3333-4444-555555555555). Leave the field empty to choose after "
+                "sign-in."
+            )
+            break
+        if part.lower() not in chosen:
+            chosen.append(part.lower())
+    if errors:
+        raise FieldErrors(errors)
+    return Command("create", name=name, subscriptions=tuple(chosen), description=text)

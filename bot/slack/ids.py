@@ -39,3 +39,13 @@ def snooze_action(option: str) -> str:
 
 #: The Repair button of a drift alert (its value is the drift's row id).
 ACTION_REPAIR_DRIFT = "veeam_sa.drift.repair"
+
+#: The create form (a modal): its callback id and its fields (block_id = action_id).
+VIEW_CREATE = "veeam_sa.create.form"
+FORM_NAME = "name"
+FORM_DESCRIPTION = "description"
+FORM_SUBSCRIPTIONS = "subscriptions"
+
+#: The App Home's page buttons: `veeam_sa.home.page.prev` / `.next`, the page in the value.
+ACTION_HOME_PAGE = "veeam_sa.home.page"
+HOME_PAGE_ACTION = re.compile(r"\A" + re.escape(ACTION_HOME_PAGE) + r"\.(?:prev|next)\Z")

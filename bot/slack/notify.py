@@ -207,3 +207,12 @@ class Notifier:
             return None
         email = profile.get("email")
         return str(email) if email else None
+
+    def publish_home(self, user: str, view: dict[str, Any]) -> None:
+        """Show `view` as `user`'s Home tab (views.publish); raises `SlackApiError`."""
+        self._client.views_publish(user_id=user, view=view)
+
+    def open_view(self, trigger_id: str, view: dict[str, Any]) -> None:
+        """Open the modal `view` for the person whose click or command gave `trigger_id`
+        (views.open: single-use, and only for 3 seconds); raises `SlackApiError`."""
+        self._client.views_open(trigger_id=trigger_id, view=view)

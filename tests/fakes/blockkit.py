@@ -25,6 +25,8 @@ References (docs.slack.dev):
 - OPTION:   https://docs.slack.dev/reference/block-kit/composition-objects/option-object
 - CONFIRM:  https://docs.slack.dev/reference/block-kit/composition-objects/confirmation-dialog-object
 - MODAL:    https://docs.slack.dev/reference/views/modal-views
+- PLAIN:    https://docs.slack.dev/reference/block-kit/block-elements/plain-text-input-element
+- HOME:     https://docs.slack.dev/surfaces/app-home (views: https://docs.slack.dev/reference/views)
 """
 
 from __future__ import annotations
@@ -81,8 +83,15 @@ MAX_CONFIRM_BUTTON = 30
 # IMAGE: image_url max 3000, alt_text max 2000, title plain_text max 2000.
 MAX_IMAGE_ALT = 2000
 MAX_IMAGE_TITLE = 2000
-# INPUT: label "A label ... plain_text ... Maximum length for the text in this field is 2000".
+# INPUT: label "A label ... plain_text ... Maximum length for the text in this field is 2000";
+# hint "plain_text ... Maximum length for the text in this field is 2000 characters";
+# optional and dispatch_action are booleans.
 MAX_INPUT_LABEL = 2000
+MAX_INPUT_HINT = 2000
+# PLAIN: placeholder "Maximum length for the text in this field is 150 characters";
+# min_length "Maximum value is 3000"; max_length "Minimum value is 1" (and Slack caps input
+# at 3000 characters); "Works with block types: Input" -- nowhere else.
+MAX_PLAIN_INPUT_LENGTH = 3000
 # MODAL: title plain_text max 24; close/submit plain_text max 24; private_metadata max 3000;
 # callback_id max 255.
 MAX_VIEW_TITLE = 24
@@ -97,6 +106,8 @@ MAX_MESSAGE_TEXT = 40000
 # refused rather than waved through, so a new element type gets rules before it is used.
 _SELECTS = ("static_select", "multi_static_select")
 _ELEMENTS = ("button", *_SELECTS)
+#: Elements that only an input block may hold (PLAIN: "Works with block types: Input").
+_INPUT_ONLY_ELEMENTS = ("plain_text_input",)
 # CONTEXT: elements are image elements and text objects.
 _CONTEXT_ELEMENTS = ("image", "plain_text", "mrkdwn")
 _TEXT_TYPES = ("plain_text", "mrkdwn")
@@ -191,6 +202,45 @@ def view_errors(view: Any) -> list[str]:
     return errors.items
 
 
+# Modals, "Handling view submissions" (https://docs.slack.dev/surfaces/modals): the answer to a
+# view_submission is empty (the modal closes) or carries a ``response_action``: ``errors``
+# with "an errors object ... keys are the block_id of the input blocks" and the message to
+# show under each; ``update`` / ``push`` with a ``view``; ``clear``.
+VIEW_RESPONSE_ACTIONS = ("errors", "update", "push", "clear")
+
+
+def view_ack_errors(view: dict[str, Any], ack: Any) -> list[str]:
+    """What Slack would refuse in the app's answer ``ack`` to a view_submission of ``view``
+    (an empty answer closes the modal and is always fine)."""
+    errors = _Errors()
+    if ack in (None, "", {}):
+        return errors.items
+    if not isinstance(ack, dict):
+        errors.add("", "must be an object")
+        return errors.items
+    action = ack.get("response_action")
+    if action not in VIEW_RESPONSE_ACTIONS:
+        errors.add("/response_action", f"must be one of {VIEW_RESPONSE_ACTIONS}")
+        return errors.items
+    if action == "errors":
+        fields = ack.get("errors")
+        inputs = {
+            b.get("block_id")
+            for b in view.get("blocks") or []
+            if isinstance(b, dict) and b.get("type") == "input"
+        }
+        if not isinstance(fields, dict) or not fields:
+            errors.add("/errors", "must be a non-empty object")
+            return errors.items
+        for block_id, message in fields.items():
+            if block_id not in inputs:
+                errors.add(f"/errors/{block_id}", "is not the block_id of an input block")
+            _string(errors, f"/errors/{block_id}", message, 1, MAX_TEXT)
+    elif action in ("update", "push"):
+        errors.items.extend(view_errors(ack.get("view")))
+    return errors.items
+
+
 # -- blocks ---------------------------------------------------------------------------------
 
 
@@ -260,11 +310,16 @@ def _image(errors: _Errors, pointer: str, block: dict[str, Any]) -> None:
 
 def _input(errors: _Errors, pointer: str, block: dict[str, Any]) -> None:
     _text(errors, f"{pointer}/label", block.get("label"), MAX_INPUT_LABEL, plain=True)
+    if block.get("hint") is not None:
+        _text(errors, f"{pointer}/hint", block["hint"], MAX_INPUT_HINT, plain=True)
+    for flag in ("optional", "dispatch_action"):
+        if flag in block and not isinstance(block[flag], bool):
+            errors.add(f"{pointer}/{flag}", "must be a boolean")
     element = block.get("element")
     if not isinstance(element, dict):
         errors.add(f"{pointer}/element", "is required")
         return
-    _element(errors, f"{pointer}/element", element, set())
+    _element(errors, f"{pointer}/element", element, set(), in_input=True)
 
 
 _BLOCK_CHECKS = {
@@ -281,12 +336,17 @@ _BLOCK_CHECKS = {
 # -- elements and composition objects -------------------------------------------------------
 
 
-def _element(errors: _Errors, pointer: str, element: Any, action_ids: set[str]) -> None:
+def _element(
+    errors: _Errors, pointer: str, element: Any, action_ids: set[str], *, in_input: bool = False
+) -> None:
     if not isinstance(element, dict):
         errors.add(pointer, "must be an object")
         return
     kind = element.get("type")
-    if kind not in _ELEMENTS:
+    if kind in _INPUT_ONLY_ELEMENTS and not in_input:
+        errors.add(f"{pointer}/type", f"{kind!r} is only allowed in an input block")
+        return
+    if kind not in _ELEMENTS and kind not in _INPUT_ONLY_ELEMENTS:
         errors.add(f"{pointer}/type", f"unsupported type: {kind!r}")
         return
     action_id = element.get("action_id")
@@ -303,8 +363,30 @@ def _element(errors: _Errors, pointer: str, element: Any, action_ids: set[str]) 
         _confirm(errors, f"{pointer}/confirm", element["confirm"])
     if kind == "button":
         _button(errors, pointer, element)
+    elif kind == "plain_text_input":
+        _plain_text_input(errors, pointer, element)
     else:
         _select(errors, pointer, element, multi=kind.startswith("multi_"))
+
+
+def _plain_text_input(errors: _Errors, pointer: str, element: dict[str, Any]) -> None:
+    if element.get("placeholder") is not None:
+        _text(errors, f"{pointer}/placeholder", element["placeholder"], MAX_PLACEHOLDER, plain=True)
+    for flag in ("multiline", "focus_on_load"):
+        if flag in element and not isinstance(element[flag], bool):
+            errors.add(f"{pointer}/{flag}", "must be a boolean")
+    low, high = element.get("min_length"), element.get("max_length")
+    for key, value, floor in (("min_length", low, 0), ("max_length", high, 1)):
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool):
+            errors.add(f"{pointer}/{key}", "must be an integer")
+        elif not floor <= value <= MAX_PLAIN_INPUT_LENGTH:
+            errors.add(f"{pointer}/{key}", f"must be between {floor} and {MAX_PLAIN_INPUT_LENGTH}")
+    if isinstance(low, int) and isinstance(high, int) and low > high:
+        errors.add(f"{pointer}/min_length", "must not exceed max_length")
+    if element.get("initial_value") is not None and not isinstance(element["initial_value"], str):
+        errors.add(f"{pointer}/initial_value", "must be a string")
 
 
 def _button(errors: _Errors, pointer: str, button: dict[str, Any]) -> None:

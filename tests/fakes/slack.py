@@ -48,7 +48,7 @@ from urllib.parse import parse_qsl, urlsplit
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import Server, ServerConnection, serve
 
-from tests.fakes.blockkit import MAX_MESSAGE_TEXT, block_errors, view_errors
+from tests.fakes.blockkit import MAX_MESSAGE_TEXT, block_errors, view_ack_errors, view_errors
 
 BOT_TOKEN = "xoxb-test-token"
 APP_TOKEN = "xapp-test-token"
@@ -68,6 +68,13 @@ DEFAULT_SCOPES = (
 _JSON_FIELDS = ("blocks", "attachments", "view", "metadata", "options")
 
 _USER_ID = re.compile(r"^[UW][A-Z0-9]+$")
+
+#: A trigger_id is good for one views.open / views.push, and only briefly: "Pass a valid
+#: trigger_id within 3 seconds of receiving it" (https://docs.slack.dev/tools/bolt-python/
+#: concepts/opening-modals); the views.open reference lists `invalid_trigger_id` ("The
+#: trigger_id is invalid"), `expired_trigger_id` ("The trigger_id is expired") and
+#: `exchanged_trigger_id` ("The trigger_id was already exchanged in a previous call").
+TRIGGER_TTL_S = 3.0
 
 Match = str | Callable[["Call"], bool] | None
 
@@ -186,6 +193,15 @@ class SlackDouble:
         self._messages: dict[tuple[str, str], dict[str, Any]] = {}
         self._ephemerals: list[dict[str, Any]] = []
         self._views: list[dict[str, Any]] = []
+        #: The Home tab each user sees (views.publish): ``{user_id: view}``.
+        self._homes: dict[str, dict[str, Any]] = {}
+        #: ``features.app_home.home_tab_enabled`` of the app's manifest: when False,
+        #: views.publish of a home view answers ``not_enabled`` ("Error returned if a `home`
+        #: view is published but the Home tab isn't enabled for the app", views.publish
+        #: reference).
+        self.home_tab_enabled = True
+        self._triggers: dict[str, float] = {}
+        self._exchanged: set[str] = set()
         self._dms: dict[str, str] = {}
         self._response_urls: dict[str, dict[str, Any]] = {}
 
@@ -435,6 +451,61 @@ class SlackDouble:
         """Views opened with ``views.open`` (as returned to the caller)."""
         with self._lock:
             return [_copy(v) for v in self._views]
+
+    def view(self, view_id: str) -> dict[str, Any]:
+        """One view opened with views.open (as updated since); KeyError if unknown."""
+        with self._lock:
+            for view in self._views:
+                if view["id"] == view_id:
+                    return _copy(view)
+        raise KeyError(view_id)
+
+    def home(self, user_id: str) -> dict[str, Any] | None:
+        """The Home tab ``user_id`` sees now (the last view published for them), or None."""
+        with self._lock:
+            view = self._homes.get(user_id)
+            return _copy(view) if view is not None else None
+
+    def trigger_id(self, *, age: float = 0.0) -> str:
+        """A trigger_id as Slack puts in an interaction payload; ``age`` back-dates it (a
+        trigger older than ``TRIGGER_TTL_S`` is expired)."""
+        with self._lock:
+            n = len(self._triggers) + 1
+            trigger = f"{1700000000 + n}.{n:07d}.{uuid.uuid4().hex[:20]}"
+            self._triggers[trigger] = time.monotonic() - age
+        return trigger
+
+    def check_view_ack(self, view_id: str, ack: Any) -> dict[str, Any]:
+        """Apply an app's answer to a view_submission of ``view_id`` as Slack does: refuse
+        what Slack would refuse (AssertionError), close the modal on an empty answer or
+        ``clear``, swap the view on ``update``. Returns ``{"closed": bool, "errors": {...}}``."""
+        with self._lock:
+            stored = next((v for v in self._views if v["id"] == view_id), None)
+            if stored is None:
+                raise KeyError(view_id)
+            refused = view_ack_errors(stored, ack) if self.validate_blocks else []
+            if refused:
+                raise AssertionError(f"Slack would refuse this view_submission answer: {refused}")
+            action = ack.get("response_action") if isinstance(ack, dict) else None
+            if action == "update":
+                stored.update(ack["view"])
+            closed = action in (None, "clear")
+            if closed:
+                stored["closed"] = True
+            return {"closed": closed, "errors": dict(ack.get("errors") or {}) if action else {}}
+
+    def _exchange_trigger(self, args: dict[str, Any]) -> None:
+        trigger = args.get("trigger_id")
+        if not trigger:
+            raise _SlackError("invalid_arguments")
+        issued = self._triggers.get(str(trigger))
+        if issued is None:
+            raise _SlackError("invalid_trigger_id")
+        if trigger in self._exchanged:
+            raise _SlackError("exchanged_trigger_id")
+        self._exchanged.add(str(trigger))
+        if time.monotonic() - issued > TRIGGER_TTL_S:
+            raise _SlackError("expired_trigger_id")
 
     def dm_channel(self, user_id: str) -> str:
         """The DM channel id ``conversations.open`` returns for ``user_id``."""
@@ -1095,13 +1166,12 @@ class SlackDouble:
         return {"channel": info}
 
     def _m_views_open(self, args: dict[str, Any], token: str | None) -> dict[str, Any]:
-        if not args.get("trigger_id"):
-            raise _SlackError("invalid_arguments")
+        self._exchange_trigger(args)
         view = args.get("view")
         if isinstance(view, str):
             view = json.loads(view)
-        if not isinstance(view, dict) or "type" not in view:
-            raise _SlackError("invalid_arguments")
+        if not isinstance(view, dict) or view.get("type") != "modal":
+            raise _SlackError("invalid_arguments")  # views.open and views.push open modals
         if self.validate_blocks:
             _validate_view(view)
         vid = "V" + uuid.uuid4().hex[:10].upper()
@@ -1133,9 +1203,6 @@ class SlackDouble:
         return view
 
     def _m_views_push(self, args: dict[str, Any], token: str | None) -> dict[str, Any]:
-        if not args.get("trigger_id"):
-            raise _SlackError("invalid_arguments")
-        self._view_arg(args)
         return self._m_views_open(args, token)
 
     def _m_views_update(self, args: dict[str, Any], token: str | None) -> dict[str, Any]:
@@ -1152,11 +1219,25 @@ class SlackDouble:
         view = self._view_arg(args)
         if view.get("type") != "home":
             raise _SlackError("invalid_arguments")
+        if not self.home_tab_enabled:
+            raise _SlackError("not_enabled")
         user = args.get("user_id")
         if not isinstance(user, str) or not _USER_ID.match(user):
             raise _SlackError("user_not_found")
-        full = {"id": "V" + uuid.uuid4().hex[:10].upper(), "team_id": self.team_id, **view}
+        full = {
+            "id": "V" + uuid.uuid4().hex[:10].upper(),
+            "team_id": self.team_id,
+            "app_id": self.app_id,
+            "bot_id": self.bot_id,
+            "state": {"values": {}},
+            "hash": f"{time.time():.6f}.{uuid.uuid4().hex[:8]}",
+            "private_metadata": "",
+            "callback_id": "",
+            "external_id": "",
+            **view,
+        }
         self._views.append(full)
+        self._homes[user] = full
         return {"view": _copy(full)}
 
     def _m_users_info(self, args: dict[str, Any], token: str | None) -> dict[str, Any]:

@@ -234,6 +234,128 @@ def multi_select_state(
     }
 
 
+def event_callback_payload(
+    event: dict[str, Any], team_id: str = TEAM_ID, api_app_id: str = APP_ID
+) -> dict[str, Any]:
+    """The Events API wrapper Slack posts (HTTP mode: a signed JSON body; Socket Mode: the
+    ``events_api`` envelope's payload) around one ``event``
+    (https://docs.slack.dev/apis/events-api/#callback-field)."""
+    seq = _next_seq()
+    return {
+        "token": VERIFICATION_TOKEN,
+        "team_id": team_id,
+        "api_app_id": api_app_id,
+        "event": event,
+        "type": "event_callback",
+        "event_id": f"Ev{seq:08d}",
+        "event_time": int(time.time()),
+        "authorizations": [
+            {
+                "enterprise_id": None,
+                "team_id": team_id,
+                "user_id": BOT_USER_ID,
+                "is_bot": True,
+                "is_enterprise_install": False,
+            }
+        ],
+        "is_ext_shared_channel": False,
+    }
+
+
+def app_home_opened_event(
+    user_id: str = "U0ADMIN", view: dict[str, Any] | None = None, tab: str = "home"
+) -> dict[str, Any]:
+    """``app_home_opened`` (https://docs.slack.dev/reference/events/app_home_opened): the
+    user's DM channel with the app, the tab, and the Home view when one was published."""
+    event: dict[str, Any] = {
+        "type": "app_home_opened",
+        "user": user_id,
+        "channel": "D" + user_id[1:],
+        "tab": tab,
+        "event_ts": f"{time.time():.6f}",
+    }
+    if view is not None:
+        event["view"] = view
+    return event
+
+
+def view_action_payload(
+    action_id: str,
+    value: str | None,
+    view: dict[str, Any],
+    user_id: str = "U0ADMIN",
+    trigger_id: str | None = None,
+    block_id: str = "actions",
+    team_id: str = TEAM_ID,
+    api_app_id: str = APP_ID,
+) -> dict[str, Any]:
+    """A ``block_actions`` click on a button of a view (a Home tab or a modal): the container
+    is the view, the payload carries the whole view and no channel, message or
+    ``response_url`` (https://docs.slack.dev/reference/interaction-payloads/block_actions-payload)."""
+    name = user_id.lower()
+    action: dict[str, Any] = {
+        "action_id": action_id,
+        "block_id": block_id,
+        "type": "button",
+        "text": {"type": "plain_text", "text": action_id, "emoji": True},
+        "action_ts": f"{int(time.time())}.{_next_seq():06d}",
+    }
+    if value is not None:
+        action["value"] = value
+    return {
+        "type": "block_actions",
+        "user": {"id": user_id, "username": name, "name": name, "team_id": team_id},
+        "api_app_id": api_app_id,
+        "token": VERIFICATION_TOKEN,
+        "container": {"type": "view", "view_id": view.get("id", "")},
+        "trigger_id": trigger_id or DEFAULT_TRIGGER_ID,
+        "team": {"id": team_id, "domain": TEAM_DOMAIN},
+        "enterprise": None,
+        "is_enterprise_install": False,
+        "view": view,
+        "actions": [action],
+    }
+
+
+def view_submission_payload(
+    view: dict[str, Any],
+    values: dict[str, dict[str, dict[str, Any]]],
+    user_id: str = "U0ADMIN",
+    trigger_id: str | None = None,
+    team_id: str = TEAM_ID,
+    api_app_id: str = APP_ID,
+) -> dict[str, Any]:
+    """A ``view_submission`` (https://docs.slack.dev/reference/interaction-payloads/view-interactions-payload):
+    the submitted view with ``state.values`` (``{block_id: {action_id: {...}}}``)."""
+    name = user_id.lower()
+    return {
+        "type": "view_submission",
+        "team": {"id": team_id, "domain": TEAM_DOMAIN},
+        "user": {"id": user_id, "username": name, "name": name, "team_id": team_id},
+        "api_app_id": api_app_id,
+        "token": VERIFICATION_TOKEN,
+        "trigger_id": trigger_id or DEFAULT_TRIGGER_ID,
+        "view": {**view, "state": {"values": values}},
+        "response_urls": [],
+        "is_enterprise_install": False,
+        "enterprise": None,
+    }
+
+
+def text_inputs(**values: str | None) -> dict[str, dict[str, dict[str, Any]]]:
+    """``state.values`` of plain_text_input fields whose block_id and action_id are both the
+    keyword's name (an empty optional field arrives as ``None``)."""
+    return {
+        key: {key: {"type": "plain_text_input", "value": value if value else None}}
+        for key, value in values.items()
+    }
+
+
+def interaction_body(payload: dict[str, Any]) -> str:
+    """The HTTP body of any interaction payload: form-encoded ``payload=<json>``."""
+    return urlencode({"payload": json.dumps(payload, separators=(",", ":"))})
+
+
 def post_signed(
     url: str,
     body: bytes | str,

@@ -30,6 +30,7 @@ def help_message() -> Payload:
     )
     examples = (
         "*Examples*\n"
+        "• `/veeam-sa` — opens a form to create a service account\n"
         "• `/veeam-sa create prod-backup --subscription 11111111-2222-3333-4444-555555555555`\n"
         '• `/veeam-sa create dr-site --description "DR copy jobs"` — pick subscriptions after sign-in\n'
         "• `/veeam-sa create lean --roles least-privilege` — one custom role with only what "
