@@ -280,3 +280,23 @@ def test_the_home_shows_what_the_appliance_reports(
     vb.set_cloud_state(account["appliance_id"], "ExpiredClientSecret")
     appliance.refresh(vbot.services.context, datetime.now(UTC))
     wait_home(slack, ADMIN, ":warning: Veeam reports ExpiredClientSecret")
+
+
+def test_the_home_shows_health_and_the_kind_of_credential(
+    bot: Bot, slack: SlackDouble
+) -> None:
+    bot.services.home.delay = 0.05
+    sign_in(bot, f"create prod --subscription {SUB} --credential certificate")
+    bot.wait_state("prod", "done", timeout=30)
+    bot.open_home(ADMIN)
+    home = wait_home(slack, ADMIN, "*`prod`*")
+    assert "certificate expires" in texts(home)
+    # the health check's word reaches the open Home without reopening it
+    bot.services.health.run()
+    home = wait_home(slack, ADMIN, "healthy (checked")
+    assert view_errors(home) == []
+    account = bot.db.table("accounts").get(bot.flow("prod")["account_id"])
+    bot.ms.remove_certificate_out_of_band(account["app_id"])
+    bot.services.health.run()
+    home = wait_home(slack, ADMIN, "drift: ")
+    assert view_errors(home) == []

@@ -490,6 +490,8 @@ class HealthCheck:
             except Exception:  # noqa: BLE001 - one account's trouble must not stop the rest
                 log.exception("health check of %s failed", account["name"])
                 continue
+            if health.state != account.get("health_state"):
+                self.ctx.changed()  # the App Home shows each account's health
             result.checked += 1
             result.states[health.state] = result.states.get(health.state, 0) + 1
             result.alerted += posted

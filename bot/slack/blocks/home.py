@@ -15,6 +15,7 @@ from typing import Any
 
 from bot.slack import ids
 from bot.slack.blocks.common import MAX_SECTION_TEXT, _context, _section, escape, slack_date
+from bot.slack.blocks.health import health_line
 
 MAX_HOME_BLOCKS = 100
 PER_PAGE = 30
@@ -95,9 +96,16 @@ def _account_block(account: dict[str, Any], *, renew: bool, appliance: bool) -> 
     if account.get("end_ts") is not None:
         when = slack_date(account["end_ts"], str(account.get("end_at") or "")[:10])
         verb = "expired" if account["status"] == "expired" else "expires"
-        parts.append(f"secret {verb} {when}")
+        noun = "certificate" if account.get("credential") == "certificate" else "secret"
+        parts.append(f"{noun} {verb} {when}")
     parts.append(_appliance(account, appliance))
-    block = _section(" · ".join(parts))
+    if account.get("appliance_id") and account.get("permissions_state"):
+        state = ", ".join(str(s) for s in account["permissions_state"])
+        parts.append(f"Veeam's permission check: {escape(state)}")
+    health = health_line(account)
+    if health:
+        parts.append(health)
+    block = _section(" · ".join(parts)[:MAX_SECTION_TEXT])
     if renew and account.get("state") == "active":
         block["accessory"] = {
             "type": "button",
