@@ -234,7 +234,13 @@ def run() -> str:
                 end - timedelta(days=7),
                 sleep=lambda s: None,
             )
-            alert_ts = str(slack.calls_to("chat.postMessage")[-1].response["ts"])
+            alert_ts = str(
+                next(  # the channel's warning (the requester also gets a direct message)
+                    c
+                    for c in reversed(slack.calls_to("chat.postMessage"))
+                    if c.args.get("channel") == CHANNEL and not c.args.get("thread_ts")
+                ).response["ts"]
+            )
             bot.click(ids.renew_action(int(account["id"])), str(account["id"]), message_ts=alert_ts)
             _wait(lambda: len(ms.flows) >= 2, "the renewal's code")
             render.replace(ms.flows[-1].user_code, USER_CODES[1])
