@@ -25,8 +25,9 @@ B = TypeVar("B")
 FANOUT = 16
 #: At most this many helper threads in the process.
 LIMIT = 64
-#: A helper thread idle this long ends.
-IDLE_SECONDS = 60.0
+#: A helper thread idle this long ends: long enough to carry one flow's fan-outs from step
+#: to step, short enough that a burst of flows leaves no crowd of idle threads behind.
+IDLE_SECONDS = 5.0
 
 
 class _Helper:
