@@ -47,12 +47,10 @@ from bot.clients.signin import Identity, Session
 from bot.core.certs import Certificate
 from bot.core.clock import parse_time
 from bot.core.errors import (
-    Cancelled,
     CommandError,
     MicrosoftError,
     VeeamSAError,
     as_flow_error,
-    error_label,
 )
 from bot.flows import expiry
 from bot.flows.appliance import hand_off_stored
@@ -71,7 +69,7 @@ from bot.flows.secrets import (
 )
 from bot.flows.signin import SignInEngine
 from bot.slack import blocks
-from bot.slack.messages import flow_failure, secret_policy_note
+from bot.slack.messages import secret_policy_note
 from storage import queries
 
 log = logging.getLogger(__name__)
@@ -465,22 +463,7 @@ class Renewals:
             raise SecretProofFailed(f"the new secret could not obtain a token: {failure}")
 
     def _fail(self, flow: dict[str, Any], account: dict[str, Any], error: VeeamSAError) -> None:
-        reason = flow_failure(error)
-        cancelled = isinstance(error, Cancelled)
-        queries.transition_flow(
-            self._db,
-            flow["id"],
-            ["renewing", "signed_in"],
-            "cancelled" if cancelled else "failed",
-            error=None if cancelled else error_label(error),
-        )
-        self.signin.drop_session(flow["id"])
-        self.record.audit(
-            flow,
-            "renew.cancelled" if cancelled else "renew.failed",
-            "cancelled" if cancelled else "failed",
-            reason=reason[:300],
-        )
+        reason, cancelled = self.signin.close_failed(flow, ["renewing", "signed_in"], "renew", error)
         head = (
             f":no_entry_sign: Renewal of `{account['name']}` cancelled: {reason}"
             if cancelled

@@ -31,12 +31,10 @@ from bot.clients.arm import ArmClient, assignment_name
 from bot.clients.graph import GraphClient
 from bot.clients.signin import Identity, Session
 from bot.core.errors import (
-    Cancelled,
     CommandError,
     MicrosoftError,
     VeeamSAError,
     as_flow_error,
-    error_label,
 )
 from bot.flows.appliance import hand_off
 from bot.flows.context import Context
@@ -50,7 +48,6 @@ from bot.flows.secrets import (
 )
 from bot.flows.signin import SignInEngine
 from bot.slack import blocks
-from bot.slack.messages import flow_failure
 from storage import queries
 
 log = logging.getLogger(__name__)
@@ -317,23 +314,7 @@ class Repairs:
         return text
 
     def _fail(self, flow: dict[str, Any], account: dict[str, Any], error: VeeamSAError) -> None:
-        reason = flow_failure(error)
-        cancelled = isinstance(error, Cancelled)
-        queries.transition_flow(
-            self._db,
-            flow["id"],
-            ["repairing", "signed_in"],
-            "cancelled" if cancelled else "failed",
-            error=None if cancelled else error_label(error),
-        )
-        self.signin.drop_session(flow["id"])
-        self.signin.forget_cancel(flow["id"])
-        self.record.audit(
-            flow,
-            "repair.cancelled" if cancelled else "repair.failed",
-            "cancelled" if cancelled else "failed",
-            reason=reason[:300],
-        )
+        reason, cancelled = self.signin.close_failed(flow, ["repairing", "signed_in"], "repair", error)
         self.ctx.notifier.thread(
             flow["channel_id"],
             flow.get("parent_ts"),

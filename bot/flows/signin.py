@@ -32,7 +32,7 @@ from bot.clients.signin import (
     dump_flow,
 )
 from bot.core import metrics
-from bot.core.errors import Cancelled, SignInError, VeeamSAError, as_flow_error
+from bot.core.errors import Cancelled, SignInError, VeeamSAError, as_flow_error, error_label
 from bot.core.fanout import both
 from bot.core.logs import forget, register_secret
 from bot.flows.context import Context
@@ -40,7 +40,7 @@ from bot.flows.record import Record
 from bot.flows.redeem import Redemption
 from bot.flows.states import SIGN_IN_STATES
 from bot.slack import blocks
-from bot.slack.messages import sign_in_failure
+from bot.slack.messages import flow_failure, sign_in_failure
 from storage import queries
 
 log = logging.getLogger(__name__)
@@ -370,6 +370,31 @@ class SignInEngine:
         with self._lock:  # the code is redeemed: a retry goes on from here, never polls again
             self._stalled[flow_id] = (self._stalled.get(flow_id, (0, None))[0], result.identity)
         self.redemption.signed_in(flow, result.identity, session)
+
+    def close_failed(
+        self, flow: dict[str, Any], states: list[str], kind: str, error: VeeamSAError
+    ) -> tuple[str, bool]:
+        """End a flow after sign-in that failed or was cancelled (from one of `states`):
+        its state and error label, its session dropped, its audit row (`KIND.failed` /
+        `KIND.cancelled`). Returns the reason in words and whether it was a cancel."""
+        reason = flow_failure(error)
+        cancelled = isinstance(error, Cancelled)
+        queries.transition_flow(
+            self._db,
+            flow["id"],
+            states,
+            "cancelled" if cancelled else "failed",
+            error=None if cancelled else error_label(error),
+        )
+        self.drop_session(flow["id"])
+        self.forget_cancel(flow["id"])
+        self.record.audit(
+            flow,
+            f"{kind}.cancelled" if cancelled else f"{kind}.failed",
+            "cancelled" if cancelled else "failed",
+            reason=reason[:300],
+        )
+        return reason, cancelled
 
     def fail(self, flow_id: str, error: SignInError, who: str | None = None) -> None:
         flow = queries.get_flow(self._db, flow_id)
