@@ -117,18 +117,32 @@ def add_secret(
         "state": state,
     }
     created.clear()  # drop the plaintext as early as possible
+    return _store(services, flow, row, "azure.secret", {}, limit)
+
+
+def _store(
+    services: Context,
+    flow: dict[str, Any],
+    row: dict[str, Any],
+    action: str,
+    detail: dict[str, Any],
+    limit: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Insert a new credential's row (encrypted) with its audit row, in one transaction;
+    the returned row says under `policy_limit` what shortened it, if anything."""
     db = services.store.db
     with db.atomic():
         row["id"] = queries.insert_secret(db, row)
         queries.add_audit(
             db,
             actor=flow["requester"],
-            action="azure.secret",
+            action=action,
             target=flow["name"],
             outcome="created",
             detail={
                 "flow": flow["id"],
                 "key_id": row["key_id"],
+                **detail,
                 "end_at": row["end_at"],
                 **({"policy_limit": limit} if limit else {}),
             },
@@ -232,26 +246,9 @@ def add_certificate(
         "state": state,
         "kind": "certificate",
     }
-    db = services.store.db
-    with db.atomic():
-        row["id"] = queries.insert_secret(db, row)
-        queries.add_audit(
-            db,
-            actor=flow["requester"],
-            action="azure.certificate",
-            target=flow["name"],
-            outcome="created",
-            detail={
-                "flow": flow["id"],
-                "key_id": row["key_id"],
-                "thumbprint": cert.thumbprint,
-                "end_at": row["end_at"],
-                **({"policy_limit": limit} if limit else {}),
-            },
-        )
-    if limit:
-        row["policy_limit"] = limit
-    return row
+    return _store(
+        services, flow, row, "azure.certificate", {"thumbprint": cert.thumbprint}, limit
+    )
 
 
 #: How long to keep trying a new credential before calling it broken.
