@@ -112,6 +112,12 @@ class GraphClient(MicrosoftApi):
         custom one assigned to the application) or the tenant default. None when there is no
         such cap or the signed-in account may not read the policy (403: privileged roles
         only)."""
+        return self._max_lifetime(policy, "passwordCredentials", "passwordLifetime")
+
+    def _max_lifetime(
+        self, policy: str | None, credentials: str, restriction: str
+    ) -> timedelta | None:
+        """The `restriction`'s `maxLifetime` among the policy's `credentials` restrictions."""
         if policy and policy != DEFAULT_APP_POLICY_ID:
             path, key = f"/v1.0/policies/appManagementPolicies/{policy}", "restrictions"
         else:
@@ -124,11 +130,10 @@ class GraphClient(MicrosoftApi):
             raise
         if not isinstance(found, dict) or found.get("isEnabled") is False:
             return None
-        restrictions = found.get(key) or {}
-        for item in restrictions.get("passwordCredentials") or []:
+        for item in (found.get(key) or {}).get(credentials) or []:
             if (
                 isinstance(item, dict)
-                and item.get("restrictionType") == "passwordLifetime"
+                and item.get("restrictionType") == restriction
                 and item.get("state", "enabled") == "enabled"
             ):
                 return iso_duration(item.get("maxLifetime"))
@@ -240,26 +245,7 @@ class GraphClient(MicrosoftApi):
     def key_max_lifetime(self, policy: str | None = None) -> timedelta | None:
         """The longest certificate an app management policy allows (`keyCredentials`
         restriction `asymmetricKeyLifetime`); None when there is no cap or it cannot be read."""
-        if policy and policy != DEFAULT_APP_POLICY_ID:
-            path, key = f"/v1.0/policies/appManagementPolicies/{policy}", "restrictions"
-        else:
-            path, key = "/v1.0/policies/defaultAppManagementPolicy", "applicationRestrictions"
-        try:
-            found = self.get_json(path)
-        except MicrosoftError as exc:
-            if exc.status in (400, 401, 403, 404):
-                return None
-            raise
-        if not isinstance(found, dict) or found.get("isEnabled") is False:
-            return None
-        for item in (found.get(key) or {}).get("keyCredentials") or []:
-            if (
-                isinstance(item, dict)
-                and item.get("restrictionType") == "asymmetricKeyLifetime"
-                and item.get("state", "enabled") == "enabled"
-            ):
-                return iso_duration(item.get("maxLifetime"))
-        return None
+        return self._max_lifetime(policy, "keyCredentials", "asymmetricKeyLifetime")
 
     def set_first_key(self, object_id: str, credential: dict[str, Any]) -> None:
         """Put the application's first certificate on it: `PATCH keyCredentials` replaces the
