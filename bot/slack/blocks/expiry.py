@@ -301,40 +301,50 @@ def renewed_keep_old(
     old: list[dict[str, Any]],
     certificate: bool = False,
 ) -> Payload:
-    """Renewed without an appliance: where the new secret is, how to give it to Veeam, and
-    the button that removes the old secret once Veeam has the new one."""
-    if certificate:
-        return _renewed_certificate_keep_old(name, new_hint, new_end_ts, new_end_date, old)
+    """Renewed without an appliance: where the new secret (or certificate) is, how to give it
+    to Veeam, and the button that removes the old one once Veeam has the new one."""
+    noun = "certificate" if certificate else "secret"
     olds = ", ".join(
         f"`{o['hint'] or '?'}…` (expires {slack_date(o['end_ts'], o['end_at'][:10])})" for o in old
     )
     head = (
-        f":white_check_mark: Renewed. The new secret `{new_hint}…` of *`{name}`* works (it "
+        f":white_check_mark: Renewed. The new {noun} `{new_hint}…` of *`{name}`* works (it "
         f"obtained a token) and expires {slack_date(new_end_ts, new_end_date)}. No Veeam "
         "appliance is connected to the bot, so Veeam was not updated.\n"
-        f":warning: The old secret {olds} is *still live*: Veeam keeps using it until you give "
+        f":warning: The old {noun} {olds} is *still live*: Veeam keeps using it until you give "
         "it the new one, and removing it before then stops Veeam's backups."
     )
+    if certificate:
+        export = (
+            f"1. On the bot's host run `veeam-sa-bot secret show {name} --out {name}.pfx`: it "
+            "writes the certificate with its private key and prints the file's password once.\n"
+            f"2. In Veeam Backup for Microsoft Azure open *Service Accounts*, select `{name}`, "
+            "choose *Edit* and upload the file with its password; then delete the file.\n"
+        )
+    else:
+        export = (
+            f"1. On the bot's host run `veeam-sa-bot secret show {name}`: it prints the new "
+            "secret (the bot never shows it in Slack).\n"
+            f"2. In Veeam Backup for Microsoft Azure open *Service Accounts*, select `{name}`, "
+            "choose *Edit* and paste it at the *Secret* step.\n"
+        )
     steps = (
-        "*Put the new secret into Veeam*\n"
-        f"1. On the bot's host run `veeam-sa-bot secret show {name}`: it prints the new secret "
-        "(the bot never shows it in Slack).\n"
-        f"2. In Veeam Backup for Microsoft Azure open *Service Accounts*, select `{name}`, "
-        "choose *Edit* and paste it at the *Secret* step.\n"
-        f"3. Then press the button (or run `/veeam-sa retire {name}`): the bot signs you in "
-        "and removes the old secret in Entra."
+        f"*Put the new {noun} into Veeam*\n"
+        + export
+        + f"3. Then press the button (or run `/veeam-sa retire {name}`): the bot signs you in "
+        f"and removes the old {noun} in Entra."
     )
     button = {
         "type": "button",
         "action_id": ids.ACTION_RETIRE_OLD_SECRET,
-        "text": {"type": "plain_text", "text": "Veeam has the new secret — remove the old one"},
+        "text": {"type": "plain_text", "text": f"Veeam has the new {noun} — remove the old one"},
         "value": str(old[0]["id"]),
         "style": "danger",
         "confirm": {
-            "title": {"type": "plain_text", "text": "Remove the old secret?"},
+            "title": {"type": "plain_text", "text": f"Remove the old {noun}?"},
             "text": {
                 "type": "mrkdwn",
-                "text": f"Only if Veeam already holds the new secret of `{name}`: "
+                "text": f"Only if Veeam already holds the new {noun} of `{name}`: "
                 "a Veeam still using the old one stops backing up.",
             },
             "confirm": {"type": "plain_text", "text": "Remove it"},
@@ -342,7 +352,7 @@ def renewed_keep_old(
         },
     }
     return {
-        "text": f"{name} renewed; the old secret stays live until Veeam has the new one",
+        "text": f"{name} renewed; the old {noun} stays live until Veeam has the new one",
         "blocks": [
             _section(head),
             _section(steps),
@@ -388,54 +398,3 @@ def retiring_reminder(
 
 
 # -- list and show -----------------------------------------------------------------------
-
-
-def _renewed_certificate_keep_old(
-    name: str, new_hint: str, new_end_ts: float, new_end_date: str, old: list[dict[str, Any]]
-) -> Payload:
-    """`renewed_keep_old` for a certificate account: the new certificate goes to Veeam as a
-    .pfx file the operator writes on the bot's host."""
-    olds = ", ".join(
-        f"`{o['hint'] or '?'}…` (expires {slack_date(o['end_ts'], o['end_at'][:10])})" for o in old
-    )
-    head = (
-        f":white_check_mark: Renewed. The new certificate `{new_hint}…` of *`{name}`* works (it "
-        f"obtained a token) and expires {slack_date(new_end_ts, new_end_date)}.\n"
-        f":warning: The old certificate {olds} is *still live*: Veeam keeps using it until you "
-        "give it the new one, and removing it before then stops Veeam's backups."
-    )
-    steps = (
-        "*Put the new certificate into Veeam*\n"
-        f"1. On the bot's host run `veeam-sa-bot secret show {name} --out {name}.pfx`: it writes "
-        "the certificate with its private key and prints the file's password once.\n"
-        f"2. In Veeam Backup for Microsoft Azure open *Service Accounts*, select `{name}`, "
-        "choose *Edit* and upload the file with its password; then delete the file.\n"
-        f"3. Then press the button (or run `/veeam-sa retire {name}`): the bot signs you in "
-        "and removes the old certificate in Entra."
-    )
-    button = {
-        "type": "button",
-        "action_id": ids.ACTION_RETIRE_OLD_SECRET,
-        "text": {"type": "plain_text", "text": "Veeam has the new one — remove the old one"},
-        "value": str(old[0]["id"]),
-        "style": "danger",
-        "confirm": {
-            "title": {"type": "plain_text", "text": "Remove the old certificate?"},
-            "text": {
-                "type": "mrkdwn",
-                "text": f"Only if Veeam already holds the new certificate of `{name}`: "
-                "a Veeam still using the old one stops backing up.",
-            },
-            "confirm": {"type": "plain_text", "text": "Remove it"},
-            "deny": {"type": "plain_text", "text": "Not yet"},
-        },
-    }
-    return {
-        "text": f"{name} renewed; the old certificate stays live until Veeam has the new one",
-        "blocks": [
-            _section(head),
-            _section(steps),
-            {"type": "actions", "elements": [button]},
-            _context("Only the bot's admins may remove it; it is audited."),
-        ],
-    }
