@@ -15,13 +15,14 @@ from bot import scheduler
 from bot.core.errors import CommandError
 from bot.slack import ids
 from bot.slack.grammar import parse
-from tests.fakes.microsoft import ALICE_UPN, DEFAULT_SUBSCRIPTIONS, MicrosoftDouble
+from tests.fakes.microsoft import ALICE_UPN, CONTRIBUTOR, DEFAULT_SUBSCRIPTIONS, MicrosoftDouble
 from tests.fakes.slack import SlackDouble
 from tests.fakes.slack_requests import multi_select_state
 from tests.fakes.tls import TestCA
 from tests.fakes.vbazure import DEFAULT_PASSWORD, DEFAULT_USERNAME, VBAzureDouble
-from tests.harness import Bot
+from tests.harness import ADMIN, Bot
 from tests.process import BotProcess, create, flow_row, launch, thread_has, wait_until
+from tests.test_home import wait_home
 from tests.test_provision import DEFAULT_ROLE_IDS, sign_in
 
 SUB, SUB_B = (sid for sid, _ in DEFAULT_SUBSCRIPTIONS)
@@ -107,6 +108,8 @@ def test_account_for_a_group_is_assigned_at_the_group_and_follows_it(
     shown = vbot.command("show prod")
     assert "management group `backup-prod`" in shown and "not followed" in shown
     assert "management group `backup-prod`" in vbot.command("list")
+    vbot.open_home(ADMIN)
+    wait_home(slack, ADMIN, "management group `backup-prod` Backup production")
     requested = next(vbot.db.table("audit").rows_where("action = 'create.requested'"))
     assert json.loads(requested["detail"])["management_group"] == "backup-prod"
 
@@ -116,6 +119,15 @@ def test_account_for_a_group_is_assigned_at_the_group_and_follows_it(
     assert ms.requests_to(
         "arm", "GET", r"(?i)managementGroups/backup-prod/providers/Microsoft\.Authorization/roleAssignments"
     )
+
+    # a role removed at the group (someone in the portal) is drift, named at the group
+    gone = next(ra for ra in ms.assignments_for(sp.id) if ra.role_definition_id == CONTRIBUTOR)
+    ms.role_assignments.remove(gone)
+    result = vbot.services.health.run()
+    assert result.states.get("drift") == 1, result
+    drift = next(vbot.db.table("drifts").rows_where("kind = 'roles'"))
+    assert "on management group `backup-prod`" in drift["detail"]
+    ms.role_assignments.append(gone)
 
     # a subscription moved into the group later: covered by the roles already there, and
     # handed to the appliance by the scheduled scan — no new role assignment
@@ -171,6 +183,14 @@ def test_the_chooser_offers_the_groups_the_account_can_see(
     bot.wait_state("prod", "done", timeout=30)
     sp = ms.service_principal(ms.application(display_name="prod").app_id)
     assert {ra.scope for ra in ms.assignments_for(sp.id)} == {GROUP}
+
+
+def test_least_privilege_for_a_group_is_refused_and_says_why(
+    bot: Bot, ms: MicrosoftDouble
+) -> None:
+    answer = bot.command("create prod --management-group backup-prod --roles least-privilege")
+    assert "not offered" in answer and "data actions" in answer and "--roles builtin" in answer
+    assert bot.db.table("flows").count == 0 and ms.flows == []
 
 
 def test_missing_right_at_the_group_is_named_with_the_fix(bot: Bot, ms: MicrosoftDouble) -> None:
