@@ -24,6 +24,7 @@ from tests.harness import ADMIN, Bot
 from tests.process import BotProcess, create, flow_row, launch, thread_has, wait_until
 from tests.test_home import wait_home
 from tests.test_provision import DEFAULT_ROLE_IDS, sign_in
+from tests.test_renew import alert, approve_next, wait_renew
 
 SUB, SUB_B = (sid for sid, _ in DEFAULT_SUBSCRIPTIONS)
 GROUP = "/providers/Microsoft.Management/managementGroups/backup-prod"
@@ -149,6 +150,27 @@ def test_account_for_a_group_is_assigned_at_the_group_and_follows_it(
     scheduler.run_scan(vbot.services)
     [held] = vb.accounts.values()
     assert held["subscriptions"] == [SUB_B]
+
+
+def test_renewal_gives_veeam_the_group_subscriptions(
+    vbot: Bot, ms: MicrosoftDouble, vb: VBAzureDouble
+) -> None:
+    groups(ms)
+    sign_in(vbot, "create prod --management-group backup-prod")
+    vbot.wait_state("prod", "done", timeout=30)
+    vbot.wait_thread("prod", "is ready")
+    account = dict(next(vbot.db.table("accounts").rows_where("name = ?", ["prod"])))
+    puts = role_puts(ms)
+    [held] = vb.accounts.values()
+    held["subscriptions"] = [SUB, SUB_B]  # edited in Veeam; the group holds SUB only
+    ts = alert(vbot, account)
+    vbot.click(ids.ACTION_RENEW, str(account["id"]), user=ADMIN, message_ts=ts)
+    approve_next(vbot, 2)
+    wait_renew(vbot, "done")
+    [held] = vb.accounts.values()
+    assert held["subscriptions"] == [SUB]  # the group decides, as for Veeam's own accounts
+    assert held["clientSecret"] == ms.application(app_id=account["app_id"]).passwords[0].secret_text
+    assert role_puts(ms) == puts  # a renewal assigns nothing
 
 
 def test_the_chooser_offers_the_groups_the_account_can_see(
