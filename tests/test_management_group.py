@@ -22,6 +22,7 @@ from tests.fakes.tls import TestCA
 from tests.fakes.vbazure import DEFAULT_PASSWORD, DEFAULT_USERNAME, VBAzureDouble
 from tests.harness import ADMIN, Bot
 from tests.process import BotProcess, create, flow_row, launch, thread_has, wait_until
+from tests.test_health import alert_ts, repair
 from tests.test_home import wait_home
 from tests.test_provision import DEFAULT_ROLE_IDS, sign_in
 from tests.test_renew import alert, approve_next, wait_renew
@@ -128,7 +129,11 @@ def test_account_for_a_group_is_assigned_at_the_group_and_follows_it(
     assert result.states.get("drift") == 1, result
     drift = next(vbot.db.table("drifts").rows_where("kind = 'roles'"))
     assert "on management group `backup-prod`" in drift["detail"]
-    ms.role_assignments.append(gone)
+    # Repair assigns it again, at the group
+    repair(vbot, alert_ts(slack), drift["id"], len(ms.flows))
+    assert (GROUP, CONTRIBUTOR) in {
+        (ra.scope, ra.role_definition_id) for ra in ms.assignments_for(sp.id)
+    }
 
     # a subscription moved into the group later: covered by the roles already there, and
     # handed to the appliance by the scheduled scan — no new role assignment
