@@ -7,6 +7,8 @@
   the direct children, each with `type` "/subscriptions" or
   "Microsoft.Management/managementGroups" (`ManagementGroupChildType` in the SDKs);
   `$recurse=true` the whole tree.
+- "Azure custom roles": a custom role may name one management group among its assignable
+  scopes, no more.
 - "Understand scope for Azure RBAC" and "List Azure role assignments using the REST API":
   permissions and role assignments at `/providers/Microsoft.Management/managementGroups/{id}`;
   `$filter=principalId eq '…'` returns a principal's assignments at, above and below a scope.
@@ -179,3 +181,32 @@ def test_role_assignment_at_the_group_reaches_its_subscriptions(dbl, http):
     assert gone.status_code == 200
     assert not dbl.blocks_of_application(sp["appId"], SUB1)
     assert http.delete(url, params=AUTH_API, headers=bearer(group_owner)).status_code == 204
+
+
+def test_custom_role_assignable_at_one_group_only(dbl, http):
+    _, token = _group_user(dbl)
+    dbl.add_management_group("other", "Other")
+
+    def put(scopes):
+        return http.put(
+            f"{dbl.arm_url}{MG}/backup-prod/providers/Microsoft.Authorization/roleDefinitions/"
+            f"{uuid.uuid4()}",
+            params=AUTH_API,
+            json={
+                "properties": {
+                    "roleName": f"role {uuid.uuid4().hex[:6]}",
+                    "type": "CustomRole",
+                    "permissions": [{"actions": ["*/read"]}],
+                    "assignableScopes": scopes,
+                }
+            },
+            headers=bearer(token),
+        )
+
+    made = put([f"{MG}/backup-prod"])
+    assert made.status_code == 201, made.text
+    two = put([f"{MG}/backup-prod", f"{MG}/other"])
+    assert two.status_code == 400
+    assert "only one management group" in two.json()["error"]["message"]
+    [role] = dbl.custom_roles()
+    assert role.assignable_scopes == [f"{MG}/backup-prod"]

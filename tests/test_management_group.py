@@ -212,12 +212,37 @@ def test_the_chooser_offers_the_groups_the_account_can_see(
     assert {ra.scope for ra in ms.assignments_for(sp.id)} == {GROUP}
 
 
-def test_least_privilege_for_a_group_is_refused_and_says_why(
+def test_least_privilege_for_a_group_has_its_custom_role_assignable_at_the_group(
     bot: Bot, ms: MicrosoftDouble
 ) -> None:
-    answer = bot.command("create prod --management-group backup-prod --roles least-privilege")
-    assert "not offered" in answer and "data actions" in answer and "--roles builtin" in answer
-    assert bot.db.table("flows").count == 0 and ms.flows == []
+    groups(ms)
+    sign_in(bot, "create prod --management-group backup-prod --roles least-privilege")
+    bot.wait_state("prod", "done", timeout=30)
+    [role] = ms.custom_roles()
+    assert role.assignable_scopes == [GROUP]
+    sp = ms.service_principal(ms.application(display_name="prod").app_id)
+    assert [(ra.scope, ra.role_definition_id) for ra in ms.assignments_for(sp.id)] == [
+        (GROUP, role.id)
+    ]
+    assert ms.blocks_of_application(sp.app_id, SUB)  # inherited by the group's subscription
+
+
+def test_least_privilege_rollback_removes_the_custom_role_at_the_group(
+    bot: Bot, ms: MicrosoftDouble
+) -> None:
+    groups(ms)
+    ms.fault(
+        "arm",
+        "PUT",
+        r"managementGroups/backup-prod/providers/Microsoft\.Authorization/roleAssignments/",
+        403,
+        body={"error": {"code": "AuthorizationFailed", "message": "denied"}},
+        times=1,
+    )
+    sign_in(bot, "create prod --management-group backup-prod --roles least-privilege")
+    bot.wait_state("prod", "rolled_back", timeout=30)
+    assert ms.custom_roles() == [] and ms.applications == []
+    assert ms.requests_to("arm", "DELETE", r"(?i)managementGroups/backup-prod/.*roleDefinitions/")
 
 
 def test_missing_right_at_the_group_is_named_with_the_fix(bot: Bot, ms: MicrosoftDouble) -> None:

@@ -31,15 +31,6 @@ class CreateFlow:
                 raise CommandError(
                     f"A least-privilege account cannot be made here: {exc}."
                 ) from None
-        if mode == "least-privilege" and command.management_group:
-            # its custom role holds data actions, which Azure lets a role assignable at a
-            # management group hold only in preview ("Azure custom roles": DataActions)
-            raise CommandError(
-                "A least-privilege account for a management group is not offered: its custom "
-                "role needs data actions, which Azure allows at a management group only in "
-                "preview. Use `--roles builtin` with `--management-group`, or name the "
-                "subscriptions with `--subscription`."
-            )
         with self.ctx.store.quick() as db, db.atomic():
             existing = queries.get_account(db, command.name)
             if existing is not None and existing["state"] == "active":

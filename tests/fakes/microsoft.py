@@ -3364,6 +3364,17 @@ class MicrosoftDouble:
             ),
             ("GET", re.compile(mg + r"/?$", i), self._a_get_group),
             ("GET", re.compile(auth + r"/permissions/?$", i), self._a_permissions),
+            ("GET", re.compile(auth + r"/roleDefinitions/(?P<rd>[^/]+)$", i), self._a_role_def),
+            (
+                "PUT",
+                re.compile(auth + r"/roleDefinitions/(?P<rd>[^/]+)$", i),
+                self._a_put_role_def,
+            ),
+            (
+                "DELETE",
+                re.compile(auth + r"/roleDefinitions/(?P<rd>[^/]+)$", i),
+                self._a_delete_role_def,
+            ),
             ("GET", re.compile(auth + r"/roleAssignments/?$", i), self._a_list_assignments),
             (
                 "PUT",
@@ -3683,6 +3694,10 @@ class MicrosoftDouble:
         if bad:
             return bad
         sid = None
+        if req.match and "mg" in req.match.groupdict():
+            group = self._target(req)
+            if isinstance(group, _Resp):
+                return group
         if req.match and "sub" in req.match.groupdict():
             sub = self._subscription(req)
             if isinstance(sub, _Resp):
@@ -3720,7 +3735,7 @@ class MicrosoftDouble:
         bad = self._api_version(req)
         if bad:
             return bad
-        sub = self._subscription(req)
+        sub = self._target(req)
         if isinstance(sub, _Resp):
             return sub
         rd_id = req.group("rd").lower()
@@ -3766,7 +3781,15 @@ class MicrosoftDouble:
             )
         assert isinstance(props, dict)
         scopes = [str(x).rstrip("/") for x in props["assignableScopes"]]
-        own = f"/subscriptions/{sub.subscription_id}"
+        own = sub.scope
+        # "Azure custom roles": only one management group may be among a custom role's
+        # assignable scopes
+        if sum(1 for x in scopes if x.lower().startswith(MG_PREFIX.lower())) > 1:
+            return self._arm_error(
+                400,
+                "InvalidRoleDefinition",
+                "A custom role can have only one management group in its assignable scopes.",
+            )
         if not any(
             own.lower() == x.lower() or own.lower().startswith(x.lower() + "/") for x in scopes
         ):
@@ -3777,12 +3800,20 @@ class MicrosoftDouble:
             )
         for x in scopes:
             m = re.fullmatch(r"/subscriptions/([^/]+)", x, re.I)
-            other = self.subscriptions.get(m.group(1).lower()) if m else None
+            g = re.fullmatch(r"/providers/Microsoft\.Management/managementGroups/([^/]+)", x, re.I)
+            other = (
+                self.subscriptions.get(m.group(1).lower())
+                if m
+                else self.management_groups.get(g.group(1).lower())
+                if g
+                else None
+            )
             if other is None or other.tenant_id != sub.tenant_id:
                 return self._arm_error(
                     400,
                     "InvalidRoleDefinition",
-                    f"The assignable scope '{x}' is not a subscription of this tenant.",
+                    f"The assignable scope '{x}' is not a subscription or management group of "
+                    "this tenant.",
                 )
             target = f"{x}/providers/Microsoft.Authorization/roleDefinitions/{rd_id}"
             if not permissions_allow(
@@ -3828,7 +3859,7 @@ class MicrosoftDouble:
         bad = self._api_version(req)
         if bad:
             return bad
-        sub = self._subscription(req)
+        sub = self._target(req)
         if isinstance(sub, _Resp):
             return sub
         rd_id = req.group("rd").lower()
