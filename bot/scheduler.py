@@ -70,6 +70,11 @@ def run_scan(services: Services) -> expiry.ScanResult:
             appliance.refresh(services.context, services.clock())
         except Exception:  # noqa: BLE001 - the appliance being down must not stop the warnings
             log.warning("could not read the appliance's accounts", exc_info=True)
+        try:
+            for line in appliance.follow_groups(services.context, services.clock()):
+                log.info("management group followed: %s", line)
+        except Exception:  # noqa: BLE001 - as above: the warnings go out regardless
+            log.warning("could not follow the management groups' subscriptions", exc_info=True)
     result = expiry.scan(services.store, services.notifier, services.config, services.clock())
     services.store.checkpoint()
     log.info(

@@ -7,7 +7,7 @@ from sqlite_utils import Database, Migrations
 migrations = Migrations("veeam-sa")
 
 #: Name of the newest migration: `doctor` reports a database short of it as out of date.
-LATEST = "m010_health"
+LATEST = "m011_management_group"
 
 
 @migrations()
@@ -224,3 +224,11 @@ def m010_health(db: Database) -> None:
     db.execute(
         "CREATE UNIQUE INDEX idx_drifts_open ON drifts(account_id, kind) WHERE state = 'open'"
     )
+
+
+@migrations()
+def m011_management_group(db: Database) -> None:
+    # An account made for a management group: JSON {"id", "name", "nested": [group ids]};
+    # its role assignments are at the group's scope and `subscriptions` holds the group's
+    # direct subscriptions as last read (what the appliance is given).
+    db.table("accounts").add_column("management_group", str)

@@ -9,6 +9,15 @@ retried creation with a stable GUID is idempotent; another GUID with a taken nam
 with 409 `RoleDefinitionWithSameNameExists`. A new definition replicates for a while: an
 assignment that names it can meet 400 `RoleDefinitionDoesNotExist`, retried like
 `PrincipalNotFound`. A definition with assignments cannot be deleted, so assignments go first.
+
+Scopes: the methods that take a `subscription` take either a subscription id or a full
+scope that starts with `/` — a management group's is `/providers/Microsoft.Management/
+managementGroups/{id}` ("Azure management groups": role assignments there are inherited by
+every subscription in the group, and by the groups and subscriptions below it).
+Management groups (REST "Management Groups", api-version 2021-04-01): `GET /providers/
+Microsoft.Management/managementGroups` lists those the caller can see; `GET …/{id}?$expand=
+children` answers `properties.children[]` with `type` `/subscriptions` or
+`Microsoft.Management/managementGroups`, `name` and `displayName`.
 """
 
 from __future__ import annotations
@@ -26,6 +35,27 @@ ROLE_ASSIGNMENT_WRITE = "Microsoft.Authorization/roleAssignments/write"
 ROLE_DEFINITION_WRITE = "Microsoft.Authorization/roleDefinitions/write"
 SUBSCRIPTIONS_API = "2022-12-01"
 AUTHORIZATION_API = "2022-04-01"
+MANAGEMENT_GROUPS_API = "2021-04-01"
+GROUP_PREFIX = "/providers/Microsoft.Management/managementGroups/"
+#: A management group's child of this `type` is a subscription.
+CHILD_SUBSCRIPTION = "/subscriptions"
+CHILD_GROUP = "Microsoft.Management/managementGroups"
+
+
+def group_scope(group_id: str) -> str:
+    return f"{GROUP_PREFIX}{group_id}"
+
+
+def scope_path(target: str) -> str:
+    """The ARM scope of `target`: a full scope (it starts with `/`) or a subscription id."""
+    return target if target.startswith("/") else f"/subscriptions/{target}"
+
+
+def scope_label(target: str) -> str:
+    """`target` in words: "management group `x`" or "subscription `x`"."""
+    if target.lower().startswith(GROUP_PREFIX.lower()):
+        return f"management group `{target[len(GROUP_PREFIX):]}`"
+    return f"subscription `{target}`"
 
 #: Names role assignments deterministically, so a retried creation reuses the same names.
 ASSIGNMENT_NAMESPACE = uuid.UUID("5d1f0f64-0f8e-4d0c-9a43-7a1b7e0c9a11")
@@ -82,9 +112,47 @@ class ArmClient(MicrosoftApi):
                 return str(name) if name else None
         return None
 
+    def management_groups(self) -> list[dict[str, Any]]:
+        """The management groups the caller can see: `name` (the id) and
+        `properties.displayName`."""
+        return self.paged(
+            GROUP_PREFIX.rstrip("/"), "nextLink", params={"api-version": MANAGEMENT_GROUPS_API}
+        )
+
+    def management_group(self, group_id: str) -> dict[str, Any]:
+        """One group with its direct children (`$recurse=false`): `{"id", "name",
+        "subscriptions": [{"id", "name"}], "groups": [{"id", "name"}]}`. Raises
+        `MicrosoftError` (403 `AuthorizationFailed` for a group the caller cannot read —
+        ARM does not say whether it exists)."""
+        body = self.get_json(
+            group_scope(group_id),
+            params={
+                "api-version": MANAGEMENT_GROUPS_API,
+                "$expand": "children",
+                "$recurse": "false",
+            },
+        )
+        props = (body or {}).get("properties") or {}
+        subscriptions: list[dict[str, Any]] = []
+        groups: list[dict[str, Any]] = []
+        for child in props.get("children") or []:
+            kind = str(child.get("type") or "")
+            entry = {"id": str(child.get("name") or ""), "name": child.get("displayName")}
+            if kind.lower() == CHILD_SUBSCRIPTION:
+                entry["id"] = entry["id"].lower()
+                subscriptions.append(entry)
+            elif kind.lower() == CHILD_GROUP.lower():
+                groups.append(entry)
+        return {
+            "id": str(body.get("name") or group_id),
+            "name": props.get("displayName"),
+            "subscriptions": subscriptions,
+            "groups": groups,
+        }
+
     def permissions(self, subscription: str) -> list[dict[str, Any]]:
         return self.paged(
-            f"/subscriptions/{subscription}/providers/Microsoft.Authorization/permissions",
+            f"{scope_path(subscription)}/providers/Microsoft.Authorization/permissions",
             "nextLink",
             params={"api-version": AUTHORIZATION_API},
         )
@@ -110,14 +178,14 @@ class ArmClient(MicrosoftApi):
         """Create (201) or update (200) a custom role at `/subscriptions/{subscription}`.
         Returns "created" or "updated"; raises `MicrosoftError` (e.g. 409
         `RoleDefinitionWithSameNameExists`, 403 `AuthorizationFailed`)."""
-        scope = f"/subscriptions/{subscription}"
+        scope = scope_path(subscription)
         body = {
             "properties": {
                 "roleName": role_name,
                 "description": description,
                 "type": "CustomRole",
                 "permissions": [permissions],
-                "assignableScopes": [f"/subscriptions/{s}" for s in assignable_subscriptions],
+                "assignableScopes": [scope_path(s) for s in assignable_subscriptions],
             }
         }
         response = self.request(
@@ -130,7 +198,7 @@ class ArmClient(MicrosoftApi):
 
     def get_role_definition(self, subscription: str, definition_id: str) -> dict[str, Any] | None:
         path = (
-            f"/subscriptions/{subscription}/providers/Microsoft.Authorization/roleDefinitions/"
+            f"{scope_path(subscription)}/providers/Microsoft.Authorization/roleDefinitions/"
             f"{definition_id}"
         )
         try:
@@ -144,7 +212,7 @@ class ArmClient(MicrosoftApi):
     def delete_role_definition(self, subscription: str, definition_id: str) -> None:
         """Delete a custom role (gone already is fine). Its assignments must go first."""
         path = (
-            f"/subscriptions/{subscription}/providers/Microsoft.Authorization/roleDefinitions/"
+            f"{scope_path(subscription)}/providers/Microsoft.Authorization/roleDefinitions/"
             f"{definition_id}"
         )
         try:
@@ -157,11 +225,16 @@ class ArmClient(MicrosoftApi):
         self, subscription: str, role_definition_id: str, principal_id: str, name: str
     ) -> str:
         """Assign the role; returns "created", "exists". Waits out the replication of a new
-        principal or a new custom role definition."""
-        scope = f"/subscriptions/{subscription}"
+        principal or a new custom role definition. `subscription` may be a full scope."""
+        scope = scope_path(subscription)
+        # at a management group, the definition is named by its tenant-wide id
+        definition_scope = "" if subscription.startswith("/") else scope
         body = {
             "properties": {
-                "roleDefinitionId": f"{scope}/providers/Microsoft.Authorization/roleDefinitions/{role_definition_id}",
+                "roleDefinitionId": (
+                    f"{definition_scope}/providers/Microsoft.Authorization/roleDefinitions/"
+                    f"{role_definition_id}"
+                ),
                 "principalId": principal_id,
                 "principalType": "ServicePrincipal",
             }
@@ -187,7 +260,7 @@ class ArmClient(MicrosoftApi):
         `Microsoft.Authorization/roleAssignments/read` there; without it ARM answers 403
         `AuthorizationFailed`, raised as a `MicrosoftError`."""
         return self.paged(
-            f"/subscriptions/{subscription}/providers/Microsoft.Authorization/roleAssignments",
+            f"{scope_path(subscription)}/providers/Microsoft.Authorization/roleAssignments",
             "nextLink",
             params={
                 "api-version": AUTHORIZATION_API,
@@ -196,7 +269,7 @@ class ArmClient(MicrosoftApi):
         )
 
     def delete_role_assignment(self, subscription: str, name: str) -> None:
-        path = f"/subscriptions/{subscription}/providers/Microsoft.Authorization/roleAssignments/{name}"
+        path = f"{scope_path(subscription)}/providers/Microsoft.Authorization/roleAssignments/{name}"
         try:
             self.request("DELETE", path, params={"api-version": AUTHORIZATION_API})
         except MicrosoftError as exc:

@@ -33,6 +33,7 @@ def _view(
     view["drift_kinds"] = drift_kinds or []
     view["subscriptions"] = json.loads(account.get("subscriptions") or "[]")
     view["roles"] = json.loads(account.get("roles") or "{}")
+    view["management_group"] = json.loads(account.get("management_group") or "null")
     view["custom_role"] = json.loads(account.get("custom_role") or "null")
     view["permissions_state"] = json.loads(account.get("permissions_state") or "null")
     view["permissions_detail"] = json.loads(account.get("permissions_detail") or "null")

@@ -97,6 +97,9 @@ def hand_off(
                     status=404,
                 )
             kwargs.update(_held_settings(account, held, recorded, list(config.veeam_purposes)))
+            if account.get("management_group") and recorded:
+                # a management group's account: its subscriptions are the group's, as read
+                kwargs["subscriptions"] = recorded
             appliance.update_by_app(appliance_id, **kwargs)
         else:
             appliance_id = appliance.save_by_app(**kwargs)
@@ -193,6 +196,108 @@ def refresh(services: Context, now: datetime) -> int:
     if seen:
         services.changed()
     return seen
+
+
+def follow_groups(services: Context, now: datetime) -> list[str]:
+    """For each account made for a management group: read the group's direct subscriptions
+    (as the account itself: its roles at the group let it read the group) and, when they
+    changed, record them and hand the appliance the new list with `updateByApp` — the roles
+    at the group already reach a subscription moved into it, so nothing is assigned. Veeam,
+    like the bot, follows only the group's direct subscriptions, not its nested groups'.
+    Returns a line per account changed; an account that cannot be read is left as it is."""
+    if services.appliance is None:
+        return []
+    db = services.store.db
+    changed: list[str] = []
+    for account in queries.group_accounts(db):
+        group = json.loads(account.get("management_group") or "null")
+        if not isinstance(group, dict) or not group.get("id"):
+            continue
+        rows = [s for s in queries.active_secrets(db, account["id"]) if s.get("ciphertext")]
+        if not rows or not account.get("appliance_id"):
+            continue
+        try:
+            current = _group_subscriptions(services, account, rows[-1], str(group["id"]))
+        except Exception:  # noqa: BLE001 - one unreadable group must not stop the others
+            log.warning("could not read management group of %s", account["name"], exc_info=True)
+            continue
+        if current is None:
+            continue
+        subs, nested = current
+        recorded = [str(s).lower() for s in json.loads(account.get("subscriptions") or "[]")]
+        if sorted(subs) == sorted(recorded) and nested == list(group.get("nested") or []):
+            continue
+        if not subs:
+            log.warning("management group of %s holds no subscription now", account["name"])
+            continue
+        added = sorted(set(subs) - set(recorded))
+        removed = sorted(set(recorded) - set(subs))
+        if added or removed:
+            # the appliance first: the bot records the new list only once Veeam holds it,
+            # so a failed update is tried again by the next scan
+            try:
+                hand_off_stored(
+                    services, {**account, "subscriptions": json.dumps(subs)}, rows[-1], "system"
+                )
+            except ApplianceError as exc:
+                log.warning("could not update %s on the appliance: %s", account["name"], exc)
+                continue
+        group["nested"] = nested
+        with db.atomic():
+            queries.update_account(
+                db,
+                account["id"],
+                subscriptions=json.dumps(subs),
+                management_group=json.dumps(group, sort_keys=True),
+            )
+            queries.add_audit(
+                db,
+                actor="system",
+                action="azure.management_group",
+                target=account["name"],
+                outcome="changed",
+                detail={
+                    "group": group["id"],
+                    "added": added,
+                    "removed": removed,
+                    "nested": nested,
+                },
+            )
+        if not added and not removed:
+            continue
+        changed.append(
+            f"{account['name']}: management group `{group['id']}` "
+            + (f"gained {', '.join(added)}" if added else "")
+            + ("; " if added and removed else "")
+            + (f"lost {', '.join(removed)}" if removed else "")
+        )
+    if changed:
+        services.changed()
+    return changed
+
+
+def _group_subscriptions(
+    services: Context, account: dict[str, Any], row: dict[str, Any], group_id: str
+) -> tuple[list[str], list[str]] | None:
+    """(direct subscription ids, nested group ids) of the group, read with the account's
+    own credential; None when Entra refuses the credential (the health check reports it)."""
+    from bot.flows.health import client_assertion  # the health check signs the same way
+
+    plain = services.cipher.decrypt(row["ciphertext"])
+    certificate = row.get("kind") == "certificate"
+    answer = services.device.app_token(
+        str(account["tenant_id"]),
+        str(account["app_id"]),
+        None if certificate else plain,
+        assertion=client_assertion(Certificate.load(plain), str(account["app_id"]))
+        if certificate
+        else None,
+    )
+    if answer.token is None:
+        return None
+    token = answer.token
+    group = services.arm(token=lambda: token, attempts=3).management_group(group_id)
+    return [s["id"] for s in group["subscriptions"]], [g["id"] for g in group["groups"]]
 
 
 def import_accounts(

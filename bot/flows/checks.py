@@ -15,7 +15,12 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from bot.clients.arm import ROLE_ASSIGNMENT_WRITE, ROLE_DEFINITION_WRITE, ArmClient
+from bot.clients.arm import (
+    ROLE_ASSIGNMENT_WRITE,
+    ROLE_DEFINITION_WRITE,
+    ArmClient,
+    group_scope,
+)
 from bot.clients.signin import Identity, Session
 from bot.core.errors import (
     CommandError,
@@ -45,6 +50,118 @@ NO_APP_RIGHT = (
 
 def _least(data: dict[str, Any]) -> bool:
     return data.get("roles_mode") == "least-privilege"
+
+
+#: An action only Owner (or Contributor) holds at a scope: with roleAssignments/write it
+#: tells Owner from User Access Administrator.
+OWNER_PROBE = "Microsoft.Resources/deployments/write"
+
+ELEVATE_FIX = (
+    "a Global Administrator with no role there can grant it after turning on elevated access "
+    "(Entra ID → Properties → Access management for Azure resources), as Veeam's own wizard "
+    "asks"
+)
+
+
+#: The chooser's value of a management group (subscriptions' values are their GUIDs).
+GROUP_OPTION = "mg:"
+
+
+def visible_groups(arm: ArmClient) -> list[dict[str, Any]]:
+    """The management groups the account can see, for the chooser: `{"id", "name"}`. Reading
+    them is a right of its own (`Microsoft.Management/managementGroups/read`): without it, or
+    when ARM fails, the chooser offers subscriptions only."""
+    try:
+        items = arm.management_groups()
+    except Exception as exc:  # noqa: BLE001 - the groups are an extra; subscriptions remain
+        log.info("could not list management groups: %s", exc)
+        return []
+    return [
+        {"id": str(g["name"]), "name": (g.get("properties") or {}).get("displayName")}
+        for g in items
+        if g.get("name")
+    ]
+
+
+def group_rights(
+    arm: ArmClient, group_id: str, least: bool
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """A management group's prerequisite, shaped like a subscription's check (`id` is the
+    group's scope), and the group with its direct subscriptions and nested groups (None when
+    it cannot be read). Veeam asks for Owner at the group: the bot needs roleAssignments/write
+    there (and roleDefinitions/write for a least-privilege account's custom role), and says
+    when the account holds that but not Owner."""
+    scope = group_scope(group_id)
+    base: dict[str, Any] = {"id": scope, "label": f"management group `{group_id}`", "name": None}
+    needed = [ROLE_ASSIGNMENT_WRITE] + ([ROLE_DEFINITION_WRITE] if least else [])
+    try:
+        group, held = both(
+            lambda: arm.management_group(group_id),
+            lambda: arm.allowed(scope, [*needed, OWNER_PROBE]),
+        )
+    except MicrosoftError as exc:
+        if exc.status not in (401, 403, 404):
+            raise
+        return {
+            **base,
+            "ok": False,
+            "reason": (
+                "this account cannot read the management group (no role on it or above it, or "
+                "no group with that id — the id, not the display name); ask for Owner on it: "
+                + ELEVATE_FIX
+            ),
+        }, None
+    base["name"] = group.get("name")
+    lacking = [a for a in needed if not held.get(a)]
+    if lacking:
+        return {
+            **base,
+            "ok": False,
+            "reason": "lacks "
+            + " and ".join(lacking)
+            + f" at the group; ask for Owner (or User Access Administrator) on management "
+            f"group `{group_id}`: " + ELEVATE_FIX,
+        }, group
+    if not group["subscriptions"]:
+        nested = (
+            " (subscriptions in its nested groups are not followed)" if group["groups"] else ""
+        )
+        return {
+            **base,
+            "ok": False,
+            "reason": "the group holds no subscription directly, so Veeam would protect nothing"
+            + nested
+            + "; move a subscription into it, or name a group that holds some",
+        }, group
+    count = len(group["subscriptions"])
+    reason = (
+        ("can create a custom role and assign it" if least else "can assign roles")
+        + f" at the group; covers its {count} subscription{'s' if count != 1 else ''} and "
+        "those added to it later"
+    )
+    if not held.get(OWNER_PROBE):
+        reason += " (not Owner there, which Veeam's own wizard asks for; the bot needs no more)"
+    if group["groups"]:
+        reason += (
+            "; subscriptions in its nested groups ("
+            + ", ".join(f"`{g['id']}`" for g in group["groups"])
+            + ") are not handed to Veeam and not followed, as in Veeam's own wizard"
+        )
+    return {**base, "ok": True, "reason": reason}, group
+
+
+def _app_check(graph: Any) -> tuple[bool | None, str]:
+    policy, roles = both(graph.allowed_to_create_apps, graph.app_registration_roles)
+    if roles:
+        return True, "holds " + ", ".join(roles)
+    if policy:
+        return True, "the tenant lets users register applications"
+    if policy is None:
+        return None, (
+            "could not read the tenant setting and the account holds no application role; "
+            "creation will show whether it may"
+        )
+    return False, NO_APP_RIGHT
 
 
 class Prerequisites:
@@ -109,9 +226,26 @@ class Prerequisites:
         data = self.record.data(flow)
         visible = {s["id"] for s in data.get("visible", [])}
         chosen = [s.lower() for s in selected if s.lower() in visible]
-        if not chosen:
+        offered = {str(g["id"]).lower(): g for g in data.get("visible_groups") or []}
+        groups = [
+            offered[v[len(GROUP_OPTION) :].lower()]
+            for v in selected
+            if v.startswith(GROUP_OPTION) and v[len(GROUP_OPTION) :].lower() in offered
+        ]
+        if groups and (chosen or len(groups) > 1):
+            return (
+                "Pick either subscriptions or one management group (its roles then cover "
+                "its subscriptions), then press Create."
+            )
+        if groups:
+            data["management_group"] = {"id": groups[0]["id"]}
+            data["visible"] = [
+                {"id": groups[0]["id"], "name": f"management group {groups[0].get('name') or ''}"}
+            ]
+            chosen = [str(groups[0]["id"])]
+        elif not chosen:
             return "Pick at least one subscription from the list, then press Create."
-        data["subscriptions"] = chosen
+        data["subscriptions"] = [] if groups else chosen
         if not queries.transition_flow(
             self._db, flow_id, ["choosing"], "signed_in", data=json.dumps(data, sort_keys=True)
         ):
@@ -139,6 +273,8 @@ class Prerequisites:
         if flow.get("kind") != "create":
             return
         data = self.record.data(flow)
+        if data.get("management_group"):
+            return  # the group's checks ask their own questions
         wanted = list(data.get("subscriptions") or [])
         tenant = identity.tenant_id
         outcome: tuple[list[dict[str, Any]], list[dict[str, Any]]] | Exception
@@ -216,6 +352,9 @@ class Prerequisites:
             return
         flow = self.record.set_step(flow_id, "checks", "running")
         data = self.record.data(flow)
+        if data.get("management_group"):
+            self._check_group(flow_id, flow, data)
+            return
         wanted = data.get("subscriptions") or []
         try:
             early = self._take_early(flow_id, wanted)
@@ -223,17 +362,7 @@ class Prerequisites:
             tenant = data.get("identity", {}).get("tenant_id")
 
             def app_check() -> tuple[bool | None, str]:
-                policy, roles = both(graph.allowed_to_create_apps, graph.app_registration_roles)
-                if roles:
-                    return True, "holds " + ", ".join(roles)
-                if policy:
-                    return True, "the tenant lets users register applications"
-                if policy is None:
-                    return None, (
-                        "could not read the tenant setting and the account holds no application role; "
-                        "creation will show whether it may"
-                    )
-                return False, NO_APP_RIGHT
+                return _app_check(graph)
 
             if early is not None and wanted and all(r["ok"] for r in early[1]):
                 self._check_beside_application(flow_id, flow, wanted, early[1], app_check)
@@ -248,11 +377,44 @@ class Prerequisites:
                 )
             if wanted:
                 visible = data.get("visible", [])
+            groups = [] if wanted else visible_groups(arm)
         except Exception as exc:  # noqa: BLE001 - every failure ends the flow in a known state
             self.provisioner.stop(flow_id, as_flow_error(exc, flow_id), created=False)
             return
         try:
-            self._after_checks(flow_id, flow, wanted, visible, results, app_right, app_reason)
+            self._after_checks(
+                flow_id, flow, wanted, visible, results, app_right, app_reason, groups
+            )
+        except Exception as exc:  # noqa: BLE001 - e.g. Slack refusing the prerequisites post
+            self.provisioner.stop(flow_id, as_flow_error(exc, flow_id), created=False)
+
+    def _check_group(self, flow_id: str, flow: dict[str, Any], data: dict[str, Any]) -> None:
+        """The checks of an account for a management group: the application right, and the
+        rights at the group; the group's direct subscriptions become the account's."""
+        with self._lock:
+            self._early.pop(flow_id, None)
+        group_id = str(data["management_group"]["id"])
+        try:
+            graph, arm = self.provisioner.clients(flow_id)
+            (app_right, app_reason), (result, group) = both(
+                lambda: _app_check(graph),
+                lambda: group_rights(arm, group_id, _least(data)),
+            )
+            if group is not None:
+                data["management_group"] = {
+                    "id": group["id"],
+                    "name": group.get("name"),
+                    "nested": [g["id"] for g in group["groups"]],
+                }
+                data["subscriptions"] = [s["id"] for s in group["subscriptions"]]
+            self.record.save_data(flow_id, data)
+        except Exception as exc:  # noqa: BLE001 - every failure ends the flow in a known state
+            self.provisioner.stop(flow_id, as_flow_error(exc, flow_id), created=False)
+            return
+        try:
+            self._after_checks(
+                flow_id, flow, [result["id"]], [], [result], app_right, app_reason
+            )
         except Exception as exc:  # noqa: BLE001 - e.g. Slack refusing the prerequisites post
             self.provisioner.stop(flow_id, as_flow_error(exc, flow_id), created=False)
 
@@ -311,9 +473,12 @@ class Prerequisites:
         results: list[dict[str, Any]],
         app_right: bool | None,
         app_reason: str,
+        groups: list[dict[str, Any]] | None = None,
     ) -> None:
         data = self.record.data(self.record.get(flow_id))
         data["visible"] = visible
+        if groups:
+            data["visible_groups"] = groups
         if wanted:
             blocked = app_right is False or any(not r["ok"] for r in results)
         else:
@@ -347,7 +512,10 @@ class Prerequisites:
             return
         if not wanted:
             chooser = blocks.subscription_chooser(
-                flow_id=flow_id, requester=flow["requester"], subscriptions=results
+                flow_id=flow_id,
+                requester=flow["requester"],
+                subscriptions=results,
+                groups=[{**g, "value": GROUP_OPTION + str(g["id"])} for g in groups or []],
             )
             self._show(flow, data, "chooser_ts", chooser)
             self._park(

@@ -63,10 +63,20 @@ class CreateFlow:
                     "credential": command.credential or self.ctx.config.credential,
                     "roles_mode": mode,
                     "steps": {"sign_in": "running"},
+                    **(
+                        {"management_group": {"id": command.management_group}}
+                        if command.management_group
+                        else {}
+                    ),
                 },
                 detail={
                     "subscriptions": list(command.subscriptions),
                     "roles": mode,
+                    **(
+                        {"management_group": command.management_group}
+                        if command.management_group
+                        else {}
+                    ),
                 },
             )
         return flow_id

@@ -42,7 +42,7 @@ from typing import Any
 
 from slack_sdk.errors import SlackApiError
 
-from bot.clients.arm import ArmClient
+from bot.clients.arm import ArmClient, scope_label
 from bot.core.certs import Certificate
 from bot.core.config import BUILTIN_ROLES, Config
 from bot.core.errors import ApplianceError, MicrosoftError, Throttled, Unreachable
@@ -270,27 +270,27 @@ class HealthCheck:
                     for a in arm.assignments_of(sub, str(account["sp_id"]))
                 }
             except (Throttled, Unreachable) as exc:
-                health.problems.append(f"could not read role assignments on `{sub}` ({exc})")
+                health.problems.append(f"could not read role assignments on {scope_label(sub)} ({exc})")
                 complete = False
                 continue
             except MicrosoftError as exc:
                 if exc.status == 403 and exc.code == "AuthorizationFailed":
                     missing[sub] = sorted(wanted)
                     words.append(
-                        f"on subscription `{sub}` the application may no longer read its role "
+                        f"on {scope_label(sub)} the application may no longer read its role "
                         "assignments (403 AuthorizationFailed): "
                         + ", ".join(wanted[d] for d in sorted(wanted))
                         + " are gone"
                     )
                     continue
-                health.problems.append(f"could not read role assignments on `{sub}` ({exc.code})")
+                health.problems.append(f"could not read role assignments on {scope_label(sub)} ({exc.code})")
                 complete = False
                 continue
             gone = sorted(d for d in wanted if d not in held)
             if gone:
                 missing[sub] = gone
                 words.append(
-                    f"on subscription `{sub}`: "
+                    f"on {scope_label(sub)}: "
                     + ", ".join(wanted[d] for d in gone)
                     + (" is" if len(gone) == 1 else " are")
                     + " no longer assigned"

@@ -24,7 +24,13 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from bot.clients.arm import ArmClient, assignment_name, role_definition_name
+from bot.clients.arm import (
+    ArmClient,
+    assignment_name,
+    group_scope,
+    role_definition_name,
+    scope_label,
+)
 from bot.clients.graph import GraphClient
 from bot.clients.vbazure import AZURE_ENVIRONMENTS
 from bot.core import permissions as permission_lists
@@ -57,10 +63,46 @@ from storage import queries
 log = logging.getLogger(__name__)
 
 
+def group_note(data: dict[str, Any], appliance: bool = True) -> str:
+    """For an account made for a management group: what it covers, in the summary."""
+    group = data.get("management_group")
+    if not isinstance(group, dict) or not group.get("id"):
+        return ""
+    subs = data.get("subscriptions") or []
+    text = (
+        f"\n*Management group:* `{group['id']}`"
+        + (f" {blocks.escape(str(group['name']))}" if group.get("name") else "")
+        + f" — the roles reach every subscription in it; its {len(subs)} direct "
+        + ("subscription" if len(subs) == 1 else "subscriptions")
+        + " ("
+        + ", ".join(f"`{s}`" for s in subs)
+        + (
+            ") go to Veeam, and the scheduled scan hands Veeam those added or removed later"
+            if appliance
+            else ") are the ones to give Veeam; the roles also cover subscriptions added later"
+        )
+    )
+    if group.get("nested"):
+        text += (
+            ". Subscriptions in its nested groups ("
+            + ", ".join(f"`{g}`" for g in group["nested"])
+            + ") are not followed, as in Veeam"
+        )
+    return text
+
+
 def custom_role_name(account: str, definition_id: str) -> str:
     """A least-privilege account's role name: unique in the tenant (ARM's rule) through the
     definition's GUID, at most 128 characters."""
     return f"Veeam Backup for Azure - {account[:80]} ({definition_id[:8]})"
+
+
+def role_targets(data: dict[str, Any]) -> list[str]:
+    """Where a creation assigns its roles: the management group's scope, or each subscription."""
+    group = data.get("management_group")
+    if isinstance(group, dict) and group.get("id"):
+        return [group_scope(str(group["id"]))]
+    return list(data.get("subscriptions") or [])
 
 
 class Provisioner:
@@ -191,6 +233,11 @@ class Provisioner:
                         "alert_channel_id": config.alert_channel or flow["channel_id"],
                         "state": "provisioning",
                         "credential": data.get("credential") or "secret",
+                        **(
+                            {"management_group": json.dumps(data["management_group"])}
+                            if data.get("management_group")
+                            else {}
+                        ),
                     },
                 )
                 queries.update_flow(self._db, flow_id, account_id=account_id)
@@ -258,11 +305,14 @@ class Provisioner:
         self.signin.stop_if_cancelled(flow_id)
         self.record.set_step(flow_id, "roles", "running")
         subscriptions = data.get("subscriptions", [])
+        targets = role_targets(data)
         roles: dict[str, list[str]] = {}
         if data.get("roles_mode") == "least-privilege":
-            roles = self._custom_role(flow, account_id, app, stored, str(sp_id), subscriptions, arm)
+            roles = self._custom_role(
+                flow, account_id, app, stored, str(sp_id), targets, arm, subscriptions
+            )
         else:
-            pairs = [(sub, role) for sub in subscriptions for role in config.roles]
+            pairs = [(sub, role) for sub in targets for role in config.roles]
 
             def assign(pair: tuple[str, Any]) -> str:
                 sub, role = pair
@@ -331,7 +381,11 @@ class Provisioner:
                 "*Tenant:*  ", "*Tenant:* "
             ),
             "*Roles:*\n"
-            + "\n".join(f"• `{sub}`: {', '.join(names)}" for sub, names in roles.items()),
+            + "\n".join(
+                f"• {scope_label(sub) if sub.startswith('/') else f'`{sub}`'}: {', '.join(names)}"
+                for sub, names in roles.items()
+            )
+            + group_note(data, appliance=self.ctx.appliance is not None),
             ("*Certificate:* thumbprint " if certificate else "*Client secret:* ")
             + f"`{stored['hint']}…` expires "
             + blocks.slack_date(end.timestamp(), end.date().isoformat())
@@ -409,13 +463,15 @@ class Provisioner:
         sp_id: str,
         subs: list[str],
         arm: ArmClient,
+        covered: list[str] | None = None,
     ) -> dict[str, list[str]]:
         """Least privilege: one custom role holding exactly what VBAzure needs for the
-        purposes, assignable on the chosen subscriptions, assigned on each of them. Its GUID
-        is derived from the creation and its subscriptions, so a retry updates the same
-        definition; it is recorded before it is made, so a rollback finds it."""
+        purposes, assignable on the chosen subscriptions (or the management group's scope),
+        assigned on each of them. Its GUID is derived from the creation and its scopes, so a
+        retry updates the same definition; it is recorded before it is made, so a rollback
+        finds it. `covered`: the subscriptions the permissions are exported for (a group's)."""
         flow_id = flow["id"]
-        needed = self._needed_permissions(flow, app, stored, subs)
+        needed = self._needed_permissions(flow, app, stored, covered or subs)
         definition_id = role_definition_name(flow_id, subs)
         role_name = custom_role_name(flow["name"], definition_id)
         record = {"id": definition_id, "name": role_name, "scope": subs[0], "subscriptions": subs}
@@ -637,14 +693,14 @@ class Provisioner:
             rolled += rolled_custom
             leftover += left_custom
         builtin = [] if data.get("roles_mode") == "least-privilege" else config.roles
-        for sub in data.get("subscriptions", []):
+        for sub in role_targets(data):
             for role in builtin:
                 try:
                     arm.delete_role_assignment(
                         sub, assignment_name(flow["id"], sub, role.definition_id)
                     )
                 except MicrosoftError:
-                    leftover.append(f"role {role.name} on `{sub}`")
+                    leftover.append(f"role {role.name} on {scope_label(sub)}")
         try:
             graph.delete_application(account["app_object_id"])
             rolled.append(

@@ -105,6 +105,7 @@ class Record:
             steps=data.get("steps", {}),
             outcome=outcome,
             summary=summary,
+            management_group=(data.get("management_group") or {}).get("id"),
         )
 
     def render_parent(

@@ -2,6 +2,7 @@
 
 /veeam-sa create NAME [--subscription ID]... [--description TEXT] [--credential secret|certificate]
                       [--roles builtin|least-privilege]
+/veeam-sa create NAME --management-group ID [--description TEXT] ...
 /veeam-sa list
 /veeam-sa show NAME
 /veeam-sa renew NAME
@@ -29,12 +30,16 @@ MAX_TEXT = 4000
 MAX_NAME = 255
 #: Matched with `fullmatch`: `$` alone would accept a name with a final newline.
 NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
+#: Azure's rule for a management group id: at most 90 characters, letters, digits, `-`, `_`,
+#: `(`, `)` and `.`, not ending in a period ("Management groups - naming rules").
+GROUP_RE = re.compile(r"[A-Za-z0-9_().-]{0,89}[A-Za-z0-9_()-]")
 SUBCOMMANDS = ("create", "list", "show", "renew", "retire", "cancel", "sync", "import", "help")
 
 USAGE = {
     "create": (
         "/veeam-sa create NAME [--subscription ID]... [--description TEXT]"
         " [--credential secret|certificate] [--roles builtin|least-privilege]"
+        " (or --management-group ID instead of --subscription)"
     ),
     "list": "/veeam-sa list",
     "show": "/veeam-sa show NAME",
@@ -60,6 +65,8 @@ class Command:
     credential: str | None = None
     #: "builtin" or "least-privilege" when `--roles` was given; None: the configured default.
     roles: str | None = None
+    #: `--management-group`: role assignments at that group's scope instead of subscriptions.
+    management_group: str | None = None
 
 
 def validate_name(name: str) -> str:
@@ -126,12 +133,19 @@ def _parse_create(words: list[str]) -> Command:
     description: str | None = None
     credential: str | None = None
     roles: str | None = None
+    group: str | None = None
     i = 0
     while i < len(words):
         word = words[i]
         if word.startswith("--"):
             flag, eq, inline = word.partition("=")
-            if flag not in ("--subscription", "--description", "--credential", "--roles"):
+            if flag not in (
+                "--subscription",
+                "--description",
+                "--credential",
+                "--roles",
+                "--management-group",
+            ):
                 raise _usage_error("create", f"`{_clip(flag)}` is not an option of `create`.")
             if eq:
                 value = inline
@@ -159,6 +173,17 @@ def _parse_create(words: list[str]) -> Command:
                         )
                     if part.lower() not in subscriptions:
                         subscriptions.append(part.lower())
+            elif flag == "--management-group":
+                if group is not None:
+                    raise _usage_error("create", "`--management-group` is given twice.")
+                if not GROUP_RE.fullmatch(value):
+                    raise _usage_error(
+                        "create",
+                        f"`{_clip(value)}` is not a management group id (at most 90 letters, "
+                        "digits, `-`, `_`, `(`, `)` and `.`; not ending in a period). Use the "
+                        "group's id, not its display name.",
+                    )
+                group = value
             elif flag == "--roles":
                 if roles is not None:
                     raise _usage_error("create", "`--roles` is given twice.")
@@ -188,6 +213,12 @@ def _parse_create(words: list[str]) -> Command:
                 " (quote a description with spaces).",
             )
         i += 1
+    if group is not None and subscriptions:
+        raise _usage_error(
+            "create",
+            "Give either `--management-group` or `--subscription`, not both: an account for a "
+            "management group covers the group's subscriptions.",
+        )
     return Command(
         "create",
         name=name,
@@ -195,6 +226,7 @@ def _parse_create(words: list[str]) -> Command:
         description=description,
         credential=credential,
         roles=roles,
+        management_group=group,
     )
 
 

@@ -42,6 +42,15 @@ def active_accounts_by_app_id(db: Database, app_id: str) -> list[dict[str, Any]]
     )
 
 
+def group_accounts(db: Database) -> list[dict[str, Any]]:
+    """The live accounts made for a management group."""
+    return list(
+        db.table("accounts").rows_where(
+            "state = 'active' AND management_group IS NOT NULL", order_by="id"
+        )
+    )
+
+
 def list_accounts(db: Database) -> list[dict[str, Any]]:
     return list(db.table("accounts").rows_where("state != 'rolled_back'", order_by="name"))
 

@@ -473,6 +473,36 @@ class Subscription:
     name: str
     tenant_id: str
     state: str = "Enabled"
+    #: The management group it sits in directly (None: the tenant root, not modelled).
+    management_group: str | None = None
+
+    @property
+    def scope(self) -> str:
+        return f"/subscriptions/{self.subscription_id}"
+
+
+MG_PREFIX = "/providers/Microsoft.Management/managementGroups/"
+MG_READ = "Microsoft.Management/managementGroups/read"
+
+
+@dataclass
+class ManagementGroup:
+    """An Azure management group ("Organize your resources with management groups",
+    learn.microsoft.com/azure/governance/management-groups/overview): a container of
+    subscriptions and other groups. Role assignments at its scope are inherited by every
+    group and subscription below it. Its id is unique in the tenant; ids compare without
+    regard to case."""
+
+    id: str
+    name: str
+    tenant_id: str
+    parent: str | None = None  # the parent group's id (None: below the tenant root)
+
+    @property
+    def scope(self) -> str:
+        return f"{MG_PREFIX}{self.id}"
+
+    subscription_id = None  # a group is no subscription (assignment handlers ask)
 
 
 @dataclass
@@ -778,6 +808,7 @@ class MicrosoftDouble:
         self.tenants: dict[str, Tenant] = {}
         self.users: dict[str, User] = {}  # oid -> user
         self.subscriptions: dict[str, Subscription] = {}  # lower-case id -> subscription
+        self.management_groups: dict[str, ManagementGroup] = {}  # lower-case id -> group
         self.role_definitions: dict[str, RoleDefinition] = {}
         self.role_assignments: list[RoleAssignment] = []
         self._apps: dict[str, Application] = {}
@@ -951,6 +982,73 @@ class MicrosoftDouble:
         with self.lock:
             self.subscriptions[sid] = sub
         return sub
+
+    def add_management_group(
+        self,
+        group_id: str,
+        name: str | None = None,
+        parent: str | None = None,
+        tenant_id: str | None = None,
+        subscriptions: Iterable[str] = (),
+    ) -> ManagementGroup:
+        """A management group (below `parent`, or the tenant root) holding `subscriptions`."""
+        group = ManagementGroup(
+            group_id, name or group_id, (tenant_id or DEFAULT_TENANT_ID).lower(), parent
+        )
+        with self.lock:
+            self.management_groups[group_id.lower()] = group
+        for sid in subscriptions:
+            self.move_subscription(sid, group_id)
+        return group
+
+    def move_subscription(self, subscription_id: str, group_id: str | None) -> None:
+        """Move a subscription into a management group (None: back to the tenant root), as
+        someone does in the portal; what is assigned at the group then reaches it."""
+        with self.lock:
+            self.subscriptions[subscription_id.lower()].management_group = (
+                group_id.lower() if group_id else None
+            )
+
+    def grant_at(self, principal, scope: str, role: str) -> RoleAssignment:
+        """Give a principal a role at any scope (e.g. a management group's)."""
+        pid, ptype = self._principal(principal)
+        ra = RoleAssignment(str(uuid.uuid4()), scope, self.role_id(role), pid, ptype, self.now())
+        with self.lock:
+            self.role_assignments.append(ra)
+        return ra
+
+    def _group_chain(self, group_id: str | None) -> list[str]:
+        """The scopes of a group and of every group above it."""
+        chain: list[str] = []
+        group = self.management_groups.get(group_id.lower()) if group_id else None
+        while group is not None and group.scope not in chain:
+            chain.append(group.scope)
+            group = self.management_groups.get(group.parent.lower()) if group.parent else None
+        return chain
+
+    def _above(self, scope: str) -> list[str]:
+        """The management group scopes whose role assignments `scope` inherits."""
+        m = re.match(r"^/subscriptions/([^/]+)", scope, re.I)
+        if m:
+            sub = self.subscriptions.get(m.group(1).lower())
+            return self._group_chain(sub.management_group) if sub else []
+        m = re.match(r"^/providers/Microsoft\.Management/managementGroups/([^/]+)", scope, re.I)
+        if m:
+            group = self.management_groups.get(m.group(1).lower())
+            return self._group_chain(group.parent) if group else []
+        return []
+
+    def _applies(self, ra_scope: str, scope: str) -> bool:
+        """Does an assignment at `ra_scope` apply at `scope` (at it, or inherited)?"""
+        a, b = ra_scope.lower().rstrip("/"), scope.lower()
+        if b == a or b.startswith(a + "/"):
+            return True
+        base = re.match(
+            r"^(/subscriptions/[^/]+|/providers/Microsoft\.Management/managementGroups/[^/]+)",
+            scope,
+            re.I,
+        )
+        return bool(base) and a in {x.lower() for x in self._above(base.group(1))}
 
     def role_id(self, role: str) -> str:
         """A built-in role's GUID from its name (case-insensitive) or GUID."""
@@ -3239,7 +3337,147 @@ class MicrosoftDouble:
                 re.compile(auth + r"/roleAssignments/(?P<name>[^/]+)$", i),
                 self._a_delete_assignment,
             ),
+            *self._mg_routes(),
         ]
+
+    # Management groups. REST "Management Groups - List / Get" (api-version 2021-04-01,
+    # learn.microsoft.com/rest/api/managementgroups): the list holds the groups the caller
+    # may read (`Microsoft.Management/managementGroups/read` at the group or above);
+    # `$expand=children` adds `properties.children[]`, each `{type, id, name, displayName,
+    # children}` with `type` "/subscriptions" or "Microsoft.Management/managementGroups"
+    # (the SDKs' `ManagementGroupChildType`), and `$recurse=true` the whole tree below.
+    # A group the caller may not read is 403 AuthorizationFailed, whether or not it exists
+    # (the double's choice: ARM authorizes the scope before it looks the group up).
+    # Permissions (`…/providers/Microsoft.Authorization/permissions`) and role assignments
+    # work at a group's scope as at a subscription's ("Understand scope for Azure RBAC");
+    # an assignment there is inherited by the groups and subscriptions below.
+
+    def _mg_routes(self):
+        mg = r"^/providers/Microsoft\.Management/managementGroups/(?P<mg>[^/]+)"
+        auth = mg + r"/providers/Microsoft\.Authorization"
+        i = re.I
+        return [
+            (
+                "GET",
+                re.compile(r"^/providers/Microsoft\.Management/managementGroups/?$", i),
+                self._a_list_groups,
+            ),
+            ("GET", re.compile(mg + r"/?$", i), self._a_get_group),
+            ("GET", re.compile(auth + r"/permissions/?$", i), self._a_permissions),
+            ("GET", re.compile(auth + r"/roleDefinitions/(?P<rd>[^/]+)$", i), self._a_role_def),
+            (
+                "PUT",
+                re.compile(auth + r"/roleDefinitions/(?P<rd>[^/]+)$", i),
+                self._a_put_role_def,
+            ),
+            (
+                "DELETE",
+                re.compile(auth + r"/roleDefinitions/(?P<rd>[^/]+)$", i),
+                self._a_delete_role_def,
+            ),
+            ("GET", re.compile(auth + r"/roleAssignments/?$", i), self._a_list_assignments),
+            (
+                "PUT",
+                re.compile(auth + r"/roleAssignments/(?P<name>[^/]+)$", i),
+                self._a_put_assignment,
+            ),
+            (
+                "DELETE",
+                re.compile(auth + r"/roleAssignments/(?P<name>[^/]+)$", i),
+                self._a_delete_assignment,
+            ),
+        ]
+
+    def _target(self, req: _Req):
+        """The subscription or management group a request's path names, or the refusal."""
+        if req.match is None or "mg" not in req.match.groupdict():
+            return self._subscription(req)
+        group = self.management_groups.get(req.group("mg").lower())
+        scope = f"{MG_PREFIX}{req.group('mg')}"
+        if group is None or group.tenant_id != req.token.tenant_id:
+            return self._authorization_failed(req, MG_READ, scope)
+        return group
+
+    def _mg_json(self, group: ManagementGroup, expand: bool, recurse: bool) -> dict:
+        parent = self.management_groups.get(group.parent.lower()) if group.parent else None
+        body: dict = {
+            "id": group.scope,
+            "type": "Microsoft.Management/managementGroups",
+            "name": group.id,
+            "properties": {
+                "tenantId": group.tenant_id,
+                "displayName": group.name,
+                "details": {
+                    "version": 1,
+                    "updatedTime": "2024-01-01T00:00:00.0000000Z",
+                    "updatedBy": None,
+                    "parent": {
+                        "id": parent.scope if parent else f"{MG_PREFIX}{group.tenant_id}",
+                        "name": parent.id if parent else group.tenant_id,
+                        "displayName": parent.name if parent else "Tenant Root Group",
+                    },
+                },
+            },
+        }
+        if expand:
+            body["properties"]["children"] = self._mg_children(group, recurse)
+        return body
+
+    def _mg_children(self, group: ManagementGroup, recurse: bool) -> list[dict]:
+        children: list[dict] = []
+        for g in self.management_groups.values():
+            if g.parent and g.parent.lower() == group.id.lower():
+                children.append(
+                    {
+                        "type": "Microsoft.Management/managementGroups",
+                        "id": g.scope,
+                        "name": g.id,
+                        "displayName": g.name,
+                        "children": self._mg_children(g, recurse) if recurse else None,
+                    }
+                )
+        for sub in self.subscriptions.values():
+            if sub.management_group == group.id.lower():
+                children.append(
+                    {
+                        "type": "/subscriptions",
+                        "id": sub.scope,
+                        "name": sub.subscription_id,
+                        "displayName": sub.name,
+                        "children": None,
+                    }
+                )
+        return children
+
+    def _a_list_groups(self, req: _Req) -> _Resp:
+        bad = self._api_version(req)
+        if bad:
+            return bad
+        pid = req.token.principal_id
+        items = [
+            self._mg_json(g, False, False)
+            for g in self.management_groups.values()
+            if g.tenant_id == req.token.tenant_id
+            and permissions_allow(self._caller_blocks(pid, g.scope), MG_READ)
+        ]
+        return self._a_page(req, items)
+
+    def _a_get_group(self, req: _Req) -> _Resp:
+        bad = self._api_version(req)
+        if bad:
+            return bad
+        group = self._target(req)
+        if isinstance(group, _Resp):
+            return group
+        if not permissions_allow(self._caller_blocks(req.token.principal_id, group.scope), MG_READ):
+            return self._authorization_failed(req, MG_READ, group.scope)
+        expand = (req.query.get("$expand") or "").strip().lower()
+        if expand and any(x not in ("children", "path", "ancestors") for x in expand.split(",")):
+            return self._arm_error(
+                400, "InvalidRequest", f"The $expand value '{expand}' is not supported."
+            )
+        recurse = (req.query.get("$recurse") or "false").lower() == "true"
+        return self._a_ok(200, self._mg_json(group, "children" in expand, recurse), req)
 
     def _a_ok(self, status: int, body: Any = None, req: _Req | None = None) -> _Resp:
         corr = (req.headers.get("x-ms-correlation-request-id") if req else None) or str(
@@ -3269,9 +3507,7 @@ class MicrosoftDouble:
         for ra in self.role_assignments:
             if ra.principal_id != principal_id:
                 continue
-            if scope.lower() == ra.scope.lower() or scope.lower().startswith(
-                ra.scope.lower().rstrip("/") + "/"
-            ):
+            if self._applies(ra.scope, scope):
                 rd = self.role_definitions.get(ra.role_definition_id)
                 if rd is not None:
                     blocks.append(rd.permission_block())
@@ -3279,7 +3515,8 @@ class MicrosoftDouble:
 
     def _has_access(self, principal_id: str, sid: str) -> bool:
         return any(
-            ra.principal_id == principal_id and ra.subscription_id == sid
+            ra.principal_id == principal_id
+            and (ra.subscription_id == sid or self._applies(ra.scope, f"/subscriptions/{sid}"))
             for ra in self.role_assignments
         )
 
@@ -3403,12 +3640,10 @@ class MicrosoftDouble:
         bad = self._api_version(req)
         if bad:
             return bad
-        sub = self._subscription(req)
+        sub = self._target(req)
         if isinstance(sub, _Resp):
             return sub
-        blocks = self._caller_blocks(
-            req.token.principal_id, f"/subscriptions/{sub.subscription_id}"
-        )
+        blocks = self._caller_blocks(req.token.principal_id, sub.scope)
         return self._a_ok(200, {"value": blocks}, req)
 
     def _rd_json(self, rd: RoleDefinition, sid: str | None) -> dict:
@@ -3459,6 +3694,10 @@ class MicrosoftDouble:
         if bad:
             return bad
         sid = None
+        if req.match and "mg" in req.match.groupdict():
+            group = self._target(req)
+            if isinstance(group, _Resp):
+                return group
         if req.match and "sub" in req.match.groupdict():
             sub = self._subscription(req)
             if isinstance(sub, _Resp):
@@ -3496,7 +3735,7 @@ class MicrosoftDouble:
         bad = self._api_version(req)
         if bad:
             return bad
-        sub = self._subscription(req)
+        sub = self._target(req)
         if isinstance(sub, _Resp):
             return sub
         rd_id = req.group("rd").lower()
@@ -3542,7 +3781,15 @@ class MicrosoftDouble:
             )
         assert isinstance(props, dict)
         scopes = [str(x).rstrip("/") for x in props["assignableScopes"]]
-        own = f"/subscriptions/{sub.subscription_id}"
+        own = sub.scope
+        # "Azure custom roles": only one management group may be among a custom role's
+        # assignable scopes
+        if sum(1 for x in scopes if x.lower().startswith(MG_PREFIX.lower())) > 1:
+            return self._arm_error(
+                400,
+                "InvalidRoleDefinition",
+                "A custom role can have only one management group in its assignable scopes.",
+            )
         if not any(
             own.lower() == x.lower() or own.lower().startswith(x.lower() + "/") for x in scopes
         ):
@@ -3553,12 +3800,20 @@ class MicrosoftDouble:
             )
         for x in scopes:
             m = re.fullmatch(r"/subscriptions/([^/]+)", x, re.I)
-            other = self.subscriptions.get(m.group(1).lower()) if m else None
+            g = re.fullmatch(r"/providers/Microsoft\.Management/managementGroups/([^/]+)", x, re.I)
+            other = (
+                self.subscriptions.get(m.group(1).lower())
+                if m
+                else self.management_groups.get(g.group(1).lower())
+                if g
+                else None
+            )
             if other is None or other.tenant_id != sub.tenant_id:
                 return self._arm_error(
                     400,
                     "InvalidRoleDefinition",
-                    f"The assignable scope '{x}' is not a subscription of this tenant.",
+                    f"The assignable scope '{x}' is not a subscription or management group of "
+                    "this tenant.",
                 )
             target = f"{x}/providers/Microsoft.Authorization/roleDefinitions/{rd_id}"
             if not permissions_allow(
@@ -3604,7 +3859,7 @@ class MicrosoftDouble:
         bad = self._api_version(req)
         if bad:
             return bad
-        sub = self._subscription(req)
+        sub = self._target(req)
         if isinstance(sub, _Resp):
             return sub
         rd_id = req.group("rd").lower()
@@ -3651,8 +3906,8 @@ class MicrosoftDouble:
         sid = ra.subscription_id
         return {
             "properties": {
-                "roleDefinitionId": f"/subscriptions/{sid}/providers/Microsoft.Authorization/"
-                f"roleDefinitions/{ra.role_definition_id}",
+                "roleDefinitionId": (f"/subscriptions/{sid}" if sid else "")
+                + f"/providers/Microsoft.Authorization/roleDefinitions/{ra.role_definition_id}",
                 "principalId": ra.principal_id,
                 "principalType": ra.principal_type,
                 "scope": ra.scope,
@@ -3684,11 +3939,11 @@ class MicrosoftDouble:
         bad = self._api_version(req)
         if bad:
             return bad
-        sub = self._subscription(req)
+        sub = self._target(req)
         if isinstance(sub, _Resp):
             return sub
         name = req.group("name")
-        scope = f"/subscriptions/{sub.subscription_id}"
+        scope = sub.scope
         if not _is_guid(name):
             return self._arm_error(
                 400,
@@ -3841,10 +4096,10 @@ class MicrosoftDouble:
         bad = self._api_version(req)
         if bad:
             return bad
-        sub = self._subscription(req)
+        sub = self._target(req)
         if isinstance(sub, _Resp):
             return sub
-        scope = f"/subscriptions/{sub.subscription_id}"
+        scope = sub.scope
         if not permissions_allow(
             self._caller_blocks(req.token.principal_id, scope), ROLE_ASSIGNMENT_READ
         ):
@@ -3861,10 +4116,17 @@ class MicrosoftDouble:
                 return self._arm_error(
                     400, "UnsupportedQuery", f"The filter '{flt}' is not supported."
                 )
+        # at and below the scope, and (for a principal's, "List Azure role assignments using
+        # the REST API") above it: what is inherited from management groups
         items = [
             self._ra_json(ra)
             for ra in self.role_assignments
-            if ra.subscription_id == sub.subscription_id
+            if (
+                (sub.subscription_id is not None and ra.subscription_id == sub.subscription_id)
+                or ra.scope.lower() == scope.lower()
+                or ra.scope.lower().startswith(scope.lower() + "/")
+                or (principal is not None and self._applies(ra.scope, scope))
+            )
             and (principal is None or ra.principal_id == principal)
         ]
         return self._a_page(req, items)
@@ -3873,14 +4135,11 @@ class MicrosoftDouble:
         bad = self._api_version(req)
         if bad:
             return bad
-        sub = self._subscription(req)
+        sub = self._target(req)
         if isinstance(sub, _Resp):
             return sub
         name = req.group("name").lower()
-        full_scope = (
-            f"/subscriptions/{sub.subscription_id}/providers/Microsoft.Authorization/"
-            f"roleAssignments/{name}"
-        )
+        full_scope = f"{sub.scope}/providers/Microsoft.Authorization/roleAssignments/{name}"
         if not permissions_allow(
             self._caller_blocks(req.token.principal_id, full_scope), ROLE_ASSIGNMENT_DELETE
         ):
@@ -3889,7 +4148,12 @@ class MicrosoftDouble:
             (
                 r
                 for r in self.role_assignments
-                if r.name == name and r.subscription_id == sub.subscription_id
+                if r.name == name
+                and (
+                    r.subscription_id == sub.subscription_id
+                    if sub.subscription_id is not None
+                    else r.scope.lower() == sub.scope.lower()
+                )
             ),
             None,
         )

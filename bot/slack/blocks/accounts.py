@@ -49,6 +49,8 @@ def account_list(rows: list[dict[str, Any]]) -> Payload:
             else "no secret held"
         )
         subs = ", ".join(f"`{s}`" for s in row.get("subscriptions") or []) or "—"
+        if group_words(row):
+            subs = f"{group_words(row)}: {subs}"
         if row.get("appliance_state"):
             subs += f" · Veeam: {row['appliance_state']}"
         if row.get("appliance_flag"):
@@ -87,6 +89,27 @@ def account_list(rows: list[dict[str, Any]]) -> Payload:
             )
         )
     return {"text": plural(len(rows), "managed service account"), "blocks": blocks}
+
+
+def group_words(account: dict[str, Any]) -> str:
+    """"management group `id` (Name)" for an account made for a management group, else ""."""
+    group = account.get("management_group")
+    if not isinstance(group, dict) or not group.get("id"):
+        return ""
+    name = f" {escape(str(group['name']))}" if group.get("name") else ""
+    return f"management group `{group['id']}`{name}"
+
+
+def nested_words(group: dict[str, Any]) -> str:
+    nested = group.get("nested") or []
+    if not nested:
+        return ""
+    return (
+        "\nNested groups "
+        + ", ".join(f"`{g}`" for g in nested)
+        + ": their subscriptions are not followed (as in Veeam); the roles at the group still "
+        "reach them in Azure"
+    )
 
 
 def _retiring_line(name: str, old: dict[str, Any]) -> str:
@@ -149,7 +172,20 @@ def account_detail(account: dict[str, Any], history: list[dict[str, Any]]) -> Pa
         lines.append(f":hourglass: {_retiring_line(account['name'], old)}")
     health = health_line(account)
     lines.append(f"Health: {health}" if health else "Health: not checked yet")
-    if subs:
+    group = account.get("management_group")
+    if isinstance(group, dict) and group.get("id"):
+        scope = next((k for k in roles if k.startswith("/")), None)
+        lines.append(
+            f"Roles at {group_words(account)}: {', '.join(roles.get(scope, [])) if scope else '—'}"
+            + (
+                "\nSubscriptions in the group now (handed to Veeam): "
+                + ", ".join(f"`{s}`" for s in subs)
+                if subs
+                else ""
+            )
+            + nested_words(group)
+        )
+    elif subs:
         lines.append(
             "Roles:\n" + "\n".join(f"• `{s}`: {', '.join(roles.get(s, []))}" for s in subs)
         )

@@ -26,6 +26,7 @@ def create_parent(
     steps: dict[str, str],
     outcome: str | None = None,
     summary: list[str] | None = None,
+    management_group: str | None = None,
 ) -> Payload:
     """The channel message of one creation: who asked, for what, and a live checklist."""
     subs = ", ".join(f"`{s}`" for s in subscriptions) if subscriptions else "_chosen after sign-in_"
@@ -33,6 +34,10 @@ def create_parent(
     if outcome:
         head += f"\n{outcome}"
     details = f"Subscriptions: {subs}"
+    if management_group:
+        details = f"Management group: `{management_group}`" + (
+            f" (subscriptions now: {subs})" if subscriptions else ""
+        )
     if description:
         details += f"\nDescription: {escape(description)}"
     blocks: list[dict[str, Any]] = [_section(head), _context(details), _section(checklist(steps))]
@@ -143,7 +148,9 @@ def prerequisites_message(
     lines = [f"{CHECK_ICONS[app_right]} Register applications in the tenant — {app_reason}"]
     missing = ["the right to register applications"] if app_right is False else []
     for sub in subscriptions:
-        label = f"`{sub['id']}`" + (f" {escape(sub['name'])}" if sub.get("name") else "")
+        label = (sub.get("label") or f"`{sub['id']}`") + (
+            f" {escape(sub['name'])}" if sub.get("name") else ""
+        )
         lines.append(f"{CHECK_ICONS[sub['ok']]} Assign roles on {label} — {sub['reason']}")
         if sub["ok"] is False:
             missing.append(f"role assignment rights on {label}")
@@ -203,9 +210,15 @@ def code_message_closed(*, name: str, purpose: str, state: str) -> Payload:
 
 
 def subscription_chooser(
-    *, flow_id: str, requester: str, subscriptions: list[dict[str, Any]]
+    *,
+    flow_id: str,
+    requester: str,
+    subscriptions: list[dict[str, Any]],
+    groups: list[dict[str, Any]] | None = None,
 ) -> Payload:
-    """A multi-select of the subscriptions the account can see, and Create (requester only)."""
+    """A multi-select of the subscriptions the account can see, and Create (requester only);
+    with `groups` (each `{"id", "name", "value"}`), the management groups it can see too, in
+    an option group of their own."""
     options = []
     for sub in subscriptions[:MAX_OPTIONS]:
         mark = "✓ can assign roles" if sub["ok"] else "✗ cannot assign roles"
@@ -228,18 +241,43 @@ def subscription_chooser(
     blocks: list[dict[str, Any]] = [
         _section(f"<@{requester}>, choose the subscriptions to protect:\n" + "\n".join(lines)),
     ]
-    if options:
+    shown_groups = (groups or [])[:MAX_OPTIONS]
+    select: dict[str, Any] = {
+        "type": "multi_static_select",
+        "action_id": ids.ACTION_CHOOSE_SUBSCRIPTIONS,
+        "placeholder": {"type": "plain_text", "text": "Subscriptions"},
+        "options": options,
+    }
+    if shown_groups:
+        group_options = [
+            {
+                "text": {"type": "plain_text", "text": str(g.get("name") or g["id"])[:75]},
+                "value": str(g["value"])[:150],
+                "description": {"type": "plain_text", "text": f"management group {g['id']}"[:75]},
+            }
+            for g in shown_groups
+        ]
+        del select["options"]
+        select["placeholder"]["text"] = "Subscriptions, or one management group"
+        select["option_groups"] = [
+            *([{"label": {"type": "plain_text", "text": "Subscriptions"}, "options": options}]
+              if options else []),
+            {"label": {"type": "plain_text", "text": "Management groups"}, "options": group_options},
+        ]
+        blocks.append(
+            _context(
+                "Or one management group: roles at its scope, and Veeam is given its direct "
+                "subscriptions, now and as they change (not those of its nested groups): "
+                + ", ".join(f"`{g['id']}`" for g in shown_groups)
+            )
+        )
+    if options or shown_groups:
         blocks.append(
             {
                 "type": "actions",
                 "block_id": "choose",
                 "elements": [
-                    {
-                        "type": "multi_static_select",
-                        "action_id": ids.ACTION_CHOOSE_SUBSCRIPTIONS,
-                        "placeholder": {"type": "plain_text", "text": "Subscriptions"},
-                        "options": options,
-                    },
+                    select,
                     {
                         "type": "button",
                         "action_id": ids.ACTION_CREATE,

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bot.slack import ids
+from bot.slack.blocks.accounts import group_words
 from bot.slack.blocks.common import MAX_SECTION_TEXT, _context, _section, escape, slack_date
 from bot.slack.blocks.health import health_line
 
@@ -98,6 +99,8 @@ def _account_block(account: dict[str, Any], *, renew: bool, appliance: bool) -> 
         verb = "expired" if account["status"] == "expired" else "expires"
         noun = "certificate" if account.get("credential") == "certificate" else "secret"
         parts.append(f"{noun} {verb} {when}")
+    if group_words(account):
+        parts.append(group_words(account))
     parts.append(_appliance(account, appliance))
     if account.get("appliance_id") and account.get("permissions_state"):
         state = ", ".join(str(s) for s in account["permissions_state"])
