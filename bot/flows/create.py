@@ -63,10 +63,12 @@ class CreateFlow:
                     "credential": command.credential or self.ctx.config.credential,
                     "roles_mode": mode,
                     "steps": {"sign_in": "running"},
+                    **({"tenant_request": command.tenant} if command.tenant else {}),
                 },
                 detail={
                     "subscriptions": list(command.subscriptions),
                     "roles": mode,
+                    **({"tenant": command.tenant} if command.tenant else {}),
                 },
             )
         return flow_id
