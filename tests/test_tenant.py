@@ -277,6 +277,9 @@ def test_chooser_offers_each_tenant_with_its_app_registration_state(
     assert [a.tenant_id for a in ms.applications] == [tenant.id]
     chosen = slack.message(flow["channel_id"], message["ts"])
     assert "chose tenant *Fabrikam*" in json.dumps(chosen["blocks"])
+    audit = {r["action"]: json.loads(r["detail"]) for r in bot.db.table("audit").rows}
+    assert audit["sign_in.tenant_offered"]["tenants"] == [DEFAULT_TENANT_ID, tenant.id, northwind.id]
+    assert audit["sign_in.tenant_chosen"]["tenant_id"] == tenant.id
 
 
 def test_choosing_the_home_tenant_needs_no_other_sign_in(
@@ -306,3 +309,17 @@ def test_a_guest_without_an_application_role_is_told_what_to_ask_for(
     text = json.dumps([m.get("blocks") for m in bot.slack.thread(flow["channel_id"], flow["parent_ts"])])
     assert "guest in this tenant" in text and "Application Developer" in text
     assert ms.applications == []
+
+
+def test_cancel_while_choosing_the_tenant(bot: Bot, ms: MicrosoftDouble, slack: SlackDouble) -> None:
+    tenant = fabrikam(ms)
+    start(bot, "create prod")
+    chooser(bot, slack, "prod")
+    flow = bot.flow("prod")
+    bot.command("cancel")
+    bot.wait_state("prod", "cancelled")
+    mark = slack.mark()
+    bot.click(ids.ACTION_CHOOSE_TENANT, f"{flow['id']}:{tenant.id}", user=ADMIN)
+    answer = slack.wait_for("response_url", after=mark)
+    assert "is cancelled; nothing to choose" in json.dumps(answer.args)
+    assert len(ms.flows) == 1 and ms.applications == []
