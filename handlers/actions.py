@@ -103,6 +103,14 @@ def register(app: App, services: Services) -> None:
             lambda: services.checks.choose(_value(action), _user(body), _selected_options(body)),
         )
 
+    @app.action(ids.ACTION_CHOOSE_TENANT)
+    def on_choose_tenant(
+        ack: Ack, body: dict[str, Any], action: dict[str, Any], respond: Respond
+    ) -> None:
+        ack()
+        flow_id, _, tenant = _value(action).partition(":")
+        _answer(respond, lambda: services.signin.choose_tenant(flow_id, _user(body), tenant))
+
     @app.action(ids.RENEW_ACTION)
     def on_renew(ack: Ack, body: dict[str, Any], action: dict[str, Any], respond: Respond) -> None:
         ack()

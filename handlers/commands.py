@@ -128,6 +128,7 @@ def _open_form(services: Services, ack: Ack, command: dict[str, Any], parsed: Co
         channel_id=command.get("channel_id", ""),
         description=parsed.description,
         subscriptions=parsed.subscriptions,
+        tenant=parsed.tenant,
     )
     try:
         services.notifier.open_view(command.get("trigger_id", ""), view)

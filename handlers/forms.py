@@ -42,7 +42,10 @@ def register(app: App, services: Services) -> None:
         fields = form_values(view)
         try:
             parsed = form_command(
-                fields[ids.FORM_NAME], fields[ids.FORM_DESCRIPTION], fields[ids.FORM_SUBSCRIPTIONS]
+                fields[ids.FORM_NAME],
+                fields[ids.FORM_DESCRIPTION],
+                fields[ids.FORM_SUBSCRIPTIONS],
+                tenant=fields.get(ids.FORM_TENANT),
             )
         except FieldErrors as exc:
             ack(response_action="errors", errors=exc.fields)

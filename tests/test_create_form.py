@@ -39,7 +39,12 @@ def test_bare_command_opens_the_form_and_its_submission_starts_the_flow(
     view = opened_form(bot)
     assert view["callback_id"] == ids.VIEW_CREATE
     fields = {b["block_id"]: b for b in view["blocks"] if b["type"] == "input"}
-    assert list(fields) == [ids.FORM_NAME, ids.FORM_DESCRIPTION, ids.FORM_SUBSCRIPTIONS]
+    assert list(fields) == [
+        ids.FORM_NAME,
+        ids.FORM_DESCRIPTION,
+        ids.FORM_SUBSCRIPTIONS,
+        ids.FORM_TENANT,
+    ]
     assert fields[ids.FORM_NAME]["element"]["max_length"] == 255  # Slack holds it as you type
     assert fields[ids.FORM_NAME]["optional"] is False
 

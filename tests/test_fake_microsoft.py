@@ -1300,3 +1300,118 @@ def test_out_of_band_changes_show_as_the_token_endpoint_and_arm_show_them(dbl, h
     assert dbl.application(app_id=app["appId"]) is None
     assert [a.app_id for a in dbl.deleted_applications] == [app["appId"]]
     assert dbl.service_principal(app["appId"]) is None
+
+
+# --------------------------------------------------------------------------- guests in a second tenant
+# Entra B2B collaboration: an invited guest is a user object of its own in the resource
+# tenant (userType Guest, a `#EXT#` user principal name, its own object id) and signs in
+# there with the home account. A token for the resource tenant comes from that tenant's
+# authority (`login.microsoftonline.com/{tenant}`); "organizations" gives the home tenant's
+# (Microsoft identity platform: "Application configuration options — authority"). ARM
+# "Tenants - List" (api-version 2022-12-01) lists every tenant of the account, each with
+# tenantId, displayName, domains, defaultDomain and tenantCategory.
+
+
+def _device_sign_in(dbl, make_app, tenant, user, scope):
+    app = make_app(tenant)
+    flow = app.initiate_device_flow(scopes=[scope])
+    assert "user_code" in flow, flow
+    dbl.approve(flow["user_code"], user)
+    return app, poll(app, flow)
+
+
+def test_guest_reaches_the_resource_tenant_only_through_its_authority(dbl, make_app, http):
+    fabrikam = dbl.add_tenant(display_name="Fabrikam", domain="fabrikam.onmicrosoft.com")
+    guest = dbl.add_guest(dbl.alice, fabrikam.id)
+    assert guest.user_type == "Guest" and guest.oid != dbl.alice.oid
+    assert guest.upn.endswith("#EXT#@fabrikam.onmicrosoft.com")
+    arm_scope = f"{dbl.arm_url}/.default"
+
+    home_app, home = _device_sign_in(dbl, make_app, "organizations", ALICE_UPN, arm_scope)
+    assert home["id_token_claims"]["tid"] == DEFAULT_TENANT_ID
+    there_app, there = _device_sign_in(
+        dbl, make_app, "fabrikam.onmicrosoft.com", ALICE_UPN, arm_scope
+    )
+    claims = there["id_token_claims"]
+    assert (claims["tid"], claims["oid"]) == (fabrikam.id, guest.oid)
+    assert claims["preferred_username"] == ALICE_UPN  # the home account signs in
+    assert claims["idp"] == f"https://sts.windows.net/{DEFAULT_TENANT_ID}/"
+    # one person: MSAL's home account id is the same in both tenants
+    assert (
+        home_app.get_accounts()[0]["home_account_id"]
+        == there_app.get_accounts()[0]["home_account_id"]
+        == f"{dbl.alice.oid}.{DEFAULT_TENANT_ID}"
+    )
+    assert dbl.access_tokens[there["access_token"]].tenant_id == fabrikam.id
+
+    for token in (home["access_token"], there["access_token"]):
+        listed = http.get(
+            f"{dbl.arm_url}/tenants", params={"api-version": "2022-12-01"}, headers=bearer(token)
+        )
+        assert listed.status_code == 200
+        tenants = {t["tenantId"]: t for t in listed.json()["value"]}
+        assert set(tenants) == {DEFAULT_TENANT_ID, fabrikam.id}
+        assert tenants[fabrikam.id]["defaultDomain"] == "fabrikam.onmicrosoft.com"
+        assert tenants[fabrikam.id]["tenantCategory"] == "Home"
+
+
+def test_a_tenant_the_account_is_not_in_refuses_the_sign_in(dbl, make_app):
+    fabrikam = dbl.add_tenant(display_name="Fabrikam")
+    _, result = _device_sign_in(dbl, make_app, fabrikam.id, ALICE_UPN, f"{dbl.arm_url}/.default")
+    assert result["error_codes"] == [50020]  # no guest object there: not in the tenant
+    assert "access_token" not in result
+
+
+def test_a_guest_registers_applications_only_with_a_role(dbl, make_app, http):
+    fabrikam = dbl.add_tenant(display_name="Fabrikam", allowed_to_create_apps=True)
+    guest = dbl.add_guest(dbl.alice, fabrikam.id)
+    graph_scope = f"{dbl.graph_url}/.default"
+    _, result = _device_sign_in(dbl, make_app, fabrikam.id, ALICE_UPN, graph_scope)
+    r = http.post(
+        f"{dbl.graph_url}/v1.0/applications",
+        headers=bearer(result["access_token"]),
+        json={"displayName": "guest-app", "signInAudience": "AzureADMyOrg"},
+    )
+    assert r.status_code == 403  # the member setting does not cover guests
+    assert r.json()["error"]["code"] == "Authorization_RequestDenied"
+    guest.directory_roles.add(APPLICATION_DEVELOPER)
+    app = create_app(http, dbl, result["access_token"], name="guest-app")
+    assert dbl.application(app_id=app["appId"]).tenant_id == fabrikam.id
+
+
+def test_refresh_token_redeemed_at_another_tenants_authority(dbl, ca, http):
+    # MSAL finds refresh tokens by home account: an application against tenant B sharing
+    # the cache redeems the home sign-in's refresh token at B's token endpoint, and gets a
+    # token for the guest object there; "organizations" keeps issuing the home tenant's.
+    fabrikam = dbl.add_tenant(display_name="Fabrikam")
+    guest = dbl.add_guest(dbl.alice, fabrikam.id)
+    northwind = dbl.add_tenant(display_name="Northwind")
+    arm_scope = f"{dbl.arm_url}/.default"
+    with ca.httpx_client(timeout=10) as client:
+
+        def app_for(tenant, cache=None):
+            return msal.PublicClientApplication(
+                AZURE_CLI_CLIENT_ID,
+                authority=f"{dbl.authority_host}/{tenant}",
+                instance_discovery=False,
+                http_client=client,
+                **({"token_cache": cache} if cache is not None else {}),
+            )
+
+        home = app_for("organizations")
+        flow = home.initiate_device_flow(scopes=[arm_scope])
+        dbl.approve(flow["user_code"], ALICE_UPN)
+        assert "access_token" in poll(home, flow)
+        account = home.get_accounts()[0]
+
+        there = app_for(fabrikam.id, home.token_cache)
+        graph = there.acquire_token_silent_with_error([f"{dbl.graph_url}/.default"], account=account)
+        token = dbl.access_tokens[graph["access_token"]]
+        assert (token.tenant_id, token.user.oid) == (fabrikam.id, guest.oid)
+
+        again = home.acquire_token_silent_with_error([arm_scope], account=account, force_refresh=True)
+        assert dbl.access_tokens[again["access_token"]].tenant_id == DEFAULT_TENANT_ID
+
+        elsewhere = app_for(northwind.id, home.token_cache)
+        refused = elsewhere.acquire_token_silent_with_error([arm_scope], account=account)
+        assert refused["error_codes"] == [50020]  # not in that tenant

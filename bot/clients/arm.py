@@ -104,6 +104,12 @@ class ArmClient(MicrosoftApi):
     def subscriptions(self) -> list[dict[str, Any]]:
         return self.paged("/subscriptions", "nextLink", params={"api-version": SUBSCRIPTIONS_API})
 
+    def tenants(self) -> list[dict[str, Any]]:
+        """The tenants the signed-in account can reach (ARM "Tenants - List": `tenantId`,
+        `displayName`, `defaultDomain`, `domains`, `tenantCategory`), whichever tenant the
+        token is for."""
+        return self.paged("/tenants", "nextLink", params={"api-version": SUBSCRIPTIONS_API})
+
     def tenant_name(self, tenant_id: str) -> str | None:
         """The display name of `tenant_id` among the tenants the caller can see."""
         for tenant in self.paged("/tenants", "nextLink", params={"api-version": SUBSCRIPTIONS_API}):

@@ -85,6 +85,10 @@ class Identity:
     object_id: str
     idp: str | None = None
     tenant_name: str | None = None
+    #: MSAL's `home_account_id` ("{home oid}.{home tenant}", from client_info): the same for
+    #: one person in every tenant they reach, where `object_id` is per directory (a guest
+    #: has an object of its own in the resource tenant).
+    home_account_id: str | None = None
 
     @property
     def personal(self) -> bool:
@@ -237,12 +241,21 @@ class DeviceSignIn:
     def resource_name(self, scope: str) -> str:
         return "Azure management" if scope == self._config.arm_scope else "Microsoft Graph"
 
-    def new_session(self) -> Session:
-        """A fresh MSAL application; reads the authority's OpenID configuration (network)."""
+    def authority_for(self, tenant: str | None = None) -> str:
+        """The authority a sign-in goes to: the configured one, or a given tenant's (the
+        device code of a guest then signs the person in to that tenant, not their home)."""
+        if not tenant:
+            return self._config.authority
+        return f"{self._config.authority_host}/{tenant}"
+
+    def new_session(self, tenant: str | None = None) -> Session:
+        """A fresh MSAL application (against `tenant`'s authority when given); reads the
+        authority's OpenID configuration (network)."""
+        authority = self.authority_for(tenant)
         try:
             app = msal.PublicClientApplication(
                 self._config.client_id,
-                authority=self._config.authority,
+                authority=authority,
                 instance_discovery=self._config.authority_host.endswith(
                     (
                         "login.microsoftonline.com",
@@ -259,7 +272,7 @@ class DeviceSignIn:
                 # MSAL drops the AADSTS90002 body here; an unknown tenant is what it means.
                 raise SignInError(
                     "tenant_not_found",
-                    f"the authority {self._config.authority} has no OpenID configuration",
+                    f"the authority {authority} has no OpenID configuration",
                 ) from None
             raise TransientError(type(exc).__name__) from None
         return Session(app=app)
@@ -279,16 +292,20 @@ class DeviceSignIn:
         return flow
 
     def begin(
-        self, scope: str | None = None, session: Session | None = None
+        self,
+        scope: str | None = None,
+        session: Session | None = None,
+        tenant: str | None = None,
     ) -> tuple[Session, dict[str, Any]]:
-        """A device code for `scope` (with a fresh MSAL application unless `session` is
-        given), retrying network failures, 429 and 5xx within `transient_budget`: a blip
-        while hundreds of sign-ins start must not fail one of them. Then `SignInError`."""
+        """A device code for `scope` (with a fresh MSAL application, against `tenant`'s
+        authority when given, unless `session` is given), retrying network failures, 429
+        and 5xx within `transient_budget`: a blip while hundreds of sign-ins start must not
+        fail one of them. Then `SignInError`."""
         deadline = time.monotonic() + self.transient_budget
         delay = 0.5
         while True:
             try:
-                current = session or self.new_session()
+                current = session or self.new_session(tenant)
                 return current, self.initiate(current, scope)
             except TransientError as exc:
                 problem = str(exc)
@@ -329,6 +346,11 @@ class DeviceSignIn:
                 tenant_id=str(claims.get("tid") or ""),
                 object_id=str(claims.get("oid") or ""),
                 idp=claims.get("idp"),
+                home_account_id=(
+                    str(session.account.get("home_account_id") or "") or None
+                    if session.account
+                    else None
+                ),
             )
             return Poll(pending=False, interval=interval, identity=identity)
         error = result.get("error")
@@ -502,6 +524,38 @@ class DeviceSignIn:
                 break
             self._sleep(wait)
         return AppToken(transient=problem)
+
+    def token_in(self, session: Session, scope: str, tenant: str) -> str:
+        """An access token for `scope` in another tenant the signed-in account reaches, silently:
+        an application against that tenant's authority, sharing the session's token cache,
+        redeems the refresh token there (MSAL finds refresh tokens by home account, not by
+        tenant). Raises a classified `SignInError` when that tenant wants the person (MFA,
+        consent) or refuses; one attempt, no retries: it only informs a choice."""
+        if session.account is None:
+            raise SignInError("no_session", "The sign-in session is gone; sign in again.")
+        try:
+            app = msal.PublicClientApplication(
+                self._config.client_id,
+                authority=self.authority_for(tenant),
+                instance_discovery=self._config.authority_host.endswith(
+                    (
+                        "login.microsoftonline.com",
+                        "login.microsoftonline.us",
+                        "login.chinacloudapi.cn",
+                    )
+                ),
+                http_client=self._msal_http,
+                token_cache=session.app.token_cache,
+            )
+            with session.lock:
+                result = app.acquire_token_silent_with_error([scope], account=session.account)
+        except (httpx.HTTPError, ValueError, msal.exceptions.MsalError) as exc:
+            raise SignInError("unreachable", str(exc)[:80] or type(exc).__name__) from None
+        if result and "access_token" in result:
+            return str(result["access_token"])
+        if not result:
+            raise SignInError("no_session", "no token for that tenant")
+        raise classify(result)
 
     def token(self, session: Session, scope: str) -> str:
         """An access token for `scope` for the signed-in account (from memory, else silently

@@ -33,6 +33,8 @@ from bot.flows.context import Context
 from bot.flows.provision import Provisioner
 from bot.flows.record import Record
 from bot.flows.signin import SignInEngine
+from bot.flows.tenant import GUEST_NO_APP_RIGHT
+from bot.flows.tenant import app_right as registration_right
 from bot.slack import blocks
 from bot.slack.blocks.forms import subscriptions_chosen
 from storage import queries
@@ -150,18 +152,10 @@ def group_rights(
     return {**base, "ok": True, "reason": reason}, group
 
 
-def _app_check(graph: Any) -> tuple[bool | None, str]:
+def _app_check(graph: Any, guest: bool = False) -> tuple[bool | None, str]:
+    """May the signed-in account register applications in the tenant (Graph's word)."""
     policy, roles = both(graph.allowed_to_create_apps, graph.app_registration_roles)
-    if roles:
-        return True, "holds " + ", ".join(roles)
-    if policy:
-        return True, "the tenant lets users register applications"
-    if policy is None:
-        return None, (
-            "could not read the tenant setting and the account holds no application role; "
-            "creation will show whether it may"
-        )
-    return False, NO_APP_RIGHT
+    return registration_right(policy, roles, guest, NO_APP_RIGHT)
 
 
 class Prerequisites:
@@ -361,8 +355,10 @@ class Prerequisites:
             graph, arm = self.provisioner.clients(flow_id)
             tenant = data.get("identity", {}).get("tenant_id")
 
+            guest = bool(data.get("identity", {}).get("guest"))
+
             def app_check() -> tuple[bool | None, str]:
-                return _app_check(graph)
+                return _app_check(graph, guest)
 
             if early is not None and wanted and all(r["ok"] for r in early[1]):
                 self._check_beside_application(flow_id, flow, wanted, early[1], app_check)
@@ -397,7 +393,7 @@ class Prerequisites:
         try:
             graph, arm = self.provisioner.clients(flow_id)
             (app_right, app_reason), (result, group) = both(
-                lambda: _app_check(graph),
+                lambda: _app_check(graph, bool(data.get("identity", {}).get("guest"))),
                 lambda: group_rights(arm, group_id, _least(data)),
             )
             if group is not None:
@@ -460,7 +456,9 @@ class Prerequisites:
             return
         log.info("flow %s: Graph refused the application: %s", flow_id, refusal)
         try:
-            self._after_checks(flow_id, flow, wanted, [], results, False, NO_APP_RIGHT)
+            guest = bool(self.record.data(flow).get("identity", {}).get("guest"))
+            reason = GUEST_NO_APP_RIGHT if guest else NO_APP_RIGHT
+            self._after_checks(flow_id, flow, wanted, [], results, False, reason)
         except Exception as exc:  # noqa: BLE001 - e.g. Slack refusing the prerequisites post
             self.provisioner.stop(flow_id, as_flow_error(exc, flow_id), created=False)
 

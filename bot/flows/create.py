@@ -68,6 +68,7 @@ class CreateFlow:
                         if command.management_group
                         else {}
                     ),
+                    **({"tenant_request": command.tenant} if command.tenant else {}),
                 },
                 detail={
                     "subscriptions": list(command.subscriptions),
@@ -77,6 +78,7 @@ class CreateFlow:
                         if command.management_group
                         else {}
                     ),
+                    **({"tenant": command.tenant} if command.tenant else {}),
                 },
             )
         return flow_id

@@ -13,6 +13,7 @@ from bot.clients.signin import Identity, Session, dump_flow, needs_interaction
 from bot.core.errors import SignInError
 from bot.core.fanout import both
 from bot.core.logs import register_secret
+from bot.flows.tenant import TenantStep, same_person
 from bot.slack import blocks
 from bot.slack.messages import support_suffix
 from storage import queries
@@ -37,6 +38,7 @@ class _NeedsSignIn(Exception):
 class Redemption:
     def __init__(self, engine: SignInEngine) -> None:
         self.engine = engine
+        self.tenant = TenantStep(engine)
 
     def signed_in(self, flow: dict[str, Any], identity: Identity, session: Session) -> None:
         flow_id = flow["id"]
@@ -44,10 +46,7 @@ class Redemption:
         first = data.get("first_identity")
         if first is not None:
             # a further sign-in the tenant asked for: it must be the same person
-            if (first["object_id"], first["tenant_id"]) != (
-                identity.object_id,
-                identity.tenant_id,
-            ):
+            if not same_person(first, identity):
                 self.engine.fail(
                     flow_id,
                     SignInError(
@@ -59,19 +58,36 @@ class Redemption:
                 return
         elif not self.acceptable(flow, identity):
             return
-        try:
-            tenant_name, _ = both(
-                lambda: self.tokens_and_tenant_name(session, identity),
-                lambda: self.prefetch(flow, identity, session),
-            )
-        except _NeedsSignIn as need:
-            if int(data.get("extra_sign_ins", 0)) < MAX_EXTRA_SIGN_INS:
-                self.sign_in_again(flow, identity, session, need.scope, need.error)
-            else:
-                self.engine.fail(flow_id, need.error)
+        early = flow
+
+        def tokens() -> tuple[str | None, Exception | None]:
+            # only reads: wasted, not wrong, when the tenant step takes the flow elsewhere
+            try:
+                name, _ = both(
+                    lambda: self.tokens_and_tenant_name(session, identity),
+                    lambda: self.prefetch(early, identity, session),
+                )
+            except (_NeedsSignIn, SignInError) as exc:
+                return None, exc
+            return name, None
+
+        # Whether this is the tenant to work in (which may take one more read) is asked beside
+        # the fetch of the other tokens and the next step's early reads.
+        handled, (tenant_name, problem) = both(
+            lambda: self.tenant.settle(flow, identity, session), tokens
+        )
+        if handled:
             return
-        except SignInError as exc:
-            self.engine.fail(flow_id, exc)
+        flow = queries.get_flow(self.engine.ctx.db, flow_id) or flow
+        data = self.engine.record.data(flow)
+        if isinstance(problem, _NeedsSignIn):
+            if int(data.get("extra_sign_ins", 0)) < MAX_EXTRA_SIGN_INS:
+                self.sign_in_again(flow, identity, session, problem.scope, problem.error)
+            else:
+                self.engine.fail(flow_id, problem.error)
+            return
+        if isinstance(problem, SignInError):
+            self.engine.fail(flow_id, problem)
             return
         identity.tenant_name = tenant_name
         data = self.engine.record.data(queries.get_flow(self.engine.ctx.db, flow_id) or flow)
@@ -81,6 +97,8 @@ class Redemption:
             "tenant_id": identity.tenant_id,
             "tenant_name": tenant_name,
             "object_id": identity.object_id,
+            # an `idp` claim: the account comes from elsewhere (a guest of this tenant)
+            "guest": bool(identity.idp),
         }
         data.pop("sign_in_scope", None)
         steps = data.setdefault("steps", {})
@@ -105,7 +123,9 @@ class Redemption:
             "ok",
             entra_upn=identity.upn,
             tenant_id=identity.tenant_id,
-            sign_ins=1 + int(data.get("extra_sign_ins", 0)),
+            sign_ins=1
+            + int(data.get("extra_sign_ins", 0))
+            + (1 if (data.get("first_identity") or {}).get("tenant_switch") else 0),
         )
         tenant = (
             f"{blocks.escape(tenant_name)} (`{blocks.escape(identity.tenant_id)}`)"

@@ -98,6 +98,15 @@ class SignInEngine:
         with self._lock:
             return self._sessions.get(flow_id)
 
+    def choose_tenant(self, flow_id: str, user: str, tenant_id: str) -> str | None:
+        """The requester chose the tenant to create in (`bot.flows.tenant`)."""
+        return self.redemption.tenant.choose(flow_id, user, tenant_id)
+
+    def keep_session(self, flow_id: str, session: Session) -> None:
+        """`session` is the flow's from now on (a sign-in against another authority)."""
+        with self._lock:
+            self._sessions[flow_id] = session
+
     def drop_session(self, flow_id: str) -> None:
         with self._lock:
             self._sessions.pop(flow_id, None)
@@ -144,7 +153,8 @@ class SignInEngine:
 
         def device_code() -> tuple[Session, dict[str, Any]] | SignInError:
             try:
-                return self.device.begin(self.record.data(flow).get("sign_in_scope"))
+                data = self.record.data(flow)
+                return self.device.begin(data.get("sign_in_scope"), tenant=data.get("tenant"))
             except SignInError as exc:
                 return exc
 
@@ -176,7 +186,10 @@ class SignInEngine:
 
     def _begin_sign_in(self, flow: dict[str, Any]) -> None:
         try:
-            session, device = self.device.begin(self.record.data(flow).get("sign_in_scope"))
+            data = self.record.data(flow)
+            session, device = self.device.begin(
+                data.get("sign_in_scope"), tenant=data.get("tenant")
+            )
         except SignInError as exc:
             self.fail(flow["id"], exc)
             return
@@ -326,7 +339,8 @@ class SignInEngine:
         try:
             session = self.session(flow_id)
             if session is None:
-                session = self.device.new_session()
+                # after a restart: against the chosen tenant's authority when there is one
+                session = self.device.new_session(self.record.data(flow).get("tenant"))
                 with self._lock:
                     self._sessions[flow_id] = session
             with metrics.SIGNIN_POLL_SECONDS.time():

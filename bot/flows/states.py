@@ -13,12 +13,13 @@ POST_SIGN_IN_STATES = (
     "checking",
     "blocked",
     "choosing",
+    "choosing_tenant",
     "provisioning",
     "renewing",
     "retiring",
     "repairing",
 )
-CANCELLABLE_AFTER_SIGN_IN = ("signed_in", "blocked", "choosing")
+CANCELLABLE_AFTER_SIGN_IN = ("signed_in", "blocked", "choosing", "choosing_tenant")
 #: States in which a step runs in the background; a cancel stops it at its next boundary.
 RUNNING_STATES = ("checking", "provisioning", "renewing", "retiring", "repairing")
 #: How long a state may stand still with no job for it before the watchdog acts (seconds).
@@ -33,5 +34,5 @@ STEP_LIMITS_S = {
     "repairing": 1800,
 }
 #: States that wait for a person; closed after a day.
-PARKED_STATES = ("blocked", "choosing")
+PARKED_STATES = ("blocked", "choosing", "choosing_tenant")
 PARKED_LIMIT_S = 86400

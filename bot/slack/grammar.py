@@ -1,7 +1,7 @@
 """The slash-command grammar: text in, a `Command` out, or a `CommandError` that says why.
 
 /veeam-sa create NAME [--subscription ID]... [--description TEXT] [--credential secret|certificate]
-                      [--roles builtin|least-privilege]
+                      [--roles builtin|least-privilege] [--tenant ID|DOMAIN]
 /veeam-sa create NAME --management-group ID [--description TEXT] ...
 /veeam-sa list
 /veeam-sa show NAME
@@ -33,13 +33,17 @@ NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
 #: Azure's rule for a management group id: at most 90 characters, letters, digits, `-`, `_`,
 #: `(`, `)` and `.`, not ending in a period ("Management groups - naming rules").
 GROUP_RE = re.compile(r"[A-Za-z0-9_().-]{0,89}[A-Za-z0-9_()-]")
+#: A tenant's domain name (e.g. `contoso.onmicrosoft.com`): DNS labels, at least two.
+DOMAIN_RE = re.compile(
+    r"(?=.{3,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}"
+)
 SUBCOMMANDS = ("create", "list", "show", "renew", "retire", "cancel", "sync", "import", "help")
 
 USAGE = {
     "create": (
         "/veeam-sa create NAME [--subscription ID]... [--description TEXT]"
         " [--credential secret|certificate] [--roles builtin|least-privilege]"
-        " (or --management-group ID instead of --subscription)"
+        " [--tenant ID|DOMAIN] (or --management-group ID instead of --subscription)"
     ),
     "list": "/veeam-sa list",
     "show": "/veeam-sa show NAME",
@@ -67,6 +71,20 @@ class Command:
     roles: str | None = None
     #: `--management-group`: role assignments at that group's scope instead of subscriptions.
     management_group: str | None = None
+    #: `--tenant`: the tenant's id or one of its domain names (lower case); None: the tenant
+    #: the account signs in to, or the person's choice when it reaches several.
+    tenant: str | None = None
+
+
+def validate_tenant(value: str) -> str:
+    """A tenant id (GUID) or domain name, lower case; raises `CommandError` otherwise."""
+    value = value.strip()
+    if GUID_RE.fullmatch(value) or DOMAIN_RE.fullmatch(value):
+        return value.lower()
+    raise CommandError(
+        f"`{_clip(value)}` is not a tenant: give its id (a GUID) or one of its domain names "
+        "(such as contoso.onmicrosoft.com)."
+    )
 
 
 def validate_name(name: str) -> str:
@@ -134,6 +152,7 @@ def _parse_create(words: list[str]) -> Command:
     credential: str | None = None
     roles: str | None = None
     group: str | None = None
+    tenant: str | None = None
     i = 0
     while i < len(words):
         word = words[i]
@@ -145,6 +164,7 @@ def _parse_create(words: list[str]) -> Command:
                 "--credential",
                 "--roles",
                 "--management-group",
+                "--tenant",
             ):
                 raise _usage_error("create", f"`{_clip(flag)}` is not an option of `create`.")
             if eq:
@@ -184,6 +204,13 @@ def _parse_create(words: list[str]) -> Command:
                         "group's id, not its display name.",
                     )
                 group = value
+            elif flag == "--tenant":
+                if tenant is not None:
+                    raise _usage_error("create", "`--tenant` is given twice.")
+                try:
+                    tenant = validate_tenant(value)
+                except CommandError as exc:
+                    raise _usage_error("create", str(exc)) from None
             elif flag == "--roles":
                 if roles is not None:
                     raise _usage_error("create", "`--roles` is given twice.")
@@ -227,6 +254,7 @@ def _parse_create(words: list[str]) -> Command:
         credential=credential,
         roles=roles,
         management_group=group,
+        tenant=tenant,
     )
 
 
@@ -244,10 +272,13 @@ def _plain(message: str) -> str:
 
 
 def form_command(
-    name: str | None, description: str | None, subscriptions: str | None
+    name: str | None,
+    description: str | None,
+    subscriptions: str | None,
+    tenant: str | None = None,
 ) -> Command:
     """The create form's fields as a `create` command, by the command's own rules; raises
-    `FieldErrors` naming each bad field ("name", "description", "subscriptions")."""
+    `FieldErrors` naming each bad field ("name", "description", "subscriptions", "tenant")."""
     errors: dict[str, str] = {}
     name = (name or "").strip()
     if not name:
@@ -273,6 +304,18 @@ def form_command(
             break
         if part.lower() not in chosen:
             chosen.append(part.lower())
+    chosen_tenant: str | None = None
+    if (tenant or "").strip():
+        try:
+            chosen_tenant = validate_tenant(str(tenant))
+        except CommandError as exc:
+            errors["tenant"] = _plain(str(exc))
     if errors:
         raise FieldErrors(errors)
-    return Command("create", name=name, subscriptions=tuple(chosen), description=text)
+    return Command(
+        "create",
+        name=name,
+        subscriptions=tuple(chosen),
+        description=text,
+        tenant=chosen_tenant,
+    )

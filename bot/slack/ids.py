@@ -15,6 +15,7 @@ ACTION_OPEN_DEVICE_LOGIN = "veeam_sa.flow.open_device_login"
 ACTION_RECHECK = "veeam_sa.create.recheck"
 ACTION_CHOOSE_SUBSCRIPTIONS = "veeam_sa.create.subscriptions"
 ACTION_CREATE = "veeam_sa.create.confirm"
+ACTION_CHOOSE_TENANT = "veeam_sa.create.tenant"
 ACTION_RENEW = "veeam_sa.renew"
 RENEW_ACTION = re.compile(r"\A" + re.escape(ACTION_RENEW) + r"(?::\d{1,18})?\Z")
 
@@ -45,6 +46,7 @@ VIEW_CREATE = "veeam_sa.create.form"
 FORM_NAME = "name"
 FORM_DESCRIPTION = "description"
 FORM_SUBSCRIPTIONS = "subscriptions"
+FORM_TENANT = "tenant"
 
 #: The App Home's page buttons: `veeam_sa.home.page.prev` / `.next`, the page in the value.
 ACTION_HOME_PAGE = "veeam_sa.home.page"

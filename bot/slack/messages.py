@@ -75,6 +75,8 @@ def sign_in_failure(error: SignInError) -> str:
             f"Something went wrong on the bot's side during sign-in ({error}); nothing was "
             "changed. Try again; if it keeps happening, give that reference to whoever runs the bot."
         )
+    if error.kind == "tenant":  # the tenant choice: the summary is the whole story, escaped
+        return str(error) + support_suffix(error.aadsts, error.correlation_id)
     advice = SIGN_IN_ADVICE.get(error.kind)
     if advice is None:
         detail = escape(str(error) or error.error or "unknown error")

@@ -461,10 +461,23 @@ class User:
     personal: bool = False
     guest_idp: str | None = None
     groups: list[dict] = field(default_factory=list)
+    #: A B2B guest object (userType Guest) in a resource tenant: the person's user object in
+    #: their home tenant. The person signs in with the home account; in the resource tenant
+    #: they act as this object (its own object id, roles and role assignments).
+    home: User | None = None
 
     @property
     def tid(self) -> str:
         return MSA_TENANT_ID if self.personal else self.tenant_id
+
+    @property
+    def user_type(self) -> str:
+        return "Guest" if self.home is not None or self.guest_idp else "Member"
+
+    @property
+    def person(self) -> User:
+        """The home account behind this object (itself unless it is a B2B guest)."""
+        return self.home if self.home is not None else self
 
 
 @dataclass
@@ -957,6 +970,35 @@ class MicrosoftDouble:
         with self.lock:
             self.users[oid] = user
         return user
+
+    def add_guest(
+        self, user: str | User, tenant_id: str, directory_roles: Iterable[str] = ()
+    ) -> User:
+        """Invite `user` (a member of its home tenant) as a B2B guest of `tenant_id`: a new
+        user object there, userType Guest, with a `#EXT#` user principal name and an object
+        id of its own (Entra B2B: "Properties of a B2B guest user"). The person signs in with
+        the home account; tenant `tenant_id` lists among the tenants they reach."""
+        home = self.user(user).person
+        tenant = self.tenants[tenant_id.lower()]
+        local = home.upn.replace("@", "_")
+        upn = f"{local}#EXT#@{tenant.default_domain}"
+        oid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"guest:{tenant.id}:{home.oid}"))
+        guest = User(upn, home.name, oid, tenant.id, set(directory_roles), home=home)
+        with self.lock:
+            self.users[oid] = guest
+        return guest
+
+    def in_tenant(self, user: User, tenant_id: str) -> User | None:
+        """The person's user object in `tenant_id`: their own (home), their guest object
+        there, or None when they do not exist in that tenant."""
+        person = user.person
+        if person.tenant_id == tenant_id:
+            return person
+        with self.lock:
+            for u in self.users.values():
+                if u.home is person and u.tenant_id == tenant_id:
+                    return u
+        return None
 
     def user(self, upn_or_oid: str | User) -> User:
         if isinstance(upn_or_oid, User):
@@ -1897,6 +1939,11 @@ class MicrosoftDouble:
         mismatch = self._tenant_mismatch(req, flow.tenant, user, flow.client_id)
         if mismatch is not None:
             return mismatch
+        resolved = self._resolve_tenant(flow.tenant)
+        if isinstance(resolved, Tenant) and not user.personal:
+            # A tenant's own authority issues tokens for the person's object in that tenant
+            # (a guest's there, not the home one); "organizations" issues the home tenant's.
+            user = self.in_tenant(user, resolved.id) or user
         aud = self._audience_of(flow.scope, req, flow.tenant)
         if isinstance(aud, _Resp):
             return aud
@@ -1923,7 +1970,13 @@ class MicrosoftDouble:
                 tenant_name="organizations",
                 client_id=client_id,
             )
-        if isinstance(resolved, Tenant) and resolved.id != user.tenant_id:
+        if (
+            isinstance(resolved, Tenant)
+            and resolved.id != user.tenant_id
+            and (user.personal or self.in_tenant(user, resolved.id) is None)
+        ):
+            # AADSTS50020: the account does not exist in that tenant. A B2B guest of the
+            # tenant does exist there and signs in to it (Entra B2B collaboration).
             return self._aad_error(
                 req,
                 50020,
@@ -2022,7 +2075,8 @@ class MicrosoftDouble:
                 "exp": now + 3600,
                 "name": user.name,
                 "oid": user.oid,
-                "preferred_username": user.upn,
+                # a guest signs in with the home account: its name, not the #EXT# one
+                "preferred_username": user.person.upn,
                 "rh": "0.AXEA" + _b64url(secrets.token_bytes(24)),
                 "sid": str(uuid.uuid4()),
                 "sub": _b64url(hashlib.sha256(f"{user.oid}:{client_id}".encode()).digest()),
@@ -2032,10 +2086,17 @@ class MicrosoftDouble:
             }
             if user.guest_idp:
                 claims["idp"] = user.guest_idp
+            elif user.home is not None:
+                # id token claims reference: `idp` records the identity provider that
+                # authenticated the subject; for a guest, the home tenant's issuer
+                claims["idp"] = f"https://sts.windows.net/{user.home.tid}/"
             body["id_token"] = _unsigned_jwt(claims)
         if str(req.form.get("client_info", "")) == "1":
+            # client_info names the home account (uid, utid): MSAL's home_account_id, the
+            # same for one person whichever tenant the token is for
+            home = user.person
             body["client_info"] = _b64url(
-                json.dumps({"uid": user.oid, "utid": tid}, separators=(",", ":")).encode()
+                json.dumps({"uid": home.oid, "utid": home.tid}, separators=(",", ":")).encode()
             )
         return _Resp(200, body, _login_headers(req))
 
@@ -2100,20 +2161,26 @@ class MicrosoftDouble:
             mismatch = self._tenant_mismatch(req, seg, rt.user, rt.client_id)
             if mismatch is not None:
                 return mismatch
+            # redeemed at another tenant's authority: a token for the person's object there
+            user = self.in_tenant(rt.user, resolved.id) or rt.user
+        elif resolved in ("organizations", "common"):
+            user = rt.user.person  # the multi-tenant authorities issue the home tenant's
+        else:
+            user = rt.user
         scopes = form.get("scope", "").split()
         if not scopes:
             return self._aad_error(req, 900144, param="scope")
         aud = self._audience_of(scopes, req, seg)
         if isinstance(aud, _Resp):
             return aud
-        tenant = self.tenants.get(rt.tenant_id)
+        tenant = self.tenants.get(user.tid)
         if tenant is not None and aud[0] in tenant.mfa_required_for and not rt.mfa:
             # Conditional Access requiring MFA for this resource, on a session that did not
             # do MFA: AADSTS50076 "you must use multi-factor authentication to access
             # '<resource app id>'" as a refresh answer (seen in Azure/azure-cli#31300).
             return self._aad_error(req, 50076, resource=_RESOURCE_APP_IDS[aud[0]])
         return self._issue_user_tokens(
-            req, rt.user, rt.client_id, scopes, aud[0], aud[1], mfa=rt.mfa
+            req, user, rt.client_id, scopes, aud[0], aud[1], mfa=rt.mfa
         )
 
     # ---- client credentials grant
@@ -2647,7 +2714,12 @@ class MicrosoftDouble:
         tenant = self.tenants.get(req.token.tenant_id)
         if user.directory_roles & APP_CREATOR_ROLES:
             return True
-        return bool(tenant and tenant.allowed_to_create_apps and not user.guest_idp)
+        # "Users can register applications" is a default permission of member users; guest
+        # users' defaults do not include registering applications (Entra "Default user
+        # permissions": compare member and guest default permissions) — a guest needs a role.
+        return bool(
+            tenant and tenant.allowed_to_create_apps and not user.guest_idp and user.home is None
+        )
 
     def _caller_can_manage(self, req: _Req, app: Application) -> bool:
         user = req.token.user
@@ -3618,9 +3690,21 @@ class MicrosoftDouble:
         bad = self._api_version(req)
         if bad:
             return bad
-        t = self.tenants.get(req.token.tenant_id)
+        # Tenants - List (api-version 2022-12-01): the tenants of the signed-in account, its
+        # home and those it is a guest of, whichever tenant the token is for; a service
+        # principal sees its own tenant.
+        ids = [req.token.tenant_id]
+        if req.token.user is not None:
+            person = req.token.user.person
+            with self.lock:
+                ids = [person.tenant_id] + sorted(
+                    {u.tenant_id for u in self.users.values() if u.home is person}
+                )
         value = []
-        if t is not None and not t.personal:
+        for tid in ids:
+            t = self.tenants.get(tid)
+            if t is None or t.personal:
+                continue
             value.append(
                 {
                     "id": f"/tenants/{t.id}",

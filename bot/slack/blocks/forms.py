@@ -56,6 +56,7 @@ def create_form(
     name: str | None = None,
     description: str | None = None,
     subscriptions: tuple[str, ...] | list[str] = (),
+    tenant: str | None = None,
 ) -> dict[str, Any]:
     """The modal `/veeam-sa` (or `create` without a NAME) opens. The channel the flow will
     report in travels in `private_metadata`; what the command already named is filled in."""
@@ -106,6 +107,18 @@ def create_form(
                 optional=True,
                 multiline=True,
             ),
+            _field(
+                ids.FORM_TENANT,
+                "Tenant",
+                hint=(
+                    "A tenant id or domain your account reaches (as a member or a guest). "
+                    "Leave empty for the tenant you sign in to."
+                ),
+                max_length=253,
+                placeholder="contoso.onmicrosoft.com",
+                initial=tenant,
+                optional=True,
+            ),
         ],
     }
 
@@ -124,7 +137,7 @@ def form_values(view: dict[str, Any]) -> dict[str, str | None]:
     """What the person typed in each field of a submitted create form."""
     values = (view.get("state") or {}).get("values") or {}
     out: dict[str, str | None] = {}
-    for field in (ids.FORM_NAME, ids.FORM_DESCRIPTION, ids.FORM_SUBSCRIPTIONS):
+    for field in (ids.FORM_NAME, ids.FORM_DESCRIPTION, ids.FORM_SUBSCRIPTIONS, ids.FORM_TENANT):
         entry = (values.get(field) or {}).get(field) or {}
         value = entry.get("value") if isinstance(entry, dict) else None
         out[field] = value if isinstance(value, str) else None

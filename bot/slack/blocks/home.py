@@ -47,6 +47,8 @@ def waiting_for(flow: dict[str, Any]) -> str:
         return f"waiting for {who} to sign in to Microsoft"
     if state == "choosing":
         return f"waiting for {who} to choose subscriptions"
+    if state == "choosing_tenant":
+        return f"waiting for {who} to choose the tenant"
     if state == "blocked":
         return "waiting for the missing rights (Recheck in its thread)"
     if state in ("signed_in", "checking"):
