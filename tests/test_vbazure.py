@@ -14,6 +14,7 @@ import pytest
 from bot.clients.vbazure import (
     AZURE_ACCOUNT_PURPOSES,
     DEFAULT_PURPOSES,
+    AccountSettings,
     ApplianceError,
     VBAzureClient,
 )
@@ -86,25 +87,29 @@ def client(dbl: VBAzureDouble, http: httpx.Client, fake: FakeTime) -> VBAzureCli
 
 def save(client: VBAzureClient, name: str = "prod-backup", secret: str = SECRET) -> str:
     return client.save_by_app(
-        name=name,
-        description="Created by veeam-sa",
-        application_id=APP_ID,
-        tenant_id=TENANT_ID,
-        client_secret=secret,
-        subscriptions=[SUBSCRIPTION],
-        purposes=DEFAULT_PURPOSES,
+        AccountSettings(
+            name=name,
+            description="Created by veeam-sa",
+            application_id=APP_ID,
+            tenant_id=TENANT_ID,
+            client_secret=secret,
+            subscriptions=[SUBSCRIPTION],
+            purposes=DEFAULT_PURPOSES,
+        )
     )
 
 
 def update(client: VBAzureClient, account_id: str, secret: str = NEW_SECRET) -> None:
     client.update_by_app(
         account_id,
-        name="prod-backup",
-        description="Renewed by veeam-sa",
-        application_id=APP_ID,
-        tenant_id=TENANT_ID,
-        client_secret=secret,
-        subscriptions=[SUBSCRIPTION],
+        AccountSettings(
+            name="prod-backup",
+            description="Renewed by veeam-sa",
+            application_id=APP_ID,
+            tenant_id=TENANT_ID,
+            client_secret=secret,
+            subscriptions=[SUBSCRIPTION],
+        ),
     )
 
 
@@ -323,12 +328,14 @@ def test_base_url_may_end_in_api(dbl: VBAzureDouble, http: httpx.Client, fake: F
 def test_validation_problem_is_reported(client: VBAzureClient) -> None:
     with pytest.raises(ApplianceError) as info:
         client.save_by_app(
-            name="prod-backup",
-            description="",
-            application_id="not-a-guid",
-            tenant_id=TENANT_ID,
-            client_secret=SECRET,
-            subscriptions=[],
+            AccountSettings(
+                name="prod-backup",
+                description="",
+                application_id="not-a-guid",
+                tenant_id=TENANT_ID,
+                client_secret=SECRET,
+                subscriptions=[],
+            )
         )
     err = info.value
     assert err.kind == "problem"

@@ -20,7 +20,12 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from bot.clients.vbazure import AZURE_ENVIRONMENTS, ORIGIN_CERTIFICATE, CertificateUpload
+from bot.clients.vbazure import (
+    AZURE_ENVIRONMENTS,
+    ORIGIN_CERTIFICATE,
+    AccountSettings,
+    CertificateUpload,
+)
 from bot.core.certs import Certificate, new_password
 from bot.core.clock import parse_time
 from bot.core.errors import ApplianceError
@@ -100,9 +105,9 @@ def hand_off(
             if account.get("management_group") and recorded:
                 # a management group's account: its subscriptions are the group's, as read
                 kwargs["subscriptions"] = recorded
-            appliance.update_by_app(appliance_id, **kwargs)
+            appliance.update_by_app(appliance_id, AccountSettings(**kwargs))
         else:
-            appliance_id = appliance.save_by_app(**kwargs)
+            appliance_id = appliance.save_by_app(AccountSettings(**kwargs))
     except ApplianceError as exc:
         with db.atomic():
             queries.update_account(db, account["id"], handoff="failed")

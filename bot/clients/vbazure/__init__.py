@@ -46,7 +46,12 @@ failure is reported as such and never retried or bypassed.
 
 from __future__ import annotations
 
-from bot.clients.vbazure.accounts import CertificateUpload, VBAzureClient, from_config
+from bot.clients.vbazure.accounts import (
+    AccountSettings,
+    CertificateUpload,
+    VBAzureClient,
+    from_config,
+)
 from bot.clients.vbazure.transport import (
     AZURE_ENVIRONMENTS,
     DEFAULT_API_VERSION,
@@ -70,6 +75,7 @@ __all__ = [
     "ORIGIN_SECRET",
     "RUNNING_STATES",
     "ApplianceError",
+    "AccountSettings",
     "CertificateUpload",
     "VBAzureClient",
     "from_config",

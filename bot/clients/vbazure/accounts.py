@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -29,32 +29,11 @@ log = logging.getLogger(__name__)
 class VBAzureClient(Transport):
     """Talks to one VBAzure appliance as ``username``; safe to share between threads."""
 
-    def save_by_app(
-        self,
-        *,
-        name: str,
-        description: str,
-        application_id: str,
-        tenant_id: str,
-        client_secret: str | None = None,
-        subscriptions: Sequence[str],
-        purposes: Sequence[str] = DEFAULT_PURPOSES,
-        environment: str = "Global",
-        certificate: CertificateUpload | None = None,
-    ) -> str:
+    def save_by_app(self, settings: AccountSettings) -> str:
         """Add a service account for an existing application; returns the account id."""
-        body = _account_body(
-            name,
-            description,
-            application_id,
-            tenant_id,
-            client_secret,
-            subscriptions,
-            purposes,
-            environment,
-            certificate,
-        )
-        secret = _masked(client_secret, certificate)
+        body = _account_body(settings)
+        secret = settings.masked()
+        name, application_id = settings.name, settings.application_id
         path = "accounts/azure/service/saveByApp"
         for attempt in range(1, self._attempts + 1):
             try:
@@ -67,18 +46,7 @@ class VBAzureClient(Transport):
                 if existing is not None:
                     # The lost answer was a success: make sure the secret is the one we hold.
                     log.info("VBAzure: account %s exists after a lost answer; updating", name)
-                    self.update_by_app(
-                        existing,
-                        name=name,
-                        description=description,
-                        application_id=application_id,
-                        tenant_id=tenant_id,
-                        client_secret=client_secret,
-                        subscriptions=subscriptions,
-                        purposes=purposes,
-                        environment=environment,
-                        certificate=certificate,
-                    )
+                    self.update_by_app(existing, settings)
                     return existing
                 continue
             account_id = self._write_result(response, secret)
@@ -92,46 +60,16 @@ class VBAzureClient(Transport):
             return account_id
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
-    def update_by_app(
-        self,
-        account_id: str,
-        *,
-        name: str,
-        description: str,
-        application_id: str,
-        tenant_id: str,
-        client_secret: str | None = None,
-        subscriptions: Sequence[str],
-        purposes: Sequence[str] = DEFAULT_PURPOSES,
-        environment: str = "Global",
-        certificate: CertificateUpload | None = None,
-    ) -> None:
-        """Replace the account's settings, its client secret included."""
-        body = _account_body(
-            name,
-            description,
-            application_id,
-            tenant_id,
-            client_secret,
-            subscriptions,
-            purposes,
-            environment,
-            certificate,
-        )
-        secret = _masked(client_secret, certificate)
+    def update_by_app(self, account_id: str, settings: AccountSettings) -> None:
+        """Replace the account's settings, its client secret (or certificate) included."""
+        body = _account_body(settings)
+        secret = settings.masked()
         path = f"accounts/azure/service/updateByApp/{quote(account_id, safe='')}"
         try:
             response = self._api("PUT", path, json=body, secret=secret)
         except ApplianceError as exc:
             if exc.status == 404:
-                raise ApplianceError(
-                    f"the appliance has no service account {account_id!r}"
-                    + (f" ({exc.detail})" if exc.detail else ""),
-                    kind="not_found",
-                    status=404,
-                    title=exc.title,
-                    detail=exc.detail,
-                ) from None
+                raise _no_account(account_id, exc) from None
             raise
         self._write_result(response, secret)
 
@@ -191,14 +129,16 @@ class VBAzureClient(Transport):
         (``subscriptionId`` query, a ``ClientLoginParameters`` body) answers 200 with the file
         as ``application/octet-stream``."""
         login = _account_body(
-            "export",
-            "",
-            application_id,
-            tenant_id,
-            client_secret,
-            subscriptions,
-            purposes,
-            environment,
+            AccountSettings(
+                name="export",
+                description="",
+                application_id=application_id,
+                tenant_id=tenant_id,
+                client_secret=client_secret,
+                subscriptions=tuple(subscriptions),
+                purposes=tuple(purposes),
+                environment=environment,
+            )
         )["clientLoginParameters"]
         query = urlencode({"subscriptionId": subscription})
         response = self._api(
@@ -232,13 +172,7 @@ class VBAzureClient(Transport):
             response = self._api("POST", path)
         except ApplianceError as exc:
             if exc.status == 404:
-                raise ApplianceError(
-                    f"the appliance has no service account {account_id!r}",
-                    kind="not_found",
-                    status=404,
-                    title=exc.title,
-                    detail=exc.detail,
-                ) from None
+                raise _no_account(account_id, exc) from None
             raise
         body = self._wait(_json(response), None) if response.status_code == 202 else _json(response)
         if not isinstance(body, dict):
@@ -343,45 +277,63 @@ class CertificateUpload:
     name: str
 
 
-def _masked(client_secret: str | None, certificate: CertificateUpload | None) -> str:
-    """What an error from the appliance must never echo."""
-    if certificate is not None:
-        return certificate.password
-    if not client_secret:
-        raise ValueError("a client secret or a certificate is needed")
-    return client_secret
+def _no_account(account_id: str, exc: ApplianceError) -> ApplianceError:
+    """The appliance's 404 for an account id, said as such."""
+    return ApplianceError(
+        f"the appliance has no service account {account_id!r}"
+        + (f" ({exc.detail})" if exc.detail else ""),
+        kind="not_found",
+        status=404,
+        title=exc.title,
+        detail=exc.detail,
+    )
 
 
-def _account_body(
-    name: str,
-    description: str,
-    application_id: str,
-    tenant_id: str,
-    client_secret: str | None,
-    subscriptions: Iterable[str],
-    purposes: Iterable[str],
-    environment: str,
-    certificate: CertificateUpload | None = None,
-) -> dict[str, Any]:
-    purposes = list(purposes)
+@dataclass(frozen=True)
+class AccountSettings:
+    """What a service account is, as `saveByApp` and `updateByApp` take it (v8.1
+    `AccountInfo` and `ClientLoginParameters`): a client secret or a certificate."""
+
+    name: str
+    description: str
+    application_id: str
+    tenant_id: str
+    subscriptions: Sequence[str]
+    client_secret: str | None = field(default=None, repr=False)
+    purposes: Sequence[str] = DEFAULT_PURPOSES
+    environment: str = "Global"
+    certificate: CertificateUpload | None = None
+
+    def masked(self) -> str:
+        """What an error from the appliance must never echo."""
+        if self.certificate is not None:
+            return self.certificate.password
+        if not self.client_secret:
+            raise ValueError("a client secret or a certificate is needed")
+        return self.client_secret
+
+
+def _account_body(settings: AccountSettings) -> dict[str, Any]:
+    purposes = list(settings.purposes)
     unknown = [p for p in purposes if p not in AZURE_ACCOUNT_PURPOSES]
     if unknown:
         log.warning("VBAzure: sending account purposes this client does not know: %s", unknown)
     login: dict[str, Any] = {
-        "azureEnvironment": environment,
-        "applicationId": application_id,
-        "tenantId": tenant_id,
+        "azureEnvironment": settings.environment,
+        "applicationId": settings.application_id,
+        "tenantId": settings.tenant_id,
     }
+    certificate = settings.certificate
     if certificate is not None:
         login["applicationCertificate"] = certificate.pkcs12_b64
         login["certificatePassword"] = certificate.password
         login["applicationCertificateName"] = certificate.name
     else:
-        login["clientSecret"] = client_secret
+        login["clientSecret"] = settings.client_secret
     login["azureAccountPurposes"] = purposes
-    login["subscriptions"] = list(subscriptions)
+    login["subscriptions"] = list(settings.subscriptions)
     return {
-        "accountInfo": {"name": name, "description": description},
+        "accountInfo": {"name": settings.name, "description": settings.description},
         "clientLoginParameters": login,
     }
 
