@@ -9,10 +9,9 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
-from bot.clients.signin import Identity, Session, dump_flow, needs_interaction
+from bot.clients.signin import Identity, Session, needs_interaction
 from bot.core.errors import SignInError
 from bot.core.fanout import both
-from bot.core.logs import register_secret
 from bot.flows.tenant import TenantStep, same_person
 from bot.slack import blocks
 from bot.slack.messages import support_suffix
@@ -193,7 +192,6 @@ class Redemption:
         """The tenant wants the person again for `scope` (MFA or consent for that resource
         alone): a further device code, for that resource, to the same person, in the same
         way — a normal step of the flow, shown in the checklist."""
-        flow_id = flow["id"]
         data = self.engine.record.data(flow)
         data["first_identity"] = data.get("first_identity") or {
             "upn": identity.upn,
@@ -202,55 +200,31 @@ class Redemption:
         }
         data["sign_in_scope"] = scope
         data["extra_sign_ins"] = int(data.get("extra_sign_ins", 0)) + 1
-        steps = data.setdefault("steps", {})
-        steps["sign_in"] = "done"
-        steps["sign_in_again"] = "running"
-        try:
-            _, device = self.engine.device.begin(scope, session=session)
-        except SignInError as exc:
-            self.engine.fail(flow_id, exc)
-            return
-        register_secret(str(device.get("device_code", "")), owner=flow_id)
-        register_secret(str(device.get("user_code", "")), owner=flow_id)
-        if not queries.transition_flow(
-            self.engine.ctx.db,
-            flow_id,
-            ["awaiting_sign_in"],
-            "awaiting_sign_in",
-            device_flow=self.engine.ctx.cipher.encrypt(dump_flow(device)),
-            expires_at=str(device.get("expires_at")),
-            data=json.dumps(data, sort_keys=True),
-        ):
-            self.engine.drop_session(flow_id)
-            return
-        flow = queries.get_flow(self.engine.ctx.db, flow_id) or flow
         resource = self.engine.device.resource_name(scope)
         reason = (
             "multi-factor authentication"
             if error.kind == "mfa"
             else ("consent" if error.kind == "consent" else "a fresh sign-in")
         )
-        self.engine.record.audit(
+        self.engine.sign_in_once_more(
             flow,
-            "sign_in.again",
-            "pending",
-            resource=resource,
-            aadsts=error.aadsts,
-            correlation_id=error.correlation_id,
-        )
-        self.engine.notifier.thread(
-            flow["channel_id"],
-            flow.get("parent_ts"),
-            blocks.note(
-                f":closed_lock_with_key: Signed in as {blocks.escape(identity.upn)}, but the tenant asks for "
-                f"{reason} to reach {resource}{support_suffix(error.aadsts, error.correlation_id)}. "
-                "One more sign-in is needed.",
-                account=flow["name"],
+            data,
+            lambda: self.engine.device.begin(scope, session=session),
+            audit=(
+                "sign_in.again",
+                {
+                    "resource": resource,
+                    "aadsts": error.aadsts,
+                    "correlation_id": error.correlation_id,
+                },
             ),
+            note=(
+                f":closed_lock_with_key: Signed in as {blocks.escape(identity.upn)}, but the tenant "
+                f"asks for {reason} to reach {resource}"
+                f"{support_suffix(error.aadsts, error.correlation_id)}. One more sign-in is needed."
+            ),
+            again=resource,
         )
-        self.engine.record.render_parent(flow)
-        self.engine.send_code(flow, device, again=resource)
-        self.engine.ctx.workers.call_later(int(device.get("interval", 5)), self.engine.poll, flow_id)
 
     def tokens_and_tenant_name(self, session: Session, identity: Identity) -> str | None:
         """Every token the flow needs (silently, each resource side by side), and the tenant's

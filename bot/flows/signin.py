@@ -385,6 +385,53 @@ class SignInEngine:
             self._stalled[flow_id] = (self._stalled.get(flow_id, (0, None))[0], result.identity)
         self.redemption.signed_in(flow, result.identity, session)
 
+    def sign_in_once_more(
+        self,
+        flow: dict[str, Any],
+        data: dict[str, Any],
+        begin: Callable[[], tuple[Session, dict[str, Any]]],
+        *,
+        audit: tuple[str, dict[str, Any]],
+        note: str,
+        again: str,
+    ) -> None:
+        """A further device code for a flow whose first sign-in is done (the tenant asks for
+        MFA or consent for one resource, or the account lives in another tenant): the
+        checklist's "sign in once more" step, the code masked in logs and kept encrypted,
+        the audit row, the thread's `note`, the code to the same person, polling."""
+        flow_id = flow["id"]
+        steps = data.setdefault("steps", {})
+        steps["sign_in"] = "done"
+        steps["sign_in_again"] = "running"
+        try:
+            session, device = begin()
+        except SignInError as exc:
+            self.fail(flow_id, exc)
+            return
+        register_secret(str(device.get("device_code", "")), owner=flow_id)
+        register_secret(str(device.get("user_code", "")), owner=flow_id)
+        if not queries.transition_flow(
+            self._db,
+            flow_id,
+            ["awaiting_sign_in"],
+            "awaiting_sign_in",
+            device_flow=self.ctx.cipher.encrypt(dump_flow(device)),
+            expires_at=str(device.get("expires_at")),
+            data=json.dumps(data, sort_keys=True),
+        ):
+            self.drop_session(flow_id)
+            return
+        self.keep_session(flow_id, session)
+        flow = queries.get_flow(self._db, flow_id) or flow
+        action, detail = audit
+        self.record.audit(flow, action, "pending", **detail)
+        self.notifier.thread(
+            flow["channel_id"], flow.get("parent_ts"), blocks.note(note, account=flow["name"])
+        )
+        self.record.render_parent(flow)
+        self.send_code(flow, device, again=again)
+        self.ctx.workers.call_later(int(device.get("interval", 5)), self.poll, flow_id)
+
     def close_failed(
         self, flow: dict[str, Any], states: list[str], kind: str, error: VeeamSAError
     ) -> tuple[str, bool]:

@@ -22,10 +22,9 @@ from typing import TYPE_CHECKING, Any
 from slack_sdk.errors import SlackApiError
 
 from bot.clients.graph import GraphClient
-from bot.clients.signin import Identity, Session, dump_flow
+from bot.clients.signin import Identity, Session
 from bot.core.errors import CommandError, MicrosoftError, SignInError
 from bot.core.fanout import both, parallel
-from bot.core.logs import register_secret
 from bot.slack import blocks
 from bot.slack.blocks.tenants import MAX_TENANT_CHOICES, tenant_chooser, tenant_chosen
 from storage import queries
@@ -381,7 +380,6 @@ class TenantStep:
     ) -> None:
         """One more device code, against the chosen tenant's authority, to the same person."""
         engine = self.engine
-        flow_id = flow["id"]
         tenant_id = data["tenant"]
         data["first_identity"] = {
             "upn": identity.upn,
@@ -391,49 +389,24 @@ class TenantStep:
             "tenant_switch": True,
         }
         data.pop("sign_in_scope", None)
-        steps = data.setdefault("steps", {})
-        steps["sign_in"] = "done"
-        steps["sign_in_again"] = "running"
-        try:
-            session, device = engine.device.begin(None, tenant=tenant_id)
-        except SignInError as exc:
-            engine.fail(flow_id, exc)
-            return
-        register_secret(str(device.get("device_code", "")), owner=flow_id)
-        register_secret(str(device.get("user_code", "")), owner=flow_id)
-        if not queries.transition_flow(
-            engine.ctx.db,
-            flow_id,
-            ["awaiting_sign_in"],
-            "awaiting_sign_in",
-            device_flow=engine.ctx.cipher.encrypt(dump_flow(device)),
-            expires_at=str(device.get("expires_at")),
-            data=json.dumps(data, sort_keys=True),
-        ):
-            engine.drop_session(flow_id)
-            return
-        engine.keep_session(flow_id, session)
-        flow = queries.get_flow(engine.ctx.db, flow_id) or flow
-        engine.record.audit(
+        name = tenant.get("displayName") or tenant.get("defaultDomain") or tenant_id
+        engine.sign_in_once_more(
             flow,
-            "sign_in.tenant",
-            "pending",
-            tenant_id=tenant_id,
-            signed_in_tenant=identity.tenant_id,
-            category=tenant.get("tenantCategory"),
-        )
-        engine.notifier.thread(
-            flow["channel_id"],
-            flow.get("parent_ts"),
-            blocks.note(
+            data,
+            lambda: engine.device.begin(None, tenant=tenant_id),
+            audit=(
+                "sign_in.tenant",
+                {
+                    "tenant_id": tenant_id,
+                    "signed_in_tenant": identity.tenant_id,
+                    "category": tenant.get("tenantCategory"),
+                },
+            ),
+            note=(
                 f":twisted_rightwards_arrows: Signed in as {blocks.escape(identity.upn)} in tenant "
                 f"`{blocks.escape(identity.tenant_id)}`; `{flow['name']}` is in "
                 f"tenant {describe(tenant)}. One more sign-in, to that tenant and with the same "
-                "account, is needed.",
-                account=flow["name"],
+                "account, is needed."
             ),
+            again=f"tenant {blocks.escape(name)}",
         )
-        engine.record.render_parent(flow)
-        name = tenant.get("displayName") or tenant.get("defaultDomain") or tenant_id
-        engine.send_code(flow, device, again=f"tenant {blocks.escape(name)}")
-        engine.ctx.workers.call_later(int(device.get("interval", 5)), engine.poll, flow_id)
