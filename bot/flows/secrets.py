@@ -50,32 +50,11 @@ def add_password_within_policy(
     its cap when the signed-in account may read the policy, else the longest of
     `STEP_DOWN_DAYS` Graph accepts. Returns Graph's answer and, when shortened, what limited
     it (`policy`, `days`, `read`). A policy that forbids secrets raises as Graph answered."""
-    try:
-        return graph.add_password(object_id, display_name, now + wanted), None
-    except MicrosoftError as exc:
-        if exc.code != POLICY_LIFETIME:
-            raise
-        refused = exc
-    policy = policy_id(refused)
-    cap = graph.password_max_lifetime(policy)
-    tries: list[timedelta] = []
-    if cap is not None and cap < wanted:
-        tries.append(cap - POLICY_MARGIN if cap > 2 * POLICY_MARGIN else cap)
-    ceiling = min(wanted, cap) if cap is not None else wanted
-    tries += [timedelta(days=d) for d in STEP_DOWN_DAYS if timedelta(days=d) < ceiling]
-    for lifetime in tries:
-        try:
-            created = graph.add_password(object_id, display_name, now + lifetime)
-        except MicrosoftError as exc:
-            if exc.code != POLICY_LIFETIME:
-                raise
-            continue
-        return created, {
-            "policy": policy,
-            "days": max(1, round(lifetime.total_seconds() / 86400)),
-            "read": cap is not None,
-        }
-    raise refused
+    return _within_policy(
+        lambda lifetime: graph.add_password(object_id, display_name, now + lifetime),
+        graph.password_max_lifetime,
+        wanted,
+    )
 
 
 def add_secret(
