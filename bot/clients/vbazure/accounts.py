@@ -272,7 +272,7 @@ class CertificateUpload:
     protected with, and the name VBAzure shows for it (v8.1 `ClientLoginParameters`
     `applicationCertificate`, `certificatePassword`, `applicationCertificateName`)."""
 
-    pkcs12_b64: str
+    pkcs12_b64: str = field(repr=False)  # the private key, protected by `password`
     password: str = field(repr=False)
     name: str
 
