@@ -104,3 +104,36 @@ def test_helper_threads_are_kept_and_reused() -> None:
             threading.Event().wait(0.01)
     assert pool.threads == 1
     assert len(set(names)) == 1 and names[0].startswith("veeam-sa-fanout-")
+
+
+def test_once_runs_its_call_once_for_every_caller_and_shares_its_error() -> None:
+    calls: list[int] = []
+    gate = threading.Event()
+
+    def slow() -> int:
+        calls.append(1)
+        gate.wait(5)
+        return 42
+
+    shared = fanout.once(slow)
+    first, second = [], []
+    threads = [
+        threading.Thread(target=lambda: first.append(shared())),
+        threading.Thread(target=lambda: second.append(shared())),
+    ]
+    for t in threads:
+        t.start()
+    gate.set()
+    for t in threads:
+        t.join(5)
+    assert first == second == [42] and calls == [1]
+
+    def broken() -> int:
+        calls.append(2)
+        raise RuntimeError("no")
+
+    failing = fanout.once(broken)
+    for _ in range(2):
+        with pytest.raises(RuntimeError):
+            failing()
+    assert calls == [1, 2]

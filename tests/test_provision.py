@@ -361,6 +361,8 @@ def test_subscription_rights_are_checked_beside_the_graph_token(
     sign_in(bot, f"create side --subscription {SUB1}")
     bot.wait_state("side", "done", timeout=30)
     assert rv.met, rv.waited
+    # the tenant step and the tenant's display name share one read of ARM's tenant list
+    assert sum(1 for r in ms.requests if r.server == "arm" and r.path == "/tenants") == 1
     assert_provisioned(bot, ms, "side", [SUB1])
 
 

@@ -110,14 +110,6 @@ class ArmClient(MicrosoftApi):
         token is for."""
         return self.paged("/tenants", "nextLink", params={"api-version": SUBSCRIPTIONS_API})
 
-    def tenant_name(self, tenant_id: str) -> str | None:
-        """The display name of `tenant_id` among the tenants the caller can see."""
-        for tenant in self.paged("/tenants", "nextLink", params={"api-version": SUBSCRIPTIONS_API}):
-            if str(tenant.get("tenantId", "")).lower() == tenant_id.lower():
-                name = tenant.get("displayName")
-                return str(name) if name else None
-        return None
-
     def management_groups(self) -> list[dict[str, Any]]:
         """The management groups the caller can see: `name` (the id) and
         `properties.displayName`."""

@@ -157,3 +157,24 @@ def both(first: Callable[[], A], second: Callable[[], B]) -> tuple[A, B]:
         later.exception()  # wait for it to end; the first call's error is the one raised
         raise
     return result, later.result()
+
+
+def once(fn: Callable[[], R]) -> Callable[[], R]:
+    """`fn`, called at most once however many threads ask: the first caller runs it, the
+    others wait for its result (or its error, raised to each of them)."""
+    lock = threading.Lock()
+    outcome: list[tuple[bool, Any]] = []
+
+    def call() -> R:
+        with lock:
+            if not outcome:
+                try:
+                    outcome.append((True, fn()))
+                except Exception as exc:  # noqa: BLE001 - handed to every caller
+                    outcome.append((False, exc))
+        ok, value = outcome[0]
+        if not ok:
+            raise value
+        return value
+
+    return call

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from bot.clients.signin import Identity, Session, needs_interaction
 from bot.core.errors import SignInError
-from bot.core.fanout import both
+from bot.core.fanout import both, once
 from bot.flows.tenant import TenantStep, same_person
 from bot.slack import blocks
 from bot.slack.messages import support_suffix
@@ -58,12 +59,19 @@ class Redemption:
         elif not self.acceptable(flow, identity):
             return
         early = flow
+        signin = self.engine.device
+
+        def list_tenants() -> list[dict[str, Any]]:
+            token = signin.token(session, signin.sign_in_scope)  # the sign-in's own
+            return self.engine.ctx.arm(token=lambda: token, attempts=2).tenants()
+
+        tenants = once(list_tenants)  # the tenant step and the tenant's name share one read
 
         def tokens() -> tuple[str | None, Exception | None]:
             # only reads: wasted, not wrong, when the tenant step takes the flow elsewhere
             try:
                 name, _ = both(
-                    lambda: self.tokens_and_tenant_name(session, identity),
+                    lambda: self.tokens_and_tenant_name(session, identity, tenants),
                     lambda: self.prefetch(early, identity, session),
                 )
             except (_NeedsSignIn, SignInError) as exc:
@@ -73,7 +81,7 @@ class Redemption:
         # Whether this is the tenant to work in (which may take one more read) is asked beside
         # the fetch of the other tokens and the next step's early reads.
         handled, (tenant_name, problem) = both(
-            lambda: self.tenant.settle(flow, identity, session), tokens
+            lambda: self.tenant.settle(flow, identity, session, tenants), tokens
         )
         if handled:
             return
@@ -226,7 +234,12 @@ class Redemption:
             again=resource,
         )
 
-    def tokens_and_tenant_name(self, session: Session, identity: Identity) -> str | None:
+    def tokens_and_tenant_name(
+        self,
+        session: Session,
+        identity: Identity,
+        tenants: Callable[[], list[dict[str, Any]]],
+    ) -> str | None:
         """Every token the flow needs (silently, each resource side by side), and the tenant's
         display name (None when it can't be read: it is decoration). Raises `_NeedsSignIn`
         when a resource needs the person again, `SignInError` when it refuses otherwise."""
@@ -241,9 +254,11 @@ class Redemption:
 
         def tenant_name() -> str | None:
             try:
-                token = signin.token(session, signin.sign_in_scope)  # the sign-in's own
-                arm = self.engine.ctx.arm(token=lambda: token, attempts=2)
-                return arm.tenant_name(identity.tenant_id)
+                for tenant in tenants():
+                    if str(tenant.get("tenantId", "")).lower() == identity.tenant_id.lower():
+                        name = tenant.get("displayName")
+                        return str(name) if name else None
+                return None
             except Exception:  # noqa: BLE001 - the name is decoration; sign-in already succeeded
                 log.info("could not read the tenant's display name", exc_info=True)
                 return None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from slack_sdk.errors import SlackApiError
@@ -109,9 +110,16 @@ class TenantStep:
     def __init__(self, engine: SignInEngine) -> None:
         self.engine = engine
 
-    def settle(self, flow: dict[str, Any], identity: Identity, session: Session) -> bool:
+    def settle(
+        self,
+        flow: dict[str, Any],
+        identity: Identity,
+        session: Session,
+        tenants: Callable[[], list[dict[str, Any]]],
+    ) -> bool:
         """True when the flow does not go on from this sign-in: it failed, or it waits for a
-        sign-in against the chosen tenant. False: carry on in the signed-in tenant."""
+        sign-in against the chosen tenant. False: carry on in the signed-in tenant.
+        `tenants()` lists the tenants the sign-in reaches (read once per sign-in)."""
         engine = self.engine
         flow_id = flow["id"]
         data = engine.record.data(flow)
@@ -139,10 +147,9 @@ class TenantStep:
         if not wanted:
             if flow["kind"] != "create" or flow.get("account_id"):
                 return False
-            return self._offer(flow, identity, session, data)
+            return self._offer(flow, identity, session, data, tenants)
         try:
-            token = engine.device.token(session, engine.device.sign_in_scope)
-            tenants = engine.ctx.arm(token=lambda: token, attempts=2).tenants()
+            reached = tenants()
         except SignInError as exc:
             engine.fail(flow_id, exc)
             return True
@@ -157,9 +164,9 @@ class TenantStep:
                 ),
             )
             return True
-        found = match_tenant(tenants, str(wanted))
+        found = match_tenant(reached, str(wanted))
         if found is None:
-            reachable = ", ".join(describe(t) for t in tenants) or "none"
+            reachable = ", ".join(describe(t) for t in reached) or "none"
             advice = (
                 "Ask an admin of that tenant to invite the account as a guest, or name one of "
                 "these with `--tenant`. Nothing was created."
@@ -197,19 +204,19 @@ class TenantStep:
     # -- the chooser: no --tenant, and the account reaches several ---------------------------
 
     def _offer(
-        self, flow: dict[str, Any], identity: Identity, session: Session, data: dict[str, Any]
+        self,
+        flow: dict[str, Any],
+        identity: Identity,
+        session: Session,
+        data: dict[str, Any],
+        listing: Callable[[], list[dict[str, Any]]],
     ) -> bool:
         """Offer the tenants the account reaches when there are several (True), each with
         whether it may register applications there; else carry on at home (False)."""
         engine = self.engine
         flow_id = flow["id"]
         try:
-            token = engine.device.token(session, engine.device.sign_in_scope)
-            tenants = [
-                t
-                for t in engine.ctx.arm(token=lambda: token, attempts=2).tenants()
-                if t.get("tenantId")
-            ]
+            tenants = [t for t in listing() if t.get("tenantId")]
         except (SignInError, MicrosoftError) as exc:
             # the list only offers a choice: without it the creation stays where it signed in
             log.info("flow %s: could not list the account's tenants: %s", flow_id, exc)
