@@ -1394,6 +1394,7 @@ class MicrosoftDouble:
     # ------------------------------------------------------------------ request handling
 
     def _serve(self, h: _Handler) -> None:
+        arrived = getattr(h, "arrived", None) or time.monotonic()
         server = h.server.name
         split = urlsplit(h.path)
         path = unquote(split.path)
@@ -1432,10 +1433,16 @@ class MicrosoftDouble:
                     if rv.waited[side] is None and not rv.arrived[side].is_set() and matches(recorded):
                         rv.arrived[side].set()
                         waits.append((rv, side))
+        if resp.status != 0:
+            self._write(h, resp, send=False)
+        # `latency` is the time from the request's arrival to its answer, as a service that
+        # works on many requests at once takes: this double's own work on the request (it
+        # shares one interpreter with the other doubles) counts towards it, not on top.
+        busy = time.monotonic() - arrived
         for rv, side in waits:
             rv.waited[side] = rv.arrived[1 - side].wait(rv.timeout)
         if self.latency:
-            time.sleep(self.latency)
+            time.sleep(max(0.0, self.latency - busy))
         if resp.status == 0:  # a fault of status 0: the connection drops without an answer
             h.close_connection = True
             try:
@@ -1443,7 +1450,8 @@ class MicrosoftDouble:
             except OSError:
                 pass
             return
-        self._write(h, resp)
+        h.flush_headers()
+        h.wfile.flush()
 
     @staticmethod
     def _read_body(h: _Handler, headers: dict) -> bytes:
@@ -1462,7 +1470,9 @@ class MicrosoftDouble:
         return h.rfile.read(length) if length else b""
 
     @staticmethod
-    def _write(h: _Handler, resp: _Resp) -> None:
+    def _write(h: _Handler, resp: _Resp, send: bool = True) -> None:
+        """The answer, head and body in one write; with `send=False` only made ready (the
+        caller flushes it once the latency has passed)."""
         body = resp.body
         ctype = resp.headers.pop("Content-Type", None)
         if body is None:
@@ -1485,10 +1495,11 @@ class MicrosoftDouble:
         if payload and h.command != "HEAD" and resp.status not in (204, 304):
             # one write for head and body: no Nagle / delayed-ACK stall between them
             h._headers_buffer.append(b"\r\n" + payload)
-            h.flush_headers()
         else:
-            h.end_headers()
-        h.wfile.flush()
+            h._headers_buffer.append(b"\r\n")
+        if send:
+            h.flush_headers()
+            h.wfile.flush()
 
     def _truncated(self, req: _Req, marker: _Resp) -> _Resp:
         """Carry the request out, then cut its JSON answer in half (a connection cut short

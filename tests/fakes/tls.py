@@ -13,6 +13,7 @@ import ssl
 import sys
 import tempfile
 import threading
+import time
 import traceback
 import weakref
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -105,6 +106,12 @@ class TLSHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass
+
+    def parse_request(self) -> bool:
+        #: When the request line arrived (before its headers are parsed): a double's
+        #: `latency` runs from here.
+        self.arrived = time.monotonic()
+        return super().parse_request()
 
     def _dispatch(self) -> None:
         self.server.double._serve(self)
