@@ -57,3 +57,48 @@ def test_a_failing_job_is_logged_not_fatal(caplog) -> None:  # type: ignore[no-u
     assert "kaput" in caplog.text
     assert workers.submit(lambda: 42).result(timeout=5) == 42
     workers.shutdown()
+
+
+def test_a_submitted_job_never_waits_behind_timer_jobs() -> None:
+    """Polls fill every worker they may hold and more are due; a command's job still
+    starts at once, on the worker kept for it."""
+    workers = Workers(size=4)
+    assert workers.reserve == 1
+    release = threading.Event()
+    started: list[int] = []
+    lock = threading.Lock()
+    three_running = threading.Event()
+
+    def poll(n: int) -> None:
+        with lock:
+            started.append(n)
+            if len(started) == 3:
+                three_running.set()
+        release.wait(5)
+
+    for n in range(10):
+        workers.call_later(0.0, poll, n)
+    assert three_running.wait(5)
+    command = workers.submit(lambda: "code shown")
+    assert command.result(timeout=2) == "code shown"
+    with lock:
+        assert len(started) == 3  # the other seven polls wait for a poll's worker
+    release.set()
+    workers.shutdown(wait=True, timeout=5)
+
+
+def test_submitted_jobs_go_before_queued_timer_jobs() -> None:
+    workers = Workers(size=1)
+    gate = threading.Event()
+    order: list[str] = []
+    workers.submit(gate.wait, 5)  # the only worker is busy
+    for n in range(3):
+        workers.call_later(0.0, order.append, f"poll {n}")
+    deadline = threading.Event()
+    while workers.pending():  # every poll has left the timer for the queue
+        deadline.wait(0.01)
+    done = workers.submit(order.append, "command")
+    gate.set()
+    done.result(timeout=5)
+    assert order[0] == "command"
+    workers.shutdown(wait=True, timeout=5)

@@ -1,9 +1,14 @@
 """The worker model: long work never runs on Bolt's listener threads.
 
-Handlers ack and hand work to `Workers`: `submit` runs a job on a bounded thread pool,
-`call_later` schedules one for later. A single timer thread keeps a heap of due jobs
-and feeds them to the pool, so hundreds of pending sign-ins cost one heap entry each —
-not a thread or a sleep loop per flow. The thread count is `size + 1`, whatever the load.
+Handlers ack and hand work to `Workers`: `submit` runs a job on a fixed set of worker
+threads, `call_later` schedules one for later. A single timer thread keeps a heap of due
+jobs and feeds them to the workers, so hundreds of pending sign-ins cost one heap entry each
+— not a thread or a sleep loop per flow. The thread count is `size + 1`, whatever the load.
+
+Work someone waits for comes first: a job given to `submit` (a command's first step, a
+button's) runs before any queued timer job, and timer jobs (the sign-in polls) hold at most
+`size - reserve` workers at once, so a new command never queues behind a crowd of polls. A
+poll delayed by a busy moment is a little late; the next is timed from its answer.
 
 `shutdown()` first stops the timer (no new polls are started), refuses new jobs, drops
 the ones not started yet, and lets the running ones finish: a flow is left between two
@@ -17,8 +22,9 @@ import itertools
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
 from typing import Any
 
@@ -40,16 +46,45 @@ class Scheduled:
         self.cancelled = True
 
 
+class _Job:
+    __slots__ = ("future", "fn", "args", "timed")
+
+    def __init__(
+        self, future: Future[Any], fn: Callable[..., Any], args: tuple[Any, ...], timed: bool
+    ) -> None:
+        self.future = future
+        self.fn = fn
+        self.args = args
+        self.timed = timed
+
+
 class Workers:
-    def __init__(self, size: int = 8, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        size: int = 8,
+        clock: Callable[[], float] = time.monotonic,
+        reserve: int | None = None,
+    ) -> None:
         self.size = size
+        #: Workers that timer jobs never take (a quarter, at least one when there are two).
+        self.reserve = min(size - 1, max(1, size // 4)) if reserve is None else reserve
         #: Called with (fn, args, exception) when a job raises: the flows use it to end a
         #: flow whose step failed past every handler, instead of leaving it stuck.
         self.on_error: Callable[[Callable[..., Any], tuple[Any, ...], BaseException], None] | None = (
             None
         )
         self._clock = clock
-        self._pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="veeam-sa-worker")
+        self._queue_cond = threading.Condition()
+        self._now: deque[_Job] = deque()  # submitted: someone is waiting
+        self._timed: deque[_Job] = deque()  # from the timer
+        self._timed_running = 0
+        self._closed = False
+        self._threads = [
+            threading.Thread(target=self._work, name=f"veeam-sa-worker_{n}", daemon=True)
+            for n in range(size)
+        ]
+        for thread in self._threads:
+            thread.start()
         self._heap: list[tuple[float, int, Scheduled]] = []
         self._seq = itertools.count()
         self._cond = threading.Condition()
@@ -72,7 +107,7 @@ class Workers:
             stopping = self._stopping
         if not stopping:
             try:
-                return self._submit(fn, args)
+                return self._submit(fn, args, timed=False)
             except RuntimeError:  # the pool shut down between the check and the submit
                 pass
         log.info("shutting down: not starting %s", _describe(fn, args))
@@ -126,7 +161,14 @@ class Workers:
         finish, for at most `timeout` seconds. Returns the jobs still running when it gave
         up (empty when everything finished)."""
         self.quiesce()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._queue_cond:
+            self._closed = True
+            dropped = [*self._now, *self._timed]
+            self._now.clear()
+            self._timed.clear()
+            self._queue_cond.notify_all()
+        for job in dropped:
+            job.future.cancel()
         if wait:
             with self._cond:
                 live = list(self._live)
@@ -135,13 +177,49 @@ class Workers:
 
     # -- internals ------------------------------------------------------------------------
 
-    def _submit(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Future[Any]:
-        future = self._pool.submit(self._guarded, fn, *args)
+    def _submit(self, fn: Callable[..., Any], args: tuple[Any, ...], timed: bool) -> Future[Any]:
+        future: Future[Any] = Future()
         with self._cond:
             self._live[future] = _describe(fn, args)
             self._live_args[future] = args
         future.add_done_callback(self._forget)
+        with self._queue_cond:
+            if self._closed:
+                future.cancel()
+                raise RuntimeError("the workers are shut down")
+            (self._timed if timed else self._now).append(_Job(future, fn, args, timed))
+            self._queue_cond.notify()
         return future
+
+    def _next(self) -> _Job | None:
+        """The next job for a free worker: submitted ones first; a timer job only while
+        fewer than `size - reserve` run. None once shut down."""
+        with self._queue_cond:
+            while True:
+                if self._closed:
+                    return None
+                if self._now:
+                    return self._now.popleft()
+                if self._timed and self._timed_running < self.size - self.reserve:
+                    self._timed_running += 1
+                    return self._timed.popleft()
+                self._queue_cond.wait()
+
+    def _work(self) -> None:
+        while (job := self._next()) is not None:
+            try:
+                if job.future.set_running_or_notify_cancel():
+                    try:
+                        result = self._guarded(job.fn, *job.args)
+                    except BaseException as exc:  # noqa: BLE001 - handed to the future
+                        job.future.set_exception(exc)
+                    else:
+                        job.future.set_result(result)
+            finally:
+                if job.timed:
+                    with self._queue_cond:
+                        self._timed_running -= 1
+                        self._queue_cond.notify()
 
     def _forget(self, future: Future[Any]) -> None:
         with self._cond:
@@ -171,7 +249,7 @@ class Workers:
                 _, _, item = heapq.heappop(self._heap)
             if not item.cancelled:
                 try:
-                    self._submit(item.fn, item.args)
+                    self._submit(item.fn, item.args, timed=True)
                 except RuntimeError:  # pool shut down under us
                     return
 
