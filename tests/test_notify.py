@@ -31,3 +31,26 @@ def test_a_refused_note_is_logged_not_raised_and_the_rest_still_go(slack: SlackD
     notifier.thread("C0OPS", parent, blocks.note("kept"))
     assert [m.get("text") for m in slack.thread("C0OPS", parent)] == ["kept"]
     notifier.close()
+
+
+def test_quick_status_edits_make_one_edit_and_a_waited_one_goes_at_once(
+    slack: SlackDouble,
+) -> None:
+    """A flow passing three steps in a moment edits its parent message once, with the
+    newest checklist; an edit the flow waits for (its last) is not held back."""
+    notifier = Notifier(WebClient(token=BOT_TOKEN, base_url=slack.api_url))
+    parent = notifier.post("C0OPS", blocks.note("parent"))
+    mark = slack.mark()
+    for step in ("application", "principal", "secret"):
+        notifier.update_latest("C0OPS", parent, blocks.note(f"{step} running"))
+    slack.wait_for("chat.update", after=mark)
+    edits = [c for c in slack.calls[mark:] if c.method == "chat.update"]
+    assert [c.args["text"] for c in edits] == ["secret running"]
+
+    mark = slack.mark()
+    notifier.update_latest("C0OPS", parent, blocks.note("roles running"))
+    notifier.update_latest("C0OPS", parent, blocks.note("created"), wait=True)
+    # back already: the waited edit did not sit out the gathering time behind the other one
+    edits = [c for c in slack.calls[mark:] if c.method == "chat.update"]
+    assert [c.args["text"] for c in edits] == ["created"]
+    notifier.close()

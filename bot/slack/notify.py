@@ -26,6 +26,12 @@ class _Note:
     error: Exception | None = None
 
 
+#: A background edit of a status message waits this long for further edits to the same
+#: message, so the steps a flow passes in quick succession make one edit, sent while the flow
+#: waits on Microsoft rather than while it works.
+EDIT_GATHER_SECONDS = 0.02
+
+
 class Notifier:
     def __init__(self, client: WebClient) -> None:
         self._client = client
@@ -33,6 +39,7 @@ class Notifier:
         # sender per message so an older edit never lands after a newer one.
         self._latest: dict[tuple[str, str], dict[str, Any]] = {}
         self._busy: set[tuple[str, str]] = set()
+        self._urgent: set[tuple[str, str]] = set()
         self._cond = threading.Condition()
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="veeam-sa-slack")
         # Thread notes: posted in order per thread, in the background unless waited for.
@@ -47,6 +54,9 @@ class Notifier:
         key = (channel, ts)
         with self._cond:
             self._latest[key] = payload
+            if wait:
+                self._urgent.add(key)
+                self._cond.notify_all()
             if key in self._busy:
                 if wait:
                     self._cond.wait_for(lambda: key not in self._busy, timeout=10)
@@ -55,14 +65,18 @@ class Notifier:
         if wait:
             self._drain(key)
         else:
-            self._pool.submit(self._drain, key)
+            self._pool.submit(self._drain, key, EDIT_GATHER_SECONDS)
 
-    def _drain(self, key: tuple[str, str]) -> None:
+    def _drain(self, key: tuple[str, str], gather: float = 0.0) -> None:
+        if gather:
+            with self._cond:
+                self._cond.wait_for(lambda: key in self._urgent, timeout=gather)
         while True:
             with self._cond:
                 payload = self._latest.pop(key, None)
                 if payload is None:
                     self._busy.discard(key)
+                    self._urgent.discard(key)
                     self._cond.notify_all()
                     return
             self.update(key[0], key[1], payload)
