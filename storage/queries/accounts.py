@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from storage.queries.common import _one, _pk, _rows, utcnow_iso
+from storage.queries.common import _one, _pk, _rows, _update, utcnow_iso
 
 
 def get_account(db: Database, name: str) -> dict[str, Any] | None:
@@ -20,8 +20,7 @@ def get_account(db: Database, name: str) -> dict[str, Any] | None:
 
 
 def get_account_by_id(db: Database, account_id: int) -> dict[str, Any] | None:
-    rows = list(db.table("accounts").rows_where("id = ?", [account_id], limit=1))
-    return rows[0] if rows else None
+    return _one(db, "SELECT * FROM accounts WHERE id = ?", [account_id])
 
 
 def insert_account(db: Database, row: dict[str, Any]) -> int:
@@ -32,7 +31,7 @@ def insert_account(db: Database, row: dict[str, Any]) -> int:
 
 def update_account(db: Database, account_id: int, **changes: Any) -> None:
     changes.setdefault("updated_at", utcnow_iso())
-    db.table("accounts").update(account_id, changes)
+    _update(db, "accounts", account_id, changes)
 
 
 def active_accounts_by_app_id(db: Database, app_id: str) -> list[dict[str, Any]]:

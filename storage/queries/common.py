@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlite_utils import Database
+from sqlite_utils.db import NotFoundError
 
 audit_log = logging.getLogger("veeam_sa.audit")
 
@@ -35,3 +38,28 @@ def _rows(db: Database, sql: str, params: list[Any]) -> list[dict[str, Any]]:
     cursor = db.execute(sql, params)
     columns = [c[0] for c in cursor.description]
     return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+
+
+_COLUMN = re.compile(r"[a-z_][a-z0-9_]*")
+
+
+def _update(db: Database, table: str, row_id: Any, changes: dict[str, Any]) -> None:
+    """`UPDATE table SET … WHERE id = ?` in one statement (sqlite-utils' `Table.update`
+    reads the table's schema and the row first; flows update their row at every step).
+    Lists and dicts are stored as JSON; a missing row raises `NotFoundError`, as there."""
+    if not changes:
+        return
+    for column in changes:
+        if not _COLUMN.fullmatch(column):
+            raise ValueError(f"not a column name: {column!r}")
+    values = [
+        json.dumps(v, sort_keys=True) if isinstance(v, dict | list | tuple) else v
+        for v in changes.values()
+    ]
+    columns = ", ".join(f"[{c}] = ?" for c in changes)
+    cursor = db.execute(
+        f"UPDATE [{table}] SET {columns} WHERE id = ?",  # noqa: S608 - names checked above
+        [*values, row_id],
+    )
+    if cursor.rowcount == 0:
+        raise NotFoundError(f"no {table} row {row_id!r}")

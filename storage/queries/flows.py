@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from storage.queries.common import TERMINAL_FLOW_STATES, _one, _pk, audit_log, utcnow_iso
+from storage.queries.common import TERMINAL_FLOW_STATES, _one, _pk, _update, audit_log, utcnow_iso
 
 # -- audit -------------------------------------------------------------------------------
 
@@ -90,8 +90,7 @@ def insert_flow(db: Database, row: dict[str, Any]) -> None:
 
 
 def get_flow(db: Database, flow_id: str) -> dict[str, Any] | None:
-    rows = list(db.table("flows").rows_where("id = ?", [flow_id], limit=1))
-    return rows[0] if rows else None
+    return _one(db, "SELECT * FROM flows WHERE id = ?", [flow_id])
 
 
 def create_flow_of_account(db: Database, account_id: int) -> dict[str, Any] | None:
@@ -109,7 +108,7 @@ def create_flow_of_account(db: Database, account_id: int) -> dict[str, Any] | No
 
 def update_flow(db: Database, flow_id: str, **changes: Any) -> None:
     changes.setdefault("updated_at", utcnow_iso())
-    db.table("flows").update(flow_id, changes)
+    _update(db, "flows", flow_id, changes)
 
 
 _FLOW_COLUMNS = frozenset(
