@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from storage.queries.common import _one, _pk, _rows, _update, utcnow_iso
+from storage.queries.common import _insert, _one, _rows, _update, utcnow_iso
 
 
 def get_account(db: Database, name: str) -> dict[str, Any] | None:
@@ -24,9 +24,7 @@ def get_account_by_id(db: Database, account_id: int) -> dict[str, Any] | None:
 
 
 def insert_account(db: Database, row: dict[str, Any]) -> int:
-    table = db.table("accounts")
-    table.insert(row)
-    return _pk(table.last_pk)
+    return _insert(db, "accounts", row)
 
 
 def update_account(db: Database, account_id: int, **changes: Any) -> None:
@@ -55,9 +53,7 @@ def list_accounts(db: Database) -> list[dict[str, Any]]:
 
 
 def insert_secret(db: Database, row: dict[str, Any]) -> int:
-    table = db.table("secrets")
-    table.insert(row)
-    return _pk(table.last_pk)
+    return _insert(db, "secrets", row)
 
 
 def active_secrets(db: Database, account_id: int) -> list[dict[str, Any]]:
@@ -86,7 +82,7 @@ def live_secrets(db: Database) -> list[dict[str, Any]]:
 
 def set_secret_state(db: Database, secret_ids: Iterable[int], state: str) -> None:
     for secret_id in secret_ids:
-        db.table("secrets").update(secret_id, {"state": state})
+        _update(db, "secrets", secret_id, {"state": state})
 
 
 def get_secret(db: Database, secret_id: int) -> dict[str, Any] | None:
@@ -103,7 +99,9 @@ def mark_retiring(
 ) -> None:
     """Old secrets that stay live until someone confirms Veeam holds `replaced_by`."""
     for secret_id in secret_ids:
-        db.table("secrets").update(
+        _update(
+            db,
+            "secrets",
             secret_id,
             {
                 "state": "retiring",
@@ -116,7 +114,7 @@ def mark_retiring(
 
 def set_retire_message(db: Database, secret_ids: Iterable[int], ts: str) -> None:
     for secret_id in secret_ids:
-        db.table("secrets").update(secret_id, {"retire_ts": ts})
+        _update(db, "secrets", secret_id, {"retire_ts": ts})
 
 
 def retiring_secrets(db: Database, account_id: int | None = None) -> list[dict[str, Any]]:

@@ -43,20 +43,38 @@ def _rows(db: Database, sql: str, params: list[Any]) -> list[dict[str, Any]]:
 _COLUMN = re.compile(r"[a-z_][a-z0-9_]*")
 
 
+def _stored(value: Any) -> Any:
+    return json.dumps(value, sort_keys=True) if isinstance(value, dict | list | tuple) else value
+
+
+def _names(columns: Any) -> list[str]:
+    names = list(columns)
+    for column in names:
+        if not _COLUMN.fullmatch(column):
+            raise ValueError(f"not a column name: {column!r}")
+    return names
+
+
+def _insert(db: Database, table: str, row: dict[str, Any]) -> int:
+    """`INSERT INTO table …` in one statement; returns the new row's id. Lists and dicts are
+    stored as JSON, as sqlite-utils' `Table.insert` does (which reads the schema first)."""
+    columns = _names(row)
+    cursor = db.execute(
+        f"INSERT INTO [{table}] ({', '.join(f'[{c}]' for c in columns)}) "  # noqa: S608
+        f"VALUES ({', '.join('?' for _ in columns)})",
+        [_stored(v) for v in row.values()],
+    )
+    return _pk(cursor.lastrowid)
+
+
 def _update(db: Database, table: str, row_id: Any, changes: dict[str, Any]) -> None:
     """`UPDATE table SET … WHERE id = ?` in one statement (sqlite-utils' `Table.update`
     reads the table's schema and the row first; flows update their row at every step).
     Lists and dicts are stored as JSON; a missing row raises `NotFoundError`, as there."""
     if not changes:
         return
-    for column in changes:
-        if not _COLUMN.fullmatch(column):
-            raise ValueError(f"not a column name: {column!r}")
-    values = [
-        json.dumps(v, sort_keys=True) if isinstance(v, dict | list | tuple) else v
-        for v in changes.values()
-    ]
-    columns = ", ".join(f"[{c}] = ?" for c in changes)
+    values = [_stored(v) for v in changes.values()]
+    columns = ", ".join(f"[{c}] = ?" for c in _names(changes))
     cursor = db.execute(
         f"UPDATE [{table}] SET {columns} WHERE id = ?",  # noqa: S608 - names checked above
         [*values, row_id],
