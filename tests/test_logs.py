@@ -25,6 +25,7 @@ DEVICE = "DAQABIQEAAABVrSpeuWamRam2jAF1XRQEw" + "x" * 80
         "grant_type=refresh_token&refresh_token=0.AAAA-shortish&scope=x",
         "password=hunter2hunter2",
         "stored gAAAAABpQ" + "A" * 60,
+        "sent with BEARER Zm9vYmFyYmF6cXV4MTIz",  # the bearer shape alone, in capitals
     ],
 )
 def test_secret_shapes_are_masked(text: str) -> None:

@@ -54,3 +54,13 @@ def test_quick_status_edits_make_one_edit_and_a_waited_one_goes_at_once(
     edits = [c for c in slack.calls[mark:] if c.method == "chat.update"]
     assert [c.args["text"] for c in edits] == ["created"]
     notifier.close()
+
+
+def test_a_post_into_a_thread_comes_after_the_notes_queued_for_it(slack: SlackDouble) -> None:
+    notifier = Notifier(WebClient(token=BOT_TOKEN, base_url=slack.api_url))
+    parent = notifier.post("C0OPS", blocks.note("parent"))
+    notifier.thread("C0OPS", parent, blocks.note("signed in"), wait=False)
+    notifier.post("C0OPS", blocks.note("renewed, with a button"), thread_ts=parent)
+    texts = [m.get("text") for m in slack.thread("C0OPS", parent)]
+    assert texts == ["signed in", "renewed, with a button"]
+    notifier.close()

@@ -36,6 +36,13 @@ _PATTERNS = [
     re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{8,}"),
     re.compile(r"\b[A-Za-z0-9_-]{48,}\b"),  # long opaque strings: device codes, refresh tokens
 ]
+#: Any of `_PATTERNS`: one scan tells whether a line needs them at all (most lines don't).
+_ANY_PATTERN = re.compile(
+    "|".join(
+        f"(?i:{p.pattern[4:]})" if p.pattern.startswith("(?i)") else f"(?:{p.pattern})"
+        for p in _PATTERNS
+    )
+)
 _KEYED = re.compile(
     r"""(?ix)
     (["']?(?:client_secret|secret(?:text)?|password|passwd|refresh_token|access_token|id_token
@@ -125,8 +132,9 @@ def redact(text: str) -> str:
     lowered = text.lower()
     if any(word in lowered for word in _KEYED_WORDS):  # most lines name no secret key
         text = _KEYED.sub(lambda m: m.group(1) + MASK, text)
-    for pattern in _PATTERNS:
-        text = pattern.sub(MASK, text)
+    if _ANY_PATTERN.search(text):
+        for pattern in _PATTERNS:
+            text = pattern.sub(MASK, text)
     return text
 
 

@@ -27,9 +27,11 @@ class _Note:
 
 
 #: A background edit of a status message waits this long for further edits to the same
-#: message, so the steps a flow passes in quick succession make one edit, sent while the flow
-#: waits on Microsoft rather than while it works.
-EDIT_GATHER_SECONDS = 0.02
+#: message, so the steps a flow passes in quick succession make one edit; background thread
+#: notes wait as long. Either then goes out while the flow waits on Microsoft rather than
+#: while it works. Anything waited for (an edit, a note, a post into the same thread) ends
+#: the wait at once.
+GATHER_SECONDS = 0.02
 
 
 class Notifier:
@@ -45,6 +47,7 @@ class Notifier:
         # Thread notes: posted in order per thread, in the background unless waited for.
         self._notes: dict[tuple[str, str], deque[_Note]] = {}
         self._notes_busy: set[tuple[str, str]] = set()
+        self._notes_urgent: set[tuple[str, str]] = set()
 
     def update_latest(
         self, channel: str, ts: str, payload: dict[str, Any], wait: bool = False
@@ -65,7 +68,7 @@ class Notifier:
         if wait:
             self._drain(key)
         else:
-            self._pool.submit(self._drain, key, EDIT_GATHER_SECONDS)
+            self._pool.submit(self._drain, key, GATHER_SECONDS)
 
     def _drain(self, key: tuple[str, str], gather: float = 0.0) -> None:
         if gather:
@@ -94,7 +97,20 @@ class Notifier:
         broadcast: bool = False,
     ) -> str:
         """Post; a thread reply with `broadcast` is also shown in the channel
-        (`reply_broadcast`, which Slack only takes with a `thread_ts`)."""
+        (`reply_broadcast`, which Slack only takes with a `thread_ts`). A thread reply comes
+        after the notes queued for that thread (`thread`)."""
+        if thread_ts:
+            self._flush_notes((channel, thread_ts))
+        return self._post(channel, payload, thread_ts, broadcast=broadcast)
+
+    def _post(
+        self,
+        channel: str,
+        payload: dict[str, Any],
+        thread_ts: str | None = None,
+        *,
+        broadcast: bool = False,
+    ) -> str:
         extra: dict[str, Any] = {"reply_broadcast": True} if broadcast and thread_ts else {}
         response = self._client.chat_postMessage(
             channel=channel,
@@ -142,27 +158,44 @@ class Notifier:
             self._notes.setdefault(key, deque()).append(note)
             start = key not in self._notes_busy
             self._notes_busy.add(key)
+            if wait:
+                self._notes_urgent.add(key)
+                self._cond.notify_all()
         if start and wait:
             self._drain_notes(key)
         elif start:
-            self._pool.submit(self._drain_notes, key)
+            self._pool.submit(self._drain_notes, key, GATHER_SECONDS)
         if note.done is not None:
             note.done.wait(timeout=60)
             if note.error is not None:
                 raise note.error
 
-    def _drain_notes(self, key: tuple[str, str]) -> None:
+    def _flush_notes(self, key: tuple[str, str]) -> None:
+        """Return once the notes queued for this thread are posted (they go at once)."""
+        with self._cond:
+            if key not in self._notes_busy:
+                return
+            self._notes_urgent.add(key)
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: key not in self._notes_busy, timeout=60)
+
+    def _drain_notes(self, key: tuple[str, str], gather: float = 0.0) -> None:
         channel, thread_ts = key
+        if gather:
+            with self._cond:
+                self._cond.wait_for(lambda: key in self._notes_urgent, timeout=gather)
         while True:
             with self._cond:
                 queue = self._notes.get(key)
                 if not queue:
                     self._notes.pop(key, None)
                     self._notes_busy.discard(key)
+                    self._notes_urgent.discard(key)
+                    self._cond.notify_all()
                     return
                 note = queue.popleft()
             try:
-                self.post(channel, note.payload, thread_ts=thread_ts or None)
+                self._post(channel, note.payload, thread_ts=thread_ts or None)
             except SlackApiError as exc:
                 log.warning(
                     "could not post to thread %s in %s: %s",

@@ -681,6 +681,8 @@ class RecordedRequest:
     body: Any
     time: float
     status: int = 0
+    #: When the answer was sent (the double's clock); 0 until then.
+    answered: float = 0.0
 
 
 @dataclass
@@ -1452,6 +1454,7 @@ class MicrosoftDouble:
             return
         h.flush_headers()
         h.wfile.flush()
+        recorded.answered = self.now()
 
     @staticmethod
     def _read_body(h: _Handler, headers: dict) -> bytes:
