@@ -159,8 +159,9 @@ class SignInEngine:
                 return exc
 
         # The parent message and the device code do not depend on each other: ask Slack and
-        # Microsoft side by side, so the code reaches the person one round trip sooner.
-        posted, started = both(post_parent, device_code)
+        # Microsoft side by side, so the code reaches the person one round trip sooner (the
+        # longer of the two, Microsoft's, is asked first, from this thread).
+        started, posted = both(device_code, post_parent)
         if isinstance(posted, SlackApiError):
             exc = posted
             error = exc.response.get("error")
@@ -253,6 +254,7 @@ class SignInEngine:
             flow["channel_id"],
             flow.get("parent_ts"),
             blocks.note(blocks.code_delivery_note(flow["requester"], where), account=flow["name"]),
+            wait=False,
         )
         return where
 
