@@ -1101,7 +1101,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--debug-level", default="DEBUG", help="DEBUG row: log level (INFO to compare)"
     )
     p.add_argument("--signins", type=int, default=20, help="sign-in row: flows approved")
-    p.add_argument("--prov-reps", type=int, default=3, help="provisioning row: creates per size")
+    p.add_argument("--prov-reps", type=int, default=10, help="provisioning row: creates per size")
     p.add_argument("--startups", type=int, default=3, help="start-up row: starts of each process")
     p.add_argument("--interval", type=int, default=5, help="device-code poll interval (s)")
     p.add_argument("--ms-latency", type=float, default=0.05, help="Microsoft double latency (s)")
