@@ -7,7 +7,6 @@ end with one line on stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import os
 import signal
@@ -75,10 +74,6 @@ def run(stop: threading.Event | None = None) -> int:
         return _fail(str(exc), EXIT_RUNTIME)
     from bot.runtime import STOP_TIMEOUT_S
 
-    # What start-up made (modules, clients, the app) lives as long as the process: keep it out
-    # of the collector's full passes, which otherwise stall every thread for tens of
-    # milliseconds each time the heap has grown by a quarter.
-    gc.freeze()
     try:
         stop.wait()
     finally:
