@@ -1436,7 +1436,7 @@ class MicrosoftDouble:
                         rv.arrived[side].set()
                         waits.append((rv, side))
         if resp.status != 0:
-            self._write(h, resp, send=False)
+            self._ready(h, resp)
         # `latency` is the time from the request's arrival to its answer, as a service that
         # works on many requests at once takes: this double's own work on the request (it
         # shares one interpreter with the other doubles) counts towards it, not on top.
@@ -1473,9 +1473,9 @@ class MicrosoftDouble:
         return h.rfile.read(length) if length else b""
 
     @staticmethod
-    def _write(h: _Handler, resp: _Resp, send: bool = True) -> None:
-        """The answer, head and body in one write; with `send=False` only made ready (the
-        caller flushes it once the latency has passed)."""
+    def _ready(h: _Handler, resp: _Resp) -> None:
+        """The answer, head and body, buffered for one write: the caller flushes it once the
+        latency has passed."""
         body = resp.body
         ctype = resp.headers.pop("Content-Type", None)
         if body is None:
@@ -1500,9 +1500,6 @@ class MicrosoftDouble:
             h._headers_buffer.append(b"\r\n" + payload)
         else:
             h._headers_buffer.append(b"\r\n")
-        if send:
-            h.flush_headers()
-            h.wfile.flush()
 
     def _truncated(self, req: _Req, marker: _Resp) -> _Resp:
         """Carry the request out, then cut its JSON answer in half (a connection cut short
