@@ -70,10 +70,14 @@ class Notifier:
         else:
             self._pool.submit(self._drain, key, GATHER_SECONDS)
 
-    def _drain(self, key: tuple[str, str], gather: float = 0.0) -> None:
-        if gather:
+    def _gather(self, urgent: set[tuple[str, str]], key: tuple[str, str], seconds: float) -> None:
+        """Wait `seconds` for more of the same (or less, once `key` is in `urgent`)."""
+        if seconds:
             with self._cond:
-                self._cond.wait_for(lambda: key in self._urgent, timeout=gather)
+                self._cond.wait_for(lambda: key in urgent, timeout=seconds)
+
+    def _drain(self, key: tuple[str, str], gather: float = 0.0) -> None:
+        self._gather(self._urgent, key, gather)
         while True:
             with self._cond:
                 payload = self._latest.pop(key, None)
@@ -181,9 +185,7 @@ class Notifier:
 
     def _drain_notes(self, key: tuple[str, str], gather: float = 0.0) -> None:
         channel, thread_ts = key
-        if gather:
-            with self._cond:
-                self._cond.wait_for(lambda: key in self._notes_urgent, timeout=gather)
+        self._gather(self._notes_urgent, key, gather)
         while True:
             with self._cond:
                 queue = self._notes.get(key)
