@@ -102,3 +102,12 @@ def test_submitted_jobs_go_before_queued_timer_jobs() -> None:
     done.result(timeout=5)
     assert order[0] == "command"
     workers.shutdown(wait=True, timeout=5)
+
+
+def test_a_reserve_never_takes_every_worker_from_the_polls() -> None:
+    workers = Workers(size=2, reserve=5)
+    assert workers.reserve == 1
+    ran = threading.Event()
+    workers.call_later(0.0, ran.set)
+    assert ran.wait(5)
+    workers.shutdown()

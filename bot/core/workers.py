@@ -66,8 +66,10 @@ class Workers:
         reserve: int | None = None,
     ) -> None:
         self.size = size
-        #: Workers that timer jobs never take (a quarter, at least one when there are two).
-        self.reserve = min(size - 1, max(1, size // 4)) if reserve is None else reserve
+        #: Workers that timer jobs never take (a quarter, at least one when there are two;
+        #: never all of them, or polls would never run).
+        wanted = max(1, size // 4) if reserve is None else reserve
+        self.reserve = max(0, min(size - 1, wanted))
         #: Called with (fn, args, exception) when a job raises: the flows use it to end a
         #: flow whose step failed past every handler, instead of leaving it stuck.
         self.on_error: Callable[[Callable[..., Any], tuple[Any, ...], BaseException], None] | None = (
