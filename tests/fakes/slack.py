@@ -207,6 +207,10 @@ class SlackDouble:
 
         self._http: ThreadingHTTPServer | None = None
         self._http_thread: threading.Thread | None = None
+        #: HTTP connections accepted so far (a client that keeps connections alive opens
+        #: few); `_open_http` holds those still open.
+        self.connections = 0
+        self._open_http: set[socket.socket] = set()
         self.api_url = ""
         self.base_url = ""
 
@@ -529,6 +533,18 @@ class SlackDouble:
             self.users[user_id] = spec
 
     # ------------------------------------------------------------------ faults & hooks
+
+    def drop_connections(self) -> int:
+        """Close every open HTTP connection from the server's side, as a front end does
+        with idle kept-alive connections; returns how many were closed."""
+        with self._lock:
+            open_now, self._open_http = list(self._open_http), set()
+        for sock in open_now:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        return len(open_now)
 
     def fail(
         self,
@@ -1267,9 +1283,24 @@ class _Handler(BaseHTTPRequestHandler):
     dbl: SlackDouble
     protocol_version = "HTTP/1.1"
     server_version = "SlackDouble/1.0"
+    #: The answer goes out as headers then body, in two writes. On a kept-alive connection,
+    #: with Nagle's algorithm on, the body would wait for the client's delayed ACK (~40 ms)
+    #: after the headers: Slack's front ends (like any HTTP server) send with TCP_NODELAY.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         pass
+
+    def setup(self) -> None:
+        super().setup()
+        with self.dbl._lock:
+            self.dbl.connections += 1
+            self.dbl._open_http.add(self.connection)
+
+    def finish(self) -> None:
+        with self.dbl._lock:
+            self.dbl._open_http.discard(self.connection)
+        super().finish()
 
     def do_GET(self) -> None:  # noqa: N802
         self._serve()
