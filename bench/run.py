@@ -814,13 +814,16 @@ def phase_provision(b: Bench) -> None:
                 for n in (1, 3):
                     name = f"prov{n}-{rep}"
                     before = len(ms_dbl.flows)
+                    seen = len(slack.calls)
                     ms_dbl.script_next_flow(["approve"])
                     text = f"create {name} " + " ".join(f"--subscription {s}" for s in subs[:n])
                     answer = post_command(client, bot.events_url, text, response_url)
                     if "Starting" not in answer.text:
                         raise RuntimeError(f"create {name}: {answer.text[:200]}")
                     ready = wait_until(
-                        functools.partial(_ready_or_failed, slack, name), 30, f"{name} to be ready"
+                        functools.partial(_ready_or_failed, slack, name, seen),
+                        30,
+                        f"{name} to be ready",
                     )
                     if not isinstance(ready, Call):
                         raise RuntimeError(f"create {name} failed: {ready}")
@@ -985,9 +988,11 @@ def phase_expiry(b: Bench) -> None:
     )
 
 
-def _ready_or_failed(slack: SlackDouble, name: str) -> Call | str | None:
-    """The "is ready" post of flow `name`, or the text of its failure, or None (yet)."""
-    for call in slack.calls:
+def _ready_or_failed(slack: SlackDouble, name: str, seen: int = 0) -> Call | str | None:
+    """The "is ready" post of flow `name`, or the text of its failure, or None (yet), among
+    the calls after the first `seen`. Only the new calls are looked at: this runs beside the
+    doubles, in their process, and must not hold them up as the list of calls grows."""
+    for call in slack.calls_since(seen):
         text = str(call.args.get("text") or "")
         if call.method != "chat.postMessage":
             continue

@@ -524,3 +524,12 @@ def test_unfurl_flags_are_recorded_on_messages_and_ephemerals(dbl: SlackDouble) 
         headers={"Authorization": f"Bearer {BOT_TOKEN}"},
     )
     assert not unfurls(dbl.messages("C0OPS")[-1])
+
+
+def test_calls_since_gives_only_the_calls_after_an_index(dbl: SlackDouble) -> None:
+    client = WebClient(token=BOT_TOKEN, base_url=dbl.api_url)
+    client.chat_postMessage(channel="C0OPS", text="old")
+    seen = len(dbl.calls)
+    client.chat_postMessage(channel="C0OPS", text="new")
+    assert [c.args["text"] for c in dbl.calls_since(seen)] == ["new"]
+    assert dbl.calls_since(len(dbl.calls)) == []

@@ -299,6 +299,11 @@ class SlackDouble:
         with self._lock:
             return list(self._calls)
 
+    def calls_since(self, index: int) -> list[Call]:
+        """The calls recorded after the first `index` (a cheap look at what is new)."""
+        with self._lock:
+            return self._calls[index:]
+
     def calls_to(self, method: str, **arg_filters: Any) -> list[Call]:
         """Calls of ``method`` whose args equal every ``arg_filters`` item."""
         with self._lock:
