@@ -4,6 +4,12 @@ sqlite-utils' `Database` wraps a single `sqlite3.Connection`, and a connection's
 transaction is shared by whoever uses it. Each thread therefore gets its own connection
 (`Store.db`); SQLite's WAL mode lets readers run beside the one writer, and the busy
 timeout makes concurrent writers queue instead of failing.
+
+The writers of this process take turns on one lock per file (`_Database.turn`) before they
+ask SQLite for its write lock. SQLite's busy handler waits by sleeping and trying again
+(1, 2, 5, 10 … ms); a writer waiting for another thread of the same process wakes the
+moment that one is done instead. The busy handler is left for other processes (the
+operator's commands).
 """
 
 from __future__ import annotations
@@ -13,10 +19,12 @@ import os
 import sqlite3
 import stat
 import threading
+import time
 import urllib.parse
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from sqlite_utils import Database
 
@@ -30,13 +38,57 @@ BACKGROUND_THREADS = ("veeam-sa", "APScheduler", "MainThread")
 MIN_FREE_BYTES = 16 * 1024 * 1024
 
 
+#: The statements that write, when they start a statement (`execute` outside a transaction).
+_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
+_TURNS: dict[str, threading.Lock] = {}
+_TURNS_GUARD = threading.Lock()
+
+
+def _turn_lock(path: Path) -> threading.Lock:
+    key = os.path.realpath(path)
+    with _TURNS_GUARD:
+        return _TURNS.setdefault(key, threading.Lock())
+
+
 class _Database(Database):
-    """sqlite-utils' Database whose outermost transactions start with BEGIN IMMEDIATE.
+    """sqlite-utils' Database whose outermost transactions start with BEGIN IMMEDIATE, and
+    whose writes take their turn among the process's writers first (`turn`).
 
     A deferred transaction that reads before it writes cannot wait for another writer:
     SQLite fails it at once with "database is locked". Taking the write lock up front
     lets the busy timeout queue concurrent writers instead.
     """
+
+    #: The file's turn lock, shared by every connection of this process to it.
+    turn_lock: threading.Lock
+    #: How long a write may wait, for its turn and then for SQLite (`Store.quick` lowers it).
+    busy_seconds: float
+
+    @contextlib.contextmanager
+    def turn(self) -> Iterator[None]:
+        """Wait for this process's other writers (at most `busy_seconds`, then "database is
+        locked", as SQLite says it); what is left of the wait goes to SQLite's own."""
+        started = time.monotonic()
+        if not self.turn_lock.acquire(timeout=self.busy_seconds):
+            raise sqlite3.OperationalError("database is locked")
+        try:
+            waited = time.monotonic() - started
+            if waited > 0.05:
+                left = max(0.001, self.busy_seconds - waited)
+                self.conn.execute(f"PRAGMA busy_timeout = {int(left * 1000)}")
+            try:
+                yield
+            finally:
+                if waited > 0.05:
+                    self.conn.execute(f"PRAGMA busy_timeout = {int(self.busy_seconds * 1000)}")
+        finally:
+            self.turn_lock.release()
+
+    def execute(self, sql: str, parameters: Any = None) -> sqlite3.Cursor:
+        if self.conn.in_transaction or not sql.lstrip()[:7].upper().startswith(_WRITES):
+            return super().execute(sql, parameters)
+        with self.turn():
+            return super().execute(sql, parameters)
 
     @contextlib.contextmanager
     def atomic(self) -> Iterator[Database]:
@@ -44,18 +96,19 @@ class _Database(Database):
             with super().atomic() as db:
                 yield db
             return
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self
-        except BaseException:
-            self.rollback()
-            raise
-        else:
+        with self.turn():
+            self.conn.execute("BEGIN IMMEDIATE")
             try:
-                self.conn.execute("COMMIT")
+                yield self
             except BaseException:
                 self.rollback()
                 raise
+            else:
+                try:
+                    self.conn.execute("COMMIT")
+                except BaseException:
+                    self.rollback()
+                    raise
 
 
 def _connect(path: Path, create: bool = False) -> Database:
@@ -64,6 +117,8 @@ def _connect(path: Path, create: bool = False) -> Database:
     uri = f"file:{urllib.parse.quote(str(path))}?mode={'rwc' if create else 'rw'}"
     conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
     db = _Database(conn)
+    db.turn_lock = _turn_lock(path)
+    db.busy_seconds = BUSY_TIMEOUT_S
     db.execute("PRAGMA foreign_keys = ON")
     # WAL with synchronous=NORMAL: a crash of the process loses nothing; a power cut may lose
     # the last transactions, never corrupt the file. FULL would sync on every commit.
@@ -106,9 +161,12 @@ class Store:
         Slack's 3-second ack path, which must fail fast rather than wait."""
         db = self.db
         db.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
+        assert isinstance(db, _Database)
+        db.busy_seconds = seconds
         try:
             yield db
         finally:
+            db.busy_seconds = BUSY_TIMEOUT_S
             db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
 
     def checkpoint(self) -> None:

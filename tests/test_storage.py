@@ -9,7 +9,7 @@ from sqlite_utils import Database
 
 from bot.core.errors import StorageError
 from storage import queries
-from storage.db import open_store
+from storage.db import Store, open_store
 from storage.migrations import LATEST, migrations
 
 
@@ -114,3 +114,52 @@ def test_unopenable_database_is_a_storage_error(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     with pytest.raises(StorageError, match="cannot open the database"):
         open_store(blocker / "veeam-sa.db")
+
+
+def _meta_writer(store: Store, key: str, done: threading.Event, errors: list[BaseException]) -> None:
+    try:
+        # SQLite itself would not wait at all on this connection: only the turn can.
+        store.db.conn.execute("PRAGMA busy_timeout = 0")
+        store.db.execute("INSERT INTO meta (key, value) VALUES (?, ?)", [key, "b"])
+    except BaseException as exc:  # noqa: BLE001 - handed to the test
+        errors.append(exc)
+    finally:
+        done.set()
+
+
+def test_a_writer_waits_for_its_turn_behind_another_thread_not_on_sqlites_lock(
+    tmp_path: Path,
+) -> None:
+    store = open_store(tmp_path / "t.db")
+    done, errors = threading.Event(), []
+    with store.db.atomic():
+        store.db.execute("INSERT INTO meta (key, value) VALUES (?, ?)", ["first", "a"])
+        other = threading.Thread(target=_meta_writer, args=(store, "second", done, errors))
+        other.start()
+        # the other thread is waiting for this transaction, not failing on SQLite's lock
+        assert not done.wait(0.3)
+    other.join(10)
+    assert errors == []
+    rows = dict(store.db.execute("SELECT key, value FROM meta WHERE key IN ('first', 'second')"))
+    assert rows == {"first": "a", "second": "b"}
+
+
+def test_a_quick_write_gives_up_on_its_turn_within_its_bound(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "t.db")
+    outcome: list[BaseException] = []
+
+    def quick_write() -> None:
+        try:
+            with store.quick(0.2) as db, db.atomic():
+                db.execute("INSERT INTO meta (key, value) VALUES ('quick', 'x')")
+        except sqlite3.OperationalError as exc:
+            outcome.append(exc)
+
+    with store.db.atomic():
+        store.db.execute("INSERT INTO meta (key, value) VALUES ('holder', 'x')")
+        writer = threading.Thread(target=quick_write)
+        writer.start()
+        writer.join(10)
+        assert not writer.is_alive()  # gave up while the holder still holds
+    assert [str(e) for e in outcome] == ["database is locked"]
+    assert store.db.execute("SELECT count(*) FROM meta WHERE key = 'quick'").fetchone()[0] == 0
