@@ -153,7 +153,8 @@ class Provisioner:
         if not queries.transition_flow(self._db, flow_id, ["checking"], "provisioning"):
             return None
         try:
-            (right, reason), made = both(app_check, lambda: self._try_application(flow_id))
+            # the creation goes out first, from this thread; the check is sent beside it
+            made, (right, reason) = both(lambda: self._try_application(flow_id), app_check)
         except Exception as exc:  # noqa: BLE001 - every failure rolls back and says so
             self.stop(flow_id, as_flow_error(exc, flow_id), created=True)
             return None
