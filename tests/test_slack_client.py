@@ -112,3 +112,13 @@ def test_the_environments_proxy_is_used_unless_no_proxy_names_the_host(
     direct.retry_handlers = []
     with pytest.raises(OSError):
         direct.auth_test()
+
+
+def test_a_redirect_is_an_error_not_followed(
+    client: KeepAliveWebClient, slack: SlackDouble
+) -> None:
+    slack.fail("auth.test", error="moved", status=302)
+    with pytest.raises(SlackApiError) as raised:
+        client.auth_test()
+    assert raised.value.response.status_code == 302
+    assert len(slack.calls_to("auth.test")) == 1

@@ -37,11 +37,12 @@ class KeepAliveWebClient(WebClient):
     the request, its retry handlers (429 `Retry-After`, connection errors, 5xx), parsing
     the answer. The seam is `_perform_urllib_http_request_internal(url, req)`, which answers
     `{"status", "headers", "body"}` and raises what `urlopen` raises: `HTTPError` for a
-    4xx/5xx answer (body and headers readable), `URLError` when no answer came, and
+    3xx/4xx/5xx answer (body and headers readable), `URLError` when no answer came, and
     `TimeoutError` when an answer stopped coming (not retried: Slack may have acted on it).
 
     Proxies are found as urllib finds them (`HTTPS_PROXY` / `NO_PROXY`); the TLS context
-    is the client's `ssl`. Redirects are followed, as urllib does.
+    is the client's `ssl`. Redirects are not followed (Slack's Web API answers where it is
+    asked): a 3xx is raised as `HTTPError` like a 4xx.
     """
 
     def __init__(self, *args: Any, keepalive: int = KEEPALIVE_CONNECTIONS, **kwargs: Any) -> None:
@@ -86,22 +87,14 @@ class KeepAliveWebClient(WebClient):
         headers = [(k, str(v)) for k, v in req.header_items()]
         data = req.data if isinstance(req.data, bytes) else b""
         timeout = httpx.Timeout(self.timeout).as_dict()
-        method = req.get_method()
-        for _hop in range(5):
-            request = httpx.Request(
-                method, url, headers=headers, content=data, extensions={"timeout": timeout}
-            )
-            response = self._send(request)
-            if response.status_code in (301, 302, 303, 307, 308) and "location" in response.headers:
-                url = str(request.url.join(response.headers["location"]))
-                if response.status_code == 303:
-                    method, data = "GET", b""
-                continue
-            break
+        request = httpx.Request(
+            req.get_method(), url, headers=headers, content=data, extensions={"timeout": timeout}
+        )
+        response = self._send(request)
         message = http.client.HTTPMessage()
         for name, value in response.headers.multi_items():
             message[name] = value
-        if response.status_code >= 400:
+        if response.status_code >= 300:
             raise HTTPError(
                 url,
                 response.status_code,
