@@ -111,7 +111,7 @@ class _Database(Database):
                     raise
 
 
-def _connect(path: Path, create: bool = False) -> Database:
+def _connect(path: Path, create: bool = False) -> _Database:
     # mode=rw: a connection opened after the file was deleted fails instead of quietly
     # creating an empty database in its place; only `open_store` creates the file.
     uri = f"file:{urllib.parse.quote(str(path))}?mode={'rwc' if create else 'rw'}"
@@ -143,10 +143,10 @@ class Store:
         self._local = threading.local()
         self._lock = threading.Lock()
         # Weak: a connection goes with its thread (HTTP request threads come and go).
-        self._all: weakref.WeakSet[Database] = weakref.WeakSet()
+        self._all: weakref.WeakSet[_Database] = weakref.WeakSet()
 
     @property
-    def db(self) -> Database:
+    def db(self) -> _Database:
         db = getattr(self._local, "db", None)
         if db is None:
             db = _connect(self.path, create=self._create)
@@ -161,7 +161,6 @@ class Store:
         Slack's 3-second ack path, which must fail fast rather than wait."""
         db = self.db
         db.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
-        assert isinstance(db, _Database)
         db.busy_seconds = seconds
         try:
             yield db
