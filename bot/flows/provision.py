@@ -619,7 +619,8 @@ class Provisioner:
             )
         if not created or not (rolled or leftover):
             text += "\nNothing was created in Azure."
-        self.record.say(flow, text)
+        # The parent's checklist first, then the note, as a creation that succeeds does: once
+        # the note is in the thread, the parent already tells the same story.
         self.record.finish_steps(
             flow_id,
             running="skipped" if cancelled else "failed",
@@ -627,6 +628,7 @@ class Provisioner:
             outcome=(":no_entry_sign: Cancelled" if cancelled else ":x: Failed")
             + (" and rolled back." if rolled and not leftover else "."),
         )
+        self.record.say(flow, text)
 
     def end(self, flow: dict[str, Any], error: VeeamSAError) -> bool:
         """End a creation that cannot go on: roll back what it made, say so."""
