@@ -221,6 +221,12 @@ def http_json_bot(
             tmp,
         )
         bot.start()
+        # the start-up expiry scan logs its own lines: let them land before any test counts
+        wait_until(
+            lambda: "run_scan" in bot.log() and "executed successfully" in bot.log(),
+            20,
+            "the start-up expiry scan",
+        )
         try:
             yield bot
         finally:
